@@ -1,0 +1,1 @@
+"""The data layer: sources → validated interaction table → CSR user × item matrix → split → partition."""

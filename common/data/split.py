@@ -1,0 +1,117 @@
+"""Strong-generalization split (Liang et al. 2018, as in Mult-VAE).
+
+Users, not interactions, are split: train users give their whole history to training;
+validation and test users are never trained on, and each of their histories is cut into a
+fold-in part (shown to the model) and a target part (to be predicted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from common.config import SplitConfig
+from common.data.interactions import Interactions
+from common.seeding import rng_for
+from common.errors import EmptyDataError
+
+
+@dataclass(frozen=True)
+class HeldOutUsers:
+    """Held-out users with their histories cut in two.
+
+    Attributes:
+        users: shape (n,), row indices into the Interactions matrix.
+        fold_in: CSR (n, n_items), the items given to the recommender.
+        target: CSR (n, n_items), the items to predict; every row has at least one.
+    """
+
+    users: np.ndarray
+    fold_in: sp.csr_matrix
+    target: sp.csr_matrix
+
+    def subset(self, positions: np.ndarray) -> HeldOutUsers:
+        """The held-out users at ``positions`` (indices into ``users``)."""
+        return HeldOutUsers(self.users[positions], self.fold_in[positions], self.target[positions])
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train users (full rows) and the validation / test held-out users."""
+
+    train_users: np.ndarray  # shape (n_train,), row indices into the Interactions matrix
+    train: sp.csr_matrix  # (n_train, n_items)
+    validation: HeldOutUsers
+    test: HeldOutUsers
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "train_users": len(self.train_users),
+            "train_interactions": int(self.train.nnz),
+            "validation_users": len(self.validation),
+            "test_users": len(self.test),
+            "test_fold_in_interactions": int(self.test.fold_in.nnz),
+            "test_target_interactions": int(self.test.target.nnz),
+        }
+
+
+def fold_in_target(rows: sp.csr_matrix, fold_in_fraction: float, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Cut each row's items at random into fold-in and target parts.
+
+    A row with n items gets ``max(1, round((1 - fold_in_fraction) · n))`` targets, at most
+    n − 1, so both parts are non-empty for n ≥ 2. Assumes every row has at least 2 items.
+    """
+    rows = rows.tocsr()
+    lengths = np.diff(rows.indptr)
+    assert (lengths >= 2).all(), "held-out users need at least 2 interactions"
+    n_target = np.clip(np.round((1.0 - fold_in_fraction) * lengths).astype(np.int64), 1, lengths - 1)
+    row_of_entry = np.repeat(np.arange(rows.shape[0]), lengths)
+    keys = rng.random(rows.nnz)
+    order = np.lexsort((keys, row_of_entry))
+    rank = np.empty(rows.nnz, dtype=np.int64)
+    rank[order] = np.arange(rows.nnz) - np.repeat(rows.indptr[:-1], lengths)
+    is_target = rank < n_target[row_of_entry]
+    coo = rows.tocoo()
+    # tocoo() of a canonical CSR keeps the entry order, so masks line up with ``rank``.
+    def part(mask: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((coo.data[mask], (coo.row[mask], coo.col[mask])), shape=rows.shape)
+
+    return part(~is_target), part(is_target)
+
+
+def split_users(interactions: Interactions, config: SplitConfig) -> Split:
+    """Split users into train / validation / test by ``config.seed``.
+
+    Only users with at least 2 interactions can be held out (they need a fold-in and a
+    target item); users with fewer always train.
+    """
+    rng = rng_for(config.seed, "split")
+    n_users = interactions.num_users
+    lengths = np.diff(interactions.matrix.indptr)
+    n_validation = int(round(config.validation_fraction * n_users))
+    n_test = int(round(config.test_fraction * n_users))
+    eligible = rng.permutation(np.flatnonzero(lengths >= 2))
+    if len(eligible) < n_validation + n_test:
+        raise EmptyDataError(
+            f"only {len(eligible)} users have the 2+ interactions needed to be held out, but the split asks "
+            f"for {n_validation} validation and {n_test} test users. Lower the fractions or use more data."
+        )
+    validation_users = np.sort(eligible[:n_validation])
+    test_users = np.sort(eligible[n_validation : n_validation + n_test])
+    held = np.zeros(n_users, dtype=bool)
+    held[validation_users] = True
+    held[test_users] = True
+    train_users = np.flatnonzero(~held)
+    if len(train_users) == 0:
+        raise EmptyDataError("no training users are left after the split; lower the held-out fractions.")
+
+    def held_out(users: np.ndarray) -> HeldOutUsers:
+        fold_in, target = fold_in_target(interactions.matrix[users], config.fold_in_fraction, rng)
+        return HeldOutUsers(users, fold_in, target)
+
+    return Split(train_users, interactions.matrix[train_users], held_out(validation_users), held_out(test_users))
