@@ -27,3 +27,14 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON to ``path`` atomically."""
     write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def to_plain(value: Any) -> Any:
+    """JSON-friendly copy of nested dicts/lists: tuples become lists, other objects (paths) strings."""
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

@@ -3,7 +3,7 @@
 Deterministic from ``GeneratedDataConfig.seed``. The shape follows what real
 interaction data shows:
 
-* long-tailed item popularity (Zipf-like base rates, exponent about 1);
+* long-tailed item popularity (Zipf-like base rates, exponent 1.3);
 * clustered tastes: each user belongs to one of ``num_clusters`` taste clusters, a point
   in a 16-dimensional latent space; items are points in the same space and a user's
   choice probability is ``popularity_i · exp(affinity(user, item))``;
@@ -39,7 +39,7 @@ def generate_table(config: GeneratedDataConfig) -> InteractionTable:
     n_users, n_items = config.num_users, config.num_items
 
     ranks = rng.permutation(n_items)
-    log_popularity = -1.15 * np.log(ranks + 5.0)  # Zipf-like, shuffled over item ids
+    log_popularity = -1.3 * np.log(ranks + 5.0)  # Zipf-like, shuffled over item ids
     item_factors = rng.normal(size=(n_items, _LATENT_DIM))
     centers = rng.normal(size=(config.num_clusters, _LATENT_DIM)) * 1.2
     cluster_share = rng.dirichlet(np.full(config.num_clusters, 2.0))
@@ -56,7 +56,7 @@ def generate_table(config: GeneratedDataConfig) -> InteractionTable:
     for start in range(0, n_users, _CHUNK_USERS):
         stop = min(start + _CHUNK_USERS, n_users)
         affinity = (user_factors[start:stop] @ item_factors.T) * scale  # (chunk, items)
-        keys = log_popularity + 1.5 * affinity + rng.gumbel(size=affinity.shape)
+        keys = log_popularity + 1.0 * affinity + rng.gumbel(size=affinity.shape)
         for row, user in enumerate(range(start, stop)):
             k = int(lengths[user])
             chosen = np.argpartition(-keys[row], k - 1)[:k]

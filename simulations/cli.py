@@ -1,0 +1,144 @@
+"""The ``fedsynth`` command.
+
+Commands: ``baseline`` (real-data upper bounds), ``data`` (load, clean, split, partition
+and print what happened), ``download`` (fetch a MovieLens release into the cache).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from common.config import EvalConfig
+from common.errors import FedsynthError
+from common.models.vae import MultVAEConfig
+from simulations.options import data_options, partition_options
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+@click.group(context_settings=_CONTEXT)
+@click.version_option(package_name="fedsynth")
+def cli() -> None:
+    """fedsynth: federated, differentially private synthetic data for recommender systems."""
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(k) for k in text.split(",") if k.strip())
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint="--ks") from exc
+
+
+@cli.command(context_settings=_CONTEXT)
+@data_options
+@click.option(
+    "--recommenders",
+    default="popularity,itemknn,ease,multvae",
+    show_default=True,
+    help="Comma-separated: popularity, itemknn, ease, multvae.",
+)
+@click.option("--ks", default="10,20,50,100", show_default=True, help="Cut-offs K of the ranking metrics.")
+@click.option("--ease-l2", type=float, default=300.0, show_default=True, help="EASE regularisation λ.")
+@click.option("--knn-neighbours", type=int, default=100, show_default=True, help="ItemKNN neighbourhood size.")
+@click.option("--vae-epochs", type=int, default=MultVAEConfig.epochs, show_default=True, help="Mult-VAE epochs.")
+@click.option(
+    "--vae-hidden", default="600", show_default=True, help="Mult-VAE hidden sizes, comma-separated (decoder mirrors)."
+)
+@click.option("--vae-latent", type=int, default=MultVAEConfig.latent_dim, show_default=True, help="Mult-VAE latent size.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for Mult-VAE: cpu or cuda.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs/baseline"), show_default=True, help="Output folder."
+)
+def baseline(settings: Any, recommenders: str, ks: str, ease_l2: float, knn_neighbours: int, vae_epochs: int,
+             vae_hidden: str, vae_latent: int, device: str, out: Path, seed: int) -> None:
+    """Train the central recommenders on real training users and evaluate them on real test users.
+
+    Writes OUT/baseline.json: the protocol (settings, data summary, cleaning report) and
+    each recommender's Recall/NDCG/HitRate/coverage@K. These are the non-private upper bounds.
+    """
+    from simulations.baseline import BaselineConfig, run_baseline, save_baseline
+    from simulations.console import print_data_report, print_results
+
+    console = Console()
+    config = BaselineConfig(
+        recommenders=tuple(r.strip() for r in recommenders.split(",") if r.strip()),
+        ease_l2=ease_l2,
+        knn_neighbours=knn_neighbours,
+        vae=MultVAEConfig(
+            epochs=vae_epochs,
+            hidden_dims=tuple(int(h) for h in vae_hidden.split(",") if h.strip()),
+            latent_dim=vae_latent,
+            seed=seed,
+        ),
+        eval=EvalConfig(ks=_ks(ks)),
+        device=device,
+    )
+    from common.data.pipeline import prepare
+
+    with console.status("loading and preparing data"):
+        prepared = prepare(settings)
+    print_data_report(console, prepared)
+
+    def progress(name: str, metrics: dict[str, float], seconds: float) -> None:
+        console.print(f"  {name:<11} ndcg@10 {metrics.get('ndcg@10', float('nan')):.4f}  ({seconds:.1f} s)")
+
+    payload = run_baseline(settings, config, prepared, on_result=progress)
+    print_results(console, payload["results"], f"Test users ({payload['protocol']['split']['test_users']:,})")
+    path = save_baseline(payload, out)
+    console.print(f"wrote {path}")
+
+
+@cli.command(context_settings=_CONTEXT)
+@data_options
+@partition_options
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write data_summary.json and partitions.* here.")
+def data(settings: Any, partition: Any, out: Path | None, seed: int) -> None:
+    """Load, clean, split and partition the data; print (and save) what each step did."""
+    from common.data.partition import partition_table, partition_users, save_partitions
+    from common.data.pipeline import prepare
+    from common.io import write_json_atomic
+    from simulations.console import print_data_report, print_frame
+
+    console = Console()
+    prepared = prepare(settings)
+    print_data_report(console, prepared)
+    clients = partition_users(prepared.interactions, prepared.split, partition)
+    scheme = partition.scheme + (f" α={partition.alpha} by {partition.by}" if partition.scheme == "dirichlet" else "")
+    scheme += f" by {partition.by} (one client per value)" if partition.scheme == "natural" else ""
+    print_frame(console, partition_table(clients, prepared.interactions.matrix), f"Partition: {len(clients)} clients, {scheme}")
+    if out is not None:
+        write_json_atomic(out / "data_summary.json", prepared.protocol(settings))
+        save_partitions(clients, prepared.interactions.matrix, partition, out)
+        console.print(f"wrote {out / 'data_summary.json'}, {out / 'partitions.csv'}, {out / 'partitions.json'}")
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.option("--variant", required=True, help="100k, 1m, latest-small or 20m.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Download cache [default: ~/.cache/fedsynth].")
+@click.option("--mirror", help="Base URL to download from instead of files.grouplens.org.")
+def download(variant: str, cache_dir: Path | None, mirror: str | None) -> None:
+    """Download a MovieLens release, verify its size and sha256, and unpack it into the cache."""
+    from common.data.download import fetch_movielens
+
+    path = fetch_movielens(variant, cache_dir, mirror)
+    click.echo(f"MovieLens {variant} verified and unpacked in {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one clear line and exit with status 2."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except FedsynthError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
