@@ -93,6 +93,8 @@ def read_delimited_text(
             ) from exc
         raise DataFormatError(f"cannot parse as {separator!r}-separated text: {exc}", path) from exc
     frame.columns = [str(c).strip() for c in frame.columns]
+    if frame.empty:
+        raise DataFormatError("the file has no data rows; it must hold one interaction per line.", path)
     return frame
 
 
@@ -236,6 +238,8 @@ def load_parquet(
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a non-Parquet file
         raise DataFormatError(f"cannot read as Parquet ({exc}). Is this really a Parquet file?", path) from exc
+    if frame.empty:
+        raise DataFormatError("the file has no rows; it must hold one interaction per row.", path)
     frame.columns = [str(c) for c in frame.columns]
     check_columns(frame, spec, path, None)
     report = CleaningReport(source=f"parquet {path}")

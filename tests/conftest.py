@@ -1,0 +1,48 @@
+"""Shared fixtures: small data written to temporary folders, and the optional real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from common.config import GeneratedDataConfig, PreprocessConfig, SplitConfig
+from common.data.generated import generate_table
+from common.data.interactions import Interactions
+from common.data.preprocess import preprocess
+from common.data.split import Split, split_users
+
+
+def shared_data_dir() -> Path:
+    """``$FEDSYNTH_SHARED_DATA`` or ``../shared/data`` beside the checkout (absent on a user's clone)."""
+    if os.environ.get("FEDSYNTH_SHARED_DATA"):
+        return Path(os.environ["FEDSYNTH_SHARED_DATA"])
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"real data folder {path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_interactions() -> Interactions:
+    """A small generated dataset: 300 users × 400 items."""
+    table = generate_table(GeneratedDataConfig(num_users=300, num_items=400, mean_history=40, min_history=10, seed=3))
+    return preprocess(table, PreprocessConfig())
+
+
+@pytest.fixture(scope="session")
+def small_split(small_interactions: Interactions) -> Split:
+    return split_users(small_interactions, SplitConfig(seed=1))
+
+
+def write(path: Path, text: str, newline: str = "\n") -> Path:
+    """Write ``text`` (lines joined by ``newline``) to ``path``, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.replace("\n", newline).encode())
+    return path
