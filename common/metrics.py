@@ -67,7 +67,7 @@ class RankingMetrics:
             return
         scores, fold_in, target, n_target = scores[keep], fold_in[keep], target[keep], n_target[keep]
         ranked = top_k_items(mask_seen(scores, fold_in), max(self.ks))
-        hits = np.asarray(target[np.arange(len(ranked))[:, None], ranked].todense()) > 0  # (b, K_max)
+        hits = np.take_along_axis(target.toarray() > 0, ranked, axis=1)  # (b, K_max); scores are dense anyway
         discounts = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
         for k in self.ks:
             hits_k = hits[:, :k]

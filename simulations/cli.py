@@ -49,13 +49,26 @@ def _ks(text: str) -> tuple[int, ...]:
 @click.option(
     "--vae-hidden", default="600", show_default=True, help="Mult-VAE hidden sizes, comma-separated (decoder mirrors)."
 )
-@click.option("--vae-latent", type=int, default=MultVAEConfig.latent_dim, show_default=True, help="Mult-VAE latent size.")
+@click.option(
+    "--vae-latent", type=int, default=MultVAEConfig.latent_dim, show_default=True, help="Mult-VAE latent size."
+)
 @click.option("--device", default="cpu", show_default=True, help="Torch device for Mult-VAE: cpu or cuda.")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("runs/baseline"), show_default=True, help="Output folder."
 )
-def baseline(settings: Any, recommenders: str, ks: str, ease_l2: float, knn_neighbours: int, vae_epochs: int,
-             vae_hidden: str, vae_latent: int, device: str, out: Path, seed: int) -> None:
+def baseline(
+    settings: Any,
+    recommenders: str,
+    ks: str,
+    ease_l2: float,
+    knn_neighbours: int,
+    vae_epochs: int,
+    vae_hidden: str,
+    vae_latent: int,
+    device: str,
+    out: Path,
+    seed: int,
+) -> None:
     """Train the central recommenders on real training users and evaluate them on real test users.
 
     Writes OUT/baseline.json: the protocol (settings, data summary, cleaning report) and
@@ -96,7 +109,9 @@ def baseline(settings: Any, recommenders: str, ks: str, ease_l2: float, knn_neig
 @cli.command(context_settings=_CONTEXT)
 @data_options
 @partition_options
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write data_summary.json and partitions.* here.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Write data_summary.json and partitions.* here."
+)
 def data(settings: Any, partition: Any, out: Path | None, seed: int) -> None:
     """Load, clean, split and partition the data; print (and save) what each step did."""
     from common.data.partition import partition_table, partition_users, save_partitions
@@ -110,7 +125,9 @@ def data(settings: Any, partition: Any, out: Path | None, seed: int) -> None:
     clients = partition_users(prepared.interactions, prepared.split, partition)
     scheme = partition.scheme + (f" α={partition.alpha} by {partition.by}" if partition.scheme == "dirichlet" else "")
     scheme += f" by {partition.by} (one client per value)" if partition.scheme == "natural" else ""
-    print_frame(console, partition_table(clients, prepared.interactions.matrix), f"Partition: {len(clients)} clients, {scheme}")
+    print_frame(
+        console, partition_table(clients, prepared.interactions.matrix), f"Partition: {len(clients)} clients, {scheme}"
+    )
     if out is not None:
         write_json_atomic(out / "data_summary.json", prepared.protocol(settings))
         save_partitions(clients, prepared.interactions.matrix, partition, out)

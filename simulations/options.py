@@ -42,8 +42,12 @@ _DATA_OPTIONS = [
         show_default=True,
         help="Invalid rows (missing or non-numeric fields): stop with an error, or drop and count them.",
     ),
-    click.option("--gen-users", type=int, default=GeneratedDataConfig.num_users, show_default=True, help="Generated data: users."),
-    click.option("--gen-items", type=int, default=GeneratedDataConfig.num_items, show_default=True, help="Generated data: items."),
+    click.option(
+        "--gen-users", type=int, default=GeneratedDataConfig.num_users, show_default=True, help="Generated data: users."
+    ),
+    click.option(
+        "--gen-items", type=int, default=GeneratedDataConfig.num_items, show_default=True, help="Generated data: items."
+    ),
     click.option(
         "--gen-mean-history",
         type=float,
@@ -52,32 +56,58 @@ _DATA_OPTIONS = [
         help="Generated data: mean ratings per user.",
     ),
     click.option(
-        "--gen-clusters", type=int, default=GeneratedDataConfig.num_clusters, show_default=True, help="Generated data: taste clusters."
+        "--gen-clusters",
+        type=int,
+        default=GeneratedDataConfig.num_clusters,
+        show_default=True,
+        help="Generated data: taste clusters.",
     ),
     click.option(
         "--implicit-threshold",
         type=float,
         help="Positives are values >= this [default: rating >= 4; play count > 0].",
     ),
-    click.option("--min-user-interactions", type=int, default=5, show_default=True, help="k-core: minimum positives per user."),
-    click.option("--min-item-interactions", type=int, default=1, show_default=True, help="k-core: minimum users per item."),
-    click.option("--validation-fraction", type=float, default=0.1, show_default=True, help="Share of users held out for validation."),
-    click.option("--test-fraction", type=float, default=0.1, show_default=True, help="Share of users held out for testing."),
     click.option(
-        "--fold-in-fraction", type=float, default=0.8, show_default=True, help="Share of a held-out user's items shown to the model."
+        "--min-user-interactions", type=int, default=5, show_default=True, help="k-core: minimum positives per user."
     ),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated data, split and partitions."),
+    click.option(
+        "--min-item-interactions", type=int, default=1, show_default=True, help="k-core: minimum users per item."
+    ),
+    click.option(
+        "--validation-fraction",
+        type=float,
+        default=0.1,
+        show_default=True,
+        help="Share of users held out for validation.",
+    ),
+    click.option(
+        "--test-fraction", type=float, default=0.1, show_default=True, help="Share of users held out for testing."
+    ),
+    click.option(
+        "--fold-in-fraction",
+        type=float,
+        default=0.8,
+        show_default=True,
+        help="Share of a held-out user's items shown to the model.",
+    ),
+    click.option(
+        "--seed", type=int, default=0, show_default=True, help="Seed of the generated data, split and partitions."
+    ),
 ]
 
 _PARTITION_OPTIONS = [
-    click.option("--clients", type=int, default=5, show_default=True, help="Number of clients (ignored by natural partitions)."),
+    click.option(
+        "--clients", type=int, default=5, show_default=True, help="Number of clients (ignored by natural partitions)."
+    ),
     click.option(
         "--partition",
         default="iid",
         show_default=True,
         help="iid | dirichlet:ALPHA (taste clusters) | dirichlet:ALPHA:ATTRIBUTE | natural:ATTRIBUTE.",
     ),
-    click.option("--num-clusters", type=int, default=10, show_default=True, help="Taste clusters for dirichlet partitions."),
+    click.option(
+        "--num-clusters", type=int, default=10, show_default=True, help="Taste clusters for dirichlet partitions."
+    ),
 ]
 
 

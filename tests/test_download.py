@@ -113,7 +113,9 @@ def test_load_table_downloads_a_variant(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setitem(download.MOVIELENS_ARCHIVES, "100k", archive)
 
     table = load_table(
-        DataConfig(dataset="movielens", variant="100k", cache_dir=tmp_path / "cache", mirror=(tmp_path / "mirror").as_uri())
+        DataConfig(
+            dataset="movielens", variant="100k", cache_dir=tmp_path / "cache", mirror=(tmp_path / "mirror").as_uri()
+        )
     )
 
     assert table.frame["user"].tolist() == [1, 2]

@@ -45,8 +45,11 @@ def test_shape_long_tail_varied_lengths_clustered_tastes() -> None:
     items_by_user = frame.groupby("user")["item"].apply(set)
 
     def mean_jaccard(pairs: list[tuple[int, int]]) -> float:
-        return float(np.mean([len(items_by_user[a] & items_by_user[b]) / len(items_by_user[a] | items_by_user[b])
-                              for a, b in pairs]))
+        return float(
+            np.mean(
+                [len(items_by_user[a] & items_by_user[b]) / len(items_by_user[a] | items_by_user[b]) for a, b in pairs]
+            )
+        )
 
     rng = np.random.default_rng(0)
     users = rng.choice(items_by_user.index.to_numpy(), size=(400, 2))

@@ -113,7 +113,10 @@ def test_wrong_separator_is_diagnosed(tmp_path: Path) -> None:
 def test_column_option_naming_a_missing_column_lists_the_columns(tmp_path: Path) -> None:
     path = write(tmp_path / "events.csv", "user,item,stars\nu1,i1,5\n")
 
-    with pytest.raises(DataFormatError, match=r"column 'rating' \(--rating-col\) does not exist; the columns are 'user', 'item', 'stars'"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"column 'rating' \(--rating-col\) does not exist; the columns are 'user', 'item', 'stars'",
+    ):
         load_table(DataConfig(dataset="csv", data_path=path, user_col="user", item_col="item", rating_col="rating"))
 
 
@@ -136,8 +139,15 @@ def test_generic_csv_keeps_text_ids_and_user_attributes(tmp_path: Path) -> None:
     path = write(tmp_path / "e.tsv", "uid\tsku\tts\tcountry\nalice\tA-1\t5\tfr\nbob\tA-1\t6\tde\nalice\tB-2\t7\tfr\n")
 
     table = load_table(
-        DataConfig(dataset="csv", data_path=path, user_col="uid", item_col="sku", time_col="ts",
-                   separator="\t", attribute_cols=("country",))
+        DataConfig(
+            dataset="csv",
+            data_path=path,
+            user_col="uid",
+            item_col="sku",
+            time_col="ts",
+            separator="\t",
+            attribute_cols=("country",),
+        )
     )
 
     assert table.feedback == "implicit"

@@ -45,7 +45,9 @@ def label_skew(clients: list, labels: pd.Series) -> float:  # type: ignore[type-
     return float(np.mean(distances))
 
 
-def test_dirichlet_over_an_attribute_is_skewed_and_iid_is_not(small_interactions: Interactions, small_split: Split) -> None:
+def test_dirichlet_over_an_attribute_is_skewed_and_iid_is_not(
+    small_interactions: Interactions, small_split: Split
+) -> None:
     assert small_interactions.user_attributes is not None
     labels = small_interactions.user_attributes["taste"]
 
@@ -59,7 +61,9 @@ def test_dirichlet_over_an_attribute_is_skewed_and_iid_is_not(small_interactions
 
 
 def test_dirichlet_over_taste_clusters(small_interactions: Interactions, small_split: Split) -> None:
-    clients = partition_users(small_interactions, small_split, PartitionConfig.from_spec("dirichlet:0.3", num_clients=3))
+    clients = partition_users(
+        small_interactions, small_split, PartitionConfig.from_spec("dirichlet:0.3", num_clients=3)
+    )
 
     assert len(clients) == 3
     assert sorted(all_users(clients).tolist()) == list(range(small_interactions.num_users))
@@ -106,5 +110,12 @@ def test_summaries_are_saved(tmp_path, small_interactions: Interactions, small_s
 
     table = pd.read_csv(tmp_path / "partitions.csv")
     assert table["train_users"].sum() == len(small_split.train_users)
-    assert set(table.columns) >= {"client", "train_users", "validation_users", "test_users", "train_interactions", "train_items"}
+    assert set(table.columns) >= {
+        "client",
+        "train_users",
+        "validation_users",
+        "test_users",
+        "train_interactions",
+        "train_items",
+    }
     assert (tmp_path / "partitions.json").is_file()

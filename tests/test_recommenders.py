@@ -106,7 +106,9 @@ def test_multvae_has_no_batchnorm_and_is_opacus_compatible() -> None:
 
 def test_every_recommender_beats_chance_and_learners_beat_popularity(small_split: Split) -> None:
     config = EvalConfig(ks=(10,))
-    vae = MultVAERecommender(MultVAEConfig(hidden_dims=(100,), latent_dim=32, epochs=40, batch_size=32, anneal_steps=200))
+    vae = MultVAERecommender(
+        MultVAEConfig(hidden_dims=(100,), latent_dim=32, epochs=40, batch_size=32, anneal_steps=200)
+    )
     scores = {
         "popularity": evaluate(MostPopular().fit(small_split.train), small_split.test, config)["ndcg@10"],
         "itemknn": evaluate(ItemKNN(50).fit(small_split.train), small_split.test, config)["ndcg@10"],

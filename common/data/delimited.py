@@ -172,10 +172,8 @@ def validate_rows(
             bad |= missing
         users, items = users_text.to_numpy(dtype=object), items_text.to_numpy(dtype=object)
     value = numeric(spec.rating, "rating", integral=False) if spec.rating else np.ones(n)
-    if spec.timestamp:
-        timestamp = numeric(spec.timestamp, "timestamp", integral=False)
-    else:
-        timestamp = np.full(n, np.nan)
+    no_time = np.full(n, np.nan)
+    timestamp = numeric(spec.timestamp, "timestamp", integral=False) if spec.timestamp else no_time
 
     if bad.any():
         lines = np.flatnonzero(bad) + first_line

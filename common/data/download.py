@@ -37,7 +37,9 @@ MOVIELENS_ARCHIVES: dict[str, RemoteArchive] = {
     "100k": RemoteArchive(
         "ml-100k.zip", 4924029, "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229", "ml-100k"
     ),
-    "1m": RemoteArchive("ml-1m.zip", 5917549, "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20", "ml-1m"),
+    "1m": RemoteArchive(
+        "ml-1m.zip", 5917549, "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20", "ml-1m"
+    ),
     "latest-small": RemoteArchive(
         "ml-latest-small.zip",
         978202,
@@ -134,6 +136,4 @@ def fetch_movielens(variant: str, cache_dir: Path | None = None, mirror: str | N
     """Download MovieLens ``variant`` (100k, 1m, latest-small, 20m) and return its unpacked folder."""
     if variant not in MOVIELENS_ARCHIVES:
         raise DownloadError(f"unknown MovieLens --variant {variant!r}; choose one of {', '.join(MOVIELENS_ARCHIVES)}.")
-    return fetch_archive(
-        MOVIELENS_ARCHIVES[variant], cache_dir or default_cache_dir(), mirror or GROUPLENS_BASE_URL
-    )
+    return fetch_archive(MOVIELENS_ARCHIVES[variant], cache_dir or default_cache_dir(), mirror or GROUPLENS_BASE_URL)

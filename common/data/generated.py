@@ -25,8 +25,8 @@ import pandas as pd
 
 from common.config import GeneratedDataConfig
 from common.data.report import CleaningReport
-from common.seeding import rng_for
 from common.data.table import TABLE_COLUMNS, InteractionTable
+from common.seeding import rng_for
 
 _LATENT_DIM = 16
 _CHUNK_USERS = 1024
@@ -49,7 +49,9 @@ def generate_table(config: GeneratedDataConfig) -> InteractionTable:
     tail_mean = config.mean_history - config.min_history
     sigma = 1.0
     lengths = config.min_history + rng.lognormal(np.log(max(tail_mean, 1e-9)) - sigma**2 / 2, sigma, size=n_users)
-    lengths = np.clip(np.round(lengths), config.min_history, max(config.min_history, int(0.45 * n_items))).astype(np.int64)
+    lengths = np.clip(np.round(lengths), config.min_history, max(config.min_history, int(0.45 * n_items))).astype(
+        np.int64
+    )
 
     users_out, items_out, ratings_out = [], [], []
     scale = 1.0 / np.sqrt(_LATENT_DIM)
@@ -68,7 +70,7 @@ def generate_table(config: GeneratedDataConfig) -> InteractionTable:
             ratings_out.append(rating)
 
     users = np.concatenate(users_out)
-    counts = lengths
+    counts = np.asarray(lengths, dtype=np.int64)
     starts = _START_TIME + rng.uniform(0, 2e7, size=n_users)
     gaps = rng.exponential(3600.0, size=len(users))
     elapsed = np.cumsum(gaps)

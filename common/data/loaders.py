@@ -12,7 +12,7 @@ import pandas as pd
 
 from common.config import DataConfig
 from common.data.delimited import ColumnSpec, load_delimited, load_parquet, read_delimited_text, require_file
-from common.data.table import InteractionTable
+from common.data.table import Feedback, InteractionTable
 from common.errors import DataFormatError
 
 # File name → (separator, header names or None for a header line, column spec), most recent formats first.
@@ -37,7 +37,9 @@ def find_movielens_file(data_path: Path) -> Path:
             )
         return data_path
     if not data_path.is_dir():
-        raise DataFormatError("MovieLens directory not found. Pass --data-path DIR or --variant to download.", data_path)
+        raise DataFormatError(
+            "MovieLens directory not found. Pass --data-path DIR or --variant to download.", data_path
+        )
     for name in _MOVIELENS_FORMATS:
         candidate = data_path / name
         if candidate.is_file():
@@ -108,7 +110,7 @@ def load_generic(config: DataConfig) -> InteractionTable:
     assert config.data_path is not None and config.user_col and config.item_col
     path = require_file(config.data_path, f"{config.dataset} file", "Check --data-path.")
     spec = ColumnSpec(config.user_col, config.item_col, config.rating_col, config.time_col, numeric_ids=False)
-    feedback = "rating" if config.rating_col else "implicit"
+    feedback: Feedback = "rating" if config.rating_col else "implicit"
     if config.dataset == "parquet":
         return load_parquet(path, spec, feedback, config.bad_rows, config.attribute_cols)
     return load_delimited(

@@ -25,8 +25,8 @@ import scipy.sparse as sp
 from common.config import PartitionConfig
 from common.data.interactions import Interactions
 from common.data.split import Split
-from common.seeding import rng_for
 from common.errors import ConfigError
+from common.seeding import rng_for
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,9 @@ def partition_table(clients: list[ClientPartition], matrix: sp.csr_matrix) -> pd
     return pd.DataFrame([client.summary(matrix) for client in clients])
 
 
-def save_partitions(clients: list[ClientPartition], matrix: sp.csr_matrix, config: PartitionConfig, out_dir: Path) -> None:
+def save_partitions(
+    clients: list[ClientPartition], matrix: sp.csr_matrix, config: PartitionConfig, out_dir: Path
+) -> None:
     """Write ``partitions.csv`` (summary) and ``partitions.json`` (config and the user rows per client)."""
     from common.io import write_json_atomic, write_text_atomic
 

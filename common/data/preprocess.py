@@ -33,7 +33,9 @@ def implicit_rule(table: InteractionTable, threshold: float | None) -> tuple[np.
 
 def drop_duplicates(frame: pd.DataFrame) -> pd.DataFrame:
     """Keep one row per (user, item): the latest timestamp, ties and missing times by file order."""
-    order = frame.assign(_row=np.arange(len(frame))).sort_values(["timestamp", "_row"], na_position="first", kind="stable")
+    order = frame.assign(_row=np.arange(len(frame))).sort_values(
+        ["timestamp", "_row"], na_position="first", kind="stable"
+    )
     kept = order.drop_duplicates(["user", "item"], keep="last").sort_values("_row")
     return kept.drop(columns="_row")
 

@@ -55,8 +55,7 @@ class CleaningReport:
         for step in self.steps:
             note = f"  ({step.note})" if step.note else ""
             out.append(
-                f"  {step.name:<28} {step.rows_before:>10,} → {step.rows_after:>10,}"
-                f"  removed {step.removed:>9,}{note}"
+                f"  {step.name:<28} {step.rows_before:>10,} → {step.rows_after:>10,}  removed {step.removed:>9,}{note}"
             )
         out.extend(f"  warning: {w}" for w in self.warnings)
         return out

@@ -14,8 +14,8 @@ import scipy.sparse as sp
 
 from common.config import SplitConfig
 from common.data.interactions import Interactions
-from common.seeding import rng_for
 from common.errors import EmptyDataError
+from common.seeding import rng_for
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,9 @@ class Split:
         }
 
 
-def fold_in_target(rows: sp.csr_matrix, fold_in_fraction: float, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def fold_in_target(
+    rows: sp.csr_matrix, fold_in_fraction: float, rng: np.random.Generator
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Cut each row's items at random into fold-in and target parts.
 
     A row with n items gets ``max(1, round((1 - fold_in_fraction) · n))`` targets, at most
@@ -77,6 +79,7 @@ def fold_in_target(rows: sp.csr_matrix, fold_in_fraction: float, rng: np.random.
     rank[order] = np.arange(rows.nnz) - np.repeat(rows.indptr[:-1], lengths)
     is_target = rank < n_target[row_of_entry]
     coo = rows.tocoo()
+
     # tocoo() of a canonical CSR keeps the entry order, so masks line up with ``rank``.
     def part(mask: np.ndarray) -> sp.csr_matrix:
         return sp.csr_matrix((coo.data[mask], (coo.row[mask], coo.col[mask])), shape=rows.shape)
@@ -93,8 +96,8 @@ def split_users(interactions: Interactions, config: SplitConfig) -> Split:
     rng = rng_for(config.seed, "split")
     n_users = interactions.num_users
     lengths = np.diff(interactions.matrix.indptr)
-    n_validation = int(round(config.validation_fraction * n_users))
-    n_test = int(round(config.test_fraction * n_users))
+    n_validation = round(config.validation_fraction * n_users)
+    n_test = round(config.test_fraction * n_users)
     eligible = rng.permutation(np.flatnonzero(lengths >= 2))
     if len(eligible) < n_validation + n_test:
         raise EmptyDataError(

@@ -12,6 +12,7 @@ per user, −Σ_i x_i · log softmax(logits)_i + β · KL(q(z|x) ‖ N(0, I)). �
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,7 +40,9 @@ class MultVAEConfig:
 
     def __post_init__(self) -> None:
         if self.latent_dim < 1 or any(h < 1 for h in self.hidden_dims):
-            raise ConfigError(f"Mult-VAE sizes must be positive, got hidden {self.hidden_dims}, latent {self.latent_dim}.")
+            raise ConfigError(
+                f"Mult-VAE sizes must be positive, got hidden {self.hidden_dims}, latent {self.latent_dim}."
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"Mult-VAE dropout must be in [0, 1), got {self.dropout}.")
         if self.learning_rate <= 0 or self.batch_size < 1 or self.epochs < 1:
@@ -50,7 +53,7 @@ class MultVAEConfig:
 
 def _mlp(dims: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
         layers.append(nn.Linear(d_in, d_out))
         if i < len(dims) - 2:
             layers.append(nn.Tanh())
@@ -60,7 +63,9 @@ def _mlp(dims: list[int]) -> nn.Sequential:
 class MultVAE(nn.Module):
     """Mult-VAE with ``encoder`` (n_items → hidden → 2·latent) and ``decoder`` (latent → hidden → n_items)."""
 
-    def __init__(self, num_items: int, hidden_dims: tuple[int, ...] = (600,), latent_dim: int = 200, dropout: float = 0.5):
+    def __init__(
+        self, num_items: int, hidden_dims: tuple[int, ...] = (600,), latent_dim: int = 200, dropout: float = 0.5
+    ):
         super().__init__()
         self.num_items = num_items
         self.latent_dim = latent_dim

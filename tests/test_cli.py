@@ -1,0 +1,116 @@
+"""The fedsynth command: help everywhere, baseline and data jobs, clear errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from simulations.cli import cli, main
+from tests.conftest import write
+
+SMALL = ["--gen-users", "200", "--gen-items", "300", "--gen-mean-history", "30"]
+
+
+@pytest.mark.parametrize("command", [[], ["baseline"], ["data"], ["download"]])
+def test_help_on_every_command(command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--help"])
+
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+
+
+def test_baseline_writes_results_and_protocol(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "baseline",
+            *SMALL,
+            "--recommenders",
+            "popularity,ease,multvae",
+            "--vae-epochs",
+            "3",
+            "--vae-hidden",
+            "32",
+            "--vae-latent",
+            "8",
+            "--ks",
+            "10,20",
+            "--out",
+            str(out),
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / "baseline.json").read_text())
+    assert set(payload["results"]) == {"popularity", "ease", "multvae"}
+    assert set(payload["results"]["ease"]) >= {"ndcg@10", "recall@20", "hitrate@10", "coverage@20"}
+    protocol = payload["protocol"]
+    assert protocol["settings"]["data"]["dataset"] == "generated"
+    assert protocol["settings"]["split"]["test_fraction"] == 0.1
+    assert protocol["data"]["users"] == 200
+    assert any(step["name"] == "implicit feedback" for step in protocol["cleaning"]["steps"])
+    assert "implicit feedback" in result.output and "ndcg@10" in result.output
+
+
+def test_data_command_prints_and_saves_partitions(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["data", *SMALL, "--clients", "3", "--partition", "natural:region", "--out", str(tmp_path)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "one client per value" in result.output
+    assert (tmp_path / "partitions.csv").is_file() and (tmp_path / "data_summary.json").is_file()
+
+
+def test_bad_input_exits_2_with_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "e.csv", "u,i,r\n1,2,5\n1,3,five\n")
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "baseline",
+                "--dataset",
+                "csv",
+                "--data-path",
+                str(path),
+                "--user-col",
+                "u",
+                "--item-col",
+                "i",
+                "--rating-col",
+                "r",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}, line 3:" in err
+    assert not (tmp_path / "out" / "baseline.json").exists()
+
+
+def test_bad_option_values_are_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["baseline", *SMALL, "--recommenders", "svd"])
+    assert exit_info.value.code == 2
+    assert "--recommenders 'svd'" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        main(["data", *SMALL, "--test-fraction", "1.5"])
+    assert "--test-fraction must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_installed_console_script_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "simulations", "--help"], capture_output=True, text=True, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "baseline" in result.stdout
