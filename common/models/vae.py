@@ -25,15 +25,15 @@ from common.errors import ConfigError
 
 @dataclass(frozen=True)
 class MultVAEConfig:
-    """Architecture and training settings (defaults chosen on validation users of the built-in data)."""
+    """Architecture and training settings (non-private defaults, chosen on validation users, never test users)."""
 
     hidden_dims: tuple[int, ...] = (600,)  # encoder hidden sizes; the decoder mirrors them
     latent_dim: int = 200
     dropout: float = 0.5  # on the normalised input, training only
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    batch_size: int = 128
-    epochs: int = 100
+    batch_size: int = 32  # 32 beat 128 on validation users (ml-latest-small NDCG@10 0.277 vs 0.255)
+    epochs: int = 50  # the best validation epoch at batch 32 was 30
     anneal_steps: int = 2000  # steps for β to go from 0 to beta_cap
     beta_cap: float = 0.2
     seed: int = 0

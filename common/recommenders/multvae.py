@@ -15,6 +15,7 @@ import torch
 
 from common.config import EvalConfig
 from common.data.split import HeldOutUsers
+from common.models.optim import adam
 from common.models.vae import MultVAE, MultVAEConfig, kl_beta, vae_loss
 from common.recommenders.base import Recommender
 
@@ -43,7 +44,7 @@ class MultVAERecommender(Recommender):
         generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
         model = MultVAE.from_config(train.shape[1], config).to(self.device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimizer = adam(model.parameters(), config.learning_rate, config.weight_decay)
         self.model = model
         binary = (train > 0).astype(np.float32).tocsr()
         best_score, best_state = -np.inf, copy.deepcopy(model.state_dict())

@@ -1,0 +1,1 @@
+"""Differential privacy: accounting (pure maths over events), calibration, and the durable ledger."""

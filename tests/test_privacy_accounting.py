@@ -1,0 +1,100 @@
+"""Privacy accounting against independent maths: Google's dp-accounting and closed-form edge cases."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import dp_accounting
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from common.errors import ConfigError
+from common.privacy.accounting import DPEvent, calibrate_noise, epsilon, epsilon_by_model
+from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, fingerprint
+
+
+def dp_accounting_epsilon(events: list[DPEvent], delta: float) -> float:
+    """The same Poisson-subsampled Gaussian steps, composed by dp-accounting's RDP accountant."""
+    accountant = dp_accounting.rdp.RdpAccountant()
+    for e in events:
+        step = dp_accounting.PoissonSampledDpEvent(e.sample_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier))
+        accountant.compose(dp_accounting.SelfComposedDpEvent(step, e.steps))
+    return float(accountant.get_epsilon(delta))
+
+
+@pytest.mark.parametrize(
+    ("sigma", "rate", "steps", "delta"),
+    [(1.0, 0.01, 1000, 1e-5), (1.37, 0.1, 500, 1e-3), (0.8, 0.25, 40, 1e-3), (3.0, 0.3, 200, 1e-4)],
+)
+def test_epsilon_matches_dp_accounting_within_two_percent(sigma: float, rate: float, steps: int, delta: float) -> None:
+    events = [DPEvent("vae", sigma, rate, steps)]
+
+    ours, theirs = epsilon(events, delta), dp_accounting_epsilon(events, delta)
+
+    assert ours == pytest.approx(theirs, rel=0.02)
+
+
+def test_two_models_compose_in_one_accountant() -> None:
+    events = [DPEvent("vae", 1.2, 0.2, 100), DPEvent("gan", 0.9, 0.1, 300), DPEvent("vae", 1.2, 0.2, 100)]
+
+    by_model = epsilon_by_model(events, 1e-4)
+
+    assert by_model["total"] == pytest.approx(dp_accounting_epsilon(events, 1e-4), rel=0.02)
+    assert by_model["total"] > max(by_model["vae"], by_model["gan"])
+    assert by_model["total"] <= by_model["vae"] + by_model["gan"]  # never worse than basic composition
+
+
+def test_edge_cases_zero_steps_and_zero_noise() -> None:
+    assert epsilon([], 1e-5) == 0.0
+    assert epsilon([DPEvent("vae", 1.0, 0.1, 0)], 1e-5) == 0.0
+    assert epsilon([DPEvent("vae", 0.0, 0.1, 1)], 1e-5) == math.inf
+
+
+def test_calibration_meets_the_target_tightly() -> None:
+    sigma = calibrate_noise(2.0, 1e-4, 0.05, 400)
+
+    spent = epsilon([DPEvent("vae", sigma, 0.05, 400)], 1e-4)
+    assert spent <= 2.0 + 1e-3
+    assert spent > 1.95  # not wastefully noisy
+    with pytest.raises(ConfigError, match="must be positive"):
+        calibrate_noise(0.0, 1e-4, 0.05, 400)
+
+
+def matrix(seed: int) -> sp.csr_matrix:
+    return sp.csr_matrix((np.random.default_rng(seed).random((20, 30)) < 0.2).astype(np.float32))
+
+
+def test_ledger_survives_reopening_and_refuses_over_budget(tmp_path: Path) -> None:
+    print_ = fingerprint(matrix(0))
+    ledger = PrivacyLedger.open(tmp_path, print_, 1e-3, target_epsilon=3.0)
+    sigma = calibrate_noise(1.5, 1e-3, 0.2, 50)
+    round_events = [DPEvent("vae", sigma, 0.2, 50)]
+    ledger.check(round_events)
+    ledger.record(round_events, {"round": 1})
+
+    reopened = PrivacyLedger.open(tmp_path, print_, 1e-3, target_epsilon=3.0)
+
+    assert reopened.events == round_events
+    assert reopened.spent()["total"] == pytest.approx(ledger.spent()["total"])
+    reopened.check(round_events)  # a second round still fits in 3.0
+    reopened.record(round_events, {"round": 2})
+    with pytest.raises(PrivacyBudgetExceeded, match="above the target 3"):
+        reopened.check(round_events * 3)
+
+
+def test_ledger_is_keyed_by_data_and_keeps_its_delta(tmp_path: Path) -> None:
+    first = PrivacyLedger.open(tmp_path, fingerprint(matrix(0)), 1e-3, 3.0)
+    first.record([DPEvent("vae", 1.0, 0.1, 10)], {"round": 1})
+
+    other_data = PrivacyLedger.open(tmp_path, fingerprint(matrix(1)), 1e-3, 3.0)
+    assert other_data.events == []
+    with pytest.raises(ConfigError, match="Use the same delta"):
+        PrivacyLedger.open(tmp_path, fingerprint(matrix(0)), 1e-4, 3.0)
+
+
+def test_fingerprint_depends_on_the_pattern_not_the_object() -> None:
+    a = matrix(0)
+    assert fingerprint(a) == fingerprint(a.copy())
+    assert fingerprint(a) != fingerprint(matrix(1))
