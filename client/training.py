@@ -1,0 +1,235 @@
+"""One client's local round: DP-SGD on the Mult-VAE, then on the GAN's discriminator.
+
+Everything here runs on the client's own users only. The privacy plan (noise multipliers
+and sampling rates) is fixed before round 1 from the target (ε, δ), the number of users,
+the batch sizes, the local steps and the planned rounds; each round then spends exactly
+the planned events, as counted by Opacus' own accountant hook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from common.errors import ConfigError
+from common.models.gan import (
+    Discriminator,
+    DiscriminatorLoss,
+    GANConfig,
+    Generator,
+    as_distribution,
+    discriminator_loss,
+    generator_loss,
+)
+from common.models.optim import adam
+from common.models.vae import MultVAE, MultVAEConfig, VAELoss, kl_beta
+from common.privacy.accounting import DPEvent, calibrate_noise, epsilon
+from common.privacy.dp import CSRRows, PrivacyConfig, loader, make_private, sample_rate, spent_events, steps_per_epoch
+
+
+@dataclass(frozen=True)
+class LocalTrainingConfig:
+    """What a client trains each round."""
+
+    vae: MultVAEConfig = field(default_factory=lambda: MultVAEConfig(hidden_dims=(200,), latent_dim=64, batch_size=64))
+    gan: GANConfig = field(default_factory=GANConfig)
+    local_epochs: int = 1  # Mult-VAE epochs per round
+    discriminator_steps: int = 10  # GAN discriminator steps per round
+
+    def __post_init__(self) -> None:
+        if self.local_epochs < 1 or self.discriminator_steps < 1:
+            raise ConfigError("local epochs and discriminator steps per round must be at least 1.")
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """Noise and sampling for every round, calibrated once before round 1."""
+
+    delta: float
+    vae_noise: float
+    vae_rate: float
+    vae_steps: int  # per round
+    gan_noise: float
+    gan_rate: float
+    gan_steps: int  # per round
+    private: bool = True
+
+    def round_events(self) -> list[DPEvent]:
+        """The events one round spends (empty when DP is off)."""
+        if not self.private:
+            return []
+        return [
+            DPEvent("vae", self.vae_noise, self.vae_rate, self.vae_steps),
+            DPEvent("gan", self.gan_noise, self.gan_rate, self.gan_steps),
+        ]
+
+
+def plan_privacy(privacy: PrivacyConfig, num_users: int, local: LocalTrainingConfig, rounds: int) -> PrivacyPlan:
+    """Calibrate σ for each model so that all ``rounds`` compose to at most the target ε.
+
+    The VAE's σ is calibrated for ``vae_share`` of a budget and the GAN's for the rest; that
+    budget is then scaled (bisection) so that the RDP composition of every planned event of
+    every round is as close to the target as possible without exceeding it.
+    """
+    for name, batch in (("Mult-VAE", local.vae.batch_size), ("GAN", local.gan.batch_size)):
+        if batch > num_users:
+            raise ConfigError(
+                f"the {name} batch size {batch} is larger than this client's {num_users} users; "
+                "lower the batch size or give the client more users."
+            )
+    delta = privacy.delta_for(num_users)
+    vae_rate, gan_rate = sample_rate(num_users, local.vae.batch_size), sample_rate(num_users, local.gan.batch_size)
+    vae_steps = local.local_epochs * steps_per_epoch(num_users, local.vae.batch_size)
+    gan_steps = local.discriminator_steps
+    if not privacy.private:
+        return PrivacyPlan(delta, 0.0, vae_rate, vae_steps, 0.0, gan_rate, gan_steps, private=False)
+
+    def plan_at(scale: float) -> tuple[PrivacyPlan, float]:
+        target = privacy.target_epsilon * scale
+        vae_noise = calibrate_noise(target * privacy.vae_share, delta, vae_rate, vae_steps * rounds)
+        gan_noise = calibrate_noise(target * (1 - privacy.vae_share), delta, gan_rate, gan_steps * rounds)
+        plan = PrivacyPlan(delta, vae_noise, vae_rate, vae_steps, gan_noise, gan_rate, gan_steps)
+        planned = [DPEvent(e.model, e.noise_multiplier, e.sample_rate, e.steps * rounds) for e in plan.round_events()]
+        return plan, epsilon(planned, delta)
+
+    # Composition costs less than the sum of the parts: scale both shares up together until
+    # the composed total meets the target (it can never exceed 1 / the larger share).
+    low, high = 0.5, 1.0 / max(privacy.vae_share, 1 - privacy.vae_share)
+    best, total = plan_at(low)
+    if total > privacy.target_epsilon:
+        raise ConfigError(f"cannot calibrate noise for epsilon {privacy.target_epsilon:g}; check the settings.")
+    for _ in range(8):
+        middle = (low + high) / 2
+        plan, total = plan_at(middle)
+        if total <= privacy.target_epsilon:
+            best, low = plan, middle
+        else:
+            high = middle
+    return best
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What one model's local training produced: events spent and mean losses."""
+
+    events: list[DPEvent]
+    losses: dict[str, float]
+
+
+def train_vae_round(
+    model: MultVAE,
+    data: sp.csr_matrix,
+    plan: PrivacyPlan,
+    privacy: PrivacyConfig,
+    config: MultVAEConfig,
+    first_step: int,
+    seed: int,
+) -> RoundResult:
+    """One round of (DP-)SGD on ``model`` in place. KL β follows the global step ``first_step + i``."""
+    torch.manual_seed(seed)
+    optimizer = adam(model.parameters(), config.learning_rate, config.weight_decay)
+    criterion = VAELoss()
+    rows = loader(CSRRows(data), config.batch_size, seed)
+    engine = None
+    trained: torch.nn.Module = model
+    if plan.private:
+        engine, trained, optimizer, criterion, rows = make_private(
+            model, optimizer, criterion, rows, plan.vae_noise, privacy.max_grad_norm, seed
+        )
+    trained.train()
+    total, count, step = 0.0, 0, first_step
+    for _ in range(plan.vae_steps // max(1, steps_per_epoch(data.shape[0], config.batch_size))):
+        for x in rows:
+            if x.shape[0] == 0:
+                optimizer.step()  # an empty Poisson batch still counts as a step: noise only
+                optimizer.zero_grad()
+                continue
+            criterion.beta = kl_beta(step, config.anneal_steps, config.beta_cap)
+            logits, mu, logvar = trained(x)
+            loss = criterion(logits, x, mu, logvar)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            total += float(loss.detach()) * x.shape[0]
+            count += x.shape[0]
+            step += 1
+    if engine is not None:
+        trained.remove_hooks()  # type: ignore[union-attr]
+    events = spent_events(engine, "vae") if engine is not None else []
+    return RoundResult(events, {"vae-loss": total / max(count, 1)})
+
+
+def train_gan_round(
+    generator: Generator,
+    discriminator: Discriminator,
+    data: sp.csr_matrix,
+    plan: PrivacyPlan,
+    privacy: PrivacyConfig,
+    config: GANConfig,
+    seed: int,
+) -> RoundResult:
+    """``plan.gan_steps`` private discriminator steps, each followed by ``config.generator_steps`` generator steps."""
+    torch.manual_seed(seed)
+    d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
+    g_optimizer = torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
+    criterion: object = DiscriminatorLoss()
+    real_batches = loader(CSRRows(data), config.batch_size, seed)
+    engine = None
+    critic: torch.nn.Module = discriminator
+    if plan.private:
+        engine, critic, d_optimizer, criterion, real_batches = make_private(
+            discriminator, d_optimizer, criterion, real_batches, plan.gan_noise, privacy.max_grad_norm, seed
+        )
+    d_losses, g_losses, done = [], [], 0
+    while done < plan.gan_steps:
+        for x in real_batches:
+            if done == plan.gan_steps:
+                break
+            fake = generator.sample(config.batch_size).detach()
+            inputs = torch.cat([as_distribution(x), fake])
+            labels = torch.cat([torch.ones(x.shape[0]), torch.zeros(fake.shape[0])])
+            loss = criterion(critic(inputs), labels)  # type: ignore[operator]
+            loss.backward()
+            d_optimizer.step()
+            d_optimizer.zero_grad()
+            d_losses.append(float(loss.detach()))
+            done += 1
+            for _ in range(config.generator_steps):  # post-processing of the private discriminator
+                g_losses.append(_generator_step(generator, critic, g_optimizer, d_optimizer, config.batch_size))
+    if engine is not None:
+        critic.remove_hooks()  # type: ignore[union-attr]
+    events = spent_events(engine, "gan") if engine is not None else []
+    return RoundResult(events, {"gan-d-loss": float(np.mean(d_losses)), "gan-g-loss": float(np.mean(g_losses))})
+
+
+def _generator_step(
+    generator: Generator,
+    critic: torch.nn.Module,
+    g_optimizer: torch.optim.Optimizer,
+    d_optimizer: torch.optim.Optimizer,
+    batch_size: int,
+) -> float:
+    hooks = getattr(critic, "disable_hooks", None)
+    if hooks is not None:
+        critic.disable_hooks()  # type: ignore[operator]
+    loss = generator_loss(critic(generator.sample(batch_size)))
+    g_optimizer.zero_grad()
+    loss.backward()
+    g_optimizer.step()
+    d_optimizer.zero_grad()  # the discriminator's gradients from this pass are discarded
+    if hooks is not None:
+        critic.enable_hooks()  # type: ignore[operator]
+    return float(loss.detach())
+
+
+__all__ = [
+    "LocalTrainingConfig",
+    "PrivacyPlan",
+    "discriminator_loss",
+    "plan_privacy",
+    "train_gan_round",
+    "train_vae_round",
+]

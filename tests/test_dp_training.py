@@ -1,0 +1,132 @@
+"""DP-SGD: zero noise and no clipping equals plain training; clipping bounds per-user gradients;
+the events Opacus counts are the planned ones; invalid privacy settings fail at start."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from torch.utils.data import DataLoader
+
+from client.training import LocalTrainingConfig, plan_privacy, train_gan_round, train_vae_round
+from common.errors import ConfigError
+from common.models.gan import Discriminator, GANConfig, Generator
+from common.models.vae import MultVAE, MultVAEConfig, VAELoss
+from common.privacy.accounting import epsilon
+from common.privacy.dp import CSRRows, PrivacyConfig, make_private
+
+
+def data(n_users: int = 40, n_items: int = 30, seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_users, n_items)) < 0.2).astype(np.float32)
+    dense[:, 0] = 1.0  # no empty user
+    return sp.csr_matrix(dense)
+
+
+def vae_model(seed: int = 0) -> MultVAE:
+    torch.manual_seed(seed)
+    return MultVAE(30, (16,), 4, dropout=0.0)
+
+
+def test_zero_noise_and_no_clipping_equals_plain_training() -> None:
+    x = torch.from_numpy(data().toarray())
+    plain, private = vae_model(), vae_model()
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1)
+    loader = DataLoader(CSRRows(data()), batch_size=40, shuffle=False)
+    engine, wrapped, dp_opt, criterion, dp_loader = make_private(
+        private,
+        torch.optim.SGD(private.parameters(), lr=0.1),
+        VAELoss(beta=0.1),
+        loader,
+        noise_multiplier=0.0,
+        max_grad_norm=1e6,
+        seed=0,
+        poisson_sampling=False,
+    )
+
+    for step in range(3):
+        torch.manual_seed(step)  # the same z noise for both (dropout is 0)
+        logits, mu, logvar = plain(x)
+        loss = VAELoss(beta=0.1)(logits, x, mu, logvar)
+        plain_opt.zero_grad()
+        loss.backward()
+        plain_opt.step()
+        for batch in dp_loader:
+            torch.manual_seed(step)
+            out, mu_, logvar_ = wrapped(batch)
+            dp_loss = criterion(out, batch, mu_, logvar_)
+            dp_loss.backward()
+            dp_opt.step()
+            dp_opt.zero_grad()
+
+    for (name, a), b in zip(plain.state_dict().items(), private.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("bound", [1e-3, 0.5])
+def test_per_user_gradient_is_clipped_to_the_bound(bound: float) -> None:
+    one_user = data(n_users=1)
+    model = vae_model()
+    loader = DataLoader(CSRRows(one_user), batch_size=1)
+    reference = copy.deepcopy(model)
+    x = torch.from_numpy(one_user.toarray())
+    torch.manual_seed(0)
+    logits, mu, logvar = reference(x)
+    VAELoss(0.1, "sum")(logits, x, mu, logvar).backward()
+    unclipped = torch.sqrt(sum((p.grad**2).sum() for p in reference.parameters()))
+    _, wrapped, optimizer, criterion, dp_loader = make_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        VAELoss(beta=0.1),
+        loader,
+        noise_multiplier=0.0,
+        max_grad_norm=bound,
+        seed=0,
+        poisson_sampling=False,
+    )
+
+    for batch in dp_loader:
+        torch.manual_seed(0)
+        out, mu_, logvar_ = wrapped(batch)
+        criterion(out, batch, mu_, logvar_).backward()
+    norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
+
+    assert float(norm) == pytest.approx(min(bound, float(unclipped)), rel=1e-3)
+
+
+def test_a_round_spends_exactly_the_planned_events() -> None:
+    train = data(n_users=60)
+    local = LocalTrainingConfig(
+        vae=MultVAEConfig(hidden_dims=(16,), latent_dim=4, batch_size=20),
+        gan=GANConfig(batch_size=20, generator_hidden=16, discriminator_hidden=8),
+        discriminator_steps=4,
+    )
+    privacy = PrivacyConfig(target_epsilon=4.0)
+    plan = plan_privacy(privacy, 60, local, rounds=3)
+
+    vae = train_vae_round(MultVAE(30, (16,), 4), train, plan, privacy, local.vae, first_step=0, seed=1)
+    gan = train_gan_round(Generator(30, 32, 16), Discriminator(30, 8), train, plan, privacy, local.gan, seed=1)
+
+    assert vae.events + gan.events == plan.round_events()
+    three_rounds = (vae.events + gan.events) * 3
+    assert epsilon(three_rounds, plan.delta) <= 4.0 + 1e-6
+    assert epsilon(three_rounds, plan.delta) > 3.5
+    assert np.isfinite(vae.losses["vae-loss"]) and np.isfinite(gan.losses["gan-d-loss"])
+
+
+def test_invalid_privacy_settings_fail_at_start() -> None:
+    local = LocalTrainingConfig(vae=MultVAEConfig(batch_size=64))
+    with pytest.raises(ConfigError, match="--epsilon must be positive"):
+        PrivacyConfig(target_epsilon=0)
+    with pytest.raises(ConfigError, match="--delta"):
+        PrivacyConfig(delta=0)
+    with pytest.raises(ConfigError, match="clipping bound"):
+        PrivacyConfig(max_grad_norm=0)
+    with pytest.raises(ConfigError, match="not below 1/n"):
+        plan_privacy(PrivacyConfig(delta=0.01), 200, local, rounds=1)
+    with pytest.raises(ConfigError, match="batch size 64 is larger than this client's 50 users"):
+        plan_privacy(PrivacyConfig(), 50, local, rounds=1)
+    assert PrivacyConfig().delta_for(200) < 1 / 200
