@@ -36,7 +36,7 @@ def test_zero_noise_and_no_clipping_equals_plain_training() -> None:
     plain, private = vae_model(), vae_model()
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1)
     loader = DataLoader(CSRRows(data()), batch_size=40, shuffle=False)
-    engine, wrapped, dp_opt, criterion, dp_loader = make_private(
+    _engine, wrapped, dp_opt, criterion, dp_loader = make_private(
         private,
         torch.optim.SGD(private.parameters(), lr=0.1),
         VAELoss(beta=0.1),
@@ -77,7 +77,7 @@ def test_per_user_gradient_is_clipped_to_the_bound(bound: float) -> None:
     logits, mu, logvar = reference(x)
     VAELoss(0.1, "sum")(logits, x, mu, logvar).backward()
     unclipped = torch.sqrt(sum((p.grad**2).sum() for p in reference.parameters()))
-    _, wrapped, optimizer, criterion, dp_loader = make_private(
+    _, wrapped, _optimizer, criterion, dp_loader = make_private(
         model,
         torch.optim.SGD(model.parameters(), lr=0.1),
         VAELoss(beta=0.1),
