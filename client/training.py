@@ -8,13 +8,14 @@ the planned events, as counted by Opacus' own accountant hook.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from common.errors import ConfigError
+from common.federation import LocalTrainingConfig
 from common.models.gan import (
     Discriminator,
     DiscriminatorLoss,
@@ -28,20 +29,6 @@ from common.models.optim import adam
 from common.models.vae import MultVAE, MultVAEConfig, VAELoss, kl_beta
 from common.privacy.accounting import DPEvent, calibrate_noise, epsilon
 from common.privacy.dp import CSRRows, PrivacyConfig, loader, make_private, sample_rate, spent_events, steps_per_epoch
-
-
-@dataclass(frozen=True)
-class LocalTrainingConfig:
-    """What a client trains each round."""
-
-    vae: MultVAEConfig = field(default_factory=lambda: MultVAEConfig(hidden_dims=(200,), latent_dim=64, batch_size=64))
-    gan: GANConfig = field(default_factory=GANConfig)
-    local_epochs: int = 1  # Mult-VAE epochs per round
-    discriminator_steps: int = 10  # GAN discriminator steps per round
-
-    def __post_init__(self) -> None:
-        if self.local_epochs < 1 or self.discriminator_steps < 1:
-            raise ConfigError("local epochs and discriminator steps per round must be at least 1.")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader
 
-from client.training import LocalTrainingConfig, plan_privacy, train_gan_round, train_vae_round
+from client.training import plan_privacy, train_gan_round, train_vae_round
 from common.errors import ConfigError
+from common.federation import LocalTrainingConfig
 from common.models.gan import Discriminator, GANConfig, Generator
 from common.models.vae import MultVAE, MultVAEConfig, VAELoss
 from common.privacy.accounting import epsilon

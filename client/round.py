@@ -1,0 +1,85 @@
+"""One train request handled end to end on a client: budget check, DP training, ledger, reply.
+
+Only weights and aggregate metrics leave: the reply holds the model bundle (ArrayRecord)
+and a MetricRecord of counts, losses and ε; a refusal holds a MetricRecord and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import scipy.sparse as sp
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from client.training import PrivacyPlan, plan_privacy, train_gan_round, train_vae_round
+from common import keys
+from common.bundle import ModelBundle
+from common.federation import RunConfig
+from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, fingerprint
+
+_PLAN = "privacy-plan"
+
+
+def default_ledger_dir() -> Path:
+    """``$FEDSYNTH_LEDGER_DIR`` or ``$XDG_STATE_HOME/fedsynth/ledgers`` (``~/.local/state/...``): outside any run dir."""
+    if os.environ.get("FEDSYNTH_LEDGER_DIR"):
+        return Path(os.environ["FEDSYNTH_LEDGER_DIR"])
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "fedsynth" / "ledgers"
+
+
+def privacy_plan(state: RecordDict, config: RunConfig, num_users: int, planned_rounds: int) -> PrivacyPlan:
+    """The plan calibrated before round 1, kept in the node's ``context.state`` for later rounds."""
+    if _PLAN in state:
+        stored: Any = dict(state[_PLAN])
+        stored["private"] = bool(stored["private"])
+        return PrivacyPlan(**stored)
+    plan = plan_privacy(config.privacy(), num_users, config.local(), planned_rounds)
+    state[_PLAN] = ConfigRecord(dict(plan.__dict__))
+    return plan
+
+
+def refusal(reason: str, spent: dict[str, float], delta: float) -> RecordDict:
+    metrics = MetricRecord(
+        {keys.REFUSED: 1, keys.NUM_EXAMPLES: 0, keys.EPSILON: spent.get("total", 0.0), keys.DELTA: delta}
+    )
+    return RecordDict({keys.METRICS: metrics, keys.CONFIG: ConfigRecord({keys.REASON: reason})})
+
+
+def handle_train(
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger_dir: Path
+) -> RecordDict:
+    """Train one round on ``rows`` (this client's users) from the global bundle in ``content``."""
+    request = content[keys.CONFIG]
+    server_round = int(request[keys.SERVER_ROUND])  # type: ignore[arg-type]
+    planned_rounds = int(request[keys.PLANNED_ROUNDS])  # type: ignore[arg-type]
+    num_users = rows.shape[0]
+    privacy = config.privacy()
+    plan = privacy_plan(state, config, num_users, planned_rounds)
+    ledger = PrivacyLedger.open(ledger_dir, fingerprint(rows), plan.delta, privacy.target_epsilon)
+    try:
+        ledger.check(plan.round_events())
+    except PrivacyBudgetExceeded as exc:
+        return refusal(str(exc), ledger.spent(), plan.delta)
+
+    local = config.local()
+    bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)
+    bundle.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
+    seed = config.seed * 100_003 + server_round
+    vae = train_vae_round(bundle.vae, rows, plan, privacy, local.vae, (server_round - 1) * plan.vae_steps, seed)
+    gan = train_gan_round(bundle.generator, bundle.discriminator, rows, plan, privacy, local.gan, seed)
+    ledger.record(vae.events + gan.events, {"round": server_round})
+
+    spent = ledger.spent()
+    metrics: dict[str, float | int] = {
+        keys.NUM_EXAMPLES: num_users,
+        keys.REFUSED: 0,
+        keys.EPSILON: spent["total"],
+        keys.EPSILON_VAE: spent.get("vae", 0.0),
+        keys.EPSILON_GAN: spent.get("gan", 0.0),
+        keys.DELTA: plan.delta,
+        **vae.losses,
+        **gan.losses,
+    }
+    return RecordDict({keys.ARRAYS: ArrayRecord(bundle.state_dict()), keys.METRICS: MetricRecord(metrics)})

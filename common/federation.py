@@ -1,0 +1,102 @@
+"""The federation's settings, built once from Flower's run config (``[tool.flwr.app.config]``).
+
+Keys are kebab-case in the run config; unknown keys are errors. ``epsilon = inf`` (or any
+value ≥ 1e9) turns DP off; ``delta = 0`` means 0.1 / n per client.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.config import DataConfig, PartitionConfig, PreprocessConfig, SplitConfig, from_mapping
+from common.data.pipeline import DataSettings
+from common.errors import ConfigError
+from common.models.gan import GANConfig
+from common.models.vae import MultVAEConfig
+from common.privacy.dp import PrivacyConfig
+
+
+@dataclass(frozen=True)
+class LocalTrainingConfig:
+    """What a client trains each round."""
+
+    vae: MultVAEConfig = field(default_factory=lambda: MultVAEConfig(hidden_dims=(200,), latent_dim=64, batch_size=64))
+    gan: GANConfig = field(default_factory=GANConfig)
+    local_epochs: int = 1  # Mult-VAE epochs per round
+    discriminator_steps: int = 10  # GAN discriminator steps per round
+
+    def __post_init__(self) -> None:
+        if self.local_epochs < 1 or self.discriminator_steps < 1:
+            raise ConfigError("local epochs and discriminator steps per round must be at least 1.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Flat run config as Flower passes it (kebab-case keys ↔ these snake_case fields)."""
+
+    num_server_rounds: int = 3
+    fraction_train: float = 1.0
+    min_clients: int = 2
+    epsilon: float = 8.0
+    delta: float = 0.0
+    max_grad_norm: float = 1.0
+    vae_share: float = 0.5
+    local_epochs: int = 1
+    discriminator_steps: int = 10
+    vae_batch_size: int = 64
+    gan_batch_size: int = 64
+    vae_hidden: int = 200
+    vae_latent: int = 64
+    dataset: str = "generated"
+    data_path: str = ""
+    gen_users: int = 943
+    gen_items: int = 1682
+    partition: str = "iid"
+    seed: int = 0
+    ledger_dir: str = ""
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.num_server_rounds < 1:
+            raise ConfigError("num-server-rounds must be at least 1.")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"fraction-train must be in (0, 1], got {self.fraction_train}.")
+        if self.min_clients < 1:
+            raise ConfigError("min-clients must be at least 1.")
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> RunConfig:
+        return from_mapping(cls, dict(run_config), where="run config")
+
+    def privacy(self) -> PrivacyConfig:
+        target = math.inf if self.epsilon >= 1e9 else self.epsilon
+        return PrivacyConfig(target, self.delta or None, self.max_grad_norm, self.vae_share)
+
+    def local(self) -> LocalTrainingConfig:
+        vae = MultVAEConfig(
+            hidden_dims=(self.vae_hidden,), latent_dim=self.vae_latent, batch_size=self.vae_batch_size, seed=self.seed
+        )
+        return LocalTrainingConfig(
+            vae, GANConfig(batch_size=self.gan_batch_size), self.local_epochs, self.discriminator_steps
+        )
+
+    def data(self) -> DataSettings:
+        from common.config import GeneratedDataConfig
+
+        data = DataConfig(
+            dataset=self.dataset,  # type: ignore[arg-type]
+            data_path=Path(self.data_path) if self.data_path else None,
+            generated=GeneratedDataConfig(num_users=self.gen_users, num_items=self.gen_items, seed=self.seed),
+        )
+        return DataSettings(data, PreprocessConfig(), SplitConfig(seed=self.seed))
+
+    def partitioning(self, num_clients: int) -> PartitionConfig:
+        return PartitionConfig.from_spec(
+            self.partition,
+            num_clients=num_clients,
+            seed=self.seed,
+            min_train_users=max(self.vae_batch_size, self.gan_batch_size),
+        )

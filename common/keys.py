@@ -1,0 +1,19 @@
+"""Names of the records and metrics that cross the wire, in one place."""
+
+ARRAYS = "arrays"  # ArrayRecord: the whole model bundle, keys prefixed by MODEL_PREFIXES
+CONFIG = "config"  # ConfigRecord: round settings (request) or refusal reason (reply)
+METRICS = "metrics"  # MetricRecord: aggregate numbers only
+
+MODEL_PREFIXES = ("vae.", "gan.generator.", "gan.discriminator.")
+
+NUM_EXAMPLES = "num-examples"
+NUM_ITEMS = "num-items"
+EPSILON = "epsilon"
+EPSILON_VAE = "epsilon-vae"
+EPSILON_GAN = "epsilon-gan"
+DELTA = "delta"
+REFUSED = "refused"
+REASON = "reason"
+SERVER_ROUND = "server-round"
+PLANNED_ROUNDS = "planned-rounds"
+LOSS_KEYS = ("vae-loss", "gan-d-loss", "gan-g-loss")

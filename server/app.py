@@ -1,0 +1,25 @@
+"""fedsynth ServerApp: reads the run config once and runs the federation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from common.federation import RunConfig
+from server.federation import run_federation
+
+
+def build_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
+    """The ServerApp; ``overrides`` take the place of run-config keys (used by tests and wrappers)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, RunConfig.from_run_config({**dict(context.run_config), **(overrides or {})}))
+
+    return app
+
+
+app = build_server_app()
