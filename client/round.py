@@ -23,7 +23,7 @@ _PLAN = "privacy-plan"
 
 
 def default_ledger_dir() -> Path:
-    """``$FEDSYNTH_LEDGER_DIR`` or ``$XDG_STATE_HOME/fedsynth/ledgers`` (``~/.local/state/...``): outside any run dir."""
+    """``$FEDSYNTH_LEDGER_DIR`` or ``$XDG_STATE_HOME/fedsynth/ledgers``: never inside a run directory."""
     if os.environ.get("FEDSYNTH_LEDGER_DIR"):
         return Path(os.environ["FEDSYNTH_LEDGER_DIR"])
     return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "fedsynth" / "ledgers"
@@ -72,7 +72,7 @@ def handle_train(
     ledger.record(vae.events + gan.events, {"round": server_round})
 
     spent = ledger.spent()
-    metrics: dict[str, float | int] = {
+    metrics: dict[str, int | float | list[int] | list[float]] = {
         keys.NUM_EXAMPLES: num_users,
         keys.REFUSED: 0,
         keys.EPSILON: spent["total"],

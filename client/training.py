@@ -9,6 +9,7 @@ the planned events, as counted by Opacus' own accountant hook.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -144,7 +145,7 @@ def train_vae_round(
             count += x.shape[0]
             step += 1
     if engine is not None:
-        trained.remove_hooks()  # type: ignore[union-attr]
+        trained.remove_hooks()  # type: ignore[operator]
     events = spent_events(engine, "vae") if engine is not None else []
     return RoundResult(events, {"vae-loss": total / max(count, 1)})
 
@@ -162,7 +163,7 @@ def train_gan_round(
     torch.manual_seed(seed)
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
-    criterion: object = DiscriminatorLoss()
+    criterion: Any = DiscriminatorLoss()
     real_batches = loader(CSRRows(data), config.batch_size, seed)
     engine = None
     critic: torch.nn.Module = discriminator
@@ -178,7 +179,7 @@ def train_gan_round(
             fake = generator.sample(config.batch_size).detach()
             inputs = torch.cat([as_distribution(x), fake])
             labels = torch.cat([torch.ones(x.shape[0]), torch.zeros(fake.shape[0])])
-            loss = criterion(critic(inputs), labels)  # type: ignore[operator]
+            loss = criterion(critic(inputs), labels)
             loss.backward()
             d_optimizer.step()
             d_optimizer.zero_grad()
@@ -187,7 +188,7 @@ def train_gan_round(
             for _ in range(config.generator_steps):  # post-processing of the private discriminator
                 g_losses.append(_generator_step(generator, critic, g_optimizer, d_optimizer, config.batch_size))
     if engine is not None:
-        critic.remove_hooks()  # type: ignore[union-attr]
+        critic.remove_hooks()  # type: ignore[operator]
     events = spent_events(engine, "gan") if engine is not None else []
     return RoundResult(events, {"gan-d-loss": float(np.mean(d_losses)), "gan-g-loss": float(np.mean(g_losses))})
 

@@ -17,3 +17,11 @@ REASON = "reason"
 SERVER_ROUND = "server-round"
 PLANNED_ROUNDS = "planned-rounds"
 LOSS_KEYS = ("vae-loss", "gan-d-loss", "gan-g-loss")
+
+
+def number(record: object, key: str) -> float:
+    """A numeric value from a Metric/ConfigRecord; an error names the key if it is missing or not a number."""
+    value = record[key]  # type: ignore[index]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"record value {key!r} should be a number, got {value!r}")
+    return float(value)

@@ -40,7 +40,7 @@ def query_num_items(grid: Grid, nodes: list[int]) -> int:
     """Ask every client for its item-space size; all must agree."""
     messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     replies = [r for r in grid.send_and_receive(messages) if not r.has_error()]
-    sizes = {int(r.content[keys.METRICS][keys.NUM_ITEMS]) for r in replies}  # type: ignore[call-overload]
+    sizes = {int(keys.number(r.content[keys.METRICS], keys.NUM_ITEMS)) for r in replies}
     if len(sizes) != 1:
         raise FedsynthError(
             f"clients disagree on the item space (sizes {sorted(sizes)}); they must share one catalogue."
@@ -59,7 +59,7 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
     for server_round in range(1, config.num_server_rounds + 1):
         nodes = list(grid.get_node_ids())
-        count = max(config.min_clients, int(round(config.fraction_train * len(nodes))))
+        count = max(config.min_clients, round(config.fraction_train * len(nodes)))
         sampled = sorted(sampler.sample(nodes, min(count, len(nodes))))
         request = ConfigRecord({keys.SERVER_ROUND: server_round, keys.PLANNED_ROUNDS: config.num_server_rounds})
         messages = [

@@ -134,4 +134,4 @@ class VAELoss(nn.Module):
         self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        return vae_loss(logits, x, mu, logvar, self.beta, self.reduction)  # type: ignore[arg-type]
+        return vae_loss(logits, x, mu, logvar, self.beta, self.reduction)

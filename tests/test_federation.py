@@ -1,0 +1,158 @@
+"""The federation: a client's reply carries only weights and aggregate metrics; the ledger refuses
+rounds past the budget and survives restarts; a 2-client simulation through Flower's engine."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from client.round import handle_train
+from common import keys
+from common.bundle import ModelBundle
+from common.federation import RunConfig
+from server.strategy import ClientReply, aggregate_replies
+
+SMALL = {
+    "gen-users": 300,
+    "gen-items": 400,
+    "vae-batch-size": 32,
+    "gan-batch-size": 32,
+    "discriminator-steps": 3,
+    "vae-hidden": 32,
+    "vae-latent": 8,
+}
+ALLOWED_METRICS = {
+    keys.NUM_EXAMPLES,
+    keys.REFUSED,
+    keys.EPSILON,
+    keys.EPSILON_VAE,
+    keys.EPSILON_GAN,
+    keys.DELTA,
+    *keys.LOSS_KEYS,
+}
+
+
+def request(config: RunConfig, num_items: int, server_round: int) -> RecordDict:
+    bundle = ModelBundle.create(num_items, config.local(), seed=0)
+    return RecordDict(
+        {
+            keys.ARRAYS: ArrayRecord(bundle.state_dict()),
+            keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round, keys.PLANNED_ROUNDS: config.num_server_rounds}),
+        }
+    )
+
+
+def rows(n_users: int = 64, n_items: int = 50) -> sp.csr_matrix:
+    dense = (np.random.default_rng(0).random((n_users, n_items)) < 0.2).astype(np.float32)
+    dense[:, 0] = 1
+    return sp.csr_matrix(dense)
+
+
+def test_reply_holds_only_weights_and_aggregate_metrics(tmp_path: Path) -> None:
+    config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 2, "epsilon": 4.0})
+    data = rows()
+
+    reply = handle_train(request(config, 50, 1), data, config, RecordDict(), tmp_path)
+
+    assert set(reply.keys()) == {keys.ARRAYS, keys.METRICS}
+    assert isinstance(reply[keys.ARRAYS], ArrayRecord)
+    arrays = reply[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    assert set(arrays) == set(ModelBundle.create(50, config.local(), 0).state_dict())
+    assert all(name.startswith(keys.MODEL_PREFIXES) for name in arrays)
+    metrics = dict(reply[keys.METRICS])  # type: ignore[arg-type]
+    assert set(metrics) <= ALLOWED_METRICS
+    assert all(isinstance(v, (int, float)) for v in metrics.values())  # numbers only, no per-user data
+    assert metrics[keys.NUM_EXAMPLES] == 64
+    assert 0 < metrics[keys.EPSILON] <= 4.0
+
+
+def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path) -> None:
+    config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 2, "epsilon": 2.0})
+    data = rows()
+    state = RecordDict()
+    for server_round in (1, 2):
+        reply = handle_train(request(config, 50, server_round), data, config, state, tmp_path)
+        assert reply[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
+    spent = reply[keys.METRICS][keys.EPSILON]  # type: ignore[index]
+
+    # A restarted client: a fresh state, the same data, the same ledger directory.
+    refused = handle_train(request(config, 50, 1), data, config, RecordDict(), tmp_path)
+
+    assert refused[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
+    assert refused[keys.METRICS][keys.EPSILON] == pytest.approx(spent)  # type: ignore[index]
+    assert "above the target 2" in str(refused[keys.CONFIG][keys.REASON])  # type: ignore[index]
+    assert keys.ARRAYS not in refused
+    ledger = json.loads(next(tmp_path.glob("ledger-*.json")).read_text())
+    assert [r["round"] for r in ledger["rounds"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_two_clients_one_round_through_flower_simulation(tmp_path: Path) -> None:
+    from flwr.simulation import run_simulation
+
+    from client.app import build_client_app
+    from server.app import build_server_app
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    overrides = {
+        **SMALL,
+        "num-server-rounds": 1,
+        "epsilon": 4.0,
+        "out-dir": str(tmp_path),
+        "ledger-dir": str(tmp_path / "ledgers"),
+    }
+
+    run_simulation(
+        build_server_app(overrides),
+        build_client_app(overrides),
+        num_supernodes=2,
+        backend_config={"client_resources": {"num_cpus": 1}},
+    )
+
+    train = json.loads((tmp_path / "train.json").read_text())
+    (round_one,) = train["rounds"]
+    assert len(round_one["trained"]) == 2 and not round_one["refused"] and not round_one["failed"]
+    assert 0 < round_one["epsilon_max"] <= 4.0 + 1e-6
+    assert (tmp_path / "checkpoints" / "round-1.pt").is_file()
+    assert len(list((tmp_path / "ledgers").glob("ledger-*.json"))) == 2
+
+
+def trained_reply(users: int, epsilon: float, value: float) -> RecordDict:
+    metrics = {keys.NUM_EXAMPLES: users, keys.REFUSED: 0, keys.EPSILON: epsilon, **dict.fromkeys(keys.LOSS_KEYS, value)}
+    return RecordDict(
+        {keys.ARRAYS: ArrayRecord({"vae.w": torch.full((2,), value)}), keys.METRICS: MetricRecord(metrics)}
+    )
+
+
+def test_server_reports_max_epsilon_and_fedavg_by_users() -> None:
+    refusal = RecordDict(
+        {
+            keys.METRICS: MetricRecord({keys.REFUSED: 1, keys.NUM_EXAMPLES: 0, keys.EPSILON: 7.5}),
+            keys.CONFIG: ConfigRecord({keys.REASON: "budget"}),
+        }
+    )
+    replies = [
+        ClientReply(1, trained_reply(300, 2.0, 1.0)),
+        ClientReply(2, trained_reply(100, 6.0, 5.0)),
+        ClientReply(3, refusal),
+        ClientReply(4, None, "node lost"),
+    ]
+
+    outcome = aggregate_replies(1, replies)
+
+    assert outcome.log["epsilon_max"] == 7.5  # the refusing client's spend counts; no averaging
+    assert outcome.log["epsilon_min"] == 2.0
+    assert outcome.log["trained"] == [1, 2]
+    assert outcome.log["refused"][0]["node"] == 3 and outcome.log["failed"][0]["node"] == 4
+    assert outcome.arrays is not None
+    torch.testing.assert_close(
+        outcome.arrays.to_torch_state_dict()["vae.w"], torch.full((2,), 2.0)
+    )  # (300·1+100·5)/400
+    assert outcome.log["vae-loss"] == 2.0
