@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from common.errors import ConfigError
 
 ACCOUNTANT = "rdp"
-# Integer Rényi orders only: 10-25× faster than Opacus' default orders at large sampling
-# rates. A subset of orders can only give a larger (looser) ε, so a σ calibrated with them
-# never reports more than its target with the default orders.
-FAST_ORDERS: tuple[float, ...] = tuple(float(a) for a in range(2, 65))
+# A subset of Opacus' default Rényi orders (1.2, 1.5, 1.8 and the integers 2-63), 3-20x faster
+# to evaluate at large sampling rates. A subset of orders can only give a larger (looser) ε, so
+# a σ calibrated with them never reports more than its target with the default orders.
+FAST_ORDERS: tuple[float, ...] = (1.2, 1.5, 1.8, *(float(a) for a in range(2, 64)))
 
 
 @dataclass(frozen=True)
