@@ -23,7 +23,6 @@ from common.models.gan import (
     GANConfig,
     Generator,
     as_distribution,
-    discriminator_loss,
     generator_loss,
 )
 from common.models.optim import adam
@@ -131,9 +130,7 @@ def train_vae_round(
     total, count, step = 0.0, 0, first_step
     for _ in range(plan.vae_steps // max(1, steps_per_epoch(data.shape[0], config.batch_size))):
         for x in rows:
-            if x.shape[0] == 0:
-                optimizer.step()  # an empty Poisson batch still counts as a step: noise only
-                optimizer.zero_grad()
+            if x.shape[0] == 0:  # an empty Poisson batch (probability (1-q)^n): nothing trained, nothing counted
                 continue
             criterion.beta = kl_beta(step, config.anneal_steps, config.beta_cap)
             logits, mu, logvar = trained(x)
@@ -211,13 +208,3 @@ def _generator_step(
     if hooks is not None:
         critic.enable_hooks()  # type: ignore[operator]
     return float(loss.detach())
-
-
-__all__ = [
-    "LocalTrainingConfig",
-    "PrivacyPlan",
-    "discriminator_loss",
-    "plan_privacy",
-    "train_gan_round",
-    "train_vae_round",
-]
