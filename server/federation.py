@@ -19,7 +19,7 @@ from common.federation import RunConfig
 from common.io import to_plain, write_json_atomic
 from server.strategy import aggregate_round
 
-log = logging.getLogger("fedsynth.server")
+log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 120.0) -> list[int]:
@@ -73,7 +73,15 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
         if outcome.arrays is not None:
             arrays = outcome.arrays
         rounds.append(outcome.log)
-        log.info("round %d: %s", server_round, outcome.log)
+        log.info(
+            "fedsynth round %d/%d: trained %d, refused %d, failed %d, epsilon max %s",
+            server_round,
+            config.num_server_rounds,
+            len(outcome.log["trained"]),
+            len(outcome.log["refused"]),
+            len(outcome.log["failed"]),
+            outcome.log["epsilon_max"],
+        )
         save_checkpoint(out_dir / "checkpoints" / f"round-{server_round}.pt", arrays, config, outcome.log)
     summary = {
         "config": to_plain(config.__dict__),

@@ -16,7 +16,7 @@ from tests.conftest import write
 SMALL = ["--gen-users", "200", "--gen-items", "300", "--gen-mean-history", "30"]
 
 
-@pytest.mark.parametrize("command", [[], ["baseline"], ["data"], ["download"]])
+@pytest.mark.parametrize("command", [[], ["baseline"], ["data"], ["train"], ["download"]])
 def test_help_on_every_command(command: list[str]) -> None:
     result = CliRunner().invoke(cli, [*command, "--help"])
 
@@ -114,3 +114,43 @@ def test_installed_console_script_runs() -> None:
 
     assert result.returncode == 0, result.stderr
     assert "baseline" in result.stdout
+
+
+@pytest.mark.slow
+def test_train_runs_flower_stops_its_superlink_and_the_ledger_refuses_a_second_run(tmp_path: Path) -> None:
+    args = [
+        "train",
+        "--clients",
+        "2",
+        "--rounds",
+        "1",
+        "--epsilon",
+        "3",
+        "--gen-users",
+        "300",
+        "--gen-items",
+        "400",
+        "--vae-batch-size",
+        "32",
+        "--gan-batch-size",
+        "32",
+        "--discriminator-steps",
+        "2",
+        "--ledger-dir",
+        str(tmp_path / "ledgers"),
+    ]
+
+    first = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "a")])
+    second = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "b")])
+
+    assert first.exit_code == 0, first.output
+    (round_one,) = json.loads((tmp_path / "a" / "train.json").read_text())["rounds"]
+    assert len(round_one["trained"]) == 2 and 2.5 < round_one["epsilon_max"] <= 3.0 + 1e-6
+    assert (tmp_path / "a" / "checkpoints" / "round-1.pt").is_file()
+    assert second.exit_code == 0, second.output
+    (repeat,) = json.loads((tmp_path / "b" / "train.json").read_text())["rounds"]
+    assert repeat["trained"] == [] and len(repeat["refused"]) == 2  # the budget was spent by the first run
+    assert "above the target 3" in repeat["refused"][0]["reason"]
+    from simulations.runner import stop_superlinks
+
+    assert stop_superlinks(tmp_path / "a" / "flwr_home") == 0  # nothing was left running

@@ -1,0 +1,107 @@
+"""Running the federation locally through Flower's own `flwr run`, for people who do not know Flower.
+
+The runner uses a Flower home inside the run directory (never ``~/.flwr``), disables
+Flower's run-time dependency installation (it would otherwise install a CUDA torch),
+streams the run's log, and always stops the local SuperLink that ``flwr run`` starts in
+the background, even when the run fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import server
+from common.errors import FedsynthError
+
+
+def project_root() -> Path:
+    """The source checkout holding ``pyproject.toml`` with the Flower app (editable installs)."""
+    root = Path(server.__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file():
+        raise FedsynthError(
+            f"fedsynth train needs the source checkout (pyproject.toml with [tool.flwr.app]); none at {root}. "
+            "Install with `pip install -e .` from the repository."
+        )
+    return root
+
+
+def write_flower_home(flwr_home: Path, num_clients: int) -> None:
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+        f"options.num-supernodes = {num_clients}\noptions.backend.client-resources.num-cpus = 1\n"
+    )
+
+
+def _format(value: Any) -> str:
+    return f"'{value}'" if isinstance(value, (str, Path)) else str(value)
+
+
+def stop_superlinks(flwr_home: Path) -> int:
+    """Stop every process whose command line names ``flwr_home`` (the SuperLink `flwr run` left behind)."""
+    stopped = 0
+    marker = str(flwr_home)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in command and "superlink" in command:
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+                stopped += 1
+            except OSError:
+                pass
+    return stopped
+
+
+def run_simulation(
+    out_dir: Path, num_clients: int, run_config: dict[str, Any], on_line: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """``flwr run`` the app with ``run_config`` on ``num_clients`` simulated clients; returns train.json."""
+    out_dir = out_dir.resolve()
+    flwr_home = out_dir / "flwr_home"
+    write_flower_home(flwr_home, num_clients)
+    settings = {**run_config, "out-dir": str(out_dir)}
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        "PYTHONWARNINGS": "ignore",
+    }
+    flwr = Path(sys.executable).with_name("flwr")
+    command = [
+        str(flwr),
+        "run",
+        str(project_root()),
+        "local",
+        "--stream",
+        "--run-config",
+        " ".join(f"{k}={_format(v)}" for k, v in settings.items()),
+    ]
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    try:
+        with (out_dir / "logs" / "flwr-run.log").open("w") as log_file:
+            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            assert process.stdout is not None
+            for line in process.stdout:
+                log_file.write(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+            code = process.wait()
+    finally:
+        stop_superlinks(flwr_home)
+    train_json = out_dir / "train.json"
+    if code != 0 or not train_json.is_file():
+        raise FedsynthError(f"the federated run failed (exit {code}); see {out_dir / 'logs' / 'flwr-run.log'}.")
+    return dict(json.loads(train_json.read_text()))
