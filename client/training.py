@@ -28,7 +28,7 @@ from common.models.gan import (
 from common.models.optim import adam
 from common.models.vae import MultVAE, MultVAEConfig, VAELoss, kl_beta
 from common.privacy.accounting import DPEvent, calibrate_noise, epsilon
-from common.privacy.dp import CSRRows, PrivacyConfig, loader, make_private, sample_rate, spent_events, steps_per_epoch
+from common.privacy.dp import CSRRows, PrivacyConfig, finish, loader, maybe_private, sample_rate, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -120,12 +120,9 @@ def train_vae_round(
     optimizer = adam(model.parameters(), config.learning_rate, config.weight_decay)
     criterion = VAELoss()
     rows = loader(CSRRows(data), config.batch_size, seed)
-    engine = None
-    trained: torch.nn.Module = model
-    if plan.private:
-        engine, trained, optimizer, criterion, rows = make_private(
-            model, optimizer, criterion, rows, plan.vae_noise, privacy.max_grad_norm, seed
-        )
+    engine, trained, optimizer, criterion, rows = maybe_private(
+        plan.private, model, optimizer, criterion, rows, plan.vae_noise, privacy.max_grad_norm, seed
+    )
     trained.train()
     total, count, step = 0.0, 0, first_step
     for _ in range(plan.vae_steps // max(1, steps_per_epoch(data.shape[0], config.batch_size))):
@@ -141,10 +138,7 @@ def train_vae_round(
             total += float(loss.detach()) * x.shape[0]
             count += x.shape[0]
             step += 1
-    if engine is not None:
-        trained.remove_hooks()  # type: ignore[operator]
-    events = spent_events(engine, "vae") if engine is not None else []
-    return RoundResult(events, {"vae-loss": total / max(count, 1)})
+    return RoundResult(finish(engine, trained, "vae"), {"vae-loss": total / max(count, 1)})
 
 
 def train_gan_round(
@@ -162,12 +156,9 @@ def train_gan_round(
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
     criterion: Any = DiscriminatorLoss()
     real_batches = loader(CSRRows(data), config.batch_size, seed)
-    engine = None
-    critic: torch.nn.Module = discriminator
-    if plan.private:
-        engine, critic, d_optimizer, criterion, real_batches = make_private(
-            discriminator, d_optimizer, criterion, real_batches, plan.gan_noise, privacy.max_grad_norm, seed
-        )
+    engine, critic, d_optimizer, criterion, real_batches = maybe_private(
+        plan.private, discriminator, d_optimizer, criterion, real_batches, plan.gan_noise, privacy.max_grad_norm, seed
+    )
     d_losses, g_losses, done = [], [], 0
     while done < plan.gan_steps:
         for x in real_batches:
@@ -184,10 +175,9 @@ def train_gan_round(
             done += 1
             for _ in range(config.generator_steps):  # post-processing of the private discriminator
                 g_losses.append(_generator_step(generator, critic, g_optimizer, d_optimizer, config.batch_size))
-    if engine is not None:
-        critic.remove_hooks()  # type: ignore[operator]
-    events = spent_events(engine, "gan") if engine is not None else []
-    return RoundResult(events, {"gan-d-loss": float(np.mean(d_losses)), "gan-g-loss": float(np.mean(g_losses))})
+    return RoundResult(
+        finish(engine, critic, "gan"), {"gan-d-loss": float(np.mean(d_losses)), "gan-g-loss": float(np.mean(g_losses))}
+    )
 
 
 def _generator_step(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import DataConfig, PartitionConfig, PreprocessConfig, SplitConfig, from_mapping
+from common.config import DataConfig, GeneratedDataConfig, PartitionConfig, PreprocessConfig, SplitConfig, from_mapping
 from common.data.pipeline import DataSettings
 from common.errors import ConfigError
 from common.models.gan import GANConfig
@@ -84,8 +84,6 @@ class RunConfig:
         )
 
     def data(self) -> DataSettings:
-        from common.config import GeneratedDataConfig
-
         data = DataConfig(
             dataset=self.dataset,  # type: ignore[arg-type]
             data_path=Path(self.data_path) if self.data_path else None,

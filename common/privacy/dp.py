@@ -128,6 +128,30 @@ def make_private(
     return engine, model, optimizer, criterion, data
 
 
+def maybe_private(
+    private: bool,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: Any,
+    data: DataLoader[torch.Tensor],
+    noise_multiplier: float,
+    max_grad_norm: float,
+    seed: int,
+) -> tuple[Any, Any, Any, Any, Any]:
+    """:func:`make_private` when ``private``; otherwise the inputs unchanged with no engine (``None``)."""
+    if not private:
+        return None, model, optimizer, criterion, data
+    return make_private(model, optimizer, criterion, data, noise_multiplier, max_grad_norm, seed)
+
+
+def finish(engine: Any, trained: Any, model_name: str) -> list[DPEvent]:
+    """Detach Opacus' hooks from a wrapped model and return the events it counted (none without DP)."""
+    if engine is None:
+        return []
+    trained.remove_hooks()
+    return spent_events(engine, model_name)
+
+
 def spent_events(engine: Any, model_name: str) -> list[DPEvent]:
     """The steps Opacus' accountant counted, as ledger events for ``model_name``."""
     merged: dict[tuple[float, float], int] = {}
