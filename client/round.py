@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import scipy.sparse as sp
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.training import PrivacyPlan, plan_privacy, train_gan_round, train_vae_round
@@ -18,6 +19,8 @@ from common import keys
 from common.bundle import ModelBundle
 from common.federation import RunConfig
 from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, fingerprint
+from common.privacy.statistics import STATISTICS, noisy_statistics
+from common.seeding import rng_for
 
 _PLAN = "privacy-plan"
 
@@ -47,6 +50,52 @@ def refusal(reason: str, spent: dict[str, float], delta: float) -> RecordDict:
     return RecordDict({keys.METRICS: metrics, keys.CONFIG: ConfigRecord({keys.REASON: reason})})
 
 
+def handle_statistics(
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger_dir: Path
+) -> RecordDict:
+    """Release this client's DP item counts and length histogram once, before round 1.
+
+    The release is planned in the same calibration as the rounds (``statistics-share`` of ε),
+    checked against the ledger and recorded in it, like a round.
+    """
+    planned_rounds = int(content[keys.CONFIG][keys.PLANNED_ROUNDS])  # type: ignore[arg-type]
+    privacy = config.privacy()
+    plan = privacy_plan(state, config, rows.shape[0], planned_rounds)
+    ledger = PrivacyLedger.open(ledger_dir, fingerprint(rows), plan.delta, privacy.target_epsilon)
+    try:
+        ledger.check(plan.statistics_events())
+    except PrivacyBudgetExceeded as exc:
+        return refusal(str(exc), ledger.spent(), plan.delta)
+    released = noisy_statistics(
+        rows, privacy.statistics_clip, plan.statistics_noise, rng_for(config.seed, f"statistics-{ledger.fingerprint}")
+    )
+    ledger.record(plan.statistics_events(), {"round": 0, "release": "statistics"})
+    arrays = ArrayRecord(
+        {
+            keys.ITEM_COUNTS: torch.from_numpy(released.item_counts),
+            keys.LENGTH_HISTOGRAM: torch.from_numpy(released.length_histogram),
+        }
+    )
+    metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_STD: released.noise_std}
+    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
+
+
+def spent_metrics(
+    ledger: PrivacyLedger, num_users: int, plan: PrivacyPlan
+) -> dict[str, int | float | list[int] | list[float]]:
+    """Users, cumulative ε per release/model and in total, and δ: what a reply says about privacy."""
+    spent = ledger.spent()
+    return {
+        keys.NUM_EXAMPLES: num_users,
+        keys.REFUSED: 0,
+        keys.EPSILON: spent["total"],
+        keys.EPSILON_VAE: spent.get("vae", 0.0),
+        keys.EPSILON_GAN: spent.get("gan", 0.0),
+        keys.EPSILON_STATISTICS: spent.get(STATISTICS, 0.0),
+        keys.DELTA: plan.delta,
+    }
+
+
 def handle_train(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger_dir: Path
 ) -> RecordDict:
@@ -71,15 +120,5 @@ def handle_train(
     gan = train_gan_round(bundle.generator, bundle.discriminator, rows, plan, privacy, local.gan, seed)
     ledger.record(vae.events + gan.events, {"round": server_round})
 
-    spent = ledger.spent()
-    metrics: dict[str, int | float | list[int] | list[float]] = {
-        keys.NUM_EXAMPLES: num_users,
-        keys.REFUSED: 0,
-        keys.EPSILON: spent["total"],
-        keys.EPSILON_VAE: spent.get("vae", 0.0),
-        keys.EPSILON_GAN: spent.get("gan", 0.0),
-        keys.DELTA: plan.delta,
-        **vae.losses,
-        **gan.losses,
-    }
+    metrics = {**spent_metrics(ledger, num_users, plan), **vae.losses, **gan.losses}
     return RecordDict({keys.ARRAYS: ArrayRecord(bundle.state_dict()), keys.METRICS: MetricRecord(metrics)})

@@ -27,8 +27,9 @@ from common.models.gan import (
 )
 from common.models.optim import adam
 from common.models.vae import MultVAE, MultVAEConfig, VAELoss, kl_beta
-from common.privacy.accounting import DPEvent, calibrate_noise, epsilon
+from common.privacy.accounting import FAST_ORDERS, DPEvent, calibrate_noise, epsilon
 from common.privacy.dp import CSRRows, PrivacyConfig, finish, loader, maybe_private, sample_rate, steps_per_epoch
+from common.privacy.statistics import statistics_event
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,12 @@ class PrivacyPlan:
     gan_noise: float
     gan_rate: float
     gan_steps: int  # per round
+    statistics_noise: float = 0.0  # the one release of DP statistics before round 1
     private: bool = True
+
+    def statistics_events(self) -> list[DPEvent]:
+        """The event the DP statistics release spends (empty when DP is off)."""
+        return [statistics_event(self.statistics_noise)] if self.private else []
 
     def round_events(self) -> list[DPEvent]:
         """The events one round spends (empty when DP is off)."""
@@ -55,11 +61,12 @@ class PrivacyPlan:
 
 
 def plan_privacy(privacy: PrivacyConfig, num_users: int, local: LocalTrainingConfig, rounds: int) -> PrivacyPlan:
-    """Calibrate σ for each model so that all ``rounds`` compose to at most the target ε.
+    """Calibrate σ for the statistics release and each model so that everything planned composes to ≤ the target.
 
-    The VAE's σ is calibrated for ``vae_share`` of a budget and the GAN's for the rest; that
-    budget is then scaled (bisection) so that the RDP composition of every planned event of
-    every round is as close to the target as possible without exceeding it.
+    The statistics' σ is calibrated for ``statistics_share`` of a budget, the VAE's for
+    ``vae_share`` of the rest and the GAN's for the remainder; that budget is then scaled
+    (bisection) so that the RDP composition of the statistics release and every planned
+    event of every round is as close to the target as possible without exceeding it.
     """
     for name, batch in (("Mult-VAE", local.vae.batch_size), ("GAN", local.gan.batch_size)):
         if batch > num_users:
@@ -73,18 +80,30 @@ def plan_privacy(privacy: PrivacyConfig, num_users: int, local: LocalTrainingCon
     gan_steps = local.discriminator_steps
     if not privacy.private:
         return PrivacyPlan(delta, 0.0, vae_rate, vae_steps, 0.0, gan_rate, gan_steps, private=False)
+    statistics_share = privacy.statistics_share
+    vae_share = (1 - statistics_share) * privacy.vae_share
+    gan_share = 1 - statistics_share - vae_share
 
     def plan_at(scale: float) -> tuple[PrivacyPlan, float]:
         target = privacy.target_epsilon * scale
-        vae_noise = calibrate_noise(target * privacy.vae_share, delta, vae_rate, vae_steps * rounds)
-        gan_noise = calibrate_noise(target * (1 - privacy.vae_share), delta, gan_rate, gan_steps * rounds)
-        plan = PrivacyPlan(delta, vae_noise, vae_rate, vae_steps, gan_noise, gan_rate, gan_steps)
-        planned = [DPEvent(e.model, e.noise_multiplier, e.sample_rate, e.steps * rounds) for e in plan.round_events()]
-        return plan, epsilon(planned, delta)
+        plan = PrivacyPlan(
+            delta,
+            calibrate_noise(target * vae_share, delta, vae_rate, vae_steps * rounds),
+            vae_rate,
+            vae_steps,
+            calibrate_noise(target * gan_share, delta, gan_rate, gan_steps * rounds),
+            gan_rate,
+            gan_steps,
+            calibrate_noise(target * statistics_share, delta, 1.0, 1),
+        )
+        planned = plan.statistics_events() + [
+            DPEvent(e.model, e.noise_multiplier, e.sample_rate, e.steps * rounds) for e in plan.round_events()
+        ]
+        return plan, epsilon(planned, delta, FAST_ORDERS)
 
-    # Composition costs less than the sum of the parts: scale both shares up together until
-    # the composed total meets the target (it can never exceed 1 / the larger share).
-    low, high = 0.5, 1.0 / max(privacy.vae_share, 1 - privacy.vae_share)
+    # Composition costs less than the sum of the parts: scale all shares up together until
+    # the composed total meets the target (it can never exceed 1 / the largest share).
+    low, high = 0.5, 1.0 / max(statistics_share, vae_share, gan_share)
     best, total = plan_at(low)
     if total > privacy.target_epsilon:
         raise ConfigError(f"cannot calibrate noise for epsilon {privacy.target_epsilon:g}; check the settings.")

@@ -30,6 +30,11 @@ class ModelBundle:
             Discriminator(num_items, config.gan.discriminator_hidden),
         )
 
+    def set_prior(self, logits: torch.Tensor) -> None:
+        """Use ``logits`` (n_items,) as the fixed output prior of the VAE decoder and the generator."""
+        self.vae.prior.copy_(logits)
+        self.generator.prior.copy_(logits)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """All parameters with prefixed keys (detached CPU tensors)."""
         out: dict[str, torch.Tensor] = {}

@@ -44,6 +44,8 @@ class RunConfig:
     delta: float = 0.0
     max_grad_norm: float = 1.0
     vae_share: float = 0.5
+    statistics_share: float = 0.2
+    statistics_clip: float = 4.0
     local_epochs: int = 1
     discriminator_steps: int = 10
     vae_batch_size: int = 64
@@ -58,6 +60,16 @@ class RunConfig:
     seed: int = 0
     ledger_dir: str = ""
     out_dir: str = ""
+    pipeline: str = "full"  # "train": rounds only; "full": then synthesis, central training, evaluation
+    synthesizers: str = "vae,gan"  # the first is the headline ("synthetic/…"), others "synthetic-<name>/…"
+    synthetic_users: int = 2000
+    synthesis_temperature: float = 1.0
+    recommenders: str = "popularity,itemknn,ease,multvae"
+    central_vae_epochs: int = 20
+    ease_l2: float = 300.0
+    simulation_reference: bool = True  # simulation: the server may load the data for fidelity and upper bounds
+    eval_max_values: int = 50_000_000  # larger recommenders are not sent for federated evaluation
+    device: str = "cpu"  # central training on the server (clients train on CPU)
 
     def __post_init__(self) -> None:
         if self.num_server_rounds < 1:
@@ -66,6 +78,22 @@ class RunConfig:
             raise ConfigError(f"fraction-train must be in (0, 1], got {self.fraction_train}.")
         if self.min_clients < 1:
             raise ConfigError("min-clients must be at least 1.")
+        if self.pipeline not in ("full", "train"):
+            raise ConfigError(f"pipeline must be 'full' or 'train', got {self.pipeline!r}.")
+        unknown = [s for s in self.synthesizer_names() if s not in ("gan", "vae")] or not self.synthesizer_names()
+        if unknown:
+            raise ConfigError(f"synthesizers {self.synthesizers!r}: choose one or more of gan, vae (comma-separated).")
+        known = ("popularity", "itemknn", "ease", "multvae")
+        if not self.recommender_names() or any(r not in known for r in self.recommender_names()):
+            raise ConfigError(f"recommenders {self.recommenders!r}: choose from {', '.join(known)} (comma-separated).")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}.")
+
+    def synthesizer_names(self) -> list[str]:
+        return [s.strip() for s in self.synthesizers.split(",") if s.strip()]
+
+    def recommender_names(self) -> list[str]:
+        return [r.strip() for r in self.recommenders.split(",") if r.strip()]
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunConfig:
@@ -73,7 +101,9 @@ class RunConfig:
 
     def privacy(self) -> PrivacyConfig:
         target = math.inf if self.epsilon >= 1e9 else self.epsilon
-        return PrivacyConfig(target, self.delta or None, self.max_grad_norm, self.vae_share)
+        return PrivacyConfig(
+            target, self.delta or None, self.max_grad_norm, self.vae_share, self.statistics_share, self.statistics_clip
+        )
 
     def local(self) -> LocalTrainingConfig:
         vae = MultVAEConfig(

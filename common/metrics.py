@@ -90,6 +90,26 @@ class RankingMetrics:
         for k in self.ks:
             self.recommended[k] |= other.recommended[k]
 
+    def to_numbers(self) -> dict[str, int | float | list[int]]:
+        """Flat sums, counts and, per K, the recommended-item indicator: what a client sends back."""
+        out: dict[str, int | float | list[int]] = {
+            "users": self.users,
+            "users-without-target": self.users_without_target,
+        }
+        out.update({f"sum:{name}": value for name, value in self.sums.items()})
+        out.update({f"recommended@{k}": self.recommended[k].astype(int).tolist() for k in self.ks})
+        return out
+
+    @classmethod
+    def from_numbers(cls, numbers: dict[str, object], ks: tuple[int, ...], num_items: int) -> RankingMetrics:
+        """The accumulator :meth:`to_numbers` described."""
+        metrics = cls(ks, num_items, int(numbers["users"]), int(numbers["users-without-target"]))  # type: ignore[call-overload]
+        for name in metrics.sums:
+            metrics.sums[name] = float(numbers[f"sum:{name}"])  # type: ignore[arg-type]
+        for k in ks:
+            metrics.recommended[k] = np.asarray(numbers[f"recommended@{k}"], dtype=bool)
+        return metrics
+
     def result(self) -> dict[str, float]:
         """Means over users, and coverage@K; NaN where no user was added."""
         out: dict[str, float] = {}

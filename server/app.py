@@ -1,4 +1,4 @@
-"""fedsynth ServerApp: reads the run config once and runs the federation."""
+"""fedsynth ServerApp: reads the run config once, runs the federation, then (pipeline = full) the rest."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.federation import RunConfig
 from server.federation import run_federation
+from server.pipeline import run_pipeline
 
 
 def build_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
@@ -17,7 +18,10 @@ def build_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, RunConfig.from_run_config({**dict(context.run_config), **(overrides or {})}))
+        config = RunConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
+        training = run_federation(grid, config)
+        if config.pipeline == "full":
+            run_pipeline(grid, config, training)
 
     return app
 

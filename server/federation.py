@@ -1,25 +1,47 @@
-"""The rounds: query clients, broadcast the bundle, aggregate, log ε, checkpoint."""
+"""The rounds: query clients, release DP statistics, broadcast the bundle, aggregate, log ε, checkpoint.
+
+A run directory can be resumed: if ``OUT/checkpoints/round-N.pt`` exist for the same config,
+training continues after the last one, with the DP statistics saved in ``OUT/statistics.npz``
+(never released twice). Each client's ledger makes sure its spent ε is never reset.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from common import keys
 from common.bundle import ModelBundle
-from common.errors import FedsynthError
+from common.errors import ConfigError, FedsynthError
 from common.federation import RunConfig
 from common.io import to_plain, write_json_atomic
-from server.strategy import aggregate_round
+from common.privacy.statistics import NoisyStatistics
+from server.strategy import aggregate_round, as_client_replies, client_outcomes
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
+
+
+@dataclass
+class TrainingResult:
+    """What the rounds produced: the global bundle, the DP statistics and the catalogue."""
+
+    bundle: ModelBundle
+    statistics: NoisyStatistics
+    item_ids: list[str]
+    summary: dict[str, Any]
+
+
+def out_directory(config: RunConfig) -> Path:
+    return Path(config.out_dir or "runs/federation")
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 120.0) -> list[int]:
@@ -36,31 +58,104 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 120.0) -> list[int
         time.sleep(1.0)
 
 
-def query_num_items(grid: Grid, nodes: list[int]) -> int:
-    """Ask every client for its item-space size; all must agree."""
+def query_catalogue(grid: Grid, nodes: list[int]) -> list[str]:
+    """The shared item catalogue (original item ids); every client must hold the same one."""
     messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     replies = [r for r in grid.send_and_receive(messages) if not r.has_error()]
-    sizes = {int(keys.number(r.content[keys.METRICS], keys.NUM_ITEMS)) for r in replies}
-    if len(sizes) != 1:
-        raise FedsynthError(
-            f"clients disagree on the item space (sizes {sorted(sizes)}); they must share one catalogue."
+    catalogues = {tuple(str(i) for i in r.content[keys.CONFIG][keys.ITEM_IDS]) for r in replies}  # type: ignore[union-attr]
+    if len(catalogues) != 1:
+        sizes = sorted(len(c) for c in catalogues)
+        raise FedsynthError(f"clients disagree on the item catalogue (sizes {sizes}); they must share one catalogue.")
+    return list(catalogues.pop())
+
+
+def query_statistics(grid: Grid, nodes: list[int], config: RunConfig) -> tuple[NoisyStatistics, dict[str, Any]]:
+    """Each client's DP item counts and length histogram, summed; and the release's log (ε per client)."""
+    request = ConfigRecord({keys.PLANNED_ROUNDS: config.num_server_rounds})
+    messages = [
+        Message(
+            RecordDict({keys.CONFIG: request}),
+            dst_node_id=n,
+            message_type=f"{MessageType.QUERY}.{keys.STATISTICS}",
         )
-    return sizes.pop()
+        for n in nodes
+    ]
+    replies = list(grid.send_and_receive(messages))
+    outcome = client_outcomes(as_client_replies(replies))
+    released = [r for r in outcome.trained if r.content is not None]
+    if not released:
+        raise FedsynthError(f"no client released its DP statistics: {outcome.log['refused'] or outcome.log['failed']}")
+    total: NoisyStatistics | None = None
+    for reply in released:
+        arrays = reply.content[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr, index]
+        noise_std = keys.number(reply.content[keys.METRICS], keys.NOISE_STD)  # type: ignore[index]
+        part = NoisyStatistics(arrays[keys.ITEM_COUNTS].numpy(), arrays[keys.LENGTH_HISTOGRAM].numpy(), noise_std)
+        total = part if total is None else total + part
+    assert total is not None
+    outcome.log["round"] = 0
+    return total, outcome.log
 
 
-def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
-    """Run ``config.num_server_rounds`` rounds; writes OUT/checkpoints/round-N.pt and OUT/train.json."""
-    out_dir = Path(config.out_dir or "runs/federation")
-    sampler = random.Random(config.seed)  # node ids are 64-bit unsigned: keep them Python ints
-    nodes = wait_for_nodes(grid, config.min_clients)
-    num_items = query_num_items(grid, nodes)
-    bundle = ModelBundle.create(num_items, config.local(), seed=config.seed)
-    arrays = ArrayRecord(bundle.state_dict())
+def load_or_query_statistics(grid: Grid, nodes: list[int], config: RunConfig) -> tuple[NoisyStatistics, dict[str, Any]]:
+    """The saved release of a resumed run, or a fresh one (saved before any round uses it)."""
+    path = out_directory(config) / "statistics.npz"
+    if path.is_file():
+        with np.load(path) as saved:
+            statistics = NoisyStatistics(saved["item_counts"], saved["length_histogram"], float(saved["noise_std"]))
+            return statistics, {"round": 0, "resumed": True}
+    statistics, release_log = query_statistics(grid, nodes, config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("statistics.tmp.npz")
+    np.savez(
+        tmp,
+        item_counts=statistics.item_counts,
+        length_histogram=statistics.length_histogram,
+        noise_std=statistics.noise_std,
+    )
+    tmp.replace(path)
+    return statistics, release_log
+
+
+def resume_point(out_dir: Path, config: RunConfig) -> tuple[dict[str, torch.Tensor] | None, list[dict[str, Any]]]:
+    """The last checkpoint's state and the round logs so far, for a run directory of the same config."""
+    checkpoints = sorted((out_dir / "checkpoints").glob("round-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    if not checkpoints:
+        return None, []
     rounds: list[dict[str, Any]] = []
-    for server_round in range(1, config.num_server_rounds + 1):
+    state: dict[str, torch.Tensor] | None = None
+    for number, path in enumerate(checkpoints, start=1):
+        saved = torch.load(path, weights_only=False)
+        if int(path.stem.split("-")[1]) != number:
+            raise FedsynthError(f"{path}: checkpoints are not consecutive from round-1; use a new --out directory.")
+        if saved["config"] != to_plain(config.__dict__):
+            raise ConfigError(
+                f"{path} was written by a run with another configuration; resume with the same settings "
+                "or use a new --out directory."
+            )
+        rounds.append(saved["round"])
+        state = saved["state"]
+    return state, rounds
+
+
+def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
+    """Run (or resume) ``config.num_server_rounds`` rounds; writes checkpoints and OUT/train.json."""
+    out_dir = out_directory(config)
+    nodes = wait_for_nodes(grid, config.min_clients)
+    item_ids = query_catalogue(grid, nodes)
+    state, rounds = resume_point(out_dir, config)
+    statistics, release_log = load_or_query_statistics(grid, nodes, config)
+    bundle = ModelBundle.create(len(item_ids), config.local(), seed=config.seed)
+    bundle.set_prior(torch.from_numpy(statistics.prior_logits()))
+    if state is not None:
+        bundle.load_state_dict(state)
+        log.info("fedsynth resuming after round %d from %s", len(rounds), out_dir / "checkpoints")
+    arrays = ArrayRecord(bundle.state_dict())
+    for server_round in range(len(rounds) + 1, config.num_server_rounds + 1):
+        started = time.perf_counter()
         nodes = list(grid.get_node_ids())
         count = max(config.min_clients, round(config.fraction_train * len(nodes)))
-        sampled = sorted(sampler.sample(nodes, min(count, len(nodes))))
+        sampler = random.Random(config.seed * 100_003 + server_round)  # node ids are uint64: keep Python ints
+        sampled = sorted(sampler.sample(sorted(nodes), min(count, len(nodes))))
         request = ConfigRecord({keys.SERVER_ROUND: server_round, keys.PLANNED_ROUNDS: config.num_server_rounds})
         messages = [
             Message(
@@ -70,27 +165,41 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
         ]
         outcome = aggregate_round(server_round, list(grid.send_and_receive(messages)))
         outcome.log["sampled"] = sampled
+        outcome.log["seconds"] = time.perf_counter() - started
         if outcome.arrays is not None:
             arrays = outcome.arrays
         rounds.append(outcome.log)
         log.info(
-            "fedsynth round %d/%d: trained %d, refused %d, failed %d, epsilon max %s",
+            "fedsynth round %d/%d: trained %d, refused %d, failed %d, epsilon max %s (%.1f s)",
             server_round,
             config.num_server_rounds,
             len(outcome.log["trained"]),
             len(outcome.log["refused"]),
             len(outcome.log["failed"]),
             outcome.log["epsilon_max"],
+            outcome.log["seconds"],
         )
         save_checkpoint(out_dir / "checkpoints" / f"round-{server_round}.pt", arrays, config, outcome.log)
+    bundle.load_state_dict(arrays.to_torch_state_dict())
     summary = {
         "config": to_plain(config.__dict__),
-        "num_items": num_items,
+        "num_items": len(item_ids),
+        "statistics_release": release_log,
         "rounds": rounds,
         "epsilon_max": max((r["epsilon_max"] for r in rounds if r["epsilon_max"] is not None), default=None),
+        "epsilon_by_client": latest_epsilon([release_log, *rounds]),
     }
     write_json_atomic(out_dir / "train.json", summary)
-    return summary
+    return TrainingResult(bundle, statistics, item_ids, summary)
+
+
+def latest_epsilon(logs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each client's last reported cumulative ε (trained or refused), over the release and all rounds."""
+    latest: dict[str, float] = {}
+    for entry in logs:
+        latest.update(entry.get("epsilon_by_node", {}))
+        latest.update({str(r["node"]): r["epsilon"] for r in entry.get("refused", [])})
+    return latest
 
 
 def save_checkpoint(path: Path, arrays: ArrayRecord, config: RunConfig, round_log: dict[str, Any]) -> None:

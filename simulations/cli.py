@@ -1,12 +1,12 @@
 """The ``fedsynth`` command.
 
-Commands: ``baseline`` (real-data upper bounds), ``data`` (load, clean, split, partition
-and print what happened), ``download`` (fetch a MovieLens release into the cache).
+Commands: ``run`` (the main job), ``train`` (federated training only), ``baseline``
+(real-data upper bounds), ``data`` (load, clean, split, partition and print what happened),
+``download`` (fetch a MovieLens release into the cache).
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from rich.console import Console
 from common.config import EvalConfig
 from common.errors import FedsynthError
 from common.models.vae import MultVAEConfig
+from simulations.jobs import run_options
 from simulations.options import data_options, partition_options
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -136,49 +137,48 @@ def data(settings: Any, partition: Any, out: Path | None, seed: int) -> None:
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option("--clients", type=int, default=5, show_default=True, help="Simulated clients (SuperNodes).")
-@click.option("--rounds", type=int, default=3, show_default=True, help="Federated rounds.")
-@click.option("--epsilon", type=float, default=8.0, show_default=True, help="Target ε per client (inf: no DP).")
-@click.option("--delta", type=float, default=0.0, show_default=True, help="δ per client (0: 0.1 / n users).")
-@click.option(
-    "--dataset", type=click.Choice(["generated", "movielens", "lastfm"]), default="generated", show_default=True
-)
-@click.option("--data-path", default="", help="MovieLens / Last.fm folder.")
-@click.option("--gen-users", type=int, default=943, show_default=True, help="Generated data: users.")
-@click.option("--gen-items", type=int, default=1682, show_default=True, help="Generated data: items.")
-@click.option("--partition", default="iid", show_default=True, help="iid | dirichlet:ALPHA[:ATTR] | natural:ATTR.")
-@click.option("--vae-batch-size", type=int, default=64, show_default=True, help="Expected users per Mult-VAE step.")
-@click.option(
-    "--gan-batch-size", type=int, default=64, show_default=True, help="Expected users per discriminator step."
-)
-@click.option("--discriminator-steps", type=int, default=10, show_default=True, help="Discriminator steps per round.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--ledger-dir", default="", help="Privacy ledgers [default: ~/.local/state/fedsynth/ledgers].")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True)
-def train(clients: int, rounds: int, out: Path, **settings: Any) -> None:
-    """Federated DP training in Flower's simulation engine (wraps `flwr run`).
+@run_options
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/run"), show_default=True)
+def run(config_file: Path | None, clients: int, out: Path, **given: Any) -> None:
+    """The main job: data → partition → federated DP training → synthesis → central training → federated evaluation.
 
-    Writes OUT/train.json (per-round log, ε per client), OUT/checkpoints/round-N.pt and
-    OUT/logs/flwr-run.log. Each client's spent ε is kept in its ledger across runs.
+    Runs Flower's simulation engine locally (5 clients, ε = 8 per client by default) and writes
+    OUT/metrics.json, OUT/report.md (+ PNGs), OUT/synthetic.parquet, OUT/synthetic_meta.json,
+    OUT/train.json and OUT/checkpoints/. Run the same command again to resume an interrupted run.
     """
-    from simulations.runner import run_simulation
+    from simulations.console import print_results
+    from simulations.jobs import resolve_run_config, run_job
 
     console = Console()
-    run_config = {k.replace("_", "-"): v for k, v in settings.items()}
-    run_config.update({"num-server-rounds": rounds, "min-clients": min(2, clients)})
-    if run_config["epsilon"] == float("inf"):
-        run_config["epsilon"] = 1e9
+    run_config = resolve_run_config(config_file, given, out)
+    metrics = run_job(console, out, clients, {**run_config, "pipeline": "full"})
+    print_results(console, metrics["recommenders"], "Recommenders on real held-out users (federated evaluation)")
+    retention = {k: v for k, v in metrics["utility_retention"].items() if k != "metric"}
+    console.print(
+        "utility retention (ndcg@10, synthetic / real): " + ", ".join(f"{k} {v:.3f}" for k, v in retention.items())
+    )
+    privacy = metrics["privacy"]
+    console.print(f"epsilon (max over clients): {privacy['epsilon_max']:.3f} at delta <= {privacy['delta']:.3g}")
+    console.print(f"wrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'synthetic.parquet'}")
 
-    def show(line: str) -> None:
-        plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
-        if "fedsynth round" in plain or "ERROR" in plain:
-            console.print(plain.split("INFO", 1)[-1].strip(" :"), markup=False)
 
-    with console.status(f"federated training: {clients} clients, {rounds} rounds"):
-        summary = run_simulation(out, clients, run_config, on_line=show)
-    last = summary["rounds"][-1]
+@cli.command(context_settings=_CONTEXT)
+@run_options
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True)
+def train(config_file: Path | None, clients: int, out: Path, **given: Any) -> None:
+    """Federated DP training only, in Flower's simulation engine (wraps `flwr run`).
+
+    Writes OUT/train.json (per-round log, ε per client), OUT/checkpoints/round-N.pt and
+    OUT/logs/flwr-run.log. Each client's spent ε is kept in its ledger (OUT/ledgers unless
+    --ledger-dir) across runs.
+    """
+    from simulations.jobs import resolve_run_config, run_job
+
+    console = Console()
+    run_config = resolve_run_config(config_file, given, out)
+    summary = run_job(console, out, clients, {**run_config, "pipeline": "train"})
     console.print(f"epsilon (max over clients) after {len(summary['rounds'])} round(s): {summary['epsilon_max']}")
-    for node, value in last["epsilon_by_node"].items():
+    for node, value in summary["epsilon_by_client"].items():
         console.print(f"  client {node}: epsilon {value:.3f}")
     console.print(f"wrote {out / 'train.json'}")
 

@@ -46,7 +46,7 @@ def print_results(
 ) -> None:
     """One row per recommender, one column per metric."""
     table = Table(title=title, title_justify="left")
-    table.add_column("recommender")
+    table.add_column("recommender", no_wrap=True)
     shown = [m for m in metrics if any(m in r for r in results.values())]
     for metric in shown:
         table.add_column(metric, justify="right")

@@ -47,15 +47,18 @@ class GANConfig:
 
 
 class Generator(nn.Module):
-    """z (b, noise_dim) → item logits (b, n_items)."""
+    """z (b, noise_dim) → item logits (b, n_items), the log-popularity prior included."""
+
+    prior: torch.Tensor
 
     def __init__(self, num_items: int, noise_dim: int = 32, hidden: int = 256):
         super().__init__()
         self.noise_dim = noise_dim
         self.net = nn.Sequential(nn.Linear(noise_dim, hidden), nn.Tanh(), nn.Linear(hidden, num_items))
+        self.register_buffer("prior", torch.zeros(num_items))  # log-popularity prior, as in the Mult-VAE
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        return self.net(z) + self.prior
 
     def sample(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Item distributions (num, n_items) for ``num`` fresh noise vectors."""

@@ -63,6 +63,8 @@ def _mlp(dims: list[int]) -> nn.Sequential:
 class MultVAE(nn.Module):
     """Mult-VAE with ``encoder`` (n_items → hidden → 2·latent) and ``decoder`` (latent → hidden → n_items)."""
 
+    prior: torch.Tensor
+
     def __init__(
         self, num_items: int, hidden_dims: tuple[int, ...] = (600,), latent_dim: int = 200, dropout: float = 0.5
     ):
@@ -72,6 +74,9 @@ class MultVAE(nn.Module):
         self.input_dropout = nn.Dropout(dropout)
         self.encoder = _mlp([num_items, *hidden_dims, 2 * latent_dim])
         self.decoder = _mlp([latent_dim, *reversed(hidden_dims), num_items])
+        # Fixed log-popularity prior added to the logits (zeros unless set from DP statistics): the
+        # decoder then learns only the residual taste structure. A buffer, so never trained.
+        self.register_buffer("prior", torch.zeros(num_items))
 
     @classmethod
     def from_config(cls, num_items: int, config: MultVAEConfig) -> MultVAE:
@@ -84,8 +89,8 @@ class MultVAE(nn.Module):
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (batch, latent_dim) → item logits (batch, n_items)."""
-        return self.decoder(z)
+        """z: (batch, latent_dim) → item logits (batch, n_items), the prior included."""
+        return self.decoder(z) + self.prior
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (logits, mu, logvar); z is sampled in training mode and is mu in eval mode."""

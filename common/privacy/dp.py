@@ -24,8 +24,10 @@ from common.privacy.accounting import DPEvent
 class PrivacyConfig:
     """A client's privacy target and DP-SGD settings.
 
-    ``delta=None`` uses 0.1 / n for a client with n users (always below 1/n). ``vae_share``
-    is the part of ε the Mult-VAE is calibrated for; the GAN's discriminator gets the rest.
+    ``delta=None`` uses 0.1 / n for a client with n users (always below 1/n). The budget is
+    split explicitly: ``statistics_share`` of ε for the DP item counts and length histogram
+    (:mod:`common.privacy.statistics`, clipped per user to ``statistics_clip``), and of the
+    rest, ``vae_share`` for the Mult-VAE and the remainder for the GAN's discriminator.
     ``target_epsilon=inf`` turns DP off (no clipping, no noise) and is reported as non-private.
     """
 
@@ -33,6 +35,8 @@ class PrivacyConfig:
     delta: float | None = None
     max_grad_norm: float = 1.0
     vae_share: float = 0.5
+    statistics_share: float = 0.2
+    statistics_clip: float = 4.0
 
     def __post_init__(self) -> None:
         if not self.target_epsilon > 0:
@@ -43,6 +47,10 @@ class PrivacyConfig:
             raise ConfigError(f"the clipping bound --max-grad-norm must be positive, got {self.max_grad_norm}.")
         if not 0 < self.vae_share < 1:
             raise ConfigError(f"--vae-share must be in (0, 1), got {self.vae_share}.")
+        if not 0 < self.statistics_share < 1:
+            raise ConfigError(f"--statistics-share must be in (0, 1), got {self.statistics_share}.")
+        if not self.statistics_clip > 0:
+            raise ConfigError(f"--statistics-clip must be positive, got {self.statistics_clip}.")
 
     @property
     def private(self) -> bool:

@@ -39,6 +39,13 @@ class MultVAERecommender(Recommender):
         self.model: MultVAE | None = None
         self.history: list[dict[str, float]] = []
 
+    @classmethod
+    def from_model(cls, model: MultVAE, device: str = "cpu") -> MultVAERecommender:
+        """A recommender from an already trained model (e.g. the federated DP Mult-VAE)."""
+        recommender = cls(device=device)
+        recommender.model = model.to(recommender.device)
+        return recommender
+
     def fit(self, train: sp.csr_matrix, validation: HeldOutUsers | None = None) -> MultVAERecommender:
         config = self.config
         generator = torch.Generator().manual_seed(config.seed)

@@ -16,6 +16,13 @@ class MostPopular(Recommender):
     def __init__(self) -> None:
         self.counts: np.ndarray | None = None
 
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> MostPopular:
+        """A MostPopular ranking by given (e.g. DP noisy) item counts (n_items,)."""
+        recommender = cls()
+        recommender.counts = np.asarray(counts, dtype=np.float64).ravel()
+        return recommender
+
     def fit(self, train: sp.csr_matrix) -> MostPopular:
         self.counts = np.asarray((train > 0).sum(axis=0), dtype=np.float64).ravel()
         return self

@@ -1,0 +1,126 @@
+"""DP summary statistics of a client's users: item counts and a history-length histogram.
+
+One Gaussian mechanism releases both at once. Each user contributes the vector
+
+    [ x · min(1, C / ‖x‖₂) ,  onehot(length bin of |x|) ]      (n_items + n_bins,)
+
+whose L2 norm is at most √(C² + 1), so adding or removing one user moves the sum by at most
+that much: Gaussian noise N(0, σ² (C² + 1)) per coordinate gives one DP event
+(σ, q = 1, 1 step), recorded in the client's ledger like any DP-SGD step.
+
+What they are used for (post-processing, free in ε):
+
+* the summed noisy item counts give the **popularity prior**: log-frequencies used as the
+  output bias of the Mult-VAE decoder and of the generator, so DP-SGD only has to learn the
+  residual taste structure;
+* the noisy length histogram gives the **history lengths** of synthetic users, the only
+  source of lengths the synthesizer is allowed (raw lengths never leave a client).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from common.errors import ConfigError
+from common.privacy.accounting import DPEvent
+
+STATISTICS = "statistics"  # the ledger's model name for this mechanism
+
+
+def length_bin_edges(num_items: int) -> np.ndarray:
+    """Public bin edges for history lengths 1..num_items: 1, 2, …, 10, then ~×1.25 steps.
+
+    Bin b holds lengths in [edges[b], edges[b + 1]); the last edge is num_items + 1.
+    """
+    edges = list(range(1, min(num_items, 10) + 1))
+    value = 10.0
+    while value * 1.25 < num_items:
+        value *= 1.25
+        edges.append(round(value))
+    edges.append(num_items + 1)
+    return np.unique(np.asarray(edges, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class NoisyStatistics:
+    """Summed (over clients) noisy item counts (n_items,) and length histogram (n_bins,).
+
+    ``noise_std`` is the standard deviation of the noise in each coordinate of the sum (public:
+    it follows from σ and the clipping bound, not from the data).
+    """
+
+    item_counts: np.ndarray
+    length_histogram: np.ndarray
+    noise_std: float = 0.0
+
+    def __add__(self, other: NoisyStatistics) -> NoisyStatistics:
+        return NoisyStatistics(
+            self.item_counts + other.item_counts,
+            self.length_histogram + other.length_histogram,
+            float(np.hypot(self.noise_std, other.noise_std)),
+        )
+
+    def prior_logits(self, smoothing: float = 1.0) -> np.ndarray:
+        """log of the smoothed, non-negative item frequencies (n_items,), as float32."""
+        counts = np.clip(self.item_counts, 0.0, None) + smoothing
+        return np.log(counts / counts.sum()).astype(np.float32)
+
+    def length_sampler(self, num_items: int) -> LengthSampler:
+        """Sampler over the histogram with bins under 2 noise standard deviations zeroed.
+
+        Without the threshold, the many empty long-history bins would each keep a positive
+        noise draw and synthetic histories would come out far too long on average.
+        """
+        histogram = np.where(self.length_histogram > 2 * self.noise_std, self.length_histogram, 0.0)
+        if not histogram.sum() > 0:
+            histogram = np.clip(self.length_histogram, 0.0, None)
+        return LengthSampler(length_bin_edges(num_items), histogram)
+
+
+@dataclass(frozen=True)
+class LengthSampler:
+    """Draws history lengths from a (noisy, clipped) histogram over public bins, uniform within a bin."""
+
+    edges: np.ndarray  # (n_bins + 1,)
+    weights: np.ndarray  # (n_bins,), non-negative
+
+    def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``count`` lengths ≥ 1 (int64). With an all-zero histogram, lengths of 1..10 uniformly."""
+        weights = np.asarray(self.weights, dtype=np.float64)
+        if not weights.sum() > 0:
+            weights = (np.arange(len(weights)) < 10).astype(np.float64)
+        bins = rng.choice(len(weights), size=count, p=weights / weights.sum())
+        low, high = self.edges[bins], self.edges[bins + 1]
+        return (low + np.floor(rng.random(count) * (high - low))).astype(np.int64)
+
+
+def noisy_statistics(
+    rows: sp.csr_matrix, clip: float, noise_multiplier: float, rng: np.random.Generator
+) -> NoisyStatistics:
+    """This client's statistics with Gaussian noise σ·√(C² + 1) (σ = 0: exact, for non-private runs).
+
+    ``rows``: binary CSR (n_users, n_items) of the client's training users.
+    """
+    if clip <= 0:
+        raise ConfigError(f"the statistics clipping bound must be positive, got {clip}.")
+    rows = (rows > 0).astype(np.float64).tocsr()
+    lengths = np.diff(rows.indptr)
+    scale = np.minimum(1.0, clip / np.sqrt(np.maximum(lengths, 1)))
+    counts = np.asarray(rows.T @ scale).ravel()
+    edges = length_bin_edges(rows.shape[1])
+    histogram = np.bincount(np.searchsorted(edges, lengths[lengths > 0], side="right") - 1, minlength=len(edges) - 1)
+    histogram = histogram[: len(edges) - 1].astype(np.float64)
+    std = float(noise_multiplier * np.sqrt(clip**2 + 1.0))
+    return NoisyStatistics(
+        counts + rng.normal(0.0, std, counts.shape) if std > 0 else counts,
+        histogram + rng.normal(0.0, std, histogram.shape) if std > 0 else histogram,
+        std,
+    )
+
+
+def statistics_event(noise_multiplier: float) -> DPEvent:
+    """The ledger event of one release of :func:`noisy_statistics` at ``noise_multiplier``."""
+    return DPEvent(STATISTICS, noise_multiplier, 1.0, 1)

@@ -1,0 +1,170 @@
+"""After the last round: synthesis → central recommenders → federated evaluation → metrics.json and report.
+
+Rows of the results (all scored by federated evaluation on the same real held-out users):
+
+* ``synthetic/<rec>``: trained on the headline synthesizer's data only (``synthetic-<name>/<rec>``
+  for the others);
+* ``fedvae``: the federated DP Mult-VAE used directly as the recommender;
+* ``dp-popularity``: items ranked by the DP item counts (same release, same ε);
+* simulation only, labelled non-private: ``popularity`` (MostPopular) and ``real/<rec>``, trained
+  on the real training users, which the server may load only because it is a simulation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from common.config import EvalConfig
+from common.data.pipeline import PreparedData, prepare
+from common.errors import FedsynthError
+from common.federation import RunConfig
+from common.fidelity import fidelity_report
+from common.io import to_plain, write_json_atomic
+from common.models.vae import MultVAEConfig
+from common.recommenders import EASE, ItemKNN, MostPopular, MultVAERecommender, Recommender
+from common.recommenders.transfer import num_values, pack
+from common.report import write_report
+from common.synthesis import SynthesisConfig, synthesize
+from server.evaluation import federated_evaluate
+from server.federation import TrainingResult, out_directory
+
+log = logging.getLogger("flwr")
+
+EVAL = EvalConfig(ks=(10, 20, 50, 100))
+HEADLINE = "ndcg@10"
+
+
+def build_recommender(name: str, config: RunConfig) -> Recommender:
+    if name == "popularity":
+        return MostPopular()
+    if name == "itemknn":
+        return ItemKNN()
+    if name == "ease":
+        return EASE(config.ease_l2)
+    vae = MultVAEConfig(epochs=config.central_vae_epochs, seed=config.seed)
+    return MultVAERecommender(vae, device=config.device)
+
+
+def synthetic_label(index: int, synthesizer: str) -> str:
+    return "synthetic" if index == 0 else f"synthetic-{synthesizer}"
+
+
+def write_synthetic(path: Path, matrix: sp.csr_matrix, item_ids: list[str]) -> None:
+    """``user``, ``item`` (original ids) Parquet, written to a temp file and renamed."""
+    coo = matrix.tocoo()
+    items = pd.Series(np.asarray(item_ids, dtype=object)[coo.col])
+    numeric = pd.to_numeric(items, errors="coerce")
+    frame = pd.DataFrame({"user": coo.row.astype(np.int64), "item": numeric if numeric.notna().all() else items})
+    frame = frame.sort_values(["user", "item"], kind="stable").reset_index(drop=True)
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def privacy_summary(training: TrainingResult) -> dict[str, Any]:
+    logs = [training.summary["statistics_release"], *training.summary["rounds"]]
+    deltas: dict[str, float] = {}
+    for entry in logs:
+        deltas.update(entry.get("delta_by_node", {}))
+    per_client = training.summary["epsilon_by_client"]
+    return {
+        "epsilon_max": max(per_client.values(), default=None),
+        "epsilon_per_client": [{"client": node, "epsilon": value} for node, value in per_client.items()],
+        "delta": max(deltas.values(), default=None),
+        "delta_per_client": [{"client": node, "delta": value} for node, value in deltas.items()],
+        "accountant": "opacus rdp, all releases and both models of all rounds composed per client",
+    }
+
+
+def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict[str, Any]:
+    """Synthesize, train centrally, evaluate federatedly; writes synthetic data, metrics.json and report.md."""
+    out = out_directory(config)
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    num_items = len(training.item_ids)
+    reference: PreparedData | None = prepare(config.data()) if config.simulation_reference else None
+    if reference is not None and reference.interactions.num_items != num_items:
+        raise FedsynthError(
+            "the reference data's catalogue differs from the clients'; run with simulation-reference=false."
+        )
+
+    synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
+    lengths = training.statistics.length_sampler(num_items)
+    synthetic: dict[str, sp.csr_matrix] = {}
+    for index, name in enumerate(config.synthesizer_names()):
+        label = synthetic_label(index, name)
+        log.info("fedsynth stage: synthesis (%s, %d users from the %s)", label, synthesis.num_users, name)
+        synthetic[label] = synthesize(training.bundle, name, lengths, synthesis, config.seed)
+        write_synthetic(out / f"{label}.parquet", synthetic[label], training.item_ids)
+    seconds["synthesis"] = time.perf_counter() - started
+
+    candidates: list[tuple[str, Recommender]] = []
+    for label, matrix in synthetic.items():
+        for name in config.recommender_names():
+            candidates.append((f"{label}/{name}", build_recommender(name, config).fit(matrix)))
+    candidates.append(("fedvae", MultVAERecommender.from_model(training.bundle.vae, config.device)))
+    candidates.append(("dp-popularity", MostPopular.from_counts(training.statistics.item_counts)))
+    if reference is not None:
+        real = reference.split.train
+        candidates.append(("popularity", MostPopular().fit(real)))
+        for name in config.recommender_names():
+            if name != "popularity":
+                candidates.append((f"real/{name}", build_recommender(name, config).fit(real)))
+    seconds["central_training"] = time.perf_counter() - started - seconds["synthesis"]
+
+    nodes = list(grid.get_node_ids())
+    results: dict[str, dict[str, float]] = {}
+    evaluation: dict[str, Any] = {"users": "each client's real held-out test users (fold-in 80% → target 20%)"}
+    skipped: dict[str, str] = {}
+    for label, recommender in candidates:
+        size = num_values(pack(recommender)[1])
+        if size > config.eval_max_values:
+            skipped[label] = f"{size:,} values, above eval-max-values {config.eval_max_values:,}: not sent"
+            log.info("fedsynth stage: %s is too large to send for evaluation (%s)", label, skipped[label])
+            continue
+        log.info("fedsynth stage: federated evaluation of %s", label)
+        results[label], who = federated_evaluate(grid, nodes, recommender, EVAL, num_items)
+        evaluation[label] = who
+    evaluation["skipped"] = skipped
+    seconds["evaluation"] = time.perf_counter() - started - seconds["synthesis"] - seconds["central_training"]
+
+    retention = {
+        name: results[f"synthetic/{name}"][HEADLINE] / results[f"real/{name}"][HEADLINE]
+        for name in config.recommender_names()
+        if f"synthetic/{name}" in results and f"real/{name}" in results and results[f"real/{name}"][HEADLINE] > 0
+    }
+    fidelity: dict[str, Any] = {}
+    if reference is not None:
+        held_out = reference.split.test.fold_in + reference.split.test.target
+        fidelity = {label: fidelity_report(reference.split.train, m, held_out) for label, m in synthetic.items()}
+        fidelity["note"] = "simulation only: computed by the server from the real training users"
+    metrics = {
+        "privacy": privacy_summary(training),
+        "recommenders": results,
+        "utility_retention": {"metric": HEADLINE, **retention},
+        "fidelity": fidelity,
+        "evaluation": evaluation,
+        "synthesis": {"synthesizers": list(synthetic), **to_plain(synthesis.__dict__)},
+        "rounds": len(training.summary["rounds"]),
+        "seconds": seconds,
+    }
+    meta = {
+        "synthesizer": config.synthesizer_names()[0],
+        "files": {label: f"{label}.parquet" for label in synthetic},
+        "privacy": metrics["privacy"],
+        "rounds": metrics["rounds"],
+        "seed": config.seed,
+        "config": to_plain(config.__dict__),
+    }
+    write_json_atomic(out / "synthetic_meta.json", meta)
+    write_report(out, metrics, training.summary, synthetic, reference.split.train if reference else None)
+    write_json_atomic(out / "metrics.json", metrics)  # last: its presence marks a complete run
+    log.info("fedsynth stage: done, wrote %s", out / "metrics.json")
+    return metrics

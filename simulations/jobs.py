@@ -1,0 +1,130 @@
+"""``fedsynth run`` / ``fedsynth train``: one local Flower simulation of the whole pipeline (or its rounds).
+
+Settings come, in increasing priority, from the defaults of :class:`common.federation.RunConfig`,
+a TOML file (``--config``: run-config keys at top level or under ``[tool.flwr.app.config]``),
+and the options given on the command line; the result is validated once, before anything runs.
+
+The run directory is the unit of resumption: a run interrupted (Ctrl-C, crash) is resumed by
+running the same command again (checkpoints and the DP statistics are reused; simulated
+clients' ledgers live in ``OUT/ledgers`` by default, so their spent ε carries over). A
+directory whose ``metrics.json`` exists holds a complete run and is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import tomllib
+from rich.console import Console
+
+from common.config import from_mapping
+from common.errors import ConfigError, FedsynthError
+from common.federation import RunConfig
+from common.io import write_json_atomic
+from simulations.runner import run_simulation
+
+# Command-line options → run-config keys. Defaults are None: "not given", so a TOML value stands.
+_RUN_OPTIONS: list[tuple[str, type, str]] = [
+    ("rounds", int, "Federated rounds [default: 3]."),
+    ("epsilon", float, "Target ε per client over everything computed from its users; inf = no DP [default: 8]."),
+    ("delta", float, "δ per client; 0 = 0.1 / n for a client with n users [default: 0]."),
+    ("dataset", str, "generated | movielens | lastfm [default: generated]."),
+    ("data-path", str, "MovieLens / Last.fm folder."),
+    ("gen-users", int, "Generated data: users [default: 943]."),
+    ("gen-items", int, "Generated data: items [default: 1682]."),
+    ("partition", str, "iid | dirichlet:ALPHA[:ATTR] | natural:ATTR [default: iid]."),
+    ("vae-batch-size", int, "Expected users per DP Mult-VAE step [default: 64]."),
+    ("gan-batch-size", int, "Expected users per DP discriminator step [default: 64]."),
+    ("local-epochs", int, "Mult-VAE epochs per round [default: 1]."),
+    ("discriminator-steps", int, "Discriminator steps per round [default: 10]."),
+    ("statistics-share", float, "Share of ε for the DP item counts + length histogram [default: 0.2]."),
+    ("synthesizers", str, "Comma-separated, headline first: vae, gan [default: vae,gan]."),
+    ("synthetic-users", int, "Synthetic users per synthesizer [default: 2000]."),
+    ("recommenders", str, "Comma-separated: popularity, itemknn, ease, multvae [default: all]."),
+    ("seed", int, "Seed of data, partition, models and synthesis [default: 0]."),
+    ("device", str, "cpu | cuda for the server's central training [default: cpu]."),
+    ("ledger-dir", str, "Clients' privacy ledgers [default: OUT/ledgers]."),
+]
+
+
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The run-config options, ``--clients``, ``--config`` and ``--out``."""
+    for name, kind, text in reversed(_RUN_OPTIONS):
+        func = click.option(f"--{name}", type=kind, default=None, help=text)(func)
+    func = click.option("--clients", type=int, default=5, show_default=True, help="Simulated clients (SuperNodes).")(
+        func
+    )
+    func = click.option(
+        "--config", "config_file", type=click.Path(path_type=Path), help="TOML file of run-config keys."
+    )(func)
+    return func
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Run-config keys from a TOML file (top level, or ``[tool.flwr.app.config]`` of a pyproject.toml)."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror}).") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML ({exc}).") from exc
+    table = dict(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", data))
+    from_mapping(RunConfig, table, where=f"--config {path}")  # unknown keys / bad values: error naming the file
+    return table
+
+
+def resolve_run_config(config_file: Path | None, given: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Defaults ← TOML ← options given; validated. Returns the flat run config (kebab-case keys)."""
+    settings: dict[str, Any] = {}
+    if config_file is not None:
+        settings.update(read_config_file(config_file))
+    for key, value in given.items():
+        if value is not None:
+            settings["num-server-rounds" if key == "rounds" else key.replace("_", "-")] = value
+    if settings.get("epsilon") == float("inf"):
+        settings["epsilon"] = 1e9
+    settings.setdefault("ledger-dir", str((out / "ledgers").resolve()))
+    RunConfig.from_run_config(settings)
+    return settings
+
+
+def _progress_printer(console: Console) -> Callable[[str], None]:
+    def show(line: str) -> None:
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+        if "fedsynth " in plain or "ERROR" in plain:
+            console.print("  " + plain.split("INFO", 1)[-1].strip(" :").removeprefix("fedsynth "), markup=False)
+
+    return show
+
+
+def run_job(console: Console, out: Path, clients: int, run_config: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume) the job in ``out``; returns metrics.json (full pipeline) or train.json."""
+    if clients < 1:
+        raise ConfigError(f"--clients must be at least 1, got {clients}.")
+    if (out / "metrics.json").is_file():
+        raise FedsynthError(f"{out} already holds a complete run (metrics.json); choose a new --out directory.")
+    saved = out / "run_config.json"
+    run_config = {**run_config, "min-clients": min(run_config.get("min-clients", 2), clients)}
+    wanted = {"clients": clients, **run_config}
+    if saved.is_file():
+        previous = json.loads(saved.read_text())
+        if previous != wanted:
+            changed = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))
+            raise ConfigError(
+                f"{out} holds an interrupted run with other settings ({', '.join(changed)}); "
+                "rerun with the same settings to resume it, or choose a new --out directory."
+            )
+        console.print(f"resuming the interrupted run in {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(saved, wanted)
+    with console.status(f"federated run: {clients} clients, {run_config.get('num-server-rounds', 3)} rounds"):
+        run_simulation(out, clients, run_config, on_line=_progress_printer(console))
+    result = out / ("metrics.json" if run_config.get("pipeline", "full") == "full" else "train.json")
+    if not result.is_file():
+        raise FedsynthError(f"the run ended without writing {result}; see {out / 'logs' / 'flwr-run.log'}.")
+    return dict(json.loads(result.read_text()))
