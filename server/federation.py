@@ -24,7 +24,7 @@ from common.bundle import ModelBundle
 from common.errors import ConfigError, FedsynthError
 from common.federation import RunConfig
 from common.io import to_plain, write_json_atomic
-from common.privacy.statistics import NoisyStatistics
+from common.privacy.statistics import NoisyStatistics, length_bin_edges
 from server.strategy import aggregate_round, as_client_replies, client_outcomes
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
@@ -69,7 +69,9 @@ def query_catalogue(grid: Grid, nodes: list[int]) -> list[str]:
     return list(catalogues.pop())
 
 
-def query_statistics(grid: Grid, nodes: list[int], config: RunConfig) -> tuple[NoisyStatistics, dict[str, Any]]:
+def query_statistics(
+    grid: Grid, nodes: list[int], config: RunConfig, num_items: int
+) -> tuple[NoisyStatistics, dict[str, Any]]:
     """Each client's DP item counts and length histogram, summed; and the release's log (ε per client)."""
     request = ConfigRecord({keys.PLANNED_ROUNDS: config.num_server_rounds})
     messages = [
@@ -83,8 +85,13 @@ def query_statistics(grid: Grid, nodes: list[int], config: RunConfig) -> tuple[N
     replies = list(grid.send_and_receive(messages))
     outcome = client_outcomes(as_client_replies(replies))
     released = [r for r in outcome.trained if r.content is not None]
+    outcome.log["round"] = 0
     if not released:
-        raise FedsynthError(f"no client released its DP statistics: {outcome.log['refused'] or outcome.log['failed']}")
+        log.warning(
+            "fedsynth statistics: no client released DP statistics (%s); no popularity prior, lengths 1-10",
+            outcome.log["refused"] or outcome.log["failed"],
+        )
+        return NoisyStatistics(np.zeros(num_items), np.zeros(len(length_bin_edges(num_items)) - 1)), outcome.log
     total: NoisyStatistics | None = None
     for reply in released:
         arrays = reply.content[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr, index]
@@ -92,18 +99,19 @@ def query_statistics(grid: Grid, nodes: list[int], config: RunConfig) -> tuple[N
         part = NoisyStatistics(arrays[keys.ITEM_COUNTS].numpy(), arrays[keys.LENGTH_HISTOGRAM].numpy(), noise_std)
         total = part if total is None else total + part
     assert total is not None
-    outcome.log["round"] = 0
     return total, outcome.log
 
 
-def load_or_query_statistics(grid: Grid, nodes: list[int], config: RunConfig) -> tuple[NoisyStatistics, dict[str, Any]]:
+def load_or_query_statistics(
+    grid: Grid, nodes: list[int], config: RunConfig, num_items: int
+) -> tuple[NoisyStatistics, dict[str, Any]]:
     """The saved release of a resumed run, or a fresh one (saved before any round uses it)."""
     path = out_directory(config) / "statistics.npz"
     if path.is_file():
         with np.load(path) as saved:
             statistics = NoisyStatistics(saved["item_counts"], saved["length_histogram"], float(saved["noise_std"]))
             return statistics, {"round": 0, "resumed": True}
-    statistics, release_log = query_statistics(grid, nodes, config)
+    statistics, release_log = query_statistics(grid, nodes, config, num_items)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("statistics.tmp.npz")
     np.savez(
@@ -143,7 +151,7 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
     nodes = wait_for_nodes(grid, config.min_clients)
     item_ids = query_catalogue(grid, nodes)
     state, rounds = resume_point(out_dir, config)
-    statistics, release_log = load_or_query_statistics(grid, nodes, config)
+    statistics, release_log = load_or_query_statistics(grid, nodes, config, len(item_ids))
     bundle = ModelBundle.create(len(item_ids), config.local(), seed=config.seed)
     bundle.set_prior(torch.from_numpy(statistics.prior_logits()))
     if state is not None:

@@ -56,6 +56,11 @@ def synthetic_label(index: int, synthesizer: str) -> str:
     return "synthetic" if index == 0 else f"synthetic-{synthesizer}"
 
 
+def real_label(recommender: str) -> str:
+    """The non-private upper-bound row of ``recommender`` (MostPopular's is plain ``popularity``)."""
+    return "popularity" if recommender == "popularity" else f"real/{recommender}"
+
+
 def write_synthetic(path: Path, matrix: sp.csr_matrix, item_ids: list[str]) -> None:
     """``user``, ``item`` (original ids) Parquet, written to a temp file and renamed."""
     coo = matrix.tocoo()
@@ -116,7 +121,7 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
         candidates.append(("popularity", MostPopular().fit(real)))
         for name in config.recommender_names():
             if name != "popularity":
-                candidates.append((f"real/{name}", build_recommender(name, config).fit(real)))
+                candidates.append((real_label(name), build_recommender(name, config).fit(real)))
     seconds["central_training"] = time.perf_counter() - started - seconds["synthesis"]
 
     nodes = list(grid.get_node_ids())
@@ -135,11 +140,11 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
     evaluation["skipped"] = skipped
     seconds["evaluation"] = time.perf_counter() - started - seconds["synthesis"] - seconds["central_training"]
 
-    retention = {
-        name: results[f"synthetic/{name}"][HEADLINE] / results[f"real/{name}"][HEADLINE]
-        for name in config.recommender_names()
-        if f"synthetic/{name}" in results and f"real/{name}" in results and results[f"real/{name}"][HEADLINE] > 0
-    }
+    retention = {}
+    for name in config.recommender_names():
+        synthetic_row, real_row = f"synthetic/{name}", real_label(name)
+        if synthetic_row in results and real_row in results and results[real_row][HEADLINE] > 0:
+            retention[name] = results[synthetic_row][HEADLINE] / results[real_row][HEADLINE]
     fidelity: dict[str, Any] = {}
     if reference is not None:
         held_out = reference.split.test.fold_in + reference.split.test.target

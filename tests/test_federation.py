@@ -34,6 +34,7 @@ ALLOWED_METRICS = {
     keys.EPSILON,
     keys.EPSILON_VAE,
     keys.EPSILON_GAN,
+    keys.EPSILON_STATISTICS,
     keys.DELTA,
     *keys.LOSS_KEYS,
 }
@@ -125,7 +126,13 @@ def test_two_clients_one_round_through_flower_simulation(tmp_path: Path) -> None
 
 
 def trained_reply(users: int, epsilon: float, value: float) -> RecordDict:
-    metrics = {keys.NUM_EXAMPLES: users, keys.REFUSED: 0, keys.EPSILON: epsilon, **dict.fromkeys(keys.LOSS_KEYS, value)}
+    metrics = {
+        keys.NUM_EXAMPLES: users,
+        keys.REFUSED: 0,
+        keys.EPSILON: epsilon,
+        keys.DELTA: 1e-3,
+        **dict.fromkeys(keys.LOSS_KEYS, value),
+    }
     return RecordDict(
         {keys.ARRAYS: ArrayRecord({"vae.w": torch.full((2,), value)}), keys.METRICS: MetricRecord(metrics)}
     )

@@ -1,0 +1,134 @@
+"""``fedsynth run``: settings from TOML and options, the whole pipeline end to end, resumption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from common.errors import ConfigError
+from simulations.cli import cli, main
+from simulations.jobs import resolve_run_config
+
+TINY_TOML = """
+central-vae-epochs = 2
+vae-hidden = 32
+vae-latent = 8
+synthetic-users = 120
+recommenders = "popularity,ease,multvae"
+"""
+
+
+def test_options_override_the_toml_file_which_overrides_defaults(tmp_path: Path) -> None:
+    config_file = tmp_path / "run.toml"
+    config_file.write_text("epsilon = 2.0\nsynthetic-users = 50\n[unused]\n")
+    config_file.write_text("epsilon = 2.0\nsynthetic-users = 50\n")
+
+    settings = resolve_run_config(config_file, {"epsilon": 4.0, "rounds": 5, "seed": None}, tmp_path / "out")
+
+    assert settings["epsilon"] == 4.0 and settings["synthetic-users"] == 50 and settings["num-server-rounds"] == 5
+    assert "seed" not in settings  # not given: the default stands
+    assert settings["ledger-dir"] == str((tmp_path / "out" / "ledgers").resolve())
+
+
+def test_bad_toml_keys_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config_file = tmp_path / "run.toml"
+    config_file.write_text("epsilon = 2.0\nepsilonn = 3.0\n")
+
+    with pytest.raises(ConfigError, match=r"--config .*run.toml: epsilonn|unknown key 'epsilonn' in --config"):
+        resolve_run_config(config_file, {}, tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--config", str(config_file), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "epsilonn" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+@pytest.mark.slow
+def test_run_end_to_end_then_resume_without_resetting_the_budget(tmp_path: Path) -> None:
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(TINY_TOML)
+    out = tmp_path / "run"
+    args = [
+        "run",
+        "--config",
+        str(config_file),
+        "--clients",
+        "2",
+        "--rounds",
+        "2",
+        "--epsilon",
+        "4",
+        "--gen-users",
+        "240",
+        "--gen-items",
+        "300",
+        "--vae-batch-size",
+        "32",
+        "--gan-batch-size",
+        "32",
+        "--discriminator-steps",
+        "2",
+        "--out",
+        str(out),
+    ]
+
+    first = CliRunner().invoke(cli, args)
+
+    assert first.exit_code == 0, first.output
+    for name in (
+        "metrics.json",
+        "report.md",
+        "synthetic.parquet",
+        "synthetic-gan.parquet",
+        "synthetic_meta.json",
+        "train.json",
+        "rounds.png",
+        "popularity.png",
+        "recommenders.png",
+        "statistics.npz",
+    ):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    privacy = metrics["privacy"]
+    assert 3.5 < privacy["epsilon_max"] <= 4.0 + 1e-3 and len(privacy["epsilon_per_client"]) == 2
+    assert 0 < privacy["delta"] < 1 / 80
+    for row in (
+        "synthetic/ease",
+        "synthetic/multvae",
+        "synthetic-gan/ease",
+        "fedvae",
+        "popularity",
+        "dp-popularity",
+        "real/ease",
+        "real/multvae",
+    ):
+        assert 0 <= metrics["recommenders"][row]["ndcg@10"] <= 1, row
+    assert set(metrics["utility_retention"]) == {"metric", "popularity", "ease", "multvae"}
+    assert {"popularity_jsd", "dcr_median_synthetic", "identical_share"} <= set(metrics["fidelity"]["synthetic"])
+    assert metrics["evaluation"]["real/ease"]["clients"] == 2
+    synthetic = pd.read_parquet(out / "synthetic.parquet")
+    assert synthetic["user"].nunique() == 120
+    meta = json.loads((out / "synthetic_meta.json").read_text())
+    assert meta["synthesizer"] == "vae" and meta["privacy"]["epsilon_max"] == privacy["epsilon_max"]
+    assert "| real/ease |" in (out / "report.md").read_text()
+
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code != 0 and "already holds a complete run" in str(again.exception)
+
+    # Interrupt after round 1: the last checkpoint and every final output are gone, the ledgers stay.
+    for name in ("metrics.json", "report.md", "synthetic.parquet", "checkpoints/round-2.pt"):
+        (out / name).unlink()
+    resumed = CliRunner().invoke(cli, args)
+
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output
+    train = json.loads((out / "train.json").read_text())
+    assert len(train["rounds"]) == 2
+    assert train["rounds"][1]["trained"] == [] and len(train["rounds"][1]["refused"]) == 2  # round 2 was paid for
+    assert json.loads((out / "metrics.json").read_text())["privacy"]["epsilon_max"] == pytest.approx(
+        privacy["epsilon_max"]
+    )

@@ -1,0 +1,93 @@
+"""The DP statistics release: its noise, its ledger entry, its place in the calibrated plan, what it replies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from flwr.app import ConfigRecord, RecordDict
+
+from client.round import handle_statistics, handle_train
+from client.training import plan_privacy
+from common import keys
+from common.federation import RunConfig
+from common.privacy.accounting import DPEvent, epsilon
+from common.privacy.statistics import NoisyStatistics, length_bin_edges, noisy_statistics
+from tests.test_federation import SMALL, request, rows
+
+
+def test_exact_statistics_without_noise_and_clipped_counts() -> None:
+    data = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 1]], dtype=np.float32))
+
+    released = noisy_statistics(data, clip=1.0, noise_multiplier=0.0, rng=np.random.default_rng(0))
+
+    # Each user's count vector is scaled to L2 norm ≤ 1: lengths 2, 4, 1 → scales 1/√2, 1/2, 1.
+    expected = np.array([1 / np.sqrt(2) + 0.5, 1 / np.sqrt(2) + 0.5, 0.5, 0.5 + 1.0])
+    np.testing.assert_allclose(released.item_counts, expected)
+    edges = length_bin_edges(4)
+    assert released.length_histogram.sum() == 3
+    assert released.length_histogram[np.searchsorted(edges, 4, side="right") - 1] == 1
+    assert released.noise_std == 0.0
+
+
+def test_noise_has_the_calibrated_scale() -> None:
+    data = sp.csr_matrix((np.random.default_rng(1).random((50, 2000)) < 0.05).astype(np.float32))
+
+    released = noisy_statistics(data, clip=4.0, noise_multiplier=2.0, rng=np.random.default_rng(0))
+    exact = noisy_statistics(data, clip=4.0, noise_multiplier=0.0, rng=np.random.default_rng(0))
+
+    assert released.noise_std == pytest.approx(2.0 * np.sqrt(17.0))
+    assert np.std(released.item_counts - exact.item_counts) == pytest.approx(2.0 * np.sqrt(17.0), rel=0.05)
+
+
+def test_plan_composes_the_release_and_every_round_within_the_target() -> None:
+    config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 3, "epsilon": 3.0})
+    plan = plan_privacy(config.privacy(), 200, config.local(), 3)
+
+    events = plan.statistics_events() + [
+        DPEvent(e.model, e.noise_multiplier, e.sample_rate, e.steps * 3) for e in plan.round_events()
+    ]
+    total = epsilon(events, plan.delta)
+    assert 2.85 < total <= 3.0 + 1e-3
+    assert plan.statistics_events() == [DPEvent("statistics", plan.statistics_noise, 1.0, 1)]
+
+
+def test_release_is_recorded_in_the_ledger_and_replies_only_noisy_aggregates(tmp_path: Path) -> None:
+    config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 2, "epsilon": 4.0})
+    data = rows()
+    state = RecordDict()
+    content = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
+
+    reply = handle_statistics(content, data, config, state, tmp_path)
+
+    assert set(reply.keys()) == {keys.ARRAYS, keys.METRICS}
+    arrays = reply[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    assert set(arrays) == {keys.ITEM_COUNTS, keys.LENGTH_HISTOGRAM}
+    assert arrays[keys.ITEM_COUNTS].shape == (50,)
+    metrics = dict(reply[keys.METRICS])  # type: ignore[arg-type]
+    assert metrics[keys.EPSILON] == pytest.approx(metrics[keys.EPSILON_STATISTICS])
+    assert 0 < metrics[keys.EPSILON] < 4.0
+    ledger = json.loads(next(tmp_path.glob("ledger-*.json")).read_text())
+    assert ledger["events"][0]["model"] == "statistics" and ledger["rounds"][0]["round"] == 0
+
+    # Both rounds still fit, and the total after them stays within the target.
+    for server_round in (1, 2):
+        trained = handle_train(request(config, 50, server_round), data, config, state, tmp_path)
+        assert trained[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
+    final = trained[keys.METRICS]
+    assert final[keys.EPSILON] <= 4.0 + 1e-3  # type: ignore[operator]
+    assert final[keys.EPSILON] > max(final[keys.EPSILON_VAE], final[keys.EPSILON_GAN])  # type: ignore[operator, type-var]
+
+
+def test_length_sampler_ignores_bins_within_the_noise() -> None:
+    histogram = np.zeros(len(length_bin_edges(1000)) - 1)
+    histogram[4] = 500.0  # lengths [5, 6)
+    histogram[20:] = 3.0  # noise-level mass in long bins
+    statistics = NoisyStatistics(np.ones(1000), histogram, noise_std=5.0)
+
+    lengths = statistics.length_sampler(1000).sample(1000, np.random.default_rng(0))
+
+    assert set(lengths.tolist()) == {5}

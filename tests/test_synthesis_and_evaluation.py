@@ -1,0 +1,111 @@
+"""Synthesis (lengths only from the DP histogram, known item ids), fidelity measures, recommender transfer,
+and federated evaluation equal to the central computation on the same users."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from flwr.app import RecordDict
+
+from client.evaluation import handle_evaluate
+from common.bundle import ModelBundle
+from common.config import EvalConfig
+from common.data.split import Split
+from common.evaluation import evaluate
+from common.federation import LocalTrainingConfig
+from common.fidelity import closest_record_distance, fidelity_report
+from common.models.vae import MultVAEConfig
+from common.privacy.statistics import LengthSampler, length_bin_edges
+from common.recommenders import EASE, ItemKNN, MostPopular, MultVAERecommender, Recommender
+from common.recommenders.transfer import pack, unpack
+from common.synthesis import SynthesisConfig, synthesize
+from server.evaluation import evaluation_request, merge_evaluations
+from server.pipeline import write_synthetic
+
+
+def one_length_sampler(num_items: int, length: int) -> LengthSampler:
+    edges = length_bin_edges(num_items)
+    weights = np.zeros(len(edges) - 1)
+    weights[np.searchsorted(edges, length, side="right") - 1] = 1.0
+    return LengthSampler(edges, weights)
+
+
+@pytest.mark.parametrize("synthesizer", ["gan", "vae"])
+def test_synthetic_lengths_come_only_from_the_dp_histogram(synthesizer: str) -> None:
+    bundle = ModelBundle.create(300, LocalTrainingConfig(), seed=0)
+
+    matrix = synthesize(bundle, synthesizer, one_length_sampler(300, 7), SynthesisConfig(num_users=50), seed=1)
+
+    assert matrix.shape == (50, 300)
+    assert set(np.diff(matrix.indptr).tolist()) == {7}
+    # The synthesizer's only inputs are the global models, the DP length sampler and settings: no real data.
+    assert list(inspect.signature(synthesize).parameters) == ["bundle", "synthesizer", "lengths", "config", "seed"]
+
+
+def test_synthetic_parquet_has_only_catalogue_item_ids(tmp_path: Path) -> None:
+    bundle = ModelBundle.create(40, LocalTrainingConfig(), seed=0)
+    catalogue = [f"movie-{i}" for i in range(40)]
+    matrix = synthesize(bundle, "gan", one_length_sampler(40, 5), SynthesisConfig(num_users=20), seed=0)
+
+    write_synthetic(tmp_path / "synthetic.parquet", matrix, catalogue)
+
+    frame = pd.read_parquet(tmp_path / "synthetic.parquet")
+    assert list(frame.columns) == ["user", "item"]
+    assert set(frame["item"]) <= set(catalogue)
+    assert len(frame) == 100 and not (tmp_path / "synthetic.parquet.tmp").exists()
+
+
+def test_fidelity_flags_copies_and_not_independent_data(small_split: Split) -> None:
+    train = small_split.train
+    held_out = small_split.test.fold_in + small_split.test.target
+
+    copied = fidelity_report(train, train[:100], held_out)
+    assert copied["identical_share"] == 1.0 and copied["dcr_median_synthetic"] == 0.0
+
+    rng = np.random.default_rng(0)
+    noise = sp.csr_matrix((rng.random((100, train.shape[1])) < 0.05).astype(np.float32))
+    independent = fidelity_report(train, noise, held_out)
+    assert independent["identical_share"] == 0.0
+    assert independent["dcr_median_synthetic"] > copied["dcr_median_synthetic"]
+    assert independent["cooccurrence_correlation"] < copied["cooccurrence_correlation"]
+    assert independent["popularity_jsd"] > copied["popularity_jsd"]
+
+
+def test_closest_record_distance_is_jaccard() -> None:
+    reference = sp.csr_matrix(np.array([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=np.float32))
+    queries = sp.csr_matrix(np.array([[1, 1, 1, 0]], dtype=np.float32))
+    # |{0,1,2} ∩ {0,1}| / |∪| = 2/3 → distance 1/3.
+    assert closest_record_distance(queries, reference)[0] == pytest.approx(1 / 3)
+
+
+def fitted(train: sp.csr_matrix) -> list[Recommender]:
+    vae = MultVAERecommender(MultVAEConfig(hidden_dims=(16,), latent_dim=4, epochs=1))
+    return [MostPopular().fit(train), EASE(50.0).fit(train), ItemKNN(10).fit(train), vae.fit(train)]
+
+
+def test_packed_recommenders_score_exactly_as_the_originals(small_split: Split) -> None:
+    fold_in = small_split.test.fold_in[:20]
+    for recommender in fitted(small_split.train):
+        kind, tensors, settings = pack(recommender)
+        np.testing.assert_allclose(unpack(kind, tensors, settings).score(fold_in), recommender.score(fold_in))
+
+
+def test_federated_evaluation_equals_the_central_computation(small_split: Split) -> None:
+    test = small_split.test
+    config = EvalConfig(ks=(10, 20))
+    shards = np.array_split(np.random.default_rng(0).permutation(len(test)), 3)  # three clients' held-out users
+    for recommender in fitted(small_split.train):
+        content = evaluation_request(recommender, config)
+        replies = [handle_evaluate(RecordDict(dict(content)), test.subset(np.sort(s))) for s in shards]
+
+        federated = merge_evaluations(replies, config, test.fold_in.shape[1]).result()
+        central = evaluate(recommender, test, config)
+
+        assert federated.keys() == central.keys()
+        for name, value in central.items():
+            assert federated[name] == pytest.approx(value, abs=1e-12), (recommender.name, name)
