@@ -52,6 +52,7 @@ class RunConfig:
     gan_batch_size: int = 64
     vae_hidden: int = 200
     vae_latent: int = 64
+    vae_learning_rate: float = 1e-3
     dataset: str = "generated"
     data_path: str = ""
     gen_users: int = 943
@@ -107,7 +108,11 @@ class RunConfig:
 
     def local(self) -> LocalTrainingConfig:
         vae = MultVAEConfig(
-            hidden_dims=(self.vae_hidden,), latent_dim=self.vae_latent, batch_size=self.vae_batch_size, seed=self.seed
+            hidden_dims=(self.vae_hidden,),
+            latent_dim=self.vae_latent,
+            batch_size=self.vae_batch_size,
+            learning_rate=self.vae_learning_rate,
+            seed=self.seed,
         )
         return LocalTrainingConfig(
             vae, GANConfig(batch_size=self.gan_batch_size), self.local_epochs, self.discriminator_steps

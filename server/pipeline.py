@@ -110,18 +110,16 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
         write_synthetic(out / f"{label}.parquet", synthetic[label], training.item_ids)
     seconds["synthesis"] = time.perf_counter() - started
 
+    to_train = [(f"{label}/{name}", name, m) for label, m in synthetic.items() for name in config.recommender_names()]
+    if reference is not None:
+        to_train += [(real_label(name), name, reference.split.train) for name in config.recommender_names()]
     candidates: list[tuple[str, Recommender]] = []
-    for label, matrix in synthetic.items():
-        for name in config.recommender_names():
-            candidates.append((f"{label}/{name}", build_recommender(name, config).fit(matrix)))
+    for label, name, matrix in to_train:
+        step = time.perf_counter()
+        candidates.append((label, build_recommender(name, config).fit(matrix)))
+        log.info("fedsynth stage: central training of %s (%.1f s)", label, time.perf_counter() - step)
     candidates.append(("fedvae", MultVAERecommender.from_model(training.bundle.vae, config.device)))
     candidates.append(("dp-popularity", MostPopular.from_counts(training.statistics.item_counts)))
-    if reference is not None:
-        real = reference.split.train
-        candidates.append(("popularity", MostPopular().fit(real)))
-        for name in config.recommender_names():
-            if name != "popularity":
-                candidates.append((real_label(name), build_recommender(name, config).fit(real)))
     seconds["central_training"] = time.perf_counter() - started - seconds["synthesis"]
 
     nodes = list(grid.get_node_ids())

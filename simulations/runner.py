@@ -8,11 +8,13 @@ the background, even when the run fails or is interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,24 +46,39 @@ def _format(value: Any) -> str:
     return f"'{value}'" if isinstance(value, (str, Path)) else str(value)
 
 
-def stop_superlinks(flwr_home: Path) -> int:
-    """Stop every process whose command line names ``flwr_home`` (the SuperLink `flwr run` left behind)."""
-    stopped = 0
-    marker = str(flwr_home)
+def _matching_pids(marker: str) -> list[int]:
+    pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except (OSError, IndexError):
             continue
-        if marker in command and "superlink" in command:
-            try:
-                os.kill(int(proc.name), signal.SIGTERM)
-                stopped += 1
-            except OSError:
-                pass
-    return stopped
+        if marker in command and "superlink" in command and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_superlinks(flwr_home: Path, timeout: float = 15.0) -> int:
+    """Stop every process whose command line names ``flwr_home`` (the SuperLink `flwr run` left behind).
+
+    SIGTERM, then wait up to ``timeout`` seconds for them to exit, then SIGKILL. Returns how many were found.
+    """
+    pids = _matching_pids(str(flwr_home))
+    found = len(pids)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.2)
+        pids = [pid for pid in pids if pid in _matching_pids(str(flwr_home))]
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return found
 
 
 def run_simulation(
