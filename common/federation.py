@@ -64,10 +64,11 @@ class RunConfig:
     pipeline: str = "full"  # "train": rounds only; "full": then synthesis, central training, evaluation
     synthesizers: str = "vae,gan"  # the first is the headline ("synthetic/…"), others "synthetic-<name>/…"
     synthetic_users: int = 2000
-    synthesis_temperature: float = 1.0
+    synthesis_temperature: float = 0.5
     recommenders: str = "popularity,itemknn,ease,multvae"
     central_vae_epochs: int = 20
-    ease_l2: float = 300.0
+    ease_l2: float = 300.0  # EASE λ on real training users (the upper bound)
+    synthetic_ease_l2: float = 3000.0  # EASE λ on synthetic users: more noise, more regularisation
     simulation_reference: bool = True  # simulation: the server may load the data for fidelity and upper bounds
     eval_max_values: int = 50_000_000  # larger recommenders are not sent for federated evaluation
     device: str = "cpu"  # central training on the server (clients train on CPU)

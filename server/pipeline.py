@@ -41,13 +41,14 @@ EVAL = EvalConfig(ks=(10, 20, 50, 100))
 HEADLINE = "ndcg@10"
 
 
-def build_recommender(name: str, config: RunConfig) -> Recommender:
+def build_recommender(name: str, config: RunConfig, synthetic: bool) -> Recommender:
+    """A fresh recommender; EASE gets ``synthetic-ease-l2`` on synthetic data and ``ease-l2`` on real data."""
     if name == "popularity":
         return MostPopular()
     if name == "itemknn":
         return ItemKNN()
     if name == "ease":
-        return EASE(config.ease_l2)
+        return EASE(config.synthetic_ease_l2 if synthetic else config.ease_l2)
     vae = MultVAEConfig(epochs=config.central_vae_epochs, seed=config.seed)
     return MultVAERecommender(vae, device=config.device)
 
@@ -110,13 +111,15 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
         write_synthetic(out / f"{label}.parquet", synthetic[label], training.item_ids)
     seconds["synthesis"] = time.perf_counter() - started
 
-    to_train = [(f"{label}/{name}", name, m) for label, m in synthetic.items() for name in config.recommender_names()]
+    to_train = [
+        (f"{label}/{name}", name, m, True) for label, m in synthetic.items() for name in config.recommender_names()
+    ]
     if reference is not None:
-        to_train += [(real_label(name), name, reference.split.train) for name in config.recommender_names()]
+        to_train += [(real_label(name), name, reference.split.train, False) for name in config.recommender_names()]
     candidates: list[tuple[str, Recommender]] = []
-    for label, name, matrix in to_train:
+    for label, name, matrix, is_synthetic in to_train:
         step = time.perf_counter()
-        candidates.append((label, build_recommender(name, config).fit(matrix)))
+        candidates.append((label, build_recommender(name, config, is_synthetic).fit(matrix)))
         log.info("fedsynth stage: central training of %s (%.1f s)", label, time.perf_counter() - step)
     candidates.append(("fedvae", MultVAERecommender.from_model(training.bundle.vae, config.device)))
     candidates.append(("dp-popularity", MostPopular.from_counts(training.statistics.item_counts)))

@@ -45,6 +45,7 @@ _RUN_OPTIONS: list[tuple[str, type, str]] = [
     ("statistics-share", float, "Share of ε for the DP item counts + length histogram [default: 0.2]."),
     ("synthesizers", str, "Comma-separated, headline first: vae, gan [default: vae,gan]."),
     ("synthetic-users", int, "Synthetic users per synthesizer [default: 2000]."),
+    ("synthesis-temperature", float, "Sampling temperature of synthetic users' items [default: 0.5]."),
     ("recommenders", str, "Comma-separated: popularity, itemknn, ease, multvae [default: all]."),
     ("seed", int, "Seed of data, partition, models and synthesis [default: 0]."),
     ("device", str, "cpu | cuda for the server's central training [default: cpu]."),
