@@ -3,18 +3,23 @@
 Simulation: the run config names the dataset and partitioning, and the node's
 ``partition-id`` / ``num-partitions`` pick its share (the same deterministic split and
 partition on every node): its training users, and its own held-out test users for
-federated evaluation. Deployment with per-node files is not built yet.
+federated evaluation.
+
+Deployment: the node config names the node's own file (``data-path``) and the shared public
+item catalogue (``catalogue-path``); see :mod:`common.data.node_file`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from common.data.node_file import split_node_file
 from common.data.partition import partition_users
 from common.data.pipeline import prepare
 from common.data.split import HeldOutUsers
@@ -46,11 +51,24 @@ def _partitioned(config: RunConfig, num_partitions: int) -> tuple[NodeData, ...]
     )
 
 
+@lru_cache(maxsize=4)
+def _from_file(data_path: str, catalogue_path: str, seed: int) -> NodeData:
+    interactions, split = split_node_file(Path(data_path), Path(catalogue_path), seed)
+    return NodeData(split.train, split.test, interactions.item_ids)
+
+
 def node_data(node_config: dict[str, Any], config: RunConfig) -> NodeData:
-    """This node's users."""
+    """This node's users: its own file in deployment, its partition in simulation."""
+    if "data-path" in node_config:
+        if "catalogue-path" not in node_config:
+            raise ConfigError(
+                "this node's config has data-path but no catalogue-path: every node needs the same public item "
+                "catalogue (one item id per line), e.g. --node-config \"data-path='…' catalogue-path='…'\"."
+            )
+        return _from_file(str(node_config["data-path"]), str(node_config["catalogue-path"]), config.seed)
     if "partition-id" not in node_config:
         raise ConfigError(
-            "this node has no partition-id in its node config; per-node data files (data-path) are not supported yet."
+            "this node's config has neither data-path (deployment: its own data file) nor partition-id (simulation)."
         )
     partition_id, num_partitions = int(node_config["partition-id"]), int(node_config["num-partitions"])
     return _partitioned(config, num_partitions)[partition_id]
