@@ -44,7 +44,7 @@ class RunConfig:
     delta: float = 0.0
     max_grad_norm: float = 1.0
     vae_share: float = 0.5
-    statistics_share: float = 0.2
+    statistics_share: float = 0.5
     statistics_clip: float = 4.0
     local_epochs: int = 1
     discriminator_steps: int = 10

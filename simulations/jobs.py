@@ -42,7 +42,7 @@ _RUN_OPTIONS: list[tuple[str, type, str]] = [
     ("gan-batch-size", int, "Expected users per DP discriminator step [default: 64]."),
     ("local-epochs", int, "Mult-VAE epochs per round [default: 1]."),
     ("discriminator-steps", int, "Discriminator steps per round [default: 10]."),
-    ("statistics-share", float, "Share of ε for the DP item counts + length histogram [default: 0.2]."),
+    ("statistics-share", float, "Share of ε for the DP item counts + length histogram [default: 0.5]."),
     ("synthesizers", str, "Comma-separated, headline first: vae, gan [default: vae,gan]."),
     ("synthetic-users", int, "Synthetic users per synthesizer [default: 2000]."),
     ("synthesis-temperature", float, "Sampling temperature of synthetic users' items [default: 0.5]."),

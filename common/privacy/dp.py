@@ -35,7 +35,7 @@ class PrivacyConfig:
     delta: float | None = None
     max_grad_norm: float = 1.0
     vae_share: float = 0.5
-    statistics_share: float = 0.2
+    statistics_share: float = 0.5
     statistics_clip: float = 4.0
 
     def __post_init__(self) -> None:
