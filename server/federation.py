@@ -195,7 +195,13 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
         "statistics_release": release_log,
         "rounds": rounds,
         "epsilon_max": max((r["epsilon_max"] for r in rounds if r["epsilon_max"] is not None), default=None),
-        "epsilon_by_client": latest_epsilon([release_log, *rounds]),
+        # Node ids of a resumed simulation differ from the interrupted one's: list the nodes connected
+        # now (their ledgers carry everything they spent); epsilon_max above covers every round.
+        "epsilon_by_client": {
+            node: value
+            for node, value in latest_epsilon([release_log, *rounds]).items()
+            if int(node) in set(grid.get_node_ids())
+        },
     }
     write_json_atomic(out_dir / "train.json", summary)
     return TrainingResult(bundle, statistics, item_ids, summary)

@@ -80,8 +80,9 @@ def privacy_summary(training: TrainingResult) -> dict[str, Any]:
     for entry in logs:
         deltas.update(entry.get("delta_by_node", {}))
     per_client = training.summary["epsilon_by_client"]
+    reported = [*per_client.values(), *(entry.get("epsilon_max") for entry in logs)]
     return {
-        "epsilon_max": max(per_client.values(), default=None),
+        "epsilon_max": max((e for e in reported if e is not None), default=None),
         "epsilon_per_client": [{"client": node, "epsilon": value} for node, value in per_client.items()],
         "delta": max(deltas.values(), default=None),
         "delta_per_client": [{"client": node, "delta": value} for node, value in deltas.items()],

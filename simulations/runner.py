@@ -46,7 +46,11 @@ def _format(value: Any) -> str:
     return f"'{value}'" if isinstance(value, (str, Path)) else str(value)
 
 
-def _matching_pids(marker: str) -> list[int]:
+def _matching_pids(flwr_home: Path) -> list[int]:
+    """Live processes of this run: the SuperLink (its command line names ``flwr_home``) and everything
+    started under it (the simulation process, Ray's daemons and actors), whose environment holds
+    ``FLWR_HOME=flwr_home``."""
+    marker, environment_marker = str(flwr_home), f"FLWR_HOME={flwr_home}\0".encode()
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -54,19 +58,48 @@ def _matching_pids(marker: str) -> list[int]:
         try:
             command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+            environment = (proc / "environ").read_bytes() + b"\0"
         except (OSError, IndexError):
             continue
-        if marker in command and "superlink" in command and state != "Z":
+        if state == "Z":
+            continue
+        if (marker in command and "superlink" in command) or environment_marker in environment:
             pids.append(int(proc.name))
     return pids
 
 
+def _with_descendants(pids: list[int]) -> list[int]:
+    """``pids`` and every process below them (Ray's agents do not inherit the marked environment)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[-1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(proc.name))
+    found, stack = set(pids), list(pids)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found and child != os.getpid():
+                found.add(child)
+                stack.append(child)
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def stop_superlinks(flwr_home: Path, timeout: float = 15.0) -> int:
-    """Stop every process whose command line names ``flwr_home`` (the SuperLink `flwr run` left behind).
+    """Stop the SuperLink `flwr run` left behind and, after an interruption, the simulation under it.
 
     SIGTERM, then wait up to ``timeout`` seconds for them to exit, then SIGKILL. Returns how many were found.
     """
-    pids = _matching_pids(str(flwr_home))
+    pids = _with_descendants(_matching_pids(flwr_home))
     found = len(pids)
     for pid in pids:
         with contextlib.suppress(OSError):
@@ -74,7 +107,7 @@ def stop_superlinks(flwr_home: Path, timeout: float = 15.0) -> int:
     deadline = time.monotonic() + timeout
     while pids and time.monotonic() < deadline:
         time.sleep(0.2)
-        pids = [pid for pid in pids if pid in _matching_pids(str(flwr_home))]
+        pids = [pid for pid in pids if _alive(pid)]
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
@@ -95,6 +128,8 @@ def run_simulation(
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
         "PYTHONWARNINGS": "ignore",
+        # `flwr run` starts `flower-superlink` by name: find this environment's even when it is not activated.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     flwr = Path(sys.executable).with_name("flwr")
     command = [
