@@ -132,3 +132,47 @@ def test_run_end_to_end_then_resume_without_resetting_the_budget(tmp_path: Path)
     assert json.loads((out / "metrics.json").read_text())["privacy"]["epsilon_max"] == pytest.approx(
         privacy["epsilon_max"]
     )
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_consistent_directory_stops_every_process_and_resumes(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from simulations.runner import _matching_pids
+
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(TINY_TOML + 'synthesizers = "vae"\n')
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "simulations", "run", "--config", str(config_file), "--clients", "2",
+               "--rounds", "3", "--gen-users", "240", "--gen-items", "300", "--vae-batch-size", "32",
+               "--gan-batch-size", "32", "--out", str(out)]  # fmt: skip
+    log = tmp_path / "output.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            command,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        deadline = time.monotonic() + 240
+        while "round 1/3" not in log.read_text() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground process group
+        code = process.wait(timeout=120)
+
+    assert code == 130, log.read_text()
+    assert not (out / "metrics.json").exists()
+    assert not list(out.rglob("*.tmp*"))
+    assert _matching_pids(out.resolve() / "flwr_home") == []  # SuperLink, simulation and Ray all stopped
+
+    resumed = subprocess.run(command, capture_output=True, text=True, check=False)
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert (out / "metrics.json").is_file()
