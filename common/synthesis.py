@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from common.bundle import ModelBundle
 from common.errors import ConfigError
-from common.privacy.statistics import LengthSampler
+from common.privacy.statistics import LengthSource
 from common.seeding import rng_for
 
 SYNTHESIZERS = ("gan", "vae")
@@ -74,7 +74,7 @@ def draw_items(
 
 
 def synthesize(
-    bundle: ModelBundle, synthesizer: str, lengths: LengthSampler, config: SynthesisConfig, seed: int
+    bundle: ModelBundle, synthesizer: str, lengths: LengthSource, config: SynthesisConfig, seed: int
 ) -> sp.csr_matrix:
     """``config.num_users`` synthetic users (binary CSR, users × items) from the global ``bundle``."""
     rng = rng_for(seed, f"synthesis-{synthesizer}")

@@ -112,9 +112,9 @@ def test_a_round_spends_exactly_the_planned_events() -> None:
     gan = train_gan_round(Generator(30, 32, 16), Discriminator(30, 8), train, plan, privacy, local.gan, seed=1)
 
     assert vae.events + gan.events == plan.round_events()
-    three_rounds = (vae.events + gan.events) * 3
-    assert epsilon(three_rounds, plan.delta) <= 4.0 + 1e-6
-    assert epsilon(three_rounds, plan.delta) > 3.5
+    everything = plan.statistics_events() + (vae.events + gan.events) * 3  # the release, then three rounds
+    assert epsilon(everything, plan.delta) <= 4.0 + 1e-3
+    assert epsilon(everything, plan.delta) > 3.5
     assert np.isfinite(vae.losses["vae-loss"]) and np.isfinite(gan.losses["gan-d-loss"])
 
 

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from client.round import handle_train
+from client.round import handle_statistics, handle_train
 from common import keys
 from common.bundle import ModelBundle
 from common.federation import RunConfig
@@ -78,6 +78,8 @@ def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path)
     config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 2, "epsilon": 2.0})
     data = rows()
     state = RecordDict()
+    release = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
+    assert handle_statistics(release, data, config, state, tmp_path)[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
     for server_round in (1, 2):
         reply = handle_train(request(config, 50, server_round), data, config, state, tmp_path)
         assert reply[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
@@ -91,7 +93,7 @@ def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path)
     assert "above the target 2" in str(refused[keys.CONFIG][keys.REASON])  # type: ignore[index]
     assert keys.ARRAYS not in refused
     ledger = json.loads(next(tmp_path.glob("ledger-*.json")).read_text())
-    assert [r["round"] for r in ledger["rounds"]] == [1, 2]
+    assert [r["round"] for r in ledger["rounds"]] == [0, 1, 2]
 
 
 @pytest.mark.slow

@@ -82,12 +82,28 @@ def test_release_is_recorded_in_the_ledger_and_replies_only_noisy_aggregates(tmp
     assert final[keys.EPSILON] > max(final[keys.EPSILON_VAE], final[keys.EPSILON_GAN])  # type: ignore[operator, type-var]
 
 
-def test_length_sampler_ignores_bins_within_the_noise() -> None:
-    histogram = np.zeros(len(length_bin_edges(1000)) - 1)
-    histogram[4] = 500.0  # lengths [5, 6)
-    histogram[20:] = 3.0  # noise-level mass in long bins
-    statistics = NoisyStatistics(np.ones(1000), histogram, noise_std=5.0)
+def lognormal_histogram(mu: float, sigma: float, users: int, num_items: int) -> np.ndarray:
+    lengths = np.clip(np.rint(np.exp(np.random.default_rng(0).normal(mu, sigma, users))), 1, num_items)
+    edges = length_bin_edges(num_items)
+    return np.bincount(np.searchsorted(edges, lengths, side="right") - 1, minlength=len(edges) - 1).astype(float)
 
-    lengths = statistics.length_sampler(1000).sample(1000, np.random.default_rng(0))
 
-    assert set(lengths.tolist()) == {5}
+def test_length_fit_recovers_a_lognormal_from_an_exact_histogram() -> None:
+    histogram = lognormal_histogram(3.5, 0.8, 5000, 2000)
+
+    fitted = NoisyStatistics(np.ones(2000), histogram).length_sampler(2000)
+
+    assert fitted.mu == pytest.approx(3.5, abs=0.1) and fitted.sigma == pytest.approx(0.8, abs=0.1)
+
+
+def test_length_fit_stays_sensible_when_noise_swamps_the_histogram() -> None:
+    histogram = lognormal_histogram(4.0, 0.7, 500, 6000)  # mean length ~70
+    noisy = histogram + np.random.default_rng(1).normal(0.0, 40.0, histogram.shape)
+
+    lengths = NoisyStatistics(np.ones(6000), noisy, 40.0).length_sampler(6000).sample(4000, np.random.default_rng(2))
+    naive = np.clip(noisy, 0, None)  # sampling the clipped noisy bins directly: long empty bins get mass
+    edges = length_bin_edges(6000)
+    naive_mean = float(naive @ ((edges[:-1] + edges[1:]) / 2) / naive.sum())
+
+    assert 35 < lengths.mean() < 140
+    assert naive_mean > 3 * lengths.mean()

@@ -20,7 +20,7 @@ from common.evaluation import evaluate
 from common.federation import LocalTrainingConfig
 from common.fidelity import closest_record_distance, fidelity_report
 from common.models.vae import MultVAEConfig
-from common.privacy.statistics import LengthSampler, length_bin_edges
+from common.privacy.statistics import LogNormalLengths
 from common.recommenders import EASE, ItemKNN, MostPopular, MultVAERecommender, Recommender
 from common.recommenders.transfer import pack, unpack
 from common.synthesis import SynthesisConfig, synthesize
@@ -28,11 +28,8 @@ from server.evaluation import evaluation_request, merge_evaluations
 from server.pipeline import write_synthetic
 
 
-def one_length_sampler(num_items: int, length: int) -> LengthSampler:
-    edges = length_bin_edges(num_items)
-    weights = np.zeros(len(edges) - 1)
-    weights[np.searchsorted(edges, length, side="right") - 1] = 1.0
-    return LengthSampler(edges, weights)
+def one_length_sampler(num_items: int, length: int) -> LogNormalLengths:
+    return LogNormalLengths(float(np.log(length)), 1e-9, num_items)
 
 
 @pytest.mark.parametrize("synthesizer", ["gan", "vae"])
