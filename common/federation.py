@@ -48,6 +48,7 @@ class RunConfig:
     statistics_clip: float = 4.0
     local_epochs: int = 1
     discriminator_steps: int = 10
+    generator_steps: int = 1
     vae_batch_size: int = 64
     gan_batch_size: int = 64
     vae_hidden: int = 200
@@ -116,7 +117,10 @@ class RunConfig:
             seed=self.seed,
         )
         return LocalTrainingConfig(
-            vae, GANConfig(batch_size=self.gan_batch_size), self.local_epochs, self.discriminator_steps
+            vae,
+            GANConfig(batch_size=self.gan_batch_size, generator_steps=self.generator_steps),
+            self.local_epochs,
+            self.discriminator_steps,
         )
 
     def data(self) -> DataSettings:
