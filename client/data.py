@@ -72,8 +72,3 @@ def node_data(node_config: dict[str, Any], config: RunConfig) -> NodeData:
         )
     partition_id, num_partitions = int(node_config["partition-id"]), int(node_config["num-partitions"])
     return _partitioned(config, num_partitions)[partition_id]
-
-
-def client_training_rows(node_config: dict[str, Any], config: RunConfig) -> sp.csr_matrix:
-    """This node's training users (CSR, users × the shared item space)."""
-    return node_data(node_config, config).train

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial.distance import jensenshannon
 
-from common.privacy.statistics import length_bin_edges
+from common.privacy.statistics import length_histogram
 
 
 def _jsd(p: np.ndarray, q: np.ndarray) -> float:
@@ -30,14 +30,6 @@ def _jsd(p: np.ndarray, q: np.ndarray) -> float:
 
 def _binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
     return (matrix > 0).astype(np.float32).tocsr()
-
-
-def length_histogram(matrix: sp.csr_matrix) -> np.ndarray:
-    """Counts of users per public length bin (see :func:`common.privacy.statistics.length_bin_edges`)."""
-    edges = length_bin_edges(matrix.shape[1])
-    lengths = np.diff(matrix.indptr)
-    bins = np.searchsorted(edges, lengths[lengths > 0], side="right") - 1
-    return np.bincount(bins, minlength=len(edges) - 1)[: len(edges) - 1]
 
 
 def closest_record_distance(queries: sp.csr_matrix, reference: sp.csr_matrix, chunk: int = 1024) -> np.ndarray:

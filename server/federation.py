@@ -189,6 +189,7 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
         )
         save_checkpoint(out_dir / "checkpoints" / f"round-{server_round}.pt", arrays, config, outcome.log)
     bundle.load_state_dict(arrays.to_torch_state_dict())
+    connected = set(grid.get_node_ids())
     summary = {
         "config": to_plain(config.__dict__),
         "num_items": len(item_ids),
@@ -198,9 +199,7 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
         # Node ids of a resumed simulation differ from the interrupted one's: list the nodes connected
         # now (their ledgers carry everything they spent); epsilon_max above covers every round.
         "epsilon_by_client": {
-            node: value
-            for node, value in latest_epsilon([release_log, *rounds]).items()
-            if int(node) in set(grid.get_node_ids())
+            node: value for node, value in latest_epsilon([release_log, *rounds]).items() if int(node) in connected
         },
     }
     write_json_atomic(out_dir / "train.json", summary)

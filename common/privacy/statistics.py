@@ -46,6 +46,14 @@ def length_bin_edges(num_items: int) -> np.ndarray:
     return np.unique(np.asarray(edges, dtype=np.int64))
 
 
+def length_histogram(matrix: sp.csr_matrix) -> np.ndarray:
+    """Users per public length bin (:func:`length_bin_edges`) of a CSR user × item matrix; (n_bins,) int."""
+    edges = length_bin_edges(matrix.shape[1])
+    lengths = np.diff(matrix.indptr)
+    bins = np.searchsorted(edges, lengths[lengths > 0], side="right") - 1
+    return np.bincount(bins, minlength=len(edges) - 1)[: len(edges) - 1]
+
+
 @dataclass(frozen=True)
 class NoisyStatistics:
     """Summed (over clients) noisy item counts (n_items,) and length histogram (n_bins,).
@@ -146,9 +154,7 @@ def noisy_statistics(
     lengths = np.diff(rows.indptr)
     scale = np.minimum(1.0, clip / np.sqrt(np.maximum(lengths, 1)))
     counts = np.asarray(rows.T @ scale).ravel()
-    edges = length_bin_edges(rows.shape[1])
-    histogram = np.bincount(np.searchsorted(edges, lengths[lengths > 0], side="right") - 1, minlength=len(edges) - 1)
-    histogram = histogram[: len(edges) - 1].astype(np.float64)
+    histogram = length_histogram(rows).astype(np.float64)
     std = float(noise_multiplier * np.sqrt(clip**2 + 1.0))
     return NoisyStatistics(
         counts + rng.normal(0.0, std, counts.shape) if std > 0 else counts,
