@@ -118,7 +118,8 @@ def handle_train(
     seed = config.seed * 100_003 + server_round
     vae = train_vae_round(bundle.vae, rows, plan, privacy, local.vae, (server_round - 1) * plan.vae_steps, seed)
     gan = train_gan_round(bundle.generator, bundle.discriminator, rows, plan, privacy, local.gan, seed)
-    ledger.record(vae.events + gan.events, {"round": server_round})
+    # Opacus counts the private steps it ran; without DP the plan's noise-free events (ε = ∞) are recorded.
+    ledger.record(vae.events + gan.events if plan.private else plan.round_events(), {"round": server_round})
 
     metrics = {**spent_metrics(ledger, num_users, plan), **vae.losses, **gan.losses}
     return RecordDict({keys.ARRAYS: ArrayRecord(bundle.state_dict()), keys.METRICS: MetricRecord(metrics)})

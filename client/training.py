@@ -47,13 +47,15 @@ class PrivacyPlan:
     private: bool = True
 
     def statistics_events(self) -> list[DPEvent]:
-        """The event the DP statistics release spends (empty when DP is off)."""
-        return [statistics_event(self.statistics_noise)] if self.private else []
+        """The event the DP statistics release spends.
+
+        Without DP the events carry noise 0, whose ε is ∞: data used without DP keeps no
+        guarantee, and its ledger says so from then on.
+        """
+        return [statistics_event(self.statistics_noise if self.private else 0.0)]
 
     def round_events(self) -> list[DPEvent]:
-        """The events one round spends (empty when DP is off)."""
-        if not self.private:
-            return []
+        """The events one round spends (noise 0, ε = ∞, when DP is off)."""
         return [
             DPEvent("vae", self.vae_noise, self.vae_rate, self.vae_steps),
             DPEvent("gan", self.gan_noise, self.gan_rate, self.gan_steps),

@@ -116,14 +116,20 @@ class SplitConfig:
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     fold_in_fraction: float = 0.8  # share of each held-out user's items given to the model
+    audit_fraction: float = 0.0  # users reserved as never-trained non-members for membership audits
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, value in (("validation", self.validation_fraction), ("test", self.test_fraction)):
+        fractions = (
+            ("validation", self.validation_fraction),
+            ("test", self.test_fraction),
+            ("audit", self.audit_fraction),
+        )
+        for name, value in fractions:
             _check(0.0 <= value < 1.0, f"--{name}-fraction must be in [0, 1), got {value}.")
         _check(
-            self.validation_fraction + self.test_fraction < 1.0,
-            "validation and test fractions must leave some training users (their sum must be < 1).",
+            self.validation_fraction + self.test_fraction + self.audit_fraction < 1.0,
+            "validation, test and audit fractions must leave some training users (their sum must be < 1).",
         )
         _check(0.0 < self.fold_in_fraction < 1.0, f"--fold-in-fraction must be in (0, 1), got {self.fold_in_fraction}.")
 

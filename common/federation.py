@@ -59,6 +59,7 @@ class RunConfig:
     gen_users: int = 943
     gen_items: int = 1682
     partition: str = "iid"
+    audit_fraction: float = 0.1  # users reserved per client as never-trained non-members for the audit
     seed: int = 0
     ledger_dir: str = ""
     out_dir: str = ""
@@ -129,7 +130,7 @@ class RunConfig:
             data_path=Path(self.data_path) if self.data_path else None,
             generated=GeneratedDataConfig(num_users=self.gen_users, num_items=self.gen_items, seed=self.seed),
         )
-        return DataSettings(data, PreprocessConfig(), SplitConfig(seed=self.seed))
+        return DataSettings(data, PreprocessConfig(), SplitConfig(audit_fraction=self.audit_fraction, seed=self.seed))
 
     def partitioning(self, num_clients: int) -> PartitionConfig:
         return PartitionConfig.from_spec(

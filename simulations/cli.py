@@ -1,6 +1,8 @@
 """The ``fedsynth`` command.
 
-Commands: ``run`` (the main job), ``train`` (federated training only), ``baseline``
+Commands: ``run`` (the main job), ``train`` (federated training only), ``sweep`` (ε × seed ×
+grid cells with audits and a privacy-utility report), ``audit`` (membership inference on a
+finished run), ``baseline``
 (real-data upper bounds), ``data`` (load, clean, split, partition and print what happened),
 ``download`` (fetch a MovieLens release into the cache).
 """
@@ -181,6 +183,116 @@ def train(config_file: Path | None, clients: int, out: Path, **given: Any) -> No
     for node, value in summary["epsilon_by_client"].items():
         console.print(f"  client {node}: epsilon {value:.3f}")
     console.print(f"wrote {out / 'train.json'}")
+
+
+@cli.command(context_settings=_CONTEXT)
+@run_options
+@click.option("--epsilons", default="0.5,1,2,4,8,inf", show_default=True, help="Target ε values; inf = no DP.")
+@click.option("--seeds", default="3", show_default=True, help="A count (3 → seeds 0,1,2) or a list (0,4).")
+@click.option(
+    "--grid", multiple=True, help="KEY=V1,V2 axis, repeatable: clients, partition, synthesizers, local-epochs, …"
+)
+@click.option("--audit/--no-audit", default=True, show_default=True, help="Membership-inference audit of every cell.")
+@click.option(
+    "--bootstrap", type=int, default=200, show_default=True, help="Bootstrap resamples of the audit's intervals."
+)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/sweep"), show_default=True)
+def sweep(
+    config_file: Path | None,
+    clients: int,
+    epsilons: str,
+    seeds: str,
+    grid: tuple[str, ...],
+    audit: bool,
+    bootstrap: int,
+    out: Path,
+    **given: Any,
+) -> None:
+    """The pipeline for every (ε, seed, grid) cell, with audits, results tables and a privacy-utility report.
+
+    Resumable: complete cells are skipped, interrupted ones redone, failed ones recorded (and
+    retried on the next run). Writes OUT/results.csv (+ .parquet), OUT/summary.csv,
+    OUT/report.md, OUT/report.html and one run directory per cell under OUT/cells/.
+    """
+    from common.audit import AuditConfig
+    from common.errors import ConfigError
+    from simulations.jobs import resolve_run_config, run_job
+    from simulations.sweep import (
+        SweepPlan,
+        check_sweep_settings,
+        finish_sweep,
+        make_cells,
+        parse_epsilons,
+        parse_grid,
+        parse_seeds,
+        run_sweep,
+    )
+
+    for name in ("epsilon", "seed"):
+        if given.get(name) is not None:
+            raise ConfigError(f"fedsynth sweep takes --{name}s, not --{name}.")
+    console = Console()
+    base = {k: v for k, v in resolve_run_config(config_file, given, out).items() if k != "ledger-dir"}
+    plan = SweepPlan(
+        out,
+        make_cells(parse_epsilons(epsilons), parse_seeds(seeds), parse_grid(grid)),
+        base,
+        clients,
+        audit,
+        AuditConfig(bootstrap=bootstrap),
+    )
+    check_sweep_settings(out, {"base": base, "clients": clients})
+    quiet = Console(quiet=True)
+    records = run_sweep(plan, lambda directory, n, config: run_job(quiet, directory, n, config), console)
+    finish_sweep(plan, records)
+    failed = sum(r["status"] != "ok" for r in records)
+    console.print(
+        f"{len(records) - failed} of {len(records)} cells complete"
+        + (f", {failed} failed (rerun to retry)" if failed else "")
+    )
+    console.print(f"wrote {out / 'results.csv'}, {out / 'summary.csv'}, {out / 'report.md'}, {out / 'report.html'}")
+    if failed:
+        sys.exit(1)
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="A complete run directory.",
+)
+@click.option("--bootstrap", type=int, default=200, show_default=True, help="Bootstrap resamples of the intervals.")
+def audit(run_dir: Path, bootstrap: int) -> None:
+    """Membership-inference audit of a finished simulation run: DCR, density ratio, discriminator, VAE ELBO.
+
+    Members are the clients' training users, non-members the users reserved by audit-fraction.
+    Prints AUC and TPR at 1% / 10% FPR with bootstrap 95% intervals against the (ε, δ) bound,
+    and writes RUN/audit.json.
+    """
+    from common.audit import AuditConfig
+    from simulations.audit import audit_run, run_settings
+
+    console = Console()
+    with console.status(f"auditing {run_dir}"):
+        result = audit_run(run_dir, AuditConfig(bootstrap=bootstrap, seed=run_settings(run_dir).seed))
+    bound = result["bound"]
+    console.print(
+        f"{result['members']} members, {result['non_members']} non-members; ε = {bound['epsilon']:.3f}, "
+        f"δ = {bound['delta']:.2g}: no attack can exceed AUC {bound['max_auc']:.4f}"
+    )
+    for name, s in result["attacks"].items():
+        console.print(
+            f"  {name:<32} AUC {s['auc']:.3f} [{s['auc_low']:.3f}, {s['auc_high']:.3f}]  "
+            f"TPR@1%FPR {s['tpr@0.01fpr']:.3f}  TPR@10%FPR {s['tpr@0.1fpr']:.3f}",
+            markup=False,
+        )
+    for line in result["violations"]:
+        console.print(f"[bold red]ABOVE THE DP BOUND (a bug to investigate): {line}[/bold red]")
+    console.print(f"wrote {run_dir / 'audit.json'}")
+    if result["violations"]:
+        sys.exit(3)
 
 
 @cli.command(context_settings=_CONTEXT)

@@ -38,6 +38,7 @@ _RUN_OPTIONS: list[tuple[str, type, str]] = [
     ("gen-users", int, "Generated data: users [default: 943]."),
     ("gen-items", int, "Generated data: items [default: 1682]."),
     ("partition", str, "iid | dirichlet:ALPHA[:ATTR] | natural:ATTR [default: iid]."),
+    ("audit-fraction", float, "Share of users reserved as never-trained audit non-members [default: 0.1]."),
     ("vae-batch-size", int, "Expected users per DP Mult-VAE step [default: 64]."),
     ("gan-batch-size", int, "Expected users per DP discriminator step [default: 64]."),
     ("local-epochs", int, "Mult-VAE epochs per round [default: 1]."),

@@ -91,6 +91,13 @@ _DATA_OPTIONS = [
         help="Share of a held-out user's items shown to the model.",
     ),
     click.option(
+        "--audit-fraction",
+        type=float,
+        default=0.0,
+        show_default=True,
+        help="Share of users reserved as never-trained non-members for membership audits (fedsynth run: 0.1).",
+    ),
+    click.option(
         "--seed", type=int, default=0, show_default=True, help="Seed of the generated data, split and partitions."
     ),
 ]
@@ -157,6 +164,7 @@ def data_settings_from(kwargs: dict[str, Any]) -> DataSettings:
         validation_fraction=kwargs.pop("validation_fraction"),
         test_fraction=kwargs.pop("test_fraction"),
         fold_in_fraction=kwargs.pop("fold_in_fraction"),
+        audit_fraction=kwargs.pop("audit_fraction"),
         seed=seed,
     )
     kwargs["seed"] = seed

@@ -5,23 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import dp_accounting
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from common.errors import ConfigError
 from common.privacy.accounting import DPEvent, calibrate_noise, epsilon, epsilon_by_model
+from common.privacy.crosscheck import crosscheck_ledgers, dp_accounting_epsilon
 from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, fingerprint
-
-
-def dp_accounting_epsilon(events: list[DPEvent], delta: float) -> float:
-    """The same Poisson-subsampled Gaussian steps, composed by dp-accounting's RDP accountant."""
-    accountant = dp_accounting.rdp.RdpAccountant()
-    for e in events:
-        step = dp_accounting.PoissonSampledDpEvent(e.sample_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier))
-        accountant.compose(dp_accounting.SelfComposedDpEvent(step, e.steps))
-    return float(accountant.get_epsilon(delta))
 
 
 @pytest.mark.parametrize(
@@ -98,3 +89,21 @@ def test_fingerprint_depends_on_the_pattern_not_the_object() -> None:
     a = matrix(0)
     assert fingerprint(a) == fingerprint(a.copy())
     assert fingerprint(a) != fingerprint(matrix(1))
+
+
+def test_ledger_crosscheck_reports_both_accountants(tmp_path: Path) -> None:
+    events = [DPEvent("statistics", 2.0, 1.0, 1), DPEvent("vae", 1.1, 0.1, 30), DPEvent("gan", 0.9, 0.1, 10)]
+    ledger = PrivacyLedger.open(tmp_path, fingerprint(matrix(0)), 1e-4, 10.0)
+    ledger.record(events, {"round": 1})
+
+    (row,) = crosscheck_ledgers(tmp_path)
+
+    assert row["epsilon_opacus"] == pytest.approx(ledger.spent()["total"])
+    assert row["epsilon_dp_accounting"] == pytest.approx(row["epsilon_opacus"], rel=0.02)
+    assert row["relative_difference"] < 0.02 and row["steps"] == 41
+
+
+def test_non_private_events_make_epsilon_infinite_in_both_accountants() -> None:
+    events = [DPEvent("vae", 0.0, 0.1, 5)]
+
+    assert epsilon(events, 1e-5) == math.inf and dp_accounting_epsilon(events, 1e-5) == math.inf

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class ClientPartition:
     validation_users: np.ndarray
     test_users: np.ndarray
     label: str = ""  # the attribute value of a natural partition
+    audit_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # reserved non-members
 
     def summary(self, matrix: sp.csr_matrix) -> dict[str, Any]:
         train = matrix[self.train_users]
@@ -47,6 +48,7 @@ class ClientPartition:
             "train_users": len(self.train_users),
             "validation_users": len(self.validation_users),
             "test_users": len(self.test_users),
+            "audit_users": len(self.audit_users),
             "train_interactions": int(train.nnz),
             "train_items": int(np.count_nonzero(np.diff(train.tocsc().indptr))),
         }
@@ -126,9 +128,10 @@ def partition_users(interactions: Interactions, split: Split, config: PartitionC
             f"dirichlet alpha={config.alpha}: {exc}. Use fewer clients or a larger alpha."
         ) from exc
 
-    role = np.zeros(interactions.num_users, dtype=np.int8)  # 0 train, 1 validation, 2 test
+    role = np.zeros(interactions.num_users, dtype=np.int8)  # 0 train, 1 validation, 2 test, 3 audit
     role[split.validation.users] = 1
     role[split.test.users] = 2
+    role[split.audit_users] = 3
     clients = []
     for client_id, part in enumerate(parts):
         members = np.sort(np.asarray(part["row"], dtype=np.int64))
@@ -140,6 +143,7 @@ def partition_users(interactions: Interactions, split: Split, config: PartitionC
                 members[role[members] == 1],
                 members[role[members] == 2],
                 label,
+                members[role[members] == 3],
             )
         )
     check_partitions(clients, config)

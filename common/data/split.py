@@ -7,7 +7,7 @@ fold-in part (shown to the model) and a target part (to be predicted).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,12 +42,18 @@ class HeldOutUsers:
 
 @dataclass(frozen=True)
 class Split:
-    """Train users (full rows) and the validation / test held-out users."""
+    """Train users (full rows), the validation / test held-out users and the reserved audit users.
+
+    Audit users (``config.audit_fraction``) are never trained on nor evaluated: they are the
+    non-members of membership-inference audits, drawn at random from the same population.
+    """
 
     train_users: np.ndarray  # shape (n_train,), row indices into the Interactions matrix
     train: sp.csr_matrix  # (n_train, n_items)
     validation: HeldOutUsers
     test: HeldOutUsers
+    audit_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (n_audit,) row indices
+    audit: sp.csr_matrix | None = None  # (n_audit, n_items) full histories; None when none are reserved
 
     def summary(self) -> dict[str, int]:
         return {
@@ -55,6 +61,7 @@ class Split:
             "train_interactions": int(self.train.nnz),
             "validation_users": len(self.validation),
             "test_users": len(self.test),
+            "audit_users": len(self.audit_users),
             "test_fold_in_interactions": int(self.test.fold_in.nnz),
             "test_target_interactions": int(self.test.target.nnz),
         }
@@ -109,6 +116,10 @@ def split_users(interactions: Interactions, config: SplitConfig) -> Split:
     held = np.zeros(n_users, dtype=bool)
     held[validation_users] = True
     held[test_users] = True
+    # Own random stream: reserving audit users leaves the validation / test users unchanged.
+    n_audit = round(config.audit_fraction * n_users)
+    audit_users = np.sort(rng_for(config.seed, "audit-users").permutation(np.flatnonzero(~held))[:n_audit])
+    held[audit_users] = True
     train_users = np.flatnonzero(~held)
     if len(train_users) == 0:
         raise EmptyDataError("no training users are left after the split; lower the held-out fractions.")
@@ -117,4 +128,11 @@ def split_users(interactions: Interactions, config: SplitConfig) -> Split:
         fold_in, target = fold_in_target(interactions.matrix[users], config.fold_in_fraction, rng)
         return HeldOutUsers(users, fold_in, target)
 
-    return Split(train_users, interactions.matrix[train_users], held_out(validation_users), held_out(test_users))
+    return Split(
+        train_users,
+        interactions.matrix[train_users],
+        held_out(validation_users),
+        held_out(test_users),
+        audit_users,
+        interactions.matrix[audit_users] if n_audit else None,
+    )
