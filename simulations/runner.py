@@ -43,6 +43,8 @@ def write_flower_home(flwr_home: Path, num_clients: int) -> None:
 
 
 def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()  # Flower's run-config syntax (TOML): true / false
     return f"'{value}'" if isinstance(value, (str, Path)) else str(value)
 
 

@@ -52,9 +52,11 @@ class Cell:
 
     @property
     def name(self) -> str:
-        parts = [f"eps={'inf' if math.isinf(self.epsilon) else f'{self.epsilon:g}'}", f"seed={self.seed}"]
-        parts += [f"{key}={value}".replace(":", "_").replace("/", "_") for key, value in self.settings]
-        return "-".join(parts)
+        parts = [f"eps-{'inf' if math.isinf(self.epsilon) else f'{self.epsilon:g}'}", f"seed-{self.seed}"]
+        parts += [
+            f"{key}-{value}".replace(":", "-").replace("/", "-").replace(",", "+") for key, value in self.settings
+        ]
+        return "_".join(parts)
 
     def clients(self, default: int) -> int:
         return int(dict(self.settings).get("clients", default))

@@ -110,6 +110,13 @@ def plot_audit(path: Path, summary: pd.DataFrame, frame: pd.DataFrame, grid: lis
     ]
     epsilons = sorted(auc_rows["epsilon_requested"].unique()) or [1.0]
     top = _axis(ax, epsilons)
+    # With one seed there is no interval over seeds: show the attack's own bootstrap interval.
+    keys = ["epsilon_requested", *[g for g in grid if g in summary.columns], "row"]
+    for bound in ("low", "high"):
+        boot = summary[summary["metric"] == f"auc_{bound}"][[*keys, "mean"]].rename(columns={"mean": f"boot_{bound}"})
+        auc_rows = auc_rows.merge(boot, on=keys, how="left")
+        column = f"ci95_{bound}"
+        auc_rows[column] = auc_rows[column].where(auc_rows[column].notna(), auc_rows[f"boot_{bound}"])
     _lines(ax, auc_rows, top, grid)
     delta = float(pd.to_numeric(frame["delta"], errors="coerce").max() or 0.0)
     finite = np.geomspace(min(0.1, min(epsilons)), top, 200)
@@ -120,7 +127,7 @@ def plot_audit(path: Path, summary: pd.DataFrame, frame: pd.DataFrame, grid: lis
     ax.set_ylim(0.3, 1.02)
     ax.set_ylabel("attack AUC (members vs reserved non-members)")
     ax.set_title("Membership-inference audit against the DP bound")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

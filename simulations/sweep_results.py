@@ -117,7 +117,8 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
                 "ci95_high": mean + half,
             }
         )
-    return pd.DataFrame(out)
+    columns = [*keys, "epsilon_spent_mean", "seeds", "mean", "std", "ci95_low", "ci95_high"]
+    return pd.DataFrame(out, columns=columns)
 
 
 def write_tables(out: Path, frame: pd.DataFrame, summary: pd.DataFrame) -> None:

@@ -53,7 +53,7 @@ def test_cells_cover_the_grid_and_set_the_run_config(tmp_path: Path) -> None:
     assert config["epsilon"] == 1e9 and config["seed"] == 1 and config["local-epochs"] == 2
     assert config["partition"] == "dirichlet:0.5" and "clients" not in config and cell.clients(5) == 3
     assert config["simulation-reference"] is False and config["ledger-dir"].endswith("ledgers")
-    assert cell.name == "eps=inf-seed=1-clients=3-partition=dirichlet_0.5-local-epochs=2"
+    assert cell.name == "eps-inf_seed-1_clients-3_partition-dirichlet-0.5_local-epochs-2"
 
 
 def fake_metrics(config: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +88,8 @@ def test_resume_skips_finished_cells_redoes_interrupted_and_records_failed(tmp_p
     assert first.calls == [c.name for c in cells]
     assert [r["status"] for r in records] == ["ok", "failed", "ok", "ok"]
     assert "simulated crash" in records[1]["error"]
+    finish_sweep(plan, records)  # tables and report also come out with a failed cell, which they name
+    assert f"{broken}: RuntimeError: simulated crash" in (tmp_path / "report.md").read_text()
 
     # An interrupted cell: its directory exists but its record is gone (killed mid-run).
     interrupted = plan.cell_dir(cells[2])
