@@ -22,7 +22,10 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     def settings(context: Context) -> RunConfig:
         return RunConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
 
-    def ledger_dir(config: RunConfig) -> Path:
+    def ledger_dir(config: RunConfig, context: Context) -> Path:
+        """The node's own ``ledger-dir`` (node config), else the run config's, else the default."""
+        if "ledger-dir" in context.node_config:
+            return Path(str(context.node_config["ledger-dir"]))
         return Path(config.ledger_dir) if config.ledger_dir else default_ledger_dir()
 
     @app.query()
@@ -37,13 +40,17 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     def statistics(msg: Message, context: Context) -> Message:
         config = settings(context)
         rows = node_data(dict(context.node_config), config).train
-        return Message(handle_statistics(msg.content, rows, config, context.state, ledger_dir(config)), reply_to=msg)
+        return Message(
+            handle_statistics(msg.content, rows, config, context.state, ledger_dir(config, context)), reply_to=msg
+        )
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         config = settings(context)
         rows = node_data(dict(context.node_config), config).train
-        return Message(handle_train(msg.content, rows, config, context.state, ledger_dir(config)), reply_to=msg)
+        return Message(
+            handle_train(msg.content, rows, config, context.state, ledger_dir(config, context)), reply_to=msg
+        )
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

@@ -73,6 +73,7 @@ class RunConfig:
     synthetic_ease_l2: float = 3000.0  # EASE λ on synthetic users: more noise, more regularisation
     simulation_reference: bool = True  # simulation: the server may load the data for fidelity and upper bounds
     eval_max_values: int = 50_000_000  # larger recommenders are not sent for federated evaluation
+    reply_timeout: float = 600.0  # seconds the server waits for a round's replies; silent clients count as failed
     device: str = "cpu"  # central training on the server (clients train on CPU)
 
     def __post_init__(self) -> None:
@@ -82,6 +83,8 @@ class RunConfig:
             raise ConfigError(f"fraction-train must be in (0, 1], got {self.fraction_train}.")
         if self.min_clients < 1:
             raise ConfigError("min-clients must be at least 1.")
+        if self.reply_timeout <= 0:
+            raise ConfigError(f"reply-timeout must be positive (seconds), got {self.reply_timeout}.")
         if self.pipeline not in ("full", "train"):
             raise ConfigError(f"pipeline must be 'full' or 'train', got {self.pipeline!r}.")
         unknown = [s for s in self.synthesizer_names() if s not in ("gan", "vae")] or not self.synthesizer_names()

@@ -83,6 +83,29 @@ def metrics_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _clients_section(clients: dict[str, Any] | None) -> list[str]:
+    """Participants, nodes missing at the end (loudly) and every failure with its round and reason."""
+    if not clients:
+        return []
+    lines = [
+        "## Clients",
+        "",
+        f"Took part: {len(clients['participants'])}; connected at the end: {len(clients['connected_at_end'])}.",
+        "",
+    ]
+    if clients["missing"]:
+        lines += [
+            f"**Missing at the end: {', '.join(str(n) for n in clients['missing'])}** (failed or disconnected; "
+            "the run went on with the others).",
+            "",
+        ]
+    if clients["failures"]:
+        lines += ["| round | client | reason |", "|---|---|---|"]
+        lines += [f"| {f['round']} | {f['node']} | {f['reason']} |" for f in clients["failures"]]
+        lines.append("")
+    return lines
+
+
 def write_report(
     out: Path,
     metrics: dict[str, Any],
@@ -124,6 +147,7 @@ def write_report(
         "|---|---|",
         *(f"| {c['client']} | {_fmt(c['epsilon'])} |" for c in privacy["epsilon_per_client"]),
         "",
+        *_clients_section(metrics.get("clients")),
         "## Training",
         "",
         "![rounds](rounds.png)",

@@ -35,13 +35,20 @@ def merge_evaluations(replies: list[RecordDict], config: EvalConfig, num_items: 
 
 
 def federated_evaluate(
-    grid: Grid, nodes: list[int], recommender: Recommender, config: EvalConfig, num_items: int
+    grid: Grid,
+    nodes: list[int],
+    recommender: Recommender,
+    config: EvalConfig,
+    num_items: int,
+    timeout: float | None = None,
 ) -> tuple[dict[str, float], dict[str, object]]:
     """Metrics of ``recommender`` over every responding client's held-out users; and who answered."""
     content = evaluation_request(recommender, config)
     messages = [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
-    replies = list(grid.send_and_receive(messages))
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
     answered = [r.content for r in replies if not r.has_error()]
     failed = [{"node": r.metadata.src_node_id, "reason": r.error.reason} for r in replies if r.has_error()]
+    replied = {r.metadata.src_node_id for r in replies}
+    failed += [{"node": n, "reason": f"no reply within {timeout} s"} for n in nodes if n not in replied]
     merged = merge_evaluations(answered, config, num_items)
     return merged.result(), {"clients": len(answered), "users": merged.users, "failed": failed}

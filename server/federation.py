@@ -58,10 +58,10 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 120.0) -> list[int
         time.sleep(1.0)
 
 
-def query_catalogue(grid: Grid, nodes: list[int]) -> list[str]:
+def query_catalogue(grid: Grid, nodes: list[int], timeout: float | None = None) -> list[str]:
     """The shared item catalogue (original item ids); every client must hold the same one."""
     messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-    replies = [r for r in grid.send_and_receive(messages) if not r.has_error()]
+    replies = [r for r in grid.send_and_receive(messages, timeout=timeout) if not r.has_error()]
     catalogues = {tuple(str(i) for i in r.content[keys.CONFIG][keys.ITEM_IDS]) for r in replies}  # type: ignore[union-attr]
     if len(catalogues) != 1:
         sizes = sorted(len(c) for c in catalogues)
@@ -82,8 +82,8 @@ def query_statistics(
         )
         for n in nodes
     ]
-    replies = list(grid.send_and_receive(messages))
-    outcome = client_outcomes(as_client_replies(replies))
+    replies = list(grid.send_and_receive(messages, timeout=config.reply_timeout))
+    outcome = client_outcomes(as_client_replies(replies, nodes, config.reply_timeout))
     released = [r for r in outcome.trained if r.content is not None]
     outcome.log["round"] = 0
     if not released:
@@ -149,7 +149,7 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
     """Run (or resume) ``config.num_server_rounds`` rounds; writes checkpoints and OUT/train.json."""
     out_dir = out_directory(config)
     nodes = wait_for_nodes(grid, config.min_clients)
-    item_ids = query_catalogue(grid, nodes)
+    item_ids = query_catalogue(grid, nodes, config.reply_timeout)
     state, rounds = resume_point(out_dir, config)
     statistics, release_log = load_or_query_statistics(grid, nodes, config, len(item_ids))
     bundle = ModelBundle.create(len(item_ids), config.local(), seed=config.seed)
@@ -171,7 +171,8 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
             )
             for n in sampled
         ]
-        outcome = aggregate_round(server_round, list(grid.send_and_receive(messages)))
+        replies = list(grid.send_and_receive(messages, timeout=config.reply_timeout))
+        outcome = aggregate_round(server_round, replies, sampled, config.reply_timeout)
         outcome.log["sampled"] = sampled
         outcome.log["seconds"] = time.perf_counter() - started
         if outcome.arrays is not None:

@@ -34,6 +34,7 @@ from common.report import write_report
 from common.synthesis import SynthesisConfig, synthesize
 from server.evaluation import federated_evaluate
 from server.federation import TrainingResult, out_directory
+from server.strategy import client_participation
 
 log = logging.getLogger("flwr")
 
@@ -137,7 +138,7 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
             log.info("fedsynth stage: %s is too large to send for evaluation (%s)", label, skipped[label])
             continue
         log.info("fedsynth stage: federated evaluation of %s", label)
-        results[label], who = federated_evaluate(grid, nodes, recommender, EVAL, num_items)
+        results[label], who = federated_evaluate(grid, nodes, recommender, EVAL, num_items, config.reply_timeout)
         evaluation[label] = who
     evaluation["skipped"] = skipped
     seconds["evaluation"] = time.perf_counter() - started - seconds["synthesis"] - seconds["central_training"]
@@ -152,8 +153,10 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
         held_out = reference.split.test.fold_in + reference.split.test.target
         fidelity = {label: fidelity_report(reference.split.train, m, held_out) for label, m in synthetic.items()}
         fidelity["note"] = "simulation only: computed by the server from the real training users"
+    logs = [training.summary["statistics_release"], *training.summary["rounds"]]
     metrics = {
         "privacy": privacy_summary(training),
+        "clients": client_participation(logs, nodes),
         "recommenders": results,
         "utility_retention": {"metric": HEADLINE, **retention},
         "fidelity": fidelity,

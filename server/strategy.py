@@ -37,13 +37,19 @@ class RoundOutcome:
     log: dict[str, Any] = field(default_factory=dict)
 
 
-def as_client_replies(replies: list[Message]) -> list[ClientReply]:
-    return [
+def as_client_replies(
+    replies: list[Message], sent_to: list[int] | None = None, timeout: float = 0.0
+) -> list[ClientReply]:
+    """Flower's replies as ClientReply; a node in ``sent_to`` that did not answer is a failed reply."""
+    out = [
         ClientReply(
             r.metadata.src_node_id, None if r.has_error() else r.content, r.error.reason if r.has_error() else None
         )
         for r in replies
     ]
+    answered = {reply.node for reply in out}
+    silent = [n for n in (sent_to or []) if n not in answered]
+    return out + [ClientReply(n, None, f"no reply within {timeout:g} s (node offline or too slow)") for n in silent]
 
 
 def _metric(reply: ClientReply, name: str) -> float:
@@ -81,9 +87,11 @@ def client_outcomes(replies: list[ClientReply]) -> ClientOutcomes:
     return ClientOutcomes(trained, log)
 
 
-def aggregate_round(server_round: int, replies: list[Message]) -> RoundOutcome:
-    """Aggregate Flower reply messages (see :func:`aggregate_replies`)."""
-    return aggregate_replies(server_round, as_client_replies(replies))
+def aggregate_round(
+    server_round: int, replies: list[Message], sent_to: list[int] | None = None, timeout: float = 0.0
+) -> RoundOutcome:
+    """Aggregate Flower reply messages (see :func:`aggregate_replies`); silent nodes of ``sent_to`` fail."""
+    return aggregate_replies(server_round, as_client_replies(replies, sent_to, timeout))
 
 
 def aggregate_replies(server_round: int, replies: list[ClientReply]) -> RoundOutcome:
@@ -102,3 +110,25 @@ def aggregate_replies(server_round: int, replies: list[ClientReply]) -> RoundOut
     log["users"] = int(weights.sum())
     arrays = aggregate_arrayrecords([r.content for r in trained if r.content is not None], keys.NUM_EXAMPLES)
     return RoundOutcome(arrays, log)
+
+
+def client_participation(logs: list[dict[str, Any]], connected: list[int]) -> dict[str, Any]:
+    """Who took part, who failed when, and who is missing at the end (for metrics.json and the report).
+
+    ``logs``: the statistics release's log and each round's log; ``connected``: nodes online now.
+    A node is *missing* if it took part in the run but is not connected at the end or failed in the
+    last round it was asked to join.
+    """
+    seen: dict[int, str] = {}
+    failures = []
+    for entry in logs:
+        for node in entry.get("trained", []):
+            seen[int(node)] = "answered"
+        for item in entry.get("refused", []):
+            seen[int(item["node"])] = "refused"
+        for item in entry.get("failed", []):
+            seen[int(item["node"])] = "failed"
+            failures.append({"round": entry.get("round"), "node": int(item["node"]), "reason": item["reason"]})
+    online = {int(n) for n in connected}
+    missing = sorted(n for n, last in seen.items() if n not in online or last == "failed")
+    return {"participants": sorted(seen), "connected_at_end": sorted(online), "missing": missing, "failures": failures}

@@ -295,6 +295,79 @@ def audit(run_dir: Path, bootstrap: int) -> None:
         sys.exit(3)
 
 
+@cli.group(context_settings=_CONTEXT)
+def deploy() -> None:
+    """Deployment across machines: certificates, node keys, per-node data files, a local trial launcher."""
+
+
+@deploy.command(context_settings=_CONTEXT)
+@click.option("--host", "hosts", multiple=True, required=True, help="Hostname or IP the SuperNodes dial (repeatable).")
+@click.option("--days", type=int, default=365, show_default=True, help="Validity of the certificates.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("deploy/certs"), show_default=True)
+def certs(hosts: tuple[str, ...], days: int, out: Path) -> None:
+    """A CA and a SuperLink TLS certificate (subject alternative names = every --host)."""
+    from simulations.deploy_setup import make_certificates
+
+    paths = make_certificates(out, list(hosts), days)
+    click.echo(
+        f"SuperLink: --ssl-ca-certfile {paths.ca_certificate} --ssl-certfile {paths.server_certificate} "
+        f"--ssl-keyfile {paths.server_key}"
+    )
+    click.echo(f"every SuperNode and flwr: root certificates {paths.ca_certificate}; keep {paths.ca_key} offline")
+
+
+@deploy.command(context_settings=_CONTEXT)
+@click.option("--nodes", type=int, default=None, help="Make keys node-0 … node-(N-1).")
+@click.option("--name", "names", multiple=True, help="Make a key with this name (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("deploy/keys"), show_default=True)
+def keys(nodes: int | None, names: tuple[str, ...], out: Path) -> None:
+    """ECDSA P-384 SuperNode key pairs (OpenSSH format) for node authentication."""
+    from common.errors import ConfigError
+    from simulations.deploy_setup import make_node_keys
+
+    chosen = list(names) + [f"node-{i}" for i in range(nodes or 0)]
+    if not chosen:
+        raise ConfigError("give --nodes N or --name NAME.")
+    for key in make_node_keys(out, chosen):
+        click.echo(
+            f"{key.private} (stays on the node: --auth-supernode-private-key)  "
+            f"{key.public} (register: flwr supernode register {key.public} <connection>)"
+        )
+
+
+@deploy.command("split-data", context_settings=_CONTEXT)
+@data_options
+@click.option("--nodes", type=int, required=True, help="Number of node files.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("deploy/data"), show_default=True)
+def split_data_command(settings: Any, nodes: int, out: Path, seed: int) -> None:
+    """Cut a dataset into one file of disjoint users per node, plus the shared item catalogue (for trials)."""
+    from simulations.deploy_setup import split_data
+
+    files = split_data(settings, nodes, out, seed)
+    click.echo(f"catalogue (give to every node): {files.catalogue}")
+    for index, path in enumerate(files.data):
+        click.echo(f"node {index}: {path}")
+
+
+@deploy.command(context_settings=_CONTEXT)
+@run_options
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/deploy"), show_default=True)
+def local(config_file: Path | None, clients: int, out: Path, **given: Any) -> None:
+    """Try a real deployment on this machine: SuperLink + --clients SuperNodes as processes, TLS, node auth.
+
+    Makes certificates, keys and per-node data files under OUT/deploy, starts the SuperLink (with a
+    persistent database) and the SuperNodes (each with its own data file and ledger directory),
+    submits `flwr run`, streams the progress and stops every process at the end. Outputs land in
+    OUT as with `fedsynth run` (the server never reads the data: simulation-reference is off).
+    """
+    from simulations.deploy import run_local_deployment
+    from simulations.jobs import resolve_run_config
+
+    console = Console()
+    run_config = resolve_run_config(config_file, given, out)
+    run_local_deployment(console, out, clients, run_config)
+
+
 @cli.command(context_settings=_CONTEXT)
 @click.option("--variant", required=True, help="100k, 1m, latest-small or 20m.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Download cache [default: ~/.cache/fedsynth].")

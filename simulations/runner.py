@@ -48,6 +48,11 @@ def _format(value: Any) -> str:
     return f"'{value}'" if isinstance(value, (str, Path)) else str(value)
 
 
+def format_run_config(settings: dict[str, Any]) -> str:
+    """``key=value …`` as ``flwr run --run-config`` reads it (strings quoted, booleans lower-case)."""
+    return " ".join(f"{k}={_format(v)}" for k, v in settings.items())
+
+
 def _matching_pids(flwr_home: Path) -> list[int]:
     """Live processes of this run: the SuperLink (its command line names ``flwr_home``) and everything
     started under it (the simulation process, Ray's daemons and actors), whose environment holds
@@ -141,7 +146,7 @@ def run_simulation(
         "local",
         "--stream",
         "--run-config",
-        " ".join(f"{k}={_format(v)}" for k, v in settings.items()),
+        format_run_config(settings),
     ]
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     try:

@@ -1,0 +1,339 @@
+"""A real Flower deployment on one machine: a SuperLink and N SuperNodes as separate processes.
+
+``fedsynth deploy local`` uses it to try the whole deployment (TLS, node authentication, a
+persistent SuperLink database, per-node data files and ledgers) before renting machines; the
+deployment tests use it to prove fault tolerance over real processes. Each process is started
+in its own process group and every one is stopped on exit, even after a failure.
+
+Layout under ``root``: ``certs/``, ``keys/``, ``flwr_home/config.toml`` (the ``fedsynth``
+connection for ``flwr``), ``superlink/state.db``, ``nodes/node-K/ledgers``, ``logs/*.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.errors import FedsynthError
+from simulations.deploy_setup import Certificates, NodeFiles, NodeKey
+from simulations.runner import format_run_config, project_root
+
+CONNECTION = "fedsynth"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _binary(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def _environment(flwr_home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "PYTHONWARNINGS": "ignore",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+
+
+@dataclass
+class Process:
+    """A started process (its own process group) and its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the whole group, SIGKILL after ``timeout`` seconds."""
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once (a crash, not a shutdown)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.is_file() else ""
+
+
+@dataclass
+class LocalDeployment:
+    """SuperLink + SuperNodes on 127.0.0.1 with TLS and node authentication (see module docstring)."""
+
+    root: Path
+    certificates: Certificates
+    data: NodeFiles
+    port: int = field(default_factory=free_port)
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.root / "flwr_home"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def node_dir(self, index: int) -> Path:
+        return self.root / "nodes" / f"node-{index}"
+
+    def write_connection(self) -> None:
+        """``flwr_home/config.toml``: the ``fedsynth`` connection (address + CA) used by ``flwr`` commands."""
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "{self.address}"\nroot-certificates = "{self.certificates.ca_certificate.resolve()}"\n'
+        )
+
+    def _start(self, name: str, command: list[str]) -> Process:
+        logs = self.root / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"{name}.log"
+        with log.open("ab") as handle:
+            popen = subprocess.Popen(
+                command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=_environment(self.flwr_home),
+                start_new_session=True,
+                cwd=self.root,
+            )
+        process = Process(name, popen, log)
+        self.processes[name] = process
+        return process
+
+    def start_superlink(self) -> Process:
+        """TLS, node authentication, a persistent database, no run-time dependency installs."""
+        self.write_connection()
+        (self.root / "superlink").mkdir(parents=True, exist_ok=True)
+        certs = self.certificates
+        process = self._start(
+            "superlink",
+            [
+                _binary("flower-superlink"),
+                "--ssl-ca-certfile", str(certs.ca_certificate.resolve()),
+                "--ssl-certfile", str(certs.server_certificate.resolve()),
+                "--ssl-keyfile", str(certs.server_key.resolve()),
+                "--enable-supernode-auth",
+                "--database", str((self.root / "superlink" / "state.db").resolve()),
+                "--port", str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
+        )  # fmt: skip
+        self.wait_for(lambda: self._port_open(), 60, "the SuperLink to listen", process)
+        return process
+
+    def _port_open(self) -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """A ``flwr`` CLI command against this SuperLink's ``fedsynth`` connection."""
+        return subprocess.run(
+            [_binary("flwr"), *args],
+            env=_environment(self.flwr_home),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+        )
+
+    def register(self, key: NodeKey) -> int:
+        """Register a SuperNode's public key with the SuperLink; returns its node id."""
+        done = self.flwr("supernode", "register", str(key.public.resolve()), CONNECTION, "--format", "json")
+        try:
+            payload = json.loads(done.stdout[done.stdout.index("{") :])
+            return int(payload["node-id"])
+        except (ValueError, KeyError) as exc:
+            raise FedsynthError(f"registering {key.public} failed: {done.stdout}{done.stderr}") from exc
+
+    def registered_nodes(self) -> list[dict[str, Any]]:
+        """``flwr supernode list``: the SuperNodes the SuperLink knows (with their status)."""
+        done = self.flwr("supernode", "list", CONNECTION, "--format", "json")
+        try:
+            payload = json.loads(done.stdout[done.stdout.index("{") :])
+        except ValueError as exc:
+            raise FedsynthError(f"flwr supernode list failed: {done.stdout}{done.stderr}") from exc
+        return list(payload.get("nodes", []))
+
+    def start_supernode(self, index: int, key: NodeKey | None, with_ca: bool = True, name: str = "") -> Process:
+        """SuperNode ``index`` with its own data file, catalogue, ledger directory and runtime port.
+
+        ``name`` (default ``node-<index>``) names its process and log.
+        """
+        ledgers = self.node_dir(index) / "ledgers"
+        ledgers.mkdir(parents=True, exist_ok=True)
+        node_config = (
+            f"data-path='{self.data.data[index].resolve()}' catalogue-path='{self.data.catalogue.resolve()}' "
+            f"ledger-dir='{ledgers.resolve()}'"
+        )
+        command = [_binary("flower-supernode"), "--superlink", self.address, "--port", str(free_port())]
+        if with_ca:
+            command += ["--root-certificates", str(self.certificates.ca_certificate.resolve())]
+        if key is not None:
+            command += ["--auth-supernode-private-key", str(key.private.resolve())]
+        command += ["--node-config", node_config, "--max-retries", "3", "--max-wait-time", "30"]
+        return self._start(name or f"node-{index}", command)
+
+    def submit(
+        self, run_config: dict[str, Any], on_line: Callable[[str], None] | None = None, timeout: float = 900
+    ) -> int:
+        """``flwr run <project> fedsynth --stream`` with ``run_config``; returns its exit code (log in logs/run.log)."""
+        command = [_binary("flwr"), "run", str(project_root()), CONNECTION, "--stream"]
+        command += ["--run-config", format_run_config(run_config)]
+        log = self.root / "logs" / "run.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        with log.open("a") as handle:
+            process = subprocess.Popen(
+                command,
+                env=_environment(self.flwr_home),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=self.root,
+                start_new_session=True,
+            )
+            assert process.stdout is not None
+            try:
+                for line in process.stdout:
+                    handle.write(line)
+                    handle.flush()
+                    if on_line is not None:
+                        on_line(line.rstrip("\n"))
+                    if time.monotonic() > deadline:
+                        raise FedsynthError(f"the run took longer than {timeout:.0f} s; see {log}.")
+                return process.wait()
+            finally:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+    @staticmethod
+    def wait_for(condition: Callable[[], bool], timeout: float, what: str, process: Process | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if process is not None and not process.alive():
+                raise FedsynthError(f"{process.name} exited while waiting for {what}; see {process.log}.")
+            if time.monotonic() > deadline:
+                raise FedsynthError(f"timed out after {timeout:.0f} s waiting for {what}.")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        """Stop every process this deployment started (SuperNodes first, the SuperLink last)."""
+        for name in sorted(self.processes, key=lambda n: n == "superlink"):
+            self.processes[name].stop()
+
+    def __enter__(self) -> LocalDeployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def prepare_local(root: Path, nodes: int, run_config: dict[str, Any]) -> tuple[Certificates, list[NodeKey], NodeFiles]:
+    """Certificates, node keys and node data files under ``root`` (reused when already there)."""
+    from common.federation import RunConfig
+    from simulations.deploy_setup import make_certificates, make_node_keys, split_data
+
+    certs_dir, keys_dir = root / "certs", root / "keys"
+    if (certs_dir / "ca.crt").is_file():
+        certificates = Certificates(
+            certs_dir / "ca.crt", certs_dir / "ca.key", certs_dir / "server.pem", certs_dir / "server.key"
+        )
+    else:
+        certificates = make_certificates(certs_dir, ["localhost", "127.0.0.1"])
+    names = [f"node-{i}" for i in range(nodes)]
+    missing = [n for n in names if not (keys_dir / n).is_file()]
+    make_node_keys(keys_dir, missing)
+    keys = [NodeKey(keys_dir / n, keys_dir / f"{n}.pub") for n in names]
+    config = RunConfig.from_run_config({k: v for k, v in run_config.items() if k != "ledger-dir"})
+    data = split_data(config.data(), nodes, root / "data", config.seed)
+    return certificates, keys, data
+
+
+def deployment_run_config(run_config: dict[str, Any], out: Path, nodes: int) -> dict[str, Any]:
+    """The run config of a deployment: full pipeline, no server-side data, outputs in ``out``.
+
+    ``ledger-dir`` is dropped: each SuperNode keeps its ledger on its own disk (its node config).
+    """
+    settings = {k: v for k, v in run_config.items() if k != "ledger-dir"}
+    settings.update(
+        {
+            "pipeline": "full",
+            "simulation-reference": False,
+            "out-dir": str(out.resolve()),
+            "min-clients": min(int(settings.get("min-clients", 2)), nodes),
+        }
+    )
+    return settings
+
+
+def run_local_deployment(console: Any, out: Path, nodes: int, run_config: dict[str, Any]) -> dict[str, Any]:
+    """``fedsynth deploy local``: prepare, start everything, submit, stream progress, stop everything."""
+    if nodes < 1:
+        raise FedsynthError(f"--clients must be at least 1, got {nodes}.")
+    if (out / "metrics.json").is_file():
+        raise FedsynthError(f"{out} already holds a complete run (metrics.json); choose a new --out directory.")
+    root = out / "deploy"
+    database = root / "superlink" / "state.db"
+    if database.exists():
+        database.unlink()  # a fresh SuperLink per trial; the nodes' ledgers (root/nodes) are kept
+    certificates, keys, data = prepare_local(root, nodes, run_config)
+    settings = deployment_run_config(run_config, out, nodes)
+    with LocalDeployment(root, certificates, data) as deployment:
+        console.print(f"SuperLink on {deployment.address} (TLS, node authentication, database {database})")
+        deployment.start_superlink()
+        for index, key in enumerate(keys):
+            node_id = deployment.register(key)
+            deployment.start_supernode(index, key)
+            console.print(f"SuperNode {index}: id {node_id}, data {data.data[index]}")
+        deployment.wait_for(
+            lambda: sum(n.get("status") == "online" for n in deployment.registered_nodes()) >= nodes,
+            120,
+            f"{nodes} SuperNodes to connect",
+        )
+
+        def show(line: str) -> None:
+            if "fedsynth " in line or "ERROR" in line:
+                console.print(
+                    "  " + line.split("INFO", 1)[-1].strip(" :\x1b[0m").removeprefix("fedsynth "), markup=False
+                )
+
+        started = time.perf_counter()
+        code = deployment.submit(settings, on_line=show)
+        console.print(f"run finished in {time.perf_counter() - started:.0f} s with exit code {code}")
+    if code != 0 or not (out / "metrics.json").is_file():
+        raise FedsynthError(f"the deployed run failed; see {root / 'logs'} (run.log, superlink.log, node-K.log).")
+    metrics = dict(json.loads((out / "metrics.json").read_text()))
+    console.print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}; ε max {metrics['privacy']['epsilon_max']}")
+    return metrics

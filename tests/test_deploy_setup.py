@@ -1,0 +1,86 @@
+"""Deployment helpers: certificates with the right SANs, node keys Flower can read, per-node data files."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from common.data.node_file import split_node_file
+from common.errors import FedsynthError
+from common.federation import RunConfig
+from server.strategy import ClientReply, as_client_replies, client_participation
+from simulations.deploy import deployment_run_config
+from simulations.deploy_setup import make_certificates, make_node_keys, split_data
+
+
+def test_certificates_are_signed_by_the_ca_for_every_host(tmp_path: Path) -> None:
+    paths = make_certificates(tmp_path, ["superlink.example.org", "10.0.0.7", "127.0.0.1"])
+
+    ca = x509.load_pem_x509_certificate(paths.ca_certificate.read_bytes())
+    server = x509.load_pem_x509_certificate(paths.server_certificate.read_bytes())
+    server.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["superlink.example.org"]
+    assert names.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("10.0.0.7"),
+        ipaddress.ip_address("127.0.0.1"),
+    ]
+    usage = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in usage
+    assert paths.server_key.stat().st_mode & 0o077 == 0  # private keys are not readable by others
+    with pytest.raises(FedsynthError, match="refusing to overwrite"):
+        make_certificates(tmp_path, ["localhost"])
+
+
+def test_node_keys_are_p384_openssh_pairs(tmp_path: Path) -> None:
+    (key,) = make_node_keys(tmp_path, ["node-0"])
+
+    private = load_ssh_private_key(key.private.read_bytes(), None)  # what flower-supernode does
+    public = load_ssh_public_key(key.public.read_bytes())
+    assert isinstance(private, ec.EllipticCurvePrivateKey) and isinstance(private.curve, ec.SECP384R1)
+    assert public == private.public_key()
+
+
+def test_split_data_gives_disjoint_users_and_one_catalogue(tmp_path: Path) -> None:
+    settings = RunConfig(gen_users=200, gen_items=300).data()
+
+    files = split_data(settings, 3, tmp_path, seed=0)
+
+    frames = [pd.read_csv(p) for p in files.data]
+    users = [set(f["user"]) for f in frames]
+    assert not (users[0] & users[1]) and not (users[0] & users[2]) and not (users[1] & users[2])
+    assert sum(len(u) for u in users) == 200 and min(len(u) for u in users) > 50
+    catalogue = files.catalogue.read_text().split()
+    assert set(pd.concat(frames)["item"].astype(str)) <= set(catalogue)
+    interactions, split = split_node_file(files.data[0], files.catalogue, seed=0)  # what a node does
+    assert interactions.num_items == len(catalogue) and split.train.shape[0] > 0
+
+
+def test_silent_nodes_count_as_failed_and_missing_nodes_are_listed() -> None:
+    replies = as_client_replies([], sent_to=[7, 9], timeout=60)
+
+    assert replies == [
+        ClientReply(7, None, "no reply within 60 s (node offline or too slow)"),
+        ClientReply(9, None, replies[1].error),
+    ]
+    logs = [
+        {"round": 0, "trained": [7, 8, 9], "refused": [], "failed": []},
+        {"round": 1, "trained": [7, 8], "refused": [], "failed": [{"node": 9, "reason": "no reply"}]},
+    ]
+    participation = client_participation(logs, connected=[7, 8])
+    assert participation["missing"] == [9] and participation["participants"] == [7, 8, 9]
+    assert participation["failures"] == [{"round": 1, "node": 9, "reason": "no reply"}]
+
+
+def test_deployment_run_config_keeps_data_off_the_server(tmp_path: Path) -> None:
+    settings = deployment_run_config({"ledger-dir": "/x", "min-clients": 5, "epsilon": 4.0}, tmp_path, nodes=3)
+
+    assert settings["simulation-reference"] is False and "ledger-dir" not in settings
+    assert settings["min-clients"] == 3 and settings["out-dir"] == str(tmp_path.resolve())
