@@ -189,58 +189,60 @@ def bound_violations(results: dict[str, dict[str, Any]], epsilon: float, delta: 
     return bad
 
 
-def attack_scores(
-    members: sp.csr_matrix,
-    non_members: sp.csr_matrix,
-    reference: sp.csr_matrix,
-    synthetic: dict[str, sp.csr_matrix],
-    vae: MultVAE | None,
-    discriminator: Discriminator | None,
-    config: AuditConfig,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+@dataclass(frozen=True)
+class AuditInputs:
+    """What an audit attacks and with whom.
+
+    Attributes:
+        members: CSR (m, n_items), the clients' training users.
+        non_members: CSR (n, n_items), real users never trained on (same population).
+        reference: CSR (r, n_items), other real non-members: the density-ratio attack's reference.
+        synthetic: each released synthetic dataset (CSR (s, n_items)) by label.
+        vae, discriminator: the released global models (None: not attacked).
+    """
+
+    members: sp.csr_matrix
+    non_members: sp.csr_matrix
+    reference: sp.csr_matrix
+    synthetic: dict[str, sp.csr_matrix]
+    vae: MultVAE | None = None
+    discriminator: Discriminator | None = None
+
+
+def attack_scores(inputs: AuditInputs, config: AuditConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each attack's (member scores, non-member scores).
 
     Attacks on each synthetic dataset ``<label>``: ``<label>/dcr`` and ``<label>/density-ratio``;
     on the released models: ``model/vae-elbo`` and ``model/discriminator``.
     """
+    members, non_members = inputs.members, inputs.non_members
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for label, data in synthetic.items():
+    for label, data in inputs.synthetic.items():
         scores[f"{label}/dcr"] = (dcr_scores(members, data), dcr_scores(non_members, data))
         targets = sp.vstack([members, non_members]).tocsr()
-        ratio = density_ratio_scores(targets, data, reference, config)
+        ratio = density_ratio_scores(targets, data, inputs.reference, config)
         scores[f"{label}/density-ratio"] = (ratio[: members.shape[0]], ratio[members.shape[0] :])
-    if vae is not None:
-        scores["model/vae-elbo"] = (
-            vae_scores(vae, members, config.vae_beta),
-            vae_scores(vae, non_members, config.vae_beta),
-        )
-    if discriminator is not None:
+    if inputs.vae is not None:
+        beta = config.vae_beta
+        scores["model/vae-elbo"] = (vae_scores(inputs.vae, members, beta), vae_scores(inputs.vae, non_members, beta))
+    if inputs.discriminator is not None:
         scores["model/discriminator"] = (
-            discriminator_scores(discriminator, members),
-            discriminator_scores(discriminator, non_members),
+            discriminator_scores(inputs.discriminator, members),
+            discriminator_scores(inputs.discriminator, non_members),
         )
     return scores
 
 
-def run_audit(
-    members: sp.csr_matrix,
-    non_members: sp.csr_matrix,
-    reference: sp.csr_matrix,
-    synthetic: dict[str, sp.csr_matrix],
-    vae: MultVAE | None,
-    discriminator: Discriminator | None,
-    epsilon: float,
-    delta: float,
-    config: AuditConfig | None = None,
-) -> dict[str, Any]:
+def run_audit(inputs: AuditInputs, epsilon: float, delta: float, config: AuditConfig | None = None) -> dict[str, Any]:
     """Every attack's summary, the (ε, δ) bound and any violations of it (a bug if not empty)."""
     config = config or AuditConfig()
+    members, non_members = inputs.members, inputs.non_members
     if members.shape[0] < 2 or non_members.shape[0] < 2:
         raise ValueError(
             f"the audit needs at least 2 members and 2 non-members, got {members.shape[0]} and {non_members.shape[0]}; "
             "raise audit-fraction."
         )
-    scores = attack_scores(members, non_members, reference, synthetic, vae, discriminator, config)
+    scores = attack_scores(inputs, config)
     attacks = {name: summarise(m, n, config, name) for name, (m, n) in scores.items()}
     return {
         "attacks": attacks,
@@ -253,6 +255,6 @@ def run_audit(
         "violations": bound_violations(attacks, epsilon, delta),
         "members": members.shape[0],
         "non_members": non_members.shape[0],
-        "reference": reference.shape[0],
+        "reference": inputs.reference.shape[0],
         "bootstrap": config.bootstrap,
     }

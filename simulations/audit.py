@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from common.audit import AuditConfig, run_audit
+from common.audit import AuditConfig, AuditInputs, run_audit
 from common.bundle import ModelBundle
 from common.data.pipeline import PreparedData, prepare
 from common.errors import FedsynthError
@@ -108,9 +108,8 @@ def audit_run(run_dir: Path, config: AuditConfig | None = None, with_fidelity: b
     synthetic = synthetic_datasets(run_dir, prepared)
     bundle = final_bundle(run_dir, settings, prepared.interactions.num_items)
     epsilon, delta = privacy_of(run_dir, settings)
-    result = run_audit(
-        split.train, split.audit, reference, synthetic, bundle.vae, bundle.discriminator, epsilon, delta, config
-    )
+    inputs = AuditInputs(split.train, split.audit, reference, synthetic, bundle.vae, bundle.discriminator)
+    result = run_audit(inputs, epsilon, delta, config)
     result["attacked"] = {
         "synthetic data": sorted(synthetic),
         "models": "final global Mult-VAE and discriminator",

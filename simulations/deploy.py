@@ -300,10 +300,9 @@ def deployment_run_config(run_config: dict[str, Any], out: Path, nodes: int) -> 
 
 def run_local_deployment(console: Any, out: Path, nodes: int, run_config: dict[str, Any]) -> dict[str, Any]:
     """``fedsynth deploy local``: prepare, start everything, submit, stream progress, stop everything."""
-    if nodes < 1:
-        raise FedsynthError(f"--clients must be at least 1, got {nodes}.")
-    if (out / "metrics.json").is_file():
-        raise FedsynthError(f"{out} already holds a complete run (metrics.json); choose a new --out directory.")
+    from simulations.jobs import check_new_run, progress_printer
+
+    check_new_run(out, nodes)
     root = out / "deploy"
     database = root / "superlink" / "state.db"
     if database.exists():
@@ -323,14 +322,8 @@ def run_local_deployment(console: Any, out: Path, nodes: int, run_config: dict[s
             f"{nodes} SuperNodes to connect",
         )
 
-        def show(line: str) -> None:
-            if "fedsynth " in line or "ERROR" in line:
-                console.print(
-                    "  " + line.split("INFO", 1)[-1].strip(" :\x1b[0m").removeprefix("fedsynth "), markup=False
-                )
-
         started = time.perf_counter()
-        code = deployment.submit(settings, on_line=show)
+        code = deployment.submit(settings, on_line=progress_printer(console))
         console.print(f"run finished in {time.perf_counter() - started:.0f} s with exit code {code}")
     if code != 0 or not (out / "metrics.json").is_file():
         raise FedsynthError(f"the deployed run failed; see {root / 'logs'} (run.log, superlink.log, node-K.log).")

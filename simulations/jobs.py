@@ -95,7 +95,7 @@ def resolve_run_config(config_file: Path | None, given: dict[str, Any], out: Pat
     return settings
 
 
-def _progress_printer(console: Console) -> Callable[[str], None]:
+def progress_printer(console: Console) -> Callable[[str], None]:
     def show(line: str) -> None:
         plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
         if "fedsynth " in plain or "ERROR" in plain:
@@ -104,12 +104,17 @@ def _progress_printer(console: Console) -> Callable[[str], None]:
     return show
 
 
-def run_job(console: Console, out: Path, clients: int, run_config: dict[str, Any]) -> dict[str, Any]:
-    """Run (or resume) the job in ``out``; returns metrics.json (full pipeline) or train.json."""
+def check_new_run(out: Path, clients: int) -> None:
+    """Refuse a client count below 1 and an output directory that holds a complete run."""
     if clients < 1:
         raise ConfigError(f"--clients must be at least 1, got {clients}.")
     if (out / "metrics.json").is_file():
         raise FedsynthError(f"{out} already holds a complete run (metrics.json); choose a new --out directory.")
+
+
+def run_job(console: Console, out: Path, clients: int, run_config: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume) the job in ``out``; returns metrics.json (full pipeline) or train.json."""
+    check_new_run(out, clients)
     saved = out / "run_config.json"
     run_config = {**run_config, "min-clients": min(run_config.get("min-clients", 2), clients)}
     wanted = {"clients": clients, **run_config}
@@ -125,7 +130,7 @@ def run_job(console: Console, out: Path, clients: int, run_config: dict[str, Any
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(saved, wanted)
     with console.status(f"federated run: {clients} clients, {run_config.get('num-server-rounds', 3)} rounds"):
-        run_simulation(out, clients, run_config, on_line=_progress_printer(console))
+        run_simulation(out, clients, run_config, on_line=progress_printer(console))
     result = out / ("metrics.json" if run_config.get("pipeline", "full") == "full" else "train.json")
     if not result.is_file():
         raise FedsynthError(f"the run ended without writing {result}; see {out / 'logs' / 'flwr-run.log'}.")

@@ -11,6 +11,7 @@ import torch
 
 from common.audit import (
     AuditConfig,
+    AuditInputs,
     auc,
     bound_violations,
     max_auc,
@@ -88,7 +89,7 @@ def test_audit_on_a_synthesizer_that_copies_training_users_gives_auc_near_one(
     members, non_members, reference = members_and_non_members
     leaky = {"synthetic": members.copy()}
 
-    result = run_audit(members, non_members, reference, leaky, None, None, 1.0, 1e-5, CONFIG)
+    result = run_audit(AuditInputs(members, non_members, reference, leaky), 1.0, 1e-5, CONFIG)
 
     attacks = result["attacks"]
     assert attacks["synthetic/dcr"]["auc"] > 0.99
@@ -112,7 +113,7 @@ def test_audit_on_independent_data_gives_auc_near_one_half(
         shape=(len(rows), reference.shape[1]),
     )
 
-    result = run_audit(members, non_members, reference, {"synthetic": independent}, None, None, 1.0, 1e-5, CONFIG)
+    result = run_audit(AuditInputs(members, non_members, reference, {"synthetic": independent}), 1.0, 1e-5, CONFIG)
 
     for name in ("synthetic/dcr", "synthetic/density-ratio"):
         summary = result["attacks"][name]

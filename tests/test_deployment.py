@@ -37,6 +37,7 @@ def test_deployment_over_real_processes(tmp_path: Path) -> None:
             "vae-batch-size": 32,
             "gan-batch-size": 32,
             "discriminator-steps": 3,
+            "reply-timeout": 180.0,
         },
         out,
         nodes=3,
