@@ -15,6 +15,7 @@ from common.config import EvalConfig
 from common.metrics import RankingMetrics
 from common.recommenders.base import Recommender
 from common.recommenders.transfer import pack
+from server.strategy import as_client_replies
 
 
 def evaluation_request(recommender: Recommender, config: EvalConfig) -> RecordDict:
@@ -47,8 +48,10 @@ def federated_evaluate(
     messages = [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     answered = [r.content for r in replies if not r.has_error()]
-    failed = [{"node": r.metadata.src_node_id, "reason": r.error.reason} for r in replies if r.has_error()]
-    replied = {r.metadata.src_node_id for r in replies}
-    failed += [{"node": n, "reason": f"no reply within {timeout} s"} for n in nodes if n not in replied]
+    failed = [
+        {"node": reply.node, "reason": reply.error}
+        for reply in as_client_replies(replies, messages, timeout or 0.0)
+        if reply.content is None
+    ]
     merged = merge_evaluations(answered, config, num_items)
     return merged.result(), {"clients": len(answered), "users": merged.users, "failed": failed}

@@ -83,7 +83,7 @@ def query_statistics(
         for n in nodes
     ]
     replies = list(grid.send_and_receive(messages, timeout=config.reply_timeout))
-    outcome = client_outcomes(as_client_replies(replies, nodes, config.reply_timeout))
+    outcome = client_outcomes(as_client_replies(replies, messages, config.reply_timeout))
     released = [r for r in outcome.trained if r.content is not None]
     outcome.log["round"] = 0
     if not released:
@@ -172,7 +172,7 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
             for n in sampled
         ]
         replies = list(grid.send_and_receive(messages, timeout=config.reply_timeout))
-        outcome = aggregate_round(server_round, replies, sampled, config.reply_timeout)
+        outcome = aggregate_round(server_round, replies, messages, config.reply_timeout)
         outcome.log["sampled"] = sampled
         outcome.log["seconds"] = time.perf_counter() - started
         if outcome.arrays is not None:

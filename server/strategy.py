@@ -37,19 +37,32 @@ class RoundOutcome:
     log: dict[str, Any] = field(default_factory=dict)
 
 
+def reply_node(reply: Message, sent: list[Message]) -> int:
+    """The client a reply is about: Flower's own error replies (node unavailable) come from the
+    SuperLink, so they are matched to the request they answer, whose destination is the client."""
+    destinations = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
+    return int(destinations.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id))
+
+
 def as_client_replies(
-    replies: list[Message], sent_to: list[int] | None = None, timeout: float = 0.0
+    replies: list[Message], sent: list[Message] | None = None, timeout: float = 0.0
 ) -> list[ClientReply]:
-    """Flower's replies as ClientReply; a node in ``sent_to`` that did not answer is a failed reply."""
+    """Flower's replies as ClientReply; a client sent a request that did not answer is a failed reply."""
+    sent = sent or []
     out = [
         ClientReply(
-            r.metadata.src_node_id, None if r.has_error() else r.content, r.error.reason if r.has_error() else None
+            reply_node(r, sent), None if r.has_error() else r.content, r.error.reason if r.has_error() else None
         )
         for r in replies
     ]
-    answered = {reply.node for reply in out}
-    silent = [n for n in (sent_to or []) if n not in answered]
-    return out + [ClientReply(n, None, f"no reply within {timeout:g} s (node offline or too slow)") for n in silent]
+    return with_silent(out, [m.metadata.dst_node_id for m in sent], timeout)
+
+
+def with_silent(replies: list[ClientReply], expected: list[int], timeout: float) -> list[ClientReply]:
+    """``replies`` plus a failed reply for every expected client that did not answer."""
+    answered = {reply.node for reply in replies}
+    silent = [n for n in expected if n not in answered]
+    return replies + [ClientReply(n, None, f"no reply within {timeout:g} s (node offline or too slow)") for n in silent]
 
 
 def _metric(reply: ClientReply, name: str) -> float:
@@ -88,10 +101,10 @@ def client_outcomes(replies: list[ClientReply]) -> ClientOutcomes:
 
 
 def aggregate_round(
-    server_round: int, replies: list[Message], sent_to: list[int] | None = None, timeout: float = 0.0
+    server_round: int, replies: list[Message], sent: list[Message] | None = None, timeout: float = 0.0
 ) -> RoundOutcome:
-    """Aggregate Flower reply messages (see :func:`aggregate_replies`); silent nodes of ``sent_to`` fail."""
-    return aggregate_replies(server_round, as_client_replies(replies, sent_to, timeout))
+    """Aggregate Flower reply messages (see :func:`aggregate_replies`); silent recipients of ``sent`` fail."""
+    return aggregate_replies(server_round, as_client_replies(replies, sent, timeout))
 
 
 def aggregate_replies(server_round: int, replies: list[ClientReply]) -> RoundOutcome:

@@ -11,11 +11,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from flwr.app import RecordDict
 
 from common.data.node_file import split_node_file
 from common.errors import FedsynthError
 from common.federation import RunConfig
-from server.strategy import ClientReply, as_client_replies, client_participation
+from server.strategy import ClientReply, client_participation, with_silent
 from simulations.deploy import deployment_run_config
 from simulations.deploy_setup import make_certificates, make_node_keys, split_data
 
@@ -64,11 +65,13 @@ def test_split_data_gives_disjoint_users_and_one_catalogue(tmp_path: Path) -> No
 
 
 def test_silent_nodes_count_as_failed_and_missing_nodes_are_listed() -> None:
-    replies = as_client_replies([], sent_to=[7, 9], timeout=60)
+    answered = ClientReply(8, RecordDict())
+    replies = with_silent([answered], expected=[7, 8, 9], timeout=60)
 
     assert replies == [
+        answered,
         ClientReply(7, None, "no reply within 60 s (node offline or too slow)"),
-        ClientReply(9, None, replies[1].error),
+        ClientReply(9, None, "no reply within 60 s (node offline or too slow)"),
     ]
     logs = [
         {"round": 0, "trained": [7, 8, 9], "refused": [], "failed": []},
