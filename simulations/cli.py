@@ -196,6 +196,9 @@ def train(config_file: Path | None, clients: int, out: Path, **given: Any) -> No
 @click.option(
     "--bootstrap", type=int, default=200, show_default=True, help="Bootstrap resamples of the audit's intervals."
 )
+@click.option(
+    "--reaudit", is_flag=True, help="Redo the audit of complete cells (no retraining), e.g. after an upgrade."
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/sweep"), show_default=True)
 def sweep(
     config_file: Path | None,
@@ -205,6 +208,7 @@ def sweep(
     grid: tuple[str, ...],
     audit: bool,
     bootstrap: int,
+    reaudit: bool,
     out: Path,
     **given: Any,
 ) -> None:
@@ -243,7 +247,9 @@ def sweep(
     )
     check_sweep_settings(out, {"base": base, "clients": clients})
     quiet = Console(quiet=True)
-    records = run_sweep(plan, lambda directory, n, config: run_job(quiet, directory, n, config), console)
+    records = run_sweep(
+        plan, lambda directory, n, config: run_job(quiet, directory, n, config), console, reaudit=reaudit and audit
+    )
     finish_sweep(plan, records)
     failed = sum(r["status"] != "ok" for r in records)
     console.print(
@@ -285,7 +291,7 @@ def audit(run_dir: Path, bootstrap: int) -> None:
     for name, s in result["attacks"].items():
         console.print(
             f"  {name:<32} AUC {s['auc']:.3f} [{s['auc_low']:.3f}, {s['auc_high']:.3f}]  "
-            f"TPR@1%FPR {s['tpr@0.01fpr']:.3f}  TPR@10%FPR {s['tpr@0.1fpr']:.3f}",
+            f"TPR@1%FPR {s['tpr@0.01fpr']:.3f}  TPR@10%FPR {s['tpr@0.1fpr']:.3f}  ε ≥ {s['epsilon_lower_bound']:.2f}",
             markup=False,
         )
     for line in result["violations"]:

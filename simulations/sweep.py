@@ -210,6 +210,19 @@ def run_cell(plan: SweepPlan, cell: Cell, runner: CellRunner) -> dict[str, Any]:
     return record
 
 
+def reaudit_cell(plan: SweepPlan, cell: Cell) -> dict[str, Any]:
+    """Redo a complete cell's audit (after the audit code changed) without retraining; rewrites cell.json."""
+    from simulations.audit import audit_run
+
+    path = plan.cell_dir(cell) / "cell.json"
+    record = dict(json.loads(path.read_text()))
+    started = time.perf_counter()
+    record["audit"] = audit_run(plan.cell_dir(cell), AuditConfig(plan.audit_config.bootstrap, seed=cell.seed), True)
+    record["audit_seconds"] = time.perf_counter() - started
+    write_json_atomic(path, to_plain(record))
+    return record
+
+
 def data_key(config: RunConfig) -> str:
     """A name for the data settings (dataset, seed, split): cells sharing it share one upper bound."""
     settings = json.dumps(to_plain(config.data().to_dict()), sort_keys=True)
@@ -230,9 +243,15 @@ def ensure_reference(plan: SweepPlan, cell: Cell) -> Path:
     return path
 
 
-def run_sweep(plan: SweepPlan, runner: CellRunner, console: Console, reference: bool = True) -> list[dict[str, Any]]:
+def run_sweep(
+    plan: SweepPlan, runner: CellRunner, console: Console, reference: bool = True, reaudit: bool = False
+) -> list[dict[str, Any]]:
     """Run every cell not yet complete (and each seed's upper bounds); returns every cell's record."""
     statuses = {cell.name: cell_status(plan.cell_dir(cell)) for cell in plan.cells}
+    if reaudit:
+        for cell in (c for c in plan.cells if statuses[c.name] == "ok"):
+            console.print(f"re-auditing {cell.name}")
+            reaudit_cell(plan, cell)
     todo = [cell for cell in plan.cells if statuses[cell.name] != "ok"]
     console.print(
         f"sweep: {len(plan.cells)} cells, {len(plan.cells) - len(todo)} already complete, {len(todo)} to run"

@@ -13,7 +13,7 @@ from scipy import stats
 
 HEADLINE = "ndcg@10"
 ID_COLUMNS = ["cell", "status", "epsilon_requested", "epsilon_spent", "delta", "seed", "private", "clients"]
-AUDIT_METRICS = ("auc", "auc_low", "auc_high", "tpr@0.01fpr", "tpr@0.1fpr")
+AUDIT_METRICS = ("auc", "auc_low", "auc_high", "tpr@0.01fpr", "tpr@0.1fpr", "epsilon_lower_bound")
 
 
 def _rows_of_cell(record: dict[str, Any], reference: dict[str, dict[str, float]], clients: int) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from common.audit import (
     AuditInputs,
     auc,
     bound_violations,
+    empirical_epsilon,
     max_auc,
     max_tpr,
     run_audit,
@@ -69,10 +70,37 @@ def test_bootstrap_interval_contains_the_point_estimate() -> None:
 
 
 def test_a_perfect_attack_at_small_epsilon_is_reported_as_a_violation() -> None:
-    summary = summarise(np.arange(100) + 100.0, np.arange(100.0), CONFIG, "perfect")
+    members, non_members = np.arange(100) + 100.0, np.arange(100.0)
+    summary = summarise(members, non_members, CONFIG, "perfect")
+    summary["epsilon_lower_bound"] = empirical_epsilon(members, non_members, 1e-5)
 
+    assert summary["epsilon_lower_bound"] > 2.0
     assert bound_violations({"perfect": summary}, epsilon=0.5, delta=1e-5)
     assert bound_violations({"perfect": summary}, epsilon=math.inf, delta=0.0) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_null_attack_with_few_non_members_is_not_a_violation(seed: int) -> None:
+    """The sweep's shape (660 members, 94 non-members): chance alone puts members above every
+    non-member, which a bootstrap interval of TPR@1%FPR mistook for a violation at ε = 0.5."""
+    rng = np.random.default_rng(seed)
+    members, non_members = rng.normal(size=660), rng.normal(size=94)
+    summary = {**summarise(members, non_members, CONFIG, "null"), "epsilon_lower_bound": 0.0}
+    summary["epsilon_lower_bound"] = empirical_epsilon(members, non_members, 8e-4)
+
+    assert summary["epsilon_lower_bound"] < 0.5
+    assert bound_violations({"null": summary}, epsilon=0.5, delta=8e-4) == []
+
+
+def test_empirical_epsilon_matches_a_hand_computation() -> None:
+    # 50 of 100 members above a threshold that no non-member (of 100) reaches.
+    members, non_members = np.concatenate([np.full(50, 10.0), np.zeros(50)]), np.zeros(100)
+    from scipy.stats import beta
+
+    alpha = 0.05 / 4
+    expected = math.log(beta.ppf(alpha / 2, 50, 51) / beta.ppf(1 - alpha / 2, 1, 100))
+
+    assert empirical_epsilon(members, non_members, 0.0) == pytest.approx(expected)
 
 
 @pytest.fixture(scope="module")
