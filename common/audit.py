@@ -49,19 +49,10 @@ def auc(member_scores: np.ndarray, non_member_scores: np.ndarray) -> float:
     return float((ranks[:m].sum() - m * (m + 1) / 2) / (m * n))
 
 
-def roc_curve(member_scores: np.ndarray, non_member_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, tpr) of the test "member if score ≥ t" at every distinct t, from (0, 0) to (1, 1)."""
-    thresholds = np.unique(np.concatenate([member_scores, non_member_scores]))[::-1]
-    members, non_members = np.sort(member_scores), np.sort(non_member_scores)
-    tpr = 1 - np.searchsorted(members, thresholds, side="left") / len(members)
-    fpr = 1 - np.searchsorted(non_members, thresholds, side="left") / len(non_members)
-    return np.concatenate([[0.0], fpr, [1.0]]), np.concatenate([[0.0], tpr, [1.0]])
-
-
 def tpr_at_fpr(member_scores: np.ndarray, non_member_scores: np.ndarray, level: float) -> float:
     """The highest TPR of any threshold whose FPR is at most ``level``."""
-    fpr, tpr = roc_curve(member_scores, non_member_scores)
-    return float(tpr[fpr <= level + 1e-12].max())
+    true_positives, _ = _counts_at(member_scores, non_member_scores, level)
+    return true_positives / len(member_scores)
 
 
 def _statistics(member_scores: np.ndarray, non_member_scores: np.ndarray) -> dict[str, float]:
@@ -137,10 +128,13 @@ def density_ratio_scores(
         return np.asarray(_unit_rows(matrix) @ basis.T).T  # (dims, n)
 
     points = embed(targets)
-    jitter = rng_for(config.seed, "audit-density").normal(0.0, 1e-6, size=(dims, synthetic.shape[0]))
-    synthetic_density = gaussian_kde(embed(synthetic) + jitter)
-    reference_points = embed(reference)
-    reference_density = gaussian_kde(reference_points + jitter[:, : reference_points.shape[1]])
+    rng = rng_for(config.seed, "audit-density")
+
+    def density(matrix: sp.csr_matrix) -> gaussian_kde:  # tiny jitter: duplicate users make the KDE singular
+        embedded = embed(matrix)
+        return gaussian_kde(embedded + rng.normal(0.0, 1e-6, size=embedded.shape))
+
+    synthetic_density, reference_density = density(synthetic), density(reference)
     return np.asarray(synthetic_density.logpdf(points) - reference_density.logpdf(points))
 
 
@@ -254,9 +248,9 @@ def attack_scores(inputs: AuditInputs, config: AuditConfig) -> dict[str, tuple[n
     """
     members, non_members = inputs.members, inputs.non_members
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    targets = sp.vstack([members, non_members]).tocsr()
     for label, data in inputs.synthetic.items():
         scores[f"{label}/dcr"] = (dcr_scores(members, data), dcr_scores(non_members, data))
-        targets = sp.vstack([members, non_members]).tocsr()
         ratio = density_ratio_scores(targets, data, inputs.reference, config)
         scores[f"{label}/density-ratio"] = (ratio[: members.shape[0]], ratio[members.shape[0] :])
     if inputs.vae is not None:

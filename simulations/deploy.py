@@ -26,7 +26,7 @@ from typing import Any
 
 from common.errors import FedsynthError
 from simulations.deploy_setup import Certificates, NodeFiles, NodeKey
-from simulations.runner import format_run_config, project_root
+from simulations.runner import flower_environment, format_run_config, project_root
 
 CONNECTION = "fedsynth"
 
@@ -39,15 +39,6 @@ def free_port() -> int:
 
 def _binary(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
-
-
-def _environment(flwr_home: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "FLWR_HOME": str(flwr_home),
-        "PYTHONWARNINGS": "ignore",
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }
 
 
 @dataclass
@@ -122,7 +113,7 @@ class LocalDeployment:
                 command,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env=_environment(self.flwr_home),
+                env=flower_environment(self.flwr_home),
                 start_new_session=True,
                 cwd=self.root,
             )
@@ -160,7 +151,7 @@ class LocalDeployment:
         """A ``flwr`` CLI command against this SuperLink's ``fedsynth`` connection."""
         return subprocess.run(
             [_binary("flwr"), *args],
-            env=_environment(self.flwr_home),
+            env=flower_environment(self.flwr_home),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -216,7 +207,7 @@ class LocalDeployment:
         with log.open("a") as handle:
             process = subprocess.Popen(
                 command,
-                env=_environment(self.flwr_home),
+                env=flower_environment(self.flwr_home),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

@@ -48,6 +48,20 @@ def _format(value: Any) -> str:
     return f"'{value}'" if isinstance(value, (str, Path)) else str(value)
 
 
+def flower_environment(flwr_home: Path) -> dict[str, str]:
+    """This process's environment with a private ``FLWR_HOME`` and this venv's bin first on PATH.
+
+    `flwr run` starts `flower-superlink` by name: this finds the environment's own even when it
+    is not activated.
+    """
+    return {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "PYTHONWARNINGS": "ignore",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+
+
 def format_run_config(settings: dict[str, Any]) -> str:
     """``key=value …`` as ``flwr run --run-config`` reads it (strings quoted, booleans lower-case)."""
     return " ".join(f"{k}={_format(v)}" for k, v in settings.items())
@@ -130,13 +144,9 @@ def run_simulation(
     write_flower_home(flwr_home, num_clients)
     settings = {**run_config, "out-dir": str(out_dir)}
     env = {
-        **os.environ,
-        "FLWR_HOME": str(flwr_home),
+        **flower_environment(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-        "PYTHONWARNINGS": "ignore",
-        # `flwr run` starts `flower-superlink` by name: find this environment's even when it is not activated.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     flwr = Path(sys.executable).with_name("flwr")
     command = [

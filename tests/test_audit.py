@@ -14,6 +14,7 @@ from common.audit import (
     AuditInputs,
     auc,
     bound_violations,
+    density_ratio_scores,
     empirical_epsilon,
     max_auc,
     max_tpr,
@@ -168,3 +169,14 @@ def test_vae_attack_detects_an_overfitted_model(
     member_scores, non_member_scores = vae_scores(vae, members, 0.2), vae_scores(vae, non_members, 0.2)
 
     assert auc(member_scores, non_member_scores) > 0.8
+
+
+def test_density_ratio_accepts_a_reference_larger_than_the_synthetic_data(
+    members_and_non_members: tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix],
+) -> None:
+    members, non_members, reference = members_and_non_members
+    small_synthetic = members[:20]
+
+    scores = density_ratio_scores(non_members, small_synthetic, sp.vstack([reference, reference]).tocsr(), CONFIG)
+
+    assert scores.shape == (non_members.shape[0],) and np.isfinite(scores).all()
