@@ -16,6 +16,7 @@ from common.data.pipeline import DataSettings
 from common.errors import ConfigError
 from common.models.gan import GANConfig
 from common.models.vae import MultVAEConfig
+from common.privacy.baselines import BaselineConfig
 from common.privacy.dp import PrivacyConfig
 
 
@@ -73,6 +74,9 @@ class RunConfig:
     synthetic_ease_l2: float = 3000.0  # EASE λ on synthetic users: more noise, more regularisation
     simulation_reference: bool = True  # simulation: the server may load the data for fidelity and upper bounds
     eval_max_values: int = 50_000_000  # larger recommenders are not sent for federated evaluation
+    dp_baselines: bool = True  # simulation: DP popularity and DP-EASE at the full target ε, as comparison rows
+    dp_ease_items: int = 2000  # DP-EASE's Gram matrix over the top items by DP counts (at most 10,000)
+    dp_ease_clip: float = 16.0  # per-user Frobenius bound of x xᵀ in DP-EASE
     reply_timeout: float = 600.0  # seconds the server waits for a round's replies; silent clients count as failed
     device: str = "cpu"  # central training on the server (clients train on CPU)
 
@@ -93,6 +97,7 @@ class RunConfig:
         known = ("popularity", "itemknn", "ease", "multvae")
         if not self.recommender_names() or any(r not in known for r in self.recommender_names()):
             raise ConfigError(f"recommenders {self.recommenders!r}: choose from {', '.join(known)} (comma-separated).")
+        self.baselines()  # validates the DP baselines' settings
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}.")
 
@@ -111,6 +116,9 @@ class RunConfig:
         return PrivacyConfig(
             target, self.delta or None, self.max_grad_norm, self.vae_share, self.statistics_share, self.statistics_clip
         )
+
+    def baselines(self) -> BaselineConfig:
+        return BaselineConfig(self.statistics_clip, self.dp_ease_clip, self.dp_ease_items, self.ease_l2)
 
     def local(self) -> LocalTrainingConfig:
         vae = MultVAEConfig(

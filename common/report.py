@@ -83,6 +83,22 @@ def metrics_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _baselines_section(baselines: dict[str, Any]) -> list[str]:
+    """The DP baselines' own privacy: each alone spends the target ε per client (comparison rows)."""
+    rows = [(name, entry) for name, entry in baselines.items() if isinstance(entry, dict)]
+    if not rows:
+        return []
+    lines = ["## DP baselines (comparison rows)", "", baselines.get("note", ""), ""]
+    lines += ["| baseline | ε per client (max) | noise std of the sum | settings |", "|---|---|---|---|"]
+    for name, entry in rows:
+        shown = {k: v for k, v in entry.items() if k not in ("epsilon_per_client", "noise_std_of_sum")}
+        settings = ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
+        lines.append(
+            f"| {name} | {_fmt(max(entry['epsilon_per_client']))} | {_fmt(entry['noise_std_of_sum'])} | {settings} |"
+        )
+    return [*lines, ""]
+
+
 def _clients_section(clients: dict[str, Any] | None) -> list[str]:
     """Participants, nodes missing at the end (loudly) and every failure with its round and reason."""
     if not clients:
@@ -128,9 +144,11 @@ def write_report(
         "",
         "## Recommenders (real held-out users, federated evaluation)",
         "",
-        "`synthetic*/…` trained on synthetic data only; `fedvae` is the federated DP Mult-VAE; `dp-popularity` "
-        "ranks by the DP item counts; `popularity` and `real/…` are **non-private upper bounds** trained on the real "
-        "training users (simulation only).",
+        "`synthetic*/…` trained on synthetic data only; `fedvae` is the federated DP Mult-VAE; `fedsynth-prior` "
+        "ranks by the pipeline's DP item counts; `dp-popularity` and `dp-ease` are the **simple DP baselines**, "
+        "each spending the full target ε per client on its own (an alternative to fedsynth, simulation only); "
+        "`popularity` and `real/…` are **non-private upper bounds** trained on the real training users "
+        "(simulation only).",
         "",
         metrics_table(metrics["recommenders"]),
         "",
@@ -147,6 +165,7 @@ def write_report(
         "|---|---|",
         *(f"| {c['client']} | {_fmt(c['epsilon'])} |" for c in privacy["epsilon_per_client"]),
         "",
+        *_baselines_section(metrics.get("baselines") or {}),
         *_clients_section(metrics.get("clients")),
         "## Training",
         "",

@@ -5,7 +5,10 @@ Rows of the results (all scored by federated evaluation on the same real held-ou
 * ``synthetic/<rec>``: trained on the headline synthesizer's data only (``synthetic-<name>/<rec>``
   for the others);
 * ``fedvae``: the federated DP Mult-VAE used directly as the recommender;
-* ``dp-popularity``: items ranked by the DP item counts (same release, same ε);
+* ``fedsynth-prior``: items ranked by the pipeline's own DP item counts (its popularity prior,
+  a share of the same ε);
+* simulation only, the simple DP baselines (:mod:`server.baselines`), each an alternative that
+  spends the full target ε per client on its own: ``dp-popularity`` and ``dp-ease``;
 * simulation only, labelled non-private: ``popularity`` (MostPopular) and ``real/<rec>``, trained
   on the real training users, which the server may load only because it is a simulation.
 """
@@ -22,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from common.config import EvalConfig
+from common.data.partition import partition_users
 from common.data.pipeline import PreparedData, prepare
 from common.errors import FedsynthError
 from common.federation import RunConfig
@@ -32,6 +36,7 @@ from common.recommenders import EASE, ItemKNN, MostPopular, MultVAERecommender, 
 from common.recommenders.transfer import num_values, pack
 from common.report import write_report
 from common.synthesis import SynthesisConfig, synthesize
+from server.baselines import baseline_recommenders
 from server.evaluation import federated_evaluate
 from server.federation import TrainingResult, out_directory
 from server.strategy import client_participation
@@ -91,6 +96,17 @@ def privacy_summary(training: TrainingResult) -> dict[str, Any]:
     }
 
 
+def simulated_baselines(
+    reference: PreparedData, config: RunConfig, num_clients: int
+) -> tuple[dict[str, Recommender], dict[str, Any]]:
+    """The DP baselines from the same client partitions the simulated clients hold (simulation only)."""
+    clients = partition_users(reference.interactions, reference.split, config.partitioning(num_clients))
+    rows = [reference.interactions.matrix[c.train_users] for c in clients]
+    privacy = config.privacy()
+    deltas = [privacy.delta_for(r.shape[0]) for r in rows]
+    return baseline_recommenders(rows, privacy.target_epsilon, deltas, config, config.seed)
+
+
 def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict[str, Any]:
     """Synthesize, train centrally, evaluate federatedly; writes synthetic data, metrics.json and report.md."""
     out = out_directory(config)
@@ -118,16 +134,22 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
     ]
     if reference is not None:
         to_train += [(real_label(name), name, reference.split.train, False) for name in config.recommender_names()]
+    nodes = list(grid.get_node_ids())
     candidates: list[tuple[str, Recommender]] = []
     for label, name, matrix, is_synthetic in to_train:
         step = time.perf_counter()
         candidates.append((label, build_recommender(name, config, is_synthetic).fit(matrix)))
         log.info("fedsynth stage: central training of %s (%.1f s)", label, time.perf_counter() - step)
     candidates.append(("fedvae", MultVAERecommender.from_model(training.bundle.vae, config.device)))
-    candidates.append(("dp-popularity", MostPopular.from_counts(training.statistics.item_counts)))
+    candidates.append(("fedsynth-prior", MostPopular.from_counts(training.statistics.item_counts)))
+    baselines_summary: dict[str, Any] = {}
+    if reference is not None and config.dp_baselines and config.privacy().private:
+        step = time.perf_counter()
+        baselines, baselines_summary = simulated_baselines(reference, config, len(nodes))
+        candidates += list(baselines.items())
+        log.info("fedsynth stage: DP baselines (dp-popularity, dp-ease) (%.1f s)", time.perf_counter() - step)
     seconds["central_training"] = time.perf_counter() - started - seconds["synthesis"]
 
-    nodes = list(grid.get_node_ids())
     results: dict[str, dict[str, float]] = {}
     evaluation: dict[str, Any] = {"users": "each client's real held-out test users (fold-in 80% → target 20%)"}
     skipped: dict[str, str] = {}
@@ -156,6 +178,7 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
     logs = [training.summary["statistics_release"], *training.summary["rounds"]]
     metrics = {
         "privacy": privacy_summary(training),
+        "baselines": baselines_summary,
         "clients": client_participation(logs, nodes),
         "recommenders": results,
         "utility_retention": {"metric": HEADLINE, **retention},

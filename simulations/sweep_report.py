@@ -164,6 +164,7 @@ def cell_table(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFra
                 "synthetic/ease": value("synthetic/ease", HEADLINE),
                 "synthetic/multvae": value("synthetic/multvae", HEADLINE),
                 "dp-popularity": value("dp-popularity", HEADLINE),
+                "dp-ease": value("dp-ease", HEADLINE),
                 "max audit AUC": float(audits["value"].max()) if len(audits) else float("nan"),
                 "minutes": record["seconds"] / 60,
                 "error": record.get("error", ""),

@@ -29,6 +29,16 @@ def spd_inverse(matrix: np.ndarray) -> np.ndarray:
     return np.triu(inverse) + np.triu(inverse, 1).T
 
 
+def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
+    """EASE's B (M, M) float32 from a Gram matrix XᵀX (M, M): P = (G + λI)⁻¹, B = I − P / diag(P), diag(B) = 0."""
+    regularised = np.array(gram, dtype=np.float32)
+    regularised[np.diag_indices_from(regularised)] += l2
+    inverse = spd_inverse(regularised)
+    weights = inverse / (-np.diag(inverse))
+    weights[np.diag_indices_from(weights)] = 0.0
+    return weights
+
+
 class EASE(Recommender):
     """EASE with L2 regularisation ``l2`` (λ)."""
 
@@ -49,14 +59,43 @@ class EASE(Recommender):
                 "Filter rare items (--min-item-interactions) or raise the limit if memory allows."
             )
         binary = (train > 0).astype(np.float32)
-        gram = (binary.T @ binary).toarray()
-        gram[np.diag_indices_from(gram)] += self.l2
-        inverse = spd_inverse(gram)
-        weights = inverse / (-np.diag(inverse))
-        weights[np.diag_indices_from(weights)] = 0.0
-        self.weights = weights
+        self.weights = ease_weights((binary.T @ binary).toarray(), self.l2)
         return self
 
     def score(self, fold_in: sp.csr_matrix) -> np.ndarray:
         assert self.weights is not None, "call fit() first"
         return np.asarray((fold_in > 0).astype(np.float32) @ self.weights)
+
+
+class SubsetEASE(Recommender):
+    """EASE over a subset of M items (DP-EASE), the other items ranked after them by ``fallback``.
+
+    ``items`` (M,) item indices, ``weights`` (M, M) EASE's B over them, ``fallback`` (n_items,)
+    scores that order every item (e.g. DP counts); items outside the subset always score
+    below every subset item.
+    """
+
+    name = "dp-ease"
+
+    def __init__(self, items: np.ndarray, weights: np.ndarray, fallback: np.ndarray):
+        self.items = np.asarray(items, dtype=np.int64)
+        self.weights = np.asarray(weights, dtype=np.float32)
+        self.fallback = np.asarray(fallback, dtype=np.float64)
+
+    @classmethod
+    def from_gram(cls, gram: np.ndarray, items: np.ndarray, l2: float, fallback: np.ndarray) -> SubsetEASE:
+        """Fit on a (noisy) Gram matrix over ``items``."""
+        return cls(items, ease_weights(gram, l2), fallback)
+
+    def fit(self, train: sp.csr_matrix) -> SubsetEASE:
+        raise ConfigError("SubsetEASE is fitted from a Gram matrix (from_gram), not from user rows.")
+
+    def score(self, fold_in: sp.csr_matrix) -> np.ndarray:
+        binary = (fold_in[:, self.items] > 0).astype(np.float32)
+        subset_scores = np.asarray(binary @ self.weights)
+        order = np.argsort(np.argsort(self.fallback, kind="stable"), kind="stable")  # 0 = least popular
+        scores = np.tile((order / max(len(order), 1)).astype(np.float32) - 2.0, (fold_in.shape[0], 1))
+        low = subset_scores.min(axis=1, keepdims=True) if subset_scores.size else 0.0
+        scores += low  # every outside item below every subset item (outside scores are in [low − 2, low − 1))
+        scores[:, self.items] = subset_scores
+        return scores

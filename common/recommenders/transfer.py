@@ -14,7 +14,7 @@ import torch
 
 from common.models.vae import MultVAE
 from common.recommenders.base import Recommender
-from common.recommenders.ease import EASE
+from common.recommenders.ease import EASE, SubsetEASE
 from common.recommenders.itemknn import ItemKNN
 from common.recommenders.multvae import MultVAERecommender
 from common.recommenders.popularity import MostPopular
@@ -27,6 +27,9 @@ def pack(recommender: Recommender) -> tuple[str, dict[str, torch.Tensor], Settin
     if isinstance(recommender, MostPopular):
         assert recommender.counts is not None, "fit first"
         return "popularity", {"counts": torch.from_numpy(recommender.counts)}, {}
+    if isinstance(recommender, SubsetEASE):
+        tensors = {k: torch.from_numpy(getattr(recommender, k)) for k in ("items", "weights", "fallback")}
+        return "subset-ease", tensors, {}
     if isinstance(recommender, EASE):
         assert recommender.weights is not None, "fit first"
         return "ease", {"weights": torch.from_numpy(recommender.weights)}, {}
@@ -60,6 +63,8 @@ def unpack(kind: str, tensors: dict[str, torch.Tensor], settings: Settings) -> R
         ease = EASE()
         ease.weights = tensors["weights"].numpy()
         return ease
+    if kind == "subset-ease":
+        return SubsetEASE(*(tensors[k].numpy() for k in ("items", "weights", "fallback")))
     if kind == "itemknn":
         knn = ItemKNN()
         n = int(settings["num-items"])

@@ -1,0 +1,57 @@
+"""The simple DP baselines as comparison rows (simulation: computed by the evaluator, as each client would).
+
+See :mod:`common.privacy.baselines` for the mechanisms. Each is an *alternative* to the
+synthetic pipeline, computed at the run's full target ε per client, so it is not part of the
+clients' ledgers: in a deployment no client releases it (the rows exist in simulation only,
+like the real-data upper bounds). Their per-client ε is reported next to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from common.federation import RunConfig
+from common.privacy.baselines import dp_gram, dp_popularity
+from common.recommenders import MostPopular, Recommender
+from common.recommenders.ease import SubsetEASE
+
+
+def baseline_recommenders(
+    clients: Sequence[sp.csr_matrix], target_epsilon: float, deltas: Sequence[float], config: RunConfig, seed: int
+) -> tuple[dict[str, Recommender], dict[str, Any]]:
+    """``dp-popularity`` and ``dp-ease`` fitted from the clients' training rows, and their privacy summary.
+
+    ``clients``: each client's binary CSR (n_k, n_items); ``deltas``: each client's δ.
+    """
+    settings = config.baselines()
+    popularity = dp_popularity(clients, target_epsilon, deltas, settings.popularity_clip, seed)
+    gram, counts = dp_gram(clients, target_epsilon, deltas, settings, seed)
+    assert gram.items is not None
+    l2 = settings.ease_l2 + 2.0 * gram.noise_std * np.sqrt(len(gram.items))
+    fallback = counts if counts is not None else np.zeros(clients[0].shape[1])
+    recommenders: dict[str, Recommender] = {
+        "dp-popularity": MostPopular.from_counts(popularity.value),
+        "dp-ease": SubsetEASE.from_gram(gram.value, gram.items, l2, fallback),
+    }
+    summary = {
+        "note": "comparison rows: each baseline alone spends the run's target epsilon per client "
+        "(an alternative to the synthetic pipeline, not part of its ledgers; simulation only)",
+        "dp-popularity": {
+            "epsilon_per_client": popularity.epsilon_per_client(),
+            "noise_std_of_sum": popularity.noise_std,
+            "clip": settings.popularity_clip,
+        },
+        "dp-ease": {
+            "epsilon_per_client": gram.epsilon_per_client(),
+            "noise_std_of_sum": gram.noise_std,
+            "clip": settings.ease_clip,
+            "items": len(gram.items),
+            "l2": float(l2),
+            "selected_by_dp_counts": counts is not None,
+        },
+    }
+    return recommenders, summary

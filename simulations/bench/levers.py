@@ -1,0 +1,154 @@
+"""Which settings move synthetic-data utility under DP: a fast in-process federation, scored on validation users.
+
+    python -m simulations.bench.levers --dataset movielens --data-path ../shared/data/ml-latest-small \\
+        --epsilon 8 --set local-epochs=1,3 --set vae-batch-size=32,64 --seeds 0,1
+
+The clients' code path without Flower's transport: every client calibrates its plan and
+releases its DP statistics exactly as the ClientApp does (``plan_privacy``,
+``noisy_statistics``, ``train_vae_round``), the server averages the Mult-VAEs weighted by
+users (FedAvg), then synthesizes and trains EASE on the synthetic users. Every setting is
+scored by NDCG@10 on the **validation** users (never the test users), so this is the
+selection tool; its privacy cost is that of looking at validation users, which the final
+benchmark does not reuse. The GAN is skipped (it is scored in the full benchmark).
+
+Prints one row per setting: NDCG@10 of synthetic/ease, fedvae, the DP baselines at the
+same ε, and the non-private real/ease, averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from client.training import PrivacyPlan, plan_privacy, train_vae_round
+from common.bundle import ModelBundle
+from common.config import EvalConfig
+from common.data.partition import partition_users
+from common.data.pipeline import PreparedData, prepare
+from common.evaluation import evaluate
+from common.federation import RunConfig
+from common.privacy.statistics import NoisyStatistics, noisy_statistics
+from common.recommenders import EASE, MultVAERecommender
+from common.seeding import rng_for
+from common.synthesis import SynthesisConfig, synthesize
+from server.baselines import baseline_recommenders
+
+EVAL = EvalConfig(ks=(10,))
+
+
+@dataclass
+class Federation:
+    """What an in-process federation produced: data, the clients' rows and plans, statistics, global models."""
+
+    prepared: PreparedData
+    rows: list[sp.csr_matrix]
+    plans: list[PrivacyPlan]
+    statistics: NoisyStatistics
+    bundle: ModelBundle
+
+
+def federate(config: RunConfig, seed: int, num_clients: int) -> dict[str, float]:
+    """Train, synthesize and score one configuration; NDCG@10 per row on validation users."""
+    config = replace(config, seed=seed)
+    federation = train(config, seed, num_clients)
+    prepared, rows, statistics, bundle = federation.prepared, federation.rows, federation.statistics, federation.bundle
+    num_items = rows[0].shape[1]
+    privacy = config.privacy()
+    synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
+    synthetic = synthesize(bundle, "vae", statistics.length_sampler(num_items), synthesis, seed)
+    validation = prepared.split.validation
+    scores = {
+        "synthetic/ease": evaluate(EASE(config.synthetic_ease_l2).fit(synthetic), validation, EVAL)["ndcg@10"],
+        "fedvae": evaluate(MultVAERecommender.from_model(bundle.vae), validation, EVAL)["ndcg@10"],
+        "real/ease": evaluate(EASE(config.ease_l2).fit(prepared.split.train), validation, EVAL)["ndcg@10"],
+    }
+    if privacy.private:
+        deltas = [privacy.delta_for(r.shape[0]) for r in rows]
+        baselines, _ = baseline_recommenders(rows, privacy.target_epsilon, deltas, config, seed)
+        for label, recommender in baselines.items():
+            scores[label] = evaluate(recommender, validation, EVAL)["ndcg@10"]
+    return scores
+
+
+def train(config: RunConfig, seed: int, num_clients: int) -> Federation:
+    """The clients' statistics release and ``num-server-rounds`` rounds of DP Mult-VAE training with FedAvg."""
+    prepared = prepare(config.data())
+    clients = partition_users(prepared.interactions, prepared.split, config.partitioning(num_clients))
+    rows = [prepared.interactions.matrix[c.train_users] for c in clients]
+    num_items = rows[0].shape[1]
+    privacy, local = config.privacy(), config.local()
+    plans = [plan_privacy(privacy, r.shape[0], local, config.num_server_rounds) for r in rows]
+    statistics: NoisyStatistics | None = None
+    for index, (r, plan) in enumerate(zip(rows, plans, strict=True)):
+        release = noisy_statistics(
+            r, privacy.statistics_clip, plan.statistics_noise if plan.private else 0.0, rng_for(seed, f"stats-{index}")
+        )
+        statistics = release if statistics is None else statistics + release
+    assert statistics is not None
+    bundle = ModelBundle.create(num_items, local, seed=seed)
+    bundle.set_prior(torch.from_numpy(statistics.prior_logits()))
+    weights = np.array([r.shape[0] for r in rows], dtype=np.float64)
+    for server_round in range(1, config.num_server_rounds + 1):
+        states = []
+        for r, plan in zip(rows, plans, strict=True):
+            local_bundle = ModelBundle.create(num_items, local, seed=seed)
+            local_bundle.load_state_dict(bundle.state_dict())
+            train_vae_round(
+                local_bundle.vae, r, plan, privacy, local.vae, (server_round - 1) * plan.vae_steps, seed + server_round
+            )
+            states.append(local_bundle.state_dict())
+        average = {
+            key: sum(w * s[key].double() for w, s in zip(weights / weights.sum(), states, strict=True)).float()
+            for key in states[0]
+        }
+        bundle.load_state_dict(average)
+    return Federation(prepared, rows, plans, statistics, bundle)
+
+
+def parse_settings(values: list[str]) -> list[dict[str, str]]:
+    """``KEY=V1,V2`` options → every combination as {key: value}."""
+    axes = []
+    for value in values:
+        key, _, options = value.partition("=")
+        axes.append([(key, option) for option in options.split(",")])
+    return [dict(combination) for combination in itertools.product(*axes)] if axes else [{}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="generated")
+    parser.add_argument("--data-path", default="")
+    parser.add_argument("--epsilon", type=float, default=8.0)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], help="KEY=V1,V2 run-config values to compare")
+    parser.add_argument("--base", action="append", default=[], help="KEY=VALUE fixed run-config values")
+    args = parser.parse_args()
+    base: dict[str, Any] = {"dataset": args.dataset, "data-path": args.data_path, "epsilon": args.epsilon}
+    base.update(dict(v.partition("=")[::2] for v in args.base))
+    rows = []
+    for setting in parse_settings(args.set):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            started = time.perf_counter()
+            config = RunConfig.from_run_config({**base, **setting})
+            scores = federate(config, seed, args.clients)
+            row: dict[str, Any] = {**setting, "seed": seed, **scores, "seconds": time.perf_counter() - started}
+            rows.append(row)
+            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+    frame = pd.DataFrame(rows)
+    keys = list(parse_settings(args.set)[0])
+    summary = frame.drop(columns=["seed"]).groupby(keys, sort=False).mean() if keys else frame.mean(numeric_only=True)
+    print(f"NDCG@10 on validation users, ε = {args.epsilon:g}, mean over seeds {args.seeds}:")
+    print(summary.round(4).to_string())
+
+
+if __name__ == "__main__":
+    main()
