@@ -75,8 +75,8 @@ class RunConfig:
     simulation_reference: bool = True  # simulation: the server may load the data for fidelity and upper bounds
     eval_max_values: int = 50_000_000  # larger recommenders are not sent for federated evaluation
     dp_baselines: bool = True  # simulation: DP popularity and DP-EASE at the full target ε, as comparison rows
-    dp_ease_items: int = 2000  # DP-EASE's Gram matrix over the top items by DP counts (at most 10,000)
-    dp_ease_clip: float = 16.0  # per-user Frobenius bound of x xᵀ in DP-EASE
+    dp_ease_items: int = 500  # DP-EASE's Gram matrix over the top items by DP counts (at most 10,000)
+    dp_ease_clip: float = 1.0  # per-user Frobenius bound of x xᵀ in DP-EASE (1: x / ‖x‖; best of 1–64 on validation users)
     reply_timeout: float = 600.0  # seconds the server waits for a round's replies; silent clients count as failed
     device: str = "cpu"  # central training on the server (clients train on CPU)
 

@@ -173,7 +173,7 @@ def cell_table(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFra
     return pd.DataFrame(lines)
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame) -> str:
     if table.empty:
         return "(none)"
     head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
@@ -284,7 +284,7 @@ def write_sweep_report(out: Path, frame: pd.DataFrame, summary: pd.DataFrame, re
             encoded = base64.b64encode((plots / image).read_bytes()).decode()
             body.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}">')
         if table is not None:
-            md.append(_markdown(table) + "\n")
+            md.append(markdown_table(table) + "\n")
             body.append(_html_table(table))
     write_text_atomic(out / "report.md", "\n".join(md))
     style = (

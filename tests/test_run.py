@@ -102,7 +102,9 @@ def test_run_end_to_end_then_resume_without_resetting_the_budget(tmp_path: Path)
         "synthetic-gan/ease",
         "fedvae",
         "popularity",
+        "fedsynth-prior",
         "dp-popularity",
+        "dp-ease",
         "real/ease",
         "real/multvae",
     ):
@@ -115,6 +117,10 @@ def test_run_end_to_end_then_resume_without_resetting_the_budget(tmp_path: Path)
     meta = json.loads((out / "synthetic_meta.json").read_text())
     assert meta["synthesizer"] == "vae" and meta["privacy"]["epsilon_max"] == privacy["epsilon_max"]
     assert "| real/ease |" in (out / "report.md").read_text()
+    baselines = metrics["baselines"]
+    for name in ("dp-popularity", "dp-ease"):  # each alone at the target epsilon, per client
+        assert all(3.5 < e <= 4.0 + 1e-3 for e in baselines[name]["epsilon_per_client"]), name
+    assert "## DP baselines" in (out / "report.md").read_text()
 
     again = CliRunner().invoke(cli, args)
     assert again.exit_code != 0 and "already holds a complete run" in str(again.exception)

@@ -48,8 +48,8 @@ class BaselineConfig:
     """Clipping bounds and DP-EASE's item limit and base regularisation."""
 
     popularity_clip: float = 4.0
-    ease_clip: float = 16.0
-    ease_items: int = 2000
+    ease_clip: float = 1.0
+    ease_items: int = 500
     ease_l2: float = 300.0
 
     def __post_init__(self) -> None:

@@ -33,10 +33,11 @@ from common.bundle import ModelBundle
 from common.config import EvalConfig
 from common.data.partition import partition_users
 from common.data.pipeline import PreparedData, prepare
+from common.data.split import HeldOutUsers
 from common.evaluation import evaluate
 from common.federation import RunConfig
 from common.privacy.statistics import NoisyStatistics, noisy_statistics
-from common.recommenders import EASE, MultVAERecommender
+from common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
 from common.seeding import rng_for
 from common.synthesis import SynthesisConfig, synthesize
 from server.baselines import baseline_recommenders
@@ -59,23 +60,27 @@ def federate(config: RunConfig, seed: int, num_clients: int) -> dict[str, float]
     """Train, synthesize and score one configuration; NDCG@10 per row on validation users."""
     config = replace(config, seed=seed)
     federation = train(config, seed, num_clients)
-    prepared, rows, statistics, bundle = federation.prepared, federation.rows, federation.statistics, federation.bundle
+    return score_rows(federation, config, federation.prepared.split.validation, seed)
+
+
+def score_rows(federation: Federation, config: RunConfig, held_out: HeldOutUsers, seed: int) -> dict[str, float]:
+    """NDCG@10 on ``held_out`` of synthetic/ease (VAE synthesizer), fedvae, the DP baselines, MostPopular, real/ease."""
+    rows, statistics, bundle = federation.rows, federation.statistics, federation.bundle
     num_items = rows[0].shape[1]
     privacy = config.privacy()
     synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
     synthetic = synthesize(bundle, "vae", statistics.length_sampler(num_items), synthesis, seed)
-    validation = prepared.split.validation
-    scores = {
-        "synthetic/ease": evaluate(EASE(config.synthetic_ease_l2).fit(synthetic), validation, EVAL)["ndcg@10"],
-        "fedvae": evaluate(MultVAERecommender.from_model(bundle.vae), validation, EVAL)["ndcg@10"],
-        "real/ease": evaluate(EASE(config.ease_l2).fit(prepared.split.train), validation, EVAL)["ndcg@10"],
+    real = federation.prepared.split.train
+    candidates: dict[str, Recommender] = {
+        "synthetic/ease": EASE(config.synthetic_ease_l2).fit(synthetic),
+        "fedvae": MultVAERecommender.from_model(bundle.vae),
+        "popularity": MostPopular().fit(real),
+        "real/ease": EASE(config.ease_l2).fit(real),
     }
     if privacy.private:
         deltas = [privacy.delta_for(r.shape[0]) for r in rows]
-        baselines, _ = baseline_recommenders(rows, privacy.target_epsilon, deltas, config, seed)
-        for label, recommender in baselines.items():
-            scores[label] = evaluate(recommender, validation, EVAL)["ndcg@10"]
-    return scores
+        candidates.update(baseline_recommenders(rows, privacy.target_epsilon, deltas, config, seed)[0])
+    return {label: evaluate(model, held_out, EVAL)["ndcg@10"] for label, model in candidates.items()}
 
 
 def train(config: RunConfig, seed: int, num_clients: int) -> Federation:

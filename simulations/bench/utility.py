@@ -1,79 +1,131 @@
-"""Utility retention of synthetic-trained recommenders at several ε: the `fedsynth run` pipeline, end to end.
+"""The utility-under-DP benchmark: fedsynth rows vs the simple DP baselines, per dataset and ε, over seeds.
 
-    python -m simulations.bench.utility --dataset movielens --data-path ../shared/data/ml-latest-small \\
-        --epsilons 1,8 --seeds 0 --out runs/bench-utility [--clients 5] [--config extra.toml]
+    python -m simulations.bench.utility --data-root ../shared/data --out runs/bench-utility \\
+        [--datasets movielens,lastfm] [--epsilons 1,2,4,8] [--seeds 3] [--recommenders popularity,ease,multvae]
 
-Each (ε, seed) is one full `fedsynth run` (its own run directory and client ledgers). Prints
-NDCG@10 of every row and the retention (synthetic / real) of EASE and Mult-VAE, and writes
-OUT/utility.csv. A cell already complete is read back, not rerun.
+For each dataset this runs ``fedsynth sweep`` (5 IID clients, every cell a real Flower
+simulation with its own client ledgers; resumable) into OUT/<dataset>/, then reads its
+summary.csv and prints, per ε: NDCG@10 of every row (mean ± 95% interval over seeds), the
+best fedsynth row against the best simple DP baseline (dp-popularity, dp-ease), and the
+retention synthetic/ease ÷ real/ease. Writes OUT/goals.csv and OUT/goals.md.
+
+Rows: fedsynth = ``synthetic*/…`` (trained on synthetic data only), ``fedvae`` and
+``fedsynth-prior``; baselines = ``dp-popularity`` and ``dp-ease`` (each at the full ε);
+references = ``popularity`` (MostPopular) and ``real/…`` (non-private).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
-from rich.console import Console
 
-from simulations.jobs import resolve_run_config, run_job
+from simulations.sweep_report import markdown_table
+
+DATASETS = {"movielens": "ml-latest-small", "lastfm": "lastfm-2k"}
+BASELINES = ("dp-popularity", "dp-ease")
+HEADLINE = "ndcg@10"
 
 
-def run_cell(console: Console, args: argparse.Namespace, epsilon: float, seed: int) -> dict[str, object]:
-    out = args.out / f"eps-{epsilon:g}-seed-{seed}"
-    given = {"epsilon": epsilon, "seed": seed, "dataset": args.dataset, "data-path": args.data_path or None}
-    started = time.perf_counter()
-    if (out / "metrics.json").is_file():
-        metrics = json.loads((out / "metrics.json").read_text())
-    else:
-        metrics = run_job(
-            console, out, args.clients, {**resolve_run_config(args.config, given, out), "pipeline": "full"}
+def is_fedsynth_row(row: str) -> bool:
+    return row.startswith("synthetic") or row in ("fedvae", "fedsynth-prior")
+
+
+def goals_table(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Per ε: the best fedsynth and baseline rows (means over seeds), whether fedsynth wins, and retention."""
+    ndcg = summary[(summary["metric"] == HEADLINE)]
+    out = []
+    for epsilon, part in ndcg.groupby("epsilon_requested", sort=True):
+        means = part.set_index("row")["mean"]
+        lows, highs = part.set_index("row")["ci95_low"], part.set_index("row")["ci95_high"]
+        fedsynth = means[[r for r in means.index if is_fedsynth_row(r)]]
+        baselines = means[[r for r in means.index if r in BASELINES]]
+        if fedsynth.empty:
+            continue
+        best, best_baseline = fedsynth.idxmax(), baselines.idxmax() if not baselines.empty else None
+        real = means.get("real/ease")
+        out.append(
+            {
+                "dataset": dataset,
+                "epsilon": epsilon,
+                "best fedsynth row": best,
+                "its ndcg@10": fedsynth[best],
+                "its 95% interval": f"[{lows[best]:.4f}, {highs[best]:.4f}]",
+                "best baseline": best_baseline or "",
+                "baseline ndcg@10": baselines.max() if best_baseline else float("nan"),
+                "baseline 95% interval": f"[{lows[best_baseline]:.4f}, {highs[best_baseline]:.4f}]"
+                if best_baseline
+                else "",
+                "fedsynth beats baseline": bool(best_baseline and fedsynth[best] > baselines.max()),
+                "MostPopular": means.get("popularity", float("nan")),
+                "synthetic/ease": means.get("synthetic/ease", float("nan")),
+                "real/ease": real if real is not None else float("nan"),
+                "retention ease": means.get("synthetic/ease", float("nan")) / real if real else float("nan"),
+            }
         )
-    return {"metrics": metrics, "seconds": time.perf_counter() - started}
+    return pd.DataFrame(out)
+
+
+def run_dataset(args: argparse.Namespace, dataset: str) -> Path:
+    """``fedsynth sweep`` for one dataset (resumes a partial sweep); returns its directory."""
+    out = args.out / dataset
+    command = [
+        sys.executable,
+        "-m",
+        "simulations",
+        "sweep",
+        "--dataset",
+        dataset,
+        "--data-path",
+        str(args.data_root / DATASETS[dataset]),
+        "--clients",
+        str(args.clients),
+        "--partition",
+        "iid",
+        "--epsilons",
+        args.epsilons,
+        "--seeds",
+        args.seeds,
+        "--recommenders",
+        args.recommenders,
+        "--no-audit" if not args.audit else "--audit",
+        "--out",
+        str(out),
+    ]
+    subprocess.run(command, check=False)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="generated")
-    parser.add_argument("--data-path", default="")
-    parser.add_argument("--epsilons", default="1,8")
-    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--datasets", default="movielens,lastfm")
+    parser.add_argument("--epsilons", default="1,2,4,8")
+    parser.add_argument("--seeds", default="3")
     parser.add_argument("--clients", type=int, default=5)
-    parser.add_argument("--config", type=Path, default=None, help="TOML of extra run-config keys")
+    parser.add_argument("--recommenders", default="popularity,ease,multvae")
+    parser.add_argument("--audit", action="store_true", help="also run the membership audits (slower)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-utility"))
     args = parser.parse_args()
-    console = Console()
-    rows = []
-    for epsilon in (float(e) for e in args.epsilons.split(",")):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            cell = run_cell(console, args, epsilon, seed)
-            metrics = cell["metrics"]
-            assert isinstance(metrics, dict)
-            for name, values in metrics["recommenders"].items():
-                rows.append(
-                    {
-                        "epsilon": epsilon,
-                        "seed": seed,
-                        "epsilon_spent": metrics["privacy"]["epsilon_max"],
-                        "recommender": name,
-                        "ndcg@10": values["ndcg@10"],
-                        "recall@20": values["recall@20"],
-                        "seconds": cell["seconds"],
-                    }
-                )
-    frame = pd.DataFrame(rows)
+    tables = []
+    for dataset in (d.strip() for d in args.datasets.split(",") if d.strip()):
+        if dataset not in DATASETS:
+            parser.error(f"--datasets: unknown {dataset!r}; choose from {', '.join(DATASETS)}")
+        out = run_dataset(args, dataset)
+        if (out / "summary.csv").is_file():
+            tables.append(goals_table(pd.read_csv(out / "summary.csv"), dataset))
+    if not tables:
+        print("no results", file=sys.stderr)
+        raise SystemExit(1)
+    goals = pd.concat(tables, ignore_index=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out / "utility.csv", index=False)
-    table = frame.pivot_table(index="recommender", columns="epsilon", values="ndcg@10", aggfunc="mean", sort=False)
-    console.print("NDCG@10 (mean over seeds) by ε:")
-    console.print(table.round(4).to_string())
-    for name in ("ease", "multvae"):
-        if f"synthetic/{name}" in table.index and f"real/{name}" in table.index:
-            retention = table.loc[f"synthetic/{name}"] / table.loc[f"real/{name}"]
-            console.print(f"retention {name}: " + ", ".join(f"ε={e:g}: {v:.3f}" for e, v in retention.items()))
-    console.print(f"wrote {args.out / 'utility.csv'}")
+    goals.to_csv(args.out / "goals.csv", index=False)
+    (args.out / "goals.md").write_text(markdown_table(goals) + "\n")
+    print(goals.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {args.out / 'goals.csv'} and {args.out / 'goals.md'}")
 
 
 if __name__ == "__main__":
