@@ -1,0 +1,63 @@
+"""The utility benchmarks' own logic: the in-process federation and the goals table."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from common.federation import RunConfig
+from simulations.bench.levers import federate, parse_settings
+from simulations.bench.utility import goals_table, is_fedsynth_row
+
+
+def test_in_process_federation_scores_every_row_on_validation_users() -> None:
+    config = RunConfig.from_run_config(
+        {"epsilon": 4.0, "gen-users": 300, "gen-items": 300, "vae-batch-size": 16, "gan-batch-size": 16,
+         "synthetic-users": 100, "num-server-rounds": 2, "dp-ease-items": 100}
+    )  # fmt: skip
+
+    scores = federate(config, seed=0, num_clients=2)
+
+    expected = {"synthetic/ease", "fedvae", "popularity", "real/ease", "dp-popularity", "dp-ease"}
+    assert set(scores) == expected
+    assert all(0.0 <= value <= 1.0 for value in scores.values())
+    assert scores["real/ease"] > 0.1  # the generated data has structure a real-data EASE finds
+
+
+def test_parse_settings_makes_every_combination() -> None:
+    assert parse_settings(["a=1,2", "b=x"]) == [{"a": "1", "b": "x"}, {"a": "2", "b": "x"}]
+    assert parse_settings([]) == [{}]
+
+
+def _summary(values: dict[tuple[float, str], float]) -> pd.DataFrame:
+    rows = [
+        {"epsilon_requested": e, "row": r, "metric": "ndcg@10", "mean": v, "ci95_low": v - 0.01, "ci95_high": v + 0.01}
+        for (e, r), v in values.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_goals_table_compares_the_best_fedsynth_row_with_the_best_baseline() -> None:
+    summary = _summary(
+        {
+            (1.0, "synthetic/ease"): 0.05,
+            (1.0, "fedvae"): 0.08,
+            (1.0, "dp-popularity"): 0.10,
+            (1.0, "dp-ease"): 0.04,
+            (1.0, "real/ease"): 0.30,
+            (8.0, "synthetic/ease"): 0.20,
+            (8.0, "synthetic-gan/ease"): 0.25,
+            (8.0, "dp-popularity"): 0.15,
+            (8.0, "dp-ease"): 0.22,
+            (8.0, "real/ease"): 0.30,
+            (8.0, "popularity"): 0.9,  # non-private: never a fedsynth row nor a DP baseline
+        }
+    )
+
+    table = goals_table(summary, "movielens").set_index("epsilon")
+
+    assert table.loc[1.0, "best fedsynth row"] == "fedvae" and table.loc[1.0, "best baseline"] == "dp-popularity"
+    assert not table.loc[1.0, "fedsynth beats baseline"]
+    assert table.loc[8.0, "best fedsynth row"] == "synthetic-gan/ease" and table.loc[8.0, "fedsynth beats baseline"]
+    assert table.loc[8.0, "retention ease"] == pytest.approx(0.20 / 0.30)
+    assert is_fedsynth_row("fedsynth-prior") and not is_fedsynth_row("real/ease") and not is_fedsynth_row("dp-ease")
