@@ -55,11 +55,11 @@ class PrivacyPlan:
         return [statistics_event(self.statistics_noise if self.private else 0.0)]
 
     def round_events(self) -> list[DPEvent]:
-        """The events one round spends (noise 0, ε = ∞, when DP is off)."""
-        return [
-            DPEvent("vae", self.vae_noise, self.vae_rate, self.vae_steps),
-            DPEvent("gan", self.gan_noise, self.gan_rate, self.gan_steps),
-        ]
+        """The events one round spends (noise 0, ε = ∞, when DP is off; no GAN event when the GAN is off)."""
+        events = [DPEvent("vae", self.vae_noise, self.vae_rate, self.vae_steps)]
+        if self.gan_steps > 0:
+            events.append(DPEvent("gan", self.gan_noise, self.gan_rate, self.gan_steps))
+        return events
 
 
 def plan_privacy(privacy: PrivacyConfig, num_users: int, local: LocalTrainingConfig, rounds: int) -> PrivacyPlan:
@@ -79,11 +79,11 @@ def plan_privacy(privacy: PrivacyConfig, num_users: int, local: LocalTrainingCon
     delta = privacy.delta_for(num_users)
     vae_rate, gan_rate = sample_rate(num_users, local.vae.batch_size), sample_rate(num_users, local.gan.batch_size)
     vae_steps = local.local_epochs * steps_per_epoch(num_users, local.vae.batch_size)
-    gan_steps = local.discriminator_steps
+    gan_steps = local.discriminator_steps if local.train_gan else 0
     if not privacy.private:
         return PrivacyPlan(delta, 0.0, vae_rate, vae_steps, 0.0, gan_rate, gan_steps, private=False)
     statistics_share = privacy.statistics_share
-    vae_share = (1 - statistics_share) * privacy.vae_share
+    vae_share = (1 - statistics_share) * (privacy.vae_share if gan_steps > 0 else 1.0)
     gan_share = 1 - statistics_share - vae_share
 
     def plan_at(scale: float) -> tuple[PrivacyPlan, float]:
@@ -93,7 +93,7 @@ def plan_privacy(privacy: PrivacyConfig, num_users: int, local: LocalTrainingCon
             calibrate_noise(target * vae_share, delta, vae_rate, vae_steps * rounds),
             vae_rate,
             vae_steps,
-            calibrate_noise(target * gan_share, delta, gan_rate, gan_steps * rounds),
+            calibrate_noise(target * gan_share, delta, gan_rate, gan_steps * rounds) if gan_steps > 0 else 0.0,
             gan_rate,
             gan_steps,
             calibrate_noise(target * statistics_share, delta, 1.0, 1),
@@ -171,7 +171,12 @@ def train_gan_round(
     config: GANConfig,
     seed: int,
 ) -> RoundResult:
-    """``plan.gan_steps`` private discriminator steps, each followed by ``config.generator_steps`` generator steps."""
+    """``plan.gan_steps`` private discriminator steps, each followed by ``config.generator_steps`` generator steps.
+
+    With ``plan.gan_steps == 0`` (the GAN is not a synthesizer) nothing is trained and nothing spent.
+    """
+    if plan.gan_steps == 0:
+        return RoundResult([], {})
     torch.manual_seed(seed)
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))

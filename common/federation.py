@@ -28,6 +28,7 @@ class LocalTrainingConfig:
     gan: GANConfig = field(default_factory=GANConfig)
     local_epochs: int = 1  # Mult-VAE epochs per round
     discriminator_steps: int = 10  # GAN discriminator steps per round
+    train_gan: bool = True  # False when the GAN is not a synthesizer: no GAN steps, its ε share goes to the VAE
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1 or self.discriminator_steps < 1:
@@ -76,7 +77,7 @@ class RunConfig:
     eval_max_values: int = 50_000_000  # larger recommenders are not sent for federated evaluation
     dp_baselines: bool = True  # simulation: DP popularity and DP-EASE at the full target ε, as comparison rows
     dp_ease_items: int = 500  # DP-EASE's Gram matrix over the top items by DP counts (at most 10,000)
-    dp_ease_clip: float = 1.0  # per-user Frobenius bound of x xᵀ in DP-EASE (1: x / ‖x‖; best of 1–64 on validation users)
+    dp_ease_clip: float = 1.0  # per-user Frobenius bound of x xᵀ in DP-EASE (1 = x / ‖x‖: best of 1–64 on validation)
     reply_timeout: float = 600.0  # seconds the server waits for a round's replies; silent clients count as failed
     device: str = "cpu"  # central training on the server (clients train on CPU)
 
@@ -133,6 +134,7 @@ class RunConfig:
             GANConfig(batch_size=self.gan_batch_size, generator_steps=self.generator_steps),
             self.local_epochs,
             self.discriminator_steps,
+            train_gan="gan" in self.synthesizer_names(),
         )
 
     def data(self) -> DataSettings:

@@ -119,7 +119,8 @@ def aggregate_replies(server_round: int, replies: list[ClientReply]) -> RoundOut
         return RoundOutcome(None, log)
     weights = np.array([_metric(r, keys.NUM_EXAMPLES) for r in trained])
     for name in keys.LOSS_KEYS:
-        log[name] = float(np.dot([_metric(r, name) for r in trained], weights) / weights.sum())
+        if all(r.content is not None and name in r.content[keys.METRICS] for r in trained):  # no GAN: no GAN losses
+            log[name] = float(np.dot([_metric(r, name) for r in trained], weights) / weights.sum())
     log["users"] = int(weights.sum())
     arrays = aggregate_arrayrecords([r.content for r in trained if r.content is not None], keys.NUM_EXAMPLES)
     return RoundOutcome(arrays, log)

@@ -118,6 +118,24 @@ def test_a_round_spends_exactly_the_planned_events() -> None:
     assert np.isfinite(vae.losses["vae-loss"]) and np.isfinite(gan.losses["gan-d-loss"])
 
 
+def test_without_the_gan_nothing_is_spent_on_it_and_its_share_goes_to_the_vae() -> None:
+    train = data(n_users=60)
+    vae_config = MultVAEConfig(hidden_dims=(16,), latent_dim=4, batch_size=20)
+    gan_config = GANConfig(batch_size=20, generator_hidden=16, discriminator_hidden=8)
+    privacy = PrivacyConfig(target_epsilon=4.0)
+    with_gan = plan_privacy(privacy, 60, LocalTrainingConfig(vae_config, gan_config, discriminator_steps=4), 3)
+    local = LocalTrainingConfig(vae_config, gan_config, discriminator_steps=4, train_gan=False)
+
+    plan = plan_privacy(privacy, 60, local, rounds=3)
+    gan = train_gan_round(Generator(30, 32, 16), Discriminator(30, 8), train, plan, privacy, local.gan, seed=1)
+    vae = train_vae_round(MultVAE(30, (16,), 4), train, plan, privacy, local.vae, first_step=0, seed=1)
+
+    assert gan.events == [] and [e.model for e in plan.round_events()] == ["vae"]
+    assert plan.vae_noise < with_gan.vae_noise  # the GAN's share went to the VAE
+    everything = plan.statistics_events() + vae.events * 3
+    assert 3.5 < epsilon(everything, plan.delta) <= 4.0 + 1e-3
+
+
 def test_invalid_privacy_settings_fail_at_start() -> None:
     local = LocalTrainingConfig(vae=MultVAEConfig(batch_size=64))
     with pytest.raises(ConfigError, match="--epsilon must be positive"):
