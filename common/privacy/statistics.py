@@ -28,6 +28,7 @@ import scipy.sparse as sp
 
 from common.errors import ConfigError
 from common.privacy.accounting import DPEvent
+from common.privacy.baselines import clipped_counts
 
 STATISTICS = "statistics"  # the ledger's model name for this mechanism
 
@@ -151,9 +152,7 @@ def noisy_statistics(
     if clip <= 0:
         raise ConfigError(f"the statistics clipping bound must be positive, got {clip}.")
     rows = (rows > 0).astype(np.float64).tocsr()
-    lengths = np.diff(rows.indptr)
-    scale = np.minimum(1.0, clip / np.sqrt(np.maximum(lengths, 1)))
-    counts = np.asarray(rows.T @ scale).ravel()
+    counts = clipped_counts(rows, clip)
     histogram = length_histogram(rows).astype(np.float64)
     std = float(noise_multiplier * np.sqrt(clip**2 + 1.0))
     return NoisyStatistics(
