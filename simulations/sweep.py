@@ -142,6 +142,31 @@ def reference_results(config: RunConfig) -> dict[str, dict[str, float]]:
     }
 
 
+def baseline_results(config: RunConfig, clients: int) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """The simple DP baselines at the cell's ε, from the cell's client partitions, scored on the test users.
+
+    The same rows as a ``fedsynth run`` with ``simulation-reference`` computes (sweep cells run
+    without it, so the sweep adds them); central evaluation equals federated evaluation.
+    """
+    from common.data.pipeline import prepare
+    from server.pipeline import EVAL, simulated_baselines
+
+    prepared = prepare(config.data())
+    recommenders, summary = simulated_baselines(prepared, config, clients)
+    return {label: evaluate(model, prepared.split.test, EVAL) for label, model in recommenders.items()}, summary
+
+
+def add_baselines(plan: SweepPlan, cell: Cell, record: dict[str, Any]) -> bool:
+    """Add the DP baseline rows to a complete cell's record (private cells with dp-baselines on); False if none."""
+    config = RunConfig.from_run_config(plan.run_config(cell))
+    if not (config.dp_baselines and config.privacy().private) or "dp-ease" in record["metrics"]["recommenders"]:
+        return False
+    results, summary = baseline_results(config, cell.clients(plan.clients))
+    record["metrics"]["recommenders"].update(results)
+    record["metrics"]["baselines"] = summary
+    return True
+
+
 @dataclass
 class SweepPlan:
     """What a sweep runs: the cells, the base run config (without ε / seed / grid) and the clients."""
@@ -197,6 +222,7 @@ def run_cell(plan: SweepPlan, cell: Cell, runner: CellRunner) -> dict[str, Any]:
     try:
         metrics = runner(directory, cell.clients(plan.clients), plan.run_config(cell))
         record["metrics"] = metrics
+        add_baselines(plan, cell, record)
         record["accountant"] = crosscheck_ledgers(directory / "ledgers")
         if plan.audit:
             record["audit"] = audit_run(directory, AuditConfig(plan.audit_config.bootstrap, seed=cell.seed), True)
@@ -252,6 +278,12 @@ def run_sweep(
         for cell in (c for c in plan.cells if statuses[c.name] == "ok"):
             console.print(f"re-auditing {cell.name}")
             reaudit_cell(plan, cell)
+    for cell in (c for c in plan.cells if statuses[c.name] == "ok"):  # cells completed before the baselines existed
+        path = plan.cell_dir(cell) / "cell.json"
+        record = dict(json.loads(path.read_text()))
+        if add_baselines(plan, cell, record):
+            console.print(f"added the DP baselines to {cell.name}")
+            write_json_atomic(path, to_plain(record))
     todo = [cell for cell in plan.cells if statuses[cell.name] != "ok"]
     console.print(
         f"sweep: {len(plan.cells)} cells, {len(plan.cells) - len(todo)} already complete, {len(todo)} to run"

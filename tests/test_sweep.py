@@ -25,7 +25,13 @@ from simulations.sweep import (
     run_sweep,
 )
 
-TINY = {"dataset": "generated", "gen-users": 150, "gen-items": 300, "recommenders": "popularity,ease"}
+TINY = {
+    "dataset": "generated",
+    "gen-users": 150,
+    "gen-items": 300,
+    "recommenders": "popularity,ease",
+    "dp-baselines": False,
+}
 
 
 def test_parsing_of_epsilons_seeds_and_grid() -> None:
@@ -105,6 +111,24 @@ def test_resume_skips_finished_cells_redoes_interrupted_and_records_failed(tmp_p
     third = FakeRunner()
     run_sweep(plan, third, console, reference=False)
     assert third.calls == []
+
+
+def test_private_cells_get_the_dp_baselines_and_older_complete_cells_have_them_added(tmp_path: Path) -> None:
+    cells = make_cells([2.0, math.inf], [0], [])
+    base = {**TINY, "vae-batch-size": 16, "gan-batch-size": 16, "dp-ease-items": 100}
+    old = SweepPlan(tmp_path, cells, base, clients=2, audit=False)
+    run_sweep(old, FakeRunner(), Console(quiet=True), reference=False)  # as before the baselines existed
+    on = SweepPlan(tmp_path, cells, {**base, "dp-baselines": True}, clients=2, audit=False)
+
+    runner = FakeRunner()
+    records = run_sweep(on, runner, Console(quiet=True), reference=False)
+
+    assert runner.calls == []  # nothing retrained
+    private, public = records
+    assert {"dp-popularity", "dp-ease"} <= set(private["metrics"]["recommenders"])
+    assert 0 <= private["metrics"]["recommenders"]["dp-ease"]["ndcg@10"] <= 1
+    assert all(1.9 < e <= 2.0 + 1e-6 for e in private["metrics"]["baselines"]["dp-ease"]["epsilon_per_client"])
+    assert "dp-ease" not in public["metrics"]["recommenders"]  # no DP, no DP baselines
 
 
 def test_tables_and_report_have_every_file_and_column(tmp_path: Path) -> None:
