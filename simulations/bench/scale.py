@@ -1,7 +1,7 @@
 """Utility against users per client on the generated data, at a fixed ε: the federation's noise averaging.
 
     python -m simulations.bench.scale --epsilon 1 --users-per-client 100,1000,10000 --seeds 0 \\
-        --out runs/bench-scale [--sample-rate 0.01] [--clients 5]
+        --out runs/bench-scale [--sample-rate 0.07] [--clients 5] [--base vae-learning-rate=0.01 ...]
 
 For each size the generated dataset (12 taste clusters, ML-100K-like items and lengths) is
 drawn with enough users that each of the ``--clients`` IID clients holds about that many
@@ -37,6 +37,7 @@ def run_size(users_per_client: int, args: argparse.Namespace, seed: int) -> dict
             "gan-batch-size": batch,
             "synthetic-users": args.synthetic_users,
             "seed": seed,
+            **dict(item.partition("=")[::2] for item in args.base),
         }
     )
     started = time.perf_counter()
@@ -80,8 +81,9 @@ def main() -> None:
     parser.add_argument("--users-per-client", default="100,1000,10000")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--clients", type=int, default=5)
-    parser.add_argument("--sample-rate", type=float, default=0.01)
+    parser.add_argument("--sample-rate", type=float, default=0.07)
     parser.add_argument("--synthetic-users", type=int, default=5000)
+    parser.add_argument("--base", action="append", default=[], help="KEY=VALUE run-config settings for every size")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-scale"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
