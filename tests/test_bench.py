@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from common.federation import RunConfig
 from simulations.bench.levers import federate, parse_settings
 from simulations.bench.utility import goals_table, is_fedsynth_row
+from simulations.jobs import resolve_run_config
 
 
 def test_in_process_federation_scores_every_row_on_validation_users() -> None:
@@ -61,3 +64,13 @@ def test_goals_table_compares_the_best_fedsynth_row_with_the_best_baseline() -> 
     assert table.loc[8.0, "best fedsynth row"] == "synthetic-gan/ease" and table.loc[8.0, "fedsynth beats baseline"]
     assert table.loc[8.0, "retention ease"] == pytest.approx(0.20 / 0.30)
     assert is_fedsynth_row("fedsynth-prior") and not is_fedsynth_row("real/ease") and not is_fedsynth_row("dp-ease")
+
+
+def test_the_large_silos_preset_is_a_valid_run_config_without_the_gan(tmp_path: Path) -> None:
+    preset = Path(__file__).resolve().parents[1] / "presets" / "large-silos.toml"
+
+    settings = resolve_run_config(preset, {}, tmp_path)
+
+    config = RunConfig.from_run_config(settings)
+    assert config.synthesizer_names() == ["vae"] and not config.local().train_gan
+    assert config.vae_learning_rate == 0.01 and config.local_epochs == 3
