@@ -61,6 +61,7 @@ class RunConfig:
     gen_users: int = 943
     gen_items: int = 1682
     partition: str = "iid"
+    min_item_interactions: int = 1  # k-core: items need at least this many users (the catalogue is treated as public)
     audit_fraction: float = 0.1  # users reserved per client as never-trained non-members for the audit
     seed: int = 0
     ledger_dir: str = ""
@@ -143,7 +144,8 @@ class RunConfig:
             data_path=Path(self.data_path) if self.data_path else None,
             generated=GeneratedDataConfig(num_users=self.gen_users, num_items=self.gen_items, seed=self.seed),
         )
-        return DataSettings(data, PreprocessConfig(), SplitConfig(audit_fraction=self.audit_fraction, seed=self.seed))
+        preprocess = PreprocessConfig(min_item_interactions=self.min_item_interactions)
+        return DataSettings(data, preprocess, SplitConfig(audit_fraction=self.audit_fraction, seed=self.seed))
 
     def partitioning(self, num_clients: int) -> PartitionConfig:
         return PartitionConfig.from_spec(

@@ -74,3 +74,9 @@ def test_the_large_silos_preset_is_a_valid_run_config_without_the_gan(tmp_path: 
     config = RunConfig.from_run_config(settings)
     assert config.synthesizer_names() == ["vae"] and not config.local().train_gan
     assert config.vae_learning_rate == 0.01 and config.local_epochs == 3
+
+
+def test_min_item_interactions_reaches_the_preprocessing() -> None:
+    config = RunConfig.from_run_config({"min-item-interactions": 10})
+
+    assert config.data().preprocess.min_item_interactions == 10

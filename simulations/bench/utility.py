@@ -94,6 +94,7 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> Path:
         "--no-audit" if not args.audit else "--audit",
         "--out",
         str(out),
+        *(["--config", str(args.config)] if args.config else []),
     ]
     subprocess.run(command, check=False)
     return out
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="3")
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--recommenders", default="popularity,ease,multvae")
+    parser.add_argument("--config", type=Path, default=None, help="TOML of run-config keys for every cell")
     parser.add_argument("--audit", action="store_true", help="also run the membership audits (slower)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-utility"))
     args = parser.parse_args()
