@@ -86,7 +86,8 @@ def test_deployment_over_real_processes(tmp_path: Path) -> None:
         assert len(ledgers) == 1
         ledger = json.loads(ledgers[0].read_text())
         assert ledger["rounds"][-1]["epsilon_total"] == pytest.approx(spent_before_crash)
-        assert {e["model"] for e in ledger["events"]} == {"statistics", "vae", "gan"}
+        # synthesizers = "vae": the GAN is not trained and spends nothing, so the ledger has no GAN events
+        assert {e["model"] for e in ledger["events"]} == {"statistics", "vae"}
         deployment.wait_for(
             lambda: any(
                 int(n["node-id"]) == node_ids[2] and n["status"] == "online" for n in deployment.registered_nodes()
