@@ -82,6 +82,8 @@ class SubsetEASE(Recommender):
         self.items = np.asarray(items, dtype=np.int64)
         self.weights = np.asarray(weights, dtype=np.float32)
         self.fallback = np.asarray(fallback, dtype=np.float64)
+        ranks = np.argsort(np.argsort(self.fallback, kind="stable"), kind="stable")  # 0 = least popular
+        self._outside = (ranks / max(len(ranks), 1)).astype(np.float32) - 2.0  # computed once, not per batch
 
     @classmethod
     def from_gram(cls, gram: np.ndarray, items: np.ndarray, l2: float, fallback: np.ndarray) -> SubsetEASE:
@@ -94,8 +96,7 @@ class SubsetEASE(Recommender):
     def score(self, fold_in: sp.csr_matrix) -> np.ndarray:
         binary = (fold_in[:, self.items] > 0).astype(np.float32)
         subset_scores = np.asarray(binary @ self.weights)
-        order = np.argsort(np.argsort(self.fallback, kind="stable"), kind="stable")  # 0 = least popular
-        scores = np.tile((order / max(len(order), 1)).astype(np.float32) - 2.0, (fold_in.shape[0], 1))
+        scores = np.tile(self._outside, (fold_in.shape[0], 1))
         low = subset_scores.min(axis=1, keepdims=True) if subset_scores.size else 0.0
         scores += low  # every outside item below every subset item (outside scores are in [low − 2, low − 1))
         scores[:, self.items] = subset_scores
