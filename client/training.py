@@ -9,7 +9,6 @@ the planned events, as counted by Opacus' own accountant hook.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,16 +18,16 @@ from common.errors import ConfigError
 from common.federation import LocalTrainingConfig
 from common.models.gan import (
     Discriminator,
-    DiscriminatorLoss,
     GANConfig,
     Generator,
     as_distribution,
+    discriminator_loss,
     generator_loss,
 )
 from common.models.optim import adam
-from common.models.vae import MultVAE, MultVAEConfig, VAELoss, kl_beta
+from common.models.vae import MultVAE, MultVAEConfig, kl_beta, vae_loss
 from common.privacy.accounting import FAST_ORDERS, DPEvent, calibrate_noise, epsilon
-from common.privacy.dp import CSRRows, PrivacyConfig, finish, loader, maybe_private, sample_rate, steps_per_epoch
+from common.privacy.dp import CSRRows, PrivacyConfig, loader, local_sgd, sample_rate, steps_per_epoch
 from common.privacy.statistics import statistics_event
 
 
@@ -138,28 +137,29 @@ def train_vae_round(
 ) -> RoundResult:
     """One round of (DP-)SGD on ``model`` in place. KL β follows the global step ``first_step + i``."""
     torch.manual_seed(seed)
-    optimizer = adam(model.parameters(), config.learning_rate, config.weight_decay)
-    criterion = VAELoss()
-    rows = loader(CSRRows(data), config.batch_size, seed)
-    engine, trained, optimizer, criterion, rows = maybe_private(
-        plan.private, model, optimizer, criterion, rows, plan.vae_noise, privacy.max_grad_norm, seed
+    sgd = local_sgd(
+        plan.private,
+        model,
+        adam(model.parameters(), config.learning_rate, config.weight_decay),
+        loader(CSRRows(data), config.batch_size, seed),
+        plan.vae_noise,
+        privacy.max_grad_norm,
+        seed,
     )
-    trained.train()
+    model.train()
     total, count, step = 0.0, 0, first_step
     for _ in range(plan.vae_steps // max(1, steps_per_epoch(data.shape[0], config.batch_size))):
-        for x in rows:
+        for x in sgd.batches:
             if x.shape[0] == 0:  # an empty Poisson batch (probability (1-q)^n): nothing trained, nothing counted
                 continue
-            criterion.beta = kl_beta(step, config.anneal_steps, config.beta_cap)
-            logits, mu, logvar = trained(x)
-            loss = criterion(logits, x, mu, logvar)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            total += float(loss.detach()) * x.shape[0]
+            logits, mu, logvar = model(x)
+            per_user = vae_loss(logits, x, mu, logvar, kl_beta(step, config.anneal_steps, config.beta_cap), "none")
+            sgd.backward(per_user)
+            sgd.step()
+            total += float(per_user.detach().sum())
             count += x.shape[0]
             step += 1
-    return RoundResult(finish(engine, trained, "vae"), {"vae-loss": total / max(count, 1)})
+    return RoundResult(sgd.finish("vae"), {"vae-loss": total / max(count, 1)})
 
 
 def train_gan_round(
@@ -178,31 +178,36 @@ def train_gan_round(
     if plan.gan_steps == 0:
         return RoundResult([], {})
     torch.manual_seed(seed)
-    d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
-    criterion: Any = DiscriminatorLoss()
-    real_batches = loader(CSRRows(data), config.batch_size, seed)
-    engine, critic, d_optimizer, criterion, real_batches = maybe_private(
-        plan.private, discriminator, d_optimizer, criterion, real_batches, plan.gan_noise, privacy.max_grad_norm, seed
+    sgd = local_sgd(
+        plan.private,
+        discriminator,
+        torch.optim.Adam(discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999)),
+        loader(CSRRows(data), config.batch_size, seed),
+        plan.gan_noise,
+        privacy.max_grad_norm,
+        seed,
     )
     d_losses, g_losses, done = [], [], 0
     while done < plan.gan_steps:
-        for x in real_batches:
+        for x in sgd.batches:
             if done == plan.gan_steps:
                 break
             fake = generator.sample(config.batch_size).detach()
             inputs = torch.cat([as_distribution(x), fake])
             labels = torch.cat([torch.ones(x.shape[0]), torch.zeros(fake.shape[0])])
-            loss = criterion(critic(inputs), labels)
-            loss.backward()
-            d_optimizer.step()
-            d_optimizer.zero_grad()
-            d_losses.append(float(loss.detach()))
+            per_row = discriminator_loss(discriminator(inputs), labels, reduction="none")
+            sgd.backward(per_row)
+            sgd.step()
+            d_losses.append(float(per_row.detach().mean()))
             done += 1
             for _ in range(config.generator_steps):  # post-processing of the private discriminator
-                g_losses.append(_generator_step(generator, critic, g_optimizer, d_optimizer, config.batch_size))
+                with sgd.paused():
+                    g_losses.append(
+                        _generator_step(generator, discriminator, g_optimizer, sgd.optimizer, config.batch_size)
+                    )
     return RoundResult(
-        finish(engine, critic, "gan"), {"gan-d-loss": float(np.mean(d_losses)), "gan-g-loss": float(np.mean(g_losses))}
+        sgd.finish("gan"), {"gan-d-loss": float(np.mean(d_losses)), "gan-g-loss": float(np.mean(g_losses))}
     )
 
 
@@ -213,14 +218,9 @@ def _generator_step(
     d_optimizer: torch.optim.Optimizer,
     batch_size: int,
 ) -> float:
-    hooks = getattr(critic, "disable_hooks", None)
-    if hooks is not None:
-        critic.disable_hooks()  # type: ignore[operator]
     loss = generator_loss(critic(generator.sample(batch_size)))
     g_optimizer.zero_grad()
     loss.backward()
     g_optimizer.step()
     d_optimizer.zero_grad()  # the discriminator's gradients from this pass are discarded
-    if hooks is not None:
-        critic.enable_hooks()  # type: ignore[operator]
     return float(loss.detach())

@@ -15,7 +15,7 @@ from client.training import plan_privacy, train_gan_round, train_vae_round
 from common.errors import ConfigError
 from common.federation import LocalTrainingConfig
 from common.models.gan import Discriminator, GANConfig, Generator
-from common.models.vae import MultVAE, MultVAEConfig, VAELoss
+from common.models.vae import MultVAE, MultVAEConfig, vae_loss
 from common.privacy.accounting import epsilon
 from common.privacy.dp import CSRRows, PrivacyConfig, make_private
 
@@ -37,10 +37,9 @@ def test_zero_noise_and_no_clipping_equals_plain_training() -> None:
     plain, private = vae_model(), vae_model()
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1)
     loader = DataLoader(CSRRows(data()), batch_size=40, shuffle=False)
-    _engine, wrapped, dp_opt, criterion, dp_loader = make_private(
+    sgd = make_private(
         private,
         torch.optim.SGD(private.parameters(), lr=0.1),
-        VAELoss(beta=0.1),
         loader,
         noise_multiplier=0.0,
         max_grad_norm=1e6,
@@ -51,17 +50,15 @@ def test_zero_noise_and_no_clipping_equals_plain_training() -> None:
     for step in range(3):
         torch.manual_seed(step)  # the same z noise for both (dropout is 0)
         logits, mu, logvar = plain(x)
-        loss = VAELoss(beta=0.1)(logits, x, mu, logvar)
+        loss = vae_loss(logits, x, mu, logvar, beta=0.1)
         plain_opt.zero_grad()
         loss.backward()
         plain_opt.step()
-        for batch in dp_loader:
+        for batch in sgd.batches:
             torch.manual_seed(step)
-            out, mu_, logvar_ = wrapped(batch)
-            dp_loss = criterion(out, batch, mu_, logvar_)
-            dp_loss.backward()
-            dp_opt.step()
-            dp_opt.zero_grad()
+            out, mu_, logvar_ = private(batch)
+            sgd.backward(vae_loss(out, batch, mu_, logvar_, beta=0.1, reduction="none"))
+            sgd.step()
 
     for (name, a), b in zip(plain.state_dict().items(), private.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
@@ -76,12 +73,11 @@ def test_per_user_gradient_is_clipped_to_the_bound(bound: float) -> None:
     x = torch.from_numpy(one_user.toarray())
     torch.manual_seed(0)
     logits, mu, logvar = reference(x)
-    VAELoss(0.1, "sum")(logits, x, mu, logvar).backward()
+    vae_loss(logits, x, mu, logvar, 0.1, "sum").backward()
     unclipped = torch.sqrt(sum((p.grad**2).sum() for p in reference.parameters()))
-    _, wrapped, _optimizer, criterion, dp_loader = make_private(
+    sgd = make_private(
         model,
         torch.optim.SGD(model.parameters(), lr=0.1),
-        VAELoss(beta=0.1),
         loader,
         noise_multiplier=0.0,
         max_grad_norm=bound,
@@ -89,10 +85,10 @@ def test_per_user_gradient_is_clipped_to_the_bound(bound: float) -> None:
         poisson_sampling=False,
     )
 
-    for batch in dp_loader:
+    for batch in sgd.batches:
         torch.manual_seed(0)
-        out, mu_, logvar_ = wrapped(batch)
-        criterion(out, batch, mu_, logvar_).backward()
+        out, mu_, logvar_ = model(batch)
+        sgd.backward(vae_loss(out, batch, mu_, logvar_, beta=0.1, reduction="none"))
     norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
 
     assert float(norm) == pytest.approx(min(bound, float(unclipped)), rel=1e-3)

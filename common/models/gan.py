@@ -93,14 +93,3 @@ def discriminator_loss(scores: torch.Tensor, is_real: torch.Tensor, reduction: s
 def generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     """Non-saturating generator loss, mean of softplus(−D(G(z)))."""
     return F.softplus(-fake_scores).mean()
-
-
-class DiscriminatorLoss(nn.Module):
-    """:func:`discriminator_loss` as a criterion with ``reduction`` (for Opacus ghost clipping)."""
-
-    def __init__(self, reduction: str = "mean"):
-        super().__init__()
-        self.reduction = reduction
-
-    def forward(self, scores: torch.Tensor, is_real: torch.Tensor) -> torch.Tensor:
-        return discriminator_loss(scores, is_real, self.reduction)

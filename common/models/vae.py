@@ -124,19 +124,3 @@ def kl_beta(step: int, anneal_steps: int, cap: float) -> float:
     if anneal_steps <= 0:
         return cap
     return min(cap, cap * step / anneal_steps)
-
-
-class VAELoss(nn.Module):
-    """:func:`vae_loss` as a criterion object with a ``reduction`` attribute and a settable ``beta``.
-
-    Opacus' ghost clipping calls ``criterion(logits, x, mu, logvar)`` with ``reduction="none"``
-    to get per-user losses; this adapter lets it use the one loss unchanged.
-    """
-
-    def __init__(self, beta: float = 0.0, reduction: Literal["mean", "sum", "none"] = "mean"):
-        super().__init__()
-        self.beta = beta
-        self.reduction = reduction
-
-    def forward(self, logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        return vae_loss(logits, x, mu, logvar, self.beta, self.reduction)

@@ -2,12 +2,15 @@
 
 One record is one user's whole interaction vector (one CSR row), so every guarantee is
 user-level. Sampling is Poisson (each user joins each step independently with rate q),
-which is what the RDP accountant assumes; gradients are clipped per user with ghost
-clipping (``grad_sample_mode="ghost"``) and Gaussian noise σ·C is added per step.
+which is what the RDP accountant assumes; gradients are clipped per user in one backward
+pass (:mod:`common.privacy.linear_clipping`, the book-keeping form of Opacus' ghost
+clipping) and Opacus' optimizer adds Gaussian noise σ·C per step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.errors import ConfigError
 from common.privacy.accounting import DPEvent
+from common.privacy.linear_clipping import LinearClipper
 
 
 @dataclass(frozen=True)
@@ -100,69 +104,107 @@ def loader(rows: CSRRows, batch_size: int, seed: int) -> DataLoader[torch.Tensor
     return DataLoader(rows, batch_size=batch_size, shuffle=True, generator=generator)
 
 
+@dataclass
+class LocalSGD:
+    """A training loop's view of (DP-)SGD on one model.
+
+    ``batches``: what to iterate (Poisson-sampled under DP); ``optimizer``: Opacus'
+    noising optimizer under DP, the plain one otherwise. :meth:`backward` turns per-user
+    losses (B,) into gradients: their mean's gradient without DP; under DP each user's
+    gradient clipped to ``max_grad_norm`` and summed (:class:`LinearClipper`), to which the
+    optimizer adds N(0, σ²C²) and divides by the expected batch size, as Opacus does.
+    """
+
+    batches: Iterable[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    clipper: LinearClipper | None = None
+    accountant: Any = None  # Opacus' RDPAccountant; its history is what the ledger records
+
+    @property
+    def private(self) -> bool:
+        return self.clipper is not None
+
+    def backward(self, per_user_losses: torch.Tensor) -> None:
+        if self.clipper is None:
+            per_user_losses.mean().backward()
+        else:
+            self.clipper.backward(per_user_losses)
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+
+    def paused(self) -> AbstractContextManager[None]:
+        """Forward passes inside are not recorded for clipping (a no-op without DP)."""
+        return self.clipper.paused() if self.clipper is not None else nullcontext()
+
+    def finish(self, model_name: str) -> list[DPEvent]:
+        """Detach the clipping hooks and return the events Opacus' accountant counted (none without DP)."""
+        if self.clipper is None:
+            return []
+        self.clipper.remove()
+        return spent_events(self.accountant, model_name)
+
+
 def make_private(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    criterion: Any,
     data: DataLoader[torch.Tensor],
     noise_multiplier: float,
     max_grad_norm: float,
     seed: int,
     poisson_sampling: bool = True,
-) -> tuple[Any, Any, Any, Any, Any]:
-    """Wrap for DP-SGD (ghost clipping, Poisson sampling, RDP accountant).
+) -> LocalSGD:
+    """DP-SGD from Opacus' parts: Poisson sampling, its noising optimizer and RDP accountant.
 
-    ``poisson_sampling=False`` exists for tests only (fixed batches to compare with plain
-    training); the accountant's guarantee assumes Poisson sampling.
-    Returns ``(engine, model, optimizer, criterion, loader)``; ``engine.accountant.history``
-    holds the (σ, q, steps) Opacus counted as the optimizer really stepped: the ledger
-    records exactly that.
+    Mirrors ``PrivacyEngine.make_private(grad_sample_mode="ghost")`` (same sample rate
+    1 / len(data), expected batch size, noise std σ·C, accountant hook) with the per-user
+    clipping done by :class:`LinearClipper` in one backward pass instead of ghost clipping's
+    two. ``poisson_sampling=False`` exists for tests only (fixed batches to compare with plain
+    training); the accountant's guarantee assumes Poisson sampling. The model is validated
+    by Opacus' ``ModuleValidator`` (no BatchNorm).
     """
-    from opacus import PrivacyEngine
+    from opacus.accountants import RDPAccountant
+    from opacus.data_loader import DPDataLoader
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+    from opacus.validators import ModuleValidator
 
-    engine = PrivacyEngine(accountant="rdp")
-    noise_generator = torch.Generator().manual_seed(seed + 7919)
-    model, optimizer, criterion, data = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        criterion=criterion,
-        data_loader=data,
+    ModuleValidator.validate(model, strict=True)
+    sample_rate = 1 / len(data)
+    expected_batch_size = int(len(data.dataset) * sample_rate)  # type: ignore[arg-type]
+    if poisson_sampling:
+        data = DPDataLoader.from_data_loader(data, generator=torch.Generator().manual_seed(seed + 104_729))
+    noisy = DPOptimizerFastGradientClipping(
+        optimizer,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        poisson_sampling=poisson_sampling,
-        grad_sample_mode="ghost",
-        noise_generator=noise_generator,
+        expected_batch_size=expected_batch_size,
+        loss_reduction="mean",
+        generator=torch.Generator().manual_seed(seed + 7919),
     )
-    return engine, model, optimizer, criterion, data
+    accountant = RDPAccountant()
+    noisy.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    return LocalSGD(data, noisy, LinearClipper(model, max_grad_norm), accountant)
 
 
-def maybe_private(
+def local_sgd(
     private: bool,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    criterion: Any,
     data: DataLoader[torch.Tensor],
     noise_multiplier: float,
     max_grad_norm: float,
     seed: int,
-) -> tuple[Any, Any, Any, Any, Any]:
-    """:func:`make_private` when ``private``; otherwise the inputs unchanged with no engine (``None``)."""
+) -> LocalSGD:
+    """:func:`make_private` when ``private``; otherwise plain SGD over ``data``."""
     if not private:
-        return None, model, optimizer, criterion, data
-    return make_private(model, optimizer, criterion, data, noise_multiplier, max_grad_norm, seed)
+        return LocalSGD(data, optimizer)
+    return make_private(model, optimizer, data, noise_multiplier, max_grad_norm, seed)
 
 
-def finish(engine: Any, trained: Any, model_name: str) -> list[DPEvent]:
-    """Detach Opacus' hooks from a wrapped model and return the events it counted (none without DP)."""
-    if engine is None:
-        return []
-    trained.remove_hooks()
-    return spent_events(engine, model_name)
-
-
-def spent_events(engine: Any, model_name: str) -> list[DPEvent]:
+def spent_events(accountant: Any, model_name: str) -> list[DPEvent]:
     """The steps Opacus' accountant counted, as ledger events for ``model_name``."""
     merged: dict[tuple[float, float], int] = {}
-    for sigma, rate, steps in engine.accountant.history:
+    for sigma, rate, steps in accountant.history:
         merged[(float(sigma), float(rate))] = merged.get((float(sigma), float(rate)), 0) + int(steps)
     return [DPEvent(model_name, sigma, rate, steps) for (sigma, rate), steps in merged.items()]
