@@ -146,3 +146,30 @@ def test_paused_forward_passes_are_not_recorded_and_remove_detaches() -> None:
     clipper.remove()
     model(batch())
     assert clipper.records == []
+
+
+def test_parallel_noise_has_the_configured_std_and_independent_slices() -> None:
+    from common.privacy.noise import ParallelNoiseDPOptimizer
+
+    weight = nn.Parameter(torch.zeros(400, 500))
+    optimizer = ParallelNoiseDPOptimizer(
+        torch.optim.SGD([weight], lr=0.0),
+        seed=3,
+        workers=2,
+        noise_multiplier=1.5,
+        max_grad_norm=2.0,
+        expected_batch_size=10,
+        loss_reduction="mean",
+    )
+    weight.grad = torch.zeros_like(weight)  # a clipped sum of zero: what remains is the noise / B
+    optimizer.step()
+    noise = weight.grad.flatten() * 10
+    optimizer.close()
+
+    assert float(noise.mean()) == pytest.approx(0.0, abs=0.02)
+    assert float(noise.std()) == pytest.approx(1.5 * 2.0, rel=0.01)
+    first, second = noise[:100_000], noise[100_000:]  # the two workers' slices
+    assert abs(float(torch.corrcoef(torch.stack([first, second]))[0, 1])) < 0.02
+    with pytest.raises(RuntimeError, match="accumulation"):
+        weight.summed_grad = torch.zeros_like(weight)
+        optimizer.accumulate()

@@ -4,7 +4,8 @@ One record is one user's whole interaction vector (one CSR row), so every guaran
 user-level. Sampling is Poisson (each user joins each step independently with rate q),
 which is what the RDP accountant assumes; gradients are clipped per user in one backward
 pass (:mod:`common.privacy.linear_clipping`, the book-keeping form of Opacus' ghost
-clipping) and Opacus' optimizer adds Gaussian noise σ·C per step.
+clipping) and Opacus' optimizer adds Gaussian noise σ·C per step (drawn in parallel,
+:mod:`common.privacy.noise`).
 """
 
 from __future__ import annotations
@@ -143,6 +144,9 @@ class LocalSGD:
         if self.clipper is None:
             return []
         self.clipper.remove()
+        close = getattr(self.optimizer, "close", None)
+        if close is not None:
+            close()
         return spent_events(self.accountant, model_name)
 
 
@@ -160,27 +164,29 @@ def make_private(
     Mirrors ``PrivacyEngine.make_private(grad_sample_mode="ghost")`` (same sample rate
     1 / len(data), expected batch size, noise std σ·C, accountant hook) with the per-user
     clipping done by :class:`LinearClipper` in one backward pass instead of ghost clipping's
-    two. ``poisson_sampling=False`` exists for tests only (fixed batches to compare with plain
+    two, and the noise drawn in place on every core (:mod:`common.privacy.noise`).
+    ``poisson_sampling=False`` exists for tests only (fixed batches to compare with plain
     training); the accountant's guarantee assumes Poisson sampling. The model is validated
     by Opacus' ``ModuleValidator`` (no BatchNorm).
     """
     from opacus.accountants import RDPAccountant
     from opacus.data_loader import DPDataLoader
-    from opacus.optimizers import DPOptimizerFastGradientClipping
     from opacus.validators import ModuleValidator
+
+    from common.privacy.noise import ParallelNoiseDPOptimizer
 
     ModuleValidator.validate(model, strict=True)
     sample_rate = 1 / len(data)
     expected_batch_size = int(len(data.dataset) * sample_rate)  # type: ignore[arg-type]
     if poisson_sampling:
         data = DPDataLoader.from_data_loader(data, generator=torch.Generator().manual_seed(seed + 104_729))
-    noisy = DPOptimizerFastGradientClipping(
+    noisy = ParallelNoiseDPOptimizer(
         optimizer,
+        seed=seed + 7919,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
         expected_batch_size=expected_batch_size,
         loss_reduction="mean",
-        generator=torch.Generator().manual_seed(seed + 7919),
     )
     accountant = RDPAccountant()
     noisy.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
