@@ -116,8 +116,9 @@ def handle_train(
     bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)
     bundle.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
     seed = config.seed * 100_003 + server_round
-    vae = train_vae_round(bundle.vae, rows, plan, privacy, local.vae, (server_round - 1) * plan.vae_steps, seed)
-    gan = train_gan_round(bundle.generator, bundle.discriminator, rows, plan, privacy, local.gan, seed)
+    first_step, mu = (server_round - 1) * plan.vae_steps, local.proximal_mu
+    vae = train_vae_round(bundle.vae, rows, plan, privacy, local.vae, first_step, seed, mu)
+    gan = train_gan_round(bundle.generator, bundle.discriminator, rows, plan, privacy, local.gan, seed, mu)
     # Opacus counts the private steps it ran; without DP the plan's noise-free events (ε = ∞) are recorded.
     ledger.record(vae.events + gan.events if plan.private else plan.round_events(), {"round": server_round})
 

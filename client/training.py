@@ -29,6 +29,7 @@ from common.models.vae import MultVAE, MultVAEConfig, kl_beta, vae_loss
 from common.privacy.accounting import FAST_ORDERS, DPEvent, calibrate_noise, epsilon
 from common.privacy.dp import CSRRows, PrivacyConfig, loader, local_sgd, sample_rate, steps_per_epoch
 from common.privacy.statistics import statistics_event
+from common.server_optimizer import ProximalTerm
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def plan_privacy(privacy: PrivacyConfig, num_users: int, local: LocalTrainingCon
     (bisection) so that the RDP composition of the statistics release and every planned
     event of every round is as close to the target as possible without exceeding it.
     """
-    for name, batch in (("Mult-VAE", local.vae.batch_size), ("GAN", local.gan.batch_size)):
+    batches = [("Mult-VAE", local.vae.batch_size)] + ([("GAN", local.gan.batch_size)] if local.train_gan else [])
+    for name, batch in batches:
         if batch > num_users:
             raise ConfigError(
                 f"the {name} batch size {batch} is larger than this client's {num_users} users; "
@@ -134,8 +136,12 @@ def train_vae_round(
     config: MultVAEConfig,
     first_step: int,
     seed: int,
+    proximal_mu: float = 0.0,
 ) -> RoundResult:
-    """One round of (DP-)SGD on ``model`` in place. KL β follows the global step ``first_step + i``."""
+    """One round of (DP-)SGD on ``model`` in place. KL β follows the global step ``first_step + i``.
+
+    ``proximal_mu`` > 0: FedProx, the gradient of μ/2 ‖w − w_start‖² joins every step (after the noise).
+    """
     torch.manual_seed(seed)
     sgd = local_sgd(
         plan.private,
@@ -145,6 +151,7 @@ def train_vae_round(
         plan.vae_noise,
         privacy.max_grad_norm,
         seed,
+        proximal_mu,
     )
     model.train()
     total, count, step = 0.0, 0, first_step
@@ -170,8 +177,11 @@ def train_gan_round(
     privacy: PrivacyConfig,
     config: GANConfig,
     seed: int,
+    proximal_mu: float = 0.0,
 ) -> RoundResult:
     """``plan.gan_steps`` private discriminator steps, each followed by ``config.generator_steps`` generator steps.
+
+    ``proximal_mu`` > 0: FedProx's term on both the discriminator and the generator.
 
     With ``plan.gan_steps == 0`` (the GAN is not a synthesizer) nothing is trained and nothing spent.
     """
@@ -187,7 +197,9 @@ def train_gan_round(
         plan.gan_noise,
         privacy.max_grad_norm,
         seed,
+        proximal_mu,
     )
+    generator_proximal = ProximalTerm(list(generator.parameters()), proximal_mu) if proximal_mu > 0 else None
     d_losses, g_losses, done = [], [], 0
     while done < plan.gan_steps:
         for x in sgd.batches:
@@ -204,7 +216,9 @@ def train_gan_round(
             for _ in range(config.generator_steps):  # post-processing of the private discriminator
                 with sgd.paused():
                     g_losses.append(
-                        _generator_step(generator, discriminator, g_optimizer, sgd.optimizer, config.batch_size)
+                        _generator_step(
+                            generator, discriminator, g_optimizer, sgd.optimizer, config.batch_size, generator_proximal
+                        )
                     )
     return RoundResult(
         sgd.finish("gan"), {"gan-d-loss": float(np.mean(d_losses)), "gan-g-loss": float(np.mean(g_losses))}
@@ -217,10 +231,13 @@ def _generator_step(
     g_optimizer: torch.optim.Optimizer,
     d_optimizer: torch.optim.Optimizer,
     batch_size: int,
+    proximal: ProximalTerm | None = None,
 ) -> float:
     loss = generator_loss(critic(generator.sample(batch_size)))
     g_optimizer.zero_grad()
     loss.backward()
+    if proximal is not None:
+        proximal.add_gradient()
     g_optimizer.step()
     d_optimizer.zero_grad()  # the discriminator's gradients from this pass are discarded
     return float(loss.detach())

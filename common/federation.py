@@ -18,6 +18,7 @@ from common.models.gan import GANConfig
 from common.models.vae import MultVAEConfig
 from common.privacy.baselines import BaselineConfig
 from common.privacy.dp import PrivacyConfig
+from common.server_optimizer import StrategyConfig
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,13 @@ class LocalTrainingConfig:
     local_epochs: int = 1  # Mult-VAE epochs per round
     discriminator_steps: int = 10  # GAN discriminator steps per round
     train_gan: bool = True  # False when the GAN is not a synthesizer: no GAN steps, its ε share goes to the VAE
+    proximal_mu: float = 0.0  # FedProx: μ/2 ‖w − w_global‖² added to every local objective (0: plain local SGD)
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1 or self.discriminator_steps < 1:
             raise ConfigError("local epochs and discriminator steps per round must be at least 1.")
+        if self.proximal_mu < 0:
+            raise ConfigError(f"proximal-mu must be non-negative, got {self.proximal_mu}.")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class RunConfig:
     num_server_rounds: int = 3
     fraction_train: float = 1.0
     min_clients: int = 2
+    strategy: str = "fedavg"  # fedavg | fedprox (clients add μ/2 ‖w − w_global‖²) | fedadam (server-side Adam)
+    proximal_mu: float = 0.01  # FedProx μ (used with strategy = "fedprox")
+    server_learning_rate: float = 0.01  # FedAdam η (used with strategy = "fedadam")
+    server_tau: float = 1e-3  # FedAdam τ, its degree of adaptivity
     epsilon: float = 8.0
     delta: float = 0.0
     max_grad_norm: float = 1.0
@@ -100,6 +108,7 @@ class RunConfig:
         if not self.recommender_names() or any(r not in known for r in self.recommender_names()):
             raise ConfigError(f"recommenders {self.recommenders!r}: choose from {', '.join(known)} (comma-separated).")
         self.baselines()  # validates the DP baselines' settings
+        self.federated_strategy()  # validates the strategy's settings
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}.")
 
@@ -119,6 +128,9 @@ class RunConfig:
             target, self.delta or None, self.max_grad_norm, self.vae_share, self.statistics_share, self.statistics_clip
         )
 
+    def federated_strategy(self) -> StrategyConfig:
+        return StrategyConfig(self.strategy, self.proximal_mu, self.server_learning_rate, tau=self.server_tau)
+
     def baselines(self) -> BaselineConfig:
         return BaselineConfig(self.statistics_clip, self.dp_ease_clip, self.dp_ease_items, self.ease_l2)
 
@@ -136,6 +148,7 @@ class RunConfig:
             self.local_epochs,
             self.discriminator_steps,
             train_gan="gan" in self.synthesizer_names(),
+            proximal_mu=self.federated_strategy().client_proximal_mu,
         )
 
     def data(self) -> DataSettings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from common.errors import ConfigError, FedsynthError
 from common.federation import RunConfig
 from common.io import to_plain, write_json_atomic
 from common.privacy.statistics import NoisyStatistics, length_bin_edges
+from common.server_optimizer import FedAdam
 from server.strategy import aggregate_round, as_client_replies, client_outcomes
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
@@ -124,13 +125,19 @@ def load_or_query_statistics(
     return statistics, release_log
 
 
-def resume_point(out_dir: Path, config: RunConfig) -> tuple[dict[str, torch.Tensor] | None, list[dict[str, Any]]]:
+@dataclass
+class ResumePoint:
+    """Where a run directory stands: the last global state, the round logs, the server optimizer's state."""
+
+    state: dict[str, torch.Tensor] | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    server_optimizer: dict[str, Any] | None = None
+
+
+def resume_point(out_dir: Path, config: RunConfig) -> ResumePoint:
     """The last checkpoint's state and the round logs so far, for a run directory of the same config."""
     checkpoints = sorted((out_dir / "checkpoints").glob("round-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    if not checkpoints:
-        return None, []
-    rounds: list[dict[str, Any]] = []
-    state: dict[str, torch.Tensor] | None = None
+    point = ResumePoint()
     for number, path in enumerate(checkpoints, start=1):
         saved = torch.load(path, weights_only=False)
         if int(path.stem.split("-")[1]) != number:
@@ -140,9 +147,9 @@ def resume_point(out_dir: Path, config: RunConfig) -> tuple[dict[str, torch.Tens
                 f"{path} was written by a run with another configuration; resume with the same settings "
                 "or use a new --out directory."
             )
-        rounds.append(saved["round"])
-        state = saved["state"]
-    return state, rounds
+        point.rounds.append(saved["round"])
+        point.state, point.server_optimizer = saved["state"], saved.get("server_optimizer")
+    return point
 
 
 def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
@@ -150,12 +157,17 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
     out_dir = out_directory(config)
     nodes = wait_for_nodes(grid, config.min_clients)
     item_ids = query_catalogue(grid, nodes, config.reply_timeout)
-    state, rounds = resume_point(out_dir, config)
+    resumed = resume_point(out_dir, config)
+    rounds = resumed.rounds
     statistics, release_log = load_or_query_statistics(grid, nodes, config, len(item_ids))
     bundle = ModelBundle.create(len(item_ids), config.local(), seed=config.seed)
     bundle.set_prior(torch.from_numpy(statistics.prior_logits()))
-    if state is not None:
-        bundle.load_state_dict(state)
+    strategy = config.federated_strategy()
+    server_optimizer = FedAdam(strategy) if strategy.name == "fedadam" else None
+    if resumed.state is not None:
+        bundle.load_state_dict(resumed.state)
+        if server_optimizer is not None and resumed.server_optimizer is not None:
+            server_optimizer.load_state_dict(resumed.server_optimizer)
         log.info("fedsynth resuming after round %d from %s", len(rounds), out_dir / "checkpoints")
     arrays = ArrayRecord(bundle.state_dict())
     for server_round in range(len(rounds) + 1, config.num_server_rounds + 1):
@@ -175,7 +187,12 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
         outcome = aggregate_round(server_round, replies, messages, config.reply_timeout)
         outcome.log["sampled"] = sampled
         outcome.log["seconds"] = time.perf_counter() - started
-        if outcome.arrays is not None:
+        if outcome.arrays is not None and server_optimizer is not None:
+            state = server_optimizer.step(
+                server_round, arrays.to_torch_state_dict(), outcome.arrays.to_torch_state_dict()
+            )
+            arrays = ArrayRecord(state)
+        elif outcome.arrays is not None:
             arrays = outcome.arrays
         rounds.append(outcome.log)
         log.info(
@@ -188,7 +205,13 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
             outcome.log["epsilon_max"],
             outcome.log["seconds"],
         )
-        save_checkpoint(out_dir / "checkpoints" / f"round-{server_round}.pt", arrays, config, outcome.log)
+        save_checkpoint(
+            out_dir / "checkpoints" / f"round-{server_round}.pt",
+            arrays,
+            config,
+            outcome.log,
+            server_optimizer.state_dict() if server_optimizer is not None else None,
+        )
     bundle.load_state_dict(arrays.to_torch_state_dict())
     connected = set(grid.get_node_ids())
     summary = {
@@ -216,11 +239,18 @@ def latest_epsilon(logs: list[dict[str, Any]]) -> dict[str, float]:
     return latest
 
 
-def save_checkpoint(path: Path, arrays: ArrayRecord, config: RunConfig, round_log: dict[str, Any]) -> None:
-    """The global bundle after a round, with the config and the round's privacy numbers (atomic)."""
+def save_checkpoint(
+    path: Path,
+    arrays: ArrayRecord,
+    config: RunConfig,
+    round_log: dict[str, Any],
+    server_optimizer: dict[str, Any] | None = None,
+) -> None:
+    """The global bundle after a round, with the config, the round's privacy numbers and FedAdam's moments (atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {"state": arrays.to_torch_state_dict(), "config": to_plain(config.__dict__), "round": to_plain(round_log)}, tmp
-    )
+    saved = {"state": arrays.to_torch_state_dict(), "config": to_plain(config.__dict__), "round": to_plain(round_log)}
+    if server_optimizer is not None:
+        saved["server_optimizer"] = server_optimizer
+    torch.save(saved, tmp)
     tmp.replace(path)

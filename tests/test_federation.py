@@ -97,7 +97,8 @@ def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_two_clients_one_round_through_flower_simulation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam"])
+def test_two_clients_one_round_through_flower_simulation(tmp_path: Path, strategy: str) -> None:
     from flwr.simulation import run_simulation
 
     from client.app import build_client_app
@@ -108,6 +109,7 @@ def test_two_clients_one_round_through_flower_simulation(tmp_path: Path) -> None
         **SMALL,
         "num-server-rounds": 1,
         "epsilon": 4.0,
+        "strategy": strategy,
         "out-dir": str(tmp_path),
         "ledger-dir": str(tmp_path / "ledgers"),
     }
@@ -123,7 +125,9 @@ def test_two_clients_one_round_through_flower_simulation(tmp_path: Path) -> None
     (round_one,) = train["rounds"]
     assert len(round_one["trained"]) == 2 and not round_one["refused"] and not round_one["failed"]
     assert 0 < round_one["epsilon_max"] <= 4.0 + 1e-6
-    assert (tmp_path / "checkpoints" / "round-1.pt").is_file()
+    checkpoint = torch.load(tmp_path / "checkpoints" / "round-1.pt", weights_only=False)
+    assert ("server_optimizer" in checkpoint) == (strategy == "fedadam")  # FedAdam's moments are checkpointed
+    assert train["config"]["strategy"] == strategy
     assert len(list((tmp_path / "ledgers").glob("ledger-*.json"))) == 2
 
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from common.errors import ConfigError
 from common.privacy.accounting import DPEvent
 from common.privacy.linear_clipping import LinearClipper
+from common.server_optimizer import ProximalTerm
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class LocalSGD:
     optimizer: torch.optim.Optimizer
     clipper: LinearClipper | None = None
     accountant: Any = None  # Opacus' RDPAccountant; its history is what the ledger records
+    proximal: ProximalTerm | None = None  # FedProx: its gradient is added after the DP noise (no data, no ε)
 
     @property
     def private(self) -> bool:
@@ -132,7 +134,14 @@ class LocalSGD:
             self.clipper.backward(per_user_losses)
 
     def step(self) -> None:
-        self.optimizer.step()
+        if self.proximal is None:
+            self.optimizer.step()
+        elif self.clipper is None:
+            self.proximal.add_gradient()
+            self.optimizer.step()
+        elif self.optimizer.pre_step():  # type: ignore[attr-defined]  # Opacus: noise, scale, count the step
+            self.proximal.add_gradient()
+            self.optimizer.original_optimizer.step()  # type: ignore[attr-defined]
         self.optimizer.zero_grad()
 
     def paused(self) -> AbstractContextManager[None]:
@@ -201,11 +210,15 @@ def local_sgd(
     noise_multiplier: float,
     max_grad_norm: float,
     seed: int,
+    proximal_mu: float = 0.0,
 ) -> LocalSGD:
-    """:func:`make_private` when ``private``; otherwise plain SGD over ``data``."""
+    """:func:`make_private` when ``private``, otherwise plain SGD over ``data``; FedProx's term when μ > 0."""
+    proximal = ProximalTerm(list(model.parameters()), proximal_mu) if proximal_mu > 0 else None
     if not private:
-        return LocalSGD(data, optimizer)
-    return make_private(model, optimizer, data, noise_multiplier, max_grad_norm, seed)
+        return LocalSGD(data, optimizer, proximal=proximal)
+    sgd = make_private(model, optimizer, data, noise_multiplier, max_grad_norm, seed)
+    sgd.proximal = proximal
+    return sgd
 
 
 def spent_events(accountant: Any, model_name: str) -> list[DPEvent]:
