@@ -9,7 +9,8 @@ releases its DP statistics exactly as the ClientApp does (``plan_privacy``,
 users (FedAvg), then synthesizes and trains EASE on the synthetic users. Every setting is
 scored by NDCG@10 on the **validation** users (never the test users), so this is the
 selection tool; its privacy cost is that of looking at validation users, which the final
-benchmark does not reuse. The GAN is skipped (it is scored in the full benchmark).
+benchmark does not reuse. The GAN is trained too when ``synthesizers`` includes ``gan``
+(its row: ``synthetic-gan/ease``).
 
 Prints one row per setting: NDCG@10 of synthetic/ease, fedvae, the DP baselines at the
 same ε, and the non-private real/ease, averaged over seeds.
@@ -28,7 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from client.training import PrivacyPlan, plan_privacy, train_vae_round
+from client.training import PrivacyPlan, plan_privacy, train_gan_round, train_vae_round
 from common.bundle import ModelBundle
 from common.config import EvalConfig
 from common.data.partition import partition_users
@@ -73,6 +74,15 @@ def score_rows(federation: Federation, config: RunConfig, held_out: HeldOutUsers
     real = federation.prepared.split.train
     candidates: dict[str, Recommender] = {
         "synthetic/ease": EASE(config.synthetic_ease_l2).fit(synthetic),
+        **(
+            {
+                "synthetic-gan/ease": EASE(config.synthetic_ease_l2).fit(
+                    synthesize(bundle, "gan", statistics.length_sampler(num_items), synthesis, seed)
+                )
+            }
+            if "gan" in config.synthesizer_names()
+            else {}
+        ),
         "fedvae": MultVAERecommender.from_model(bundle.vae),
         "popularity": MostPopular().fit(real),
         "real/ease": EASE(config.ease_l2).fit(real),
@@ -108,6 +118,9 @@ def train(config: RunConfig, seed: int, num_clients: int) -> Federation:
             local_bundle.load_state_dict(bundle.state_dict())
             train_vae_round(
                 local_bundle.vae, r, plan, privacy, local.vae, (server_round - 1) * plan.vae_steps, seed + server_round
+            )
+            train_gan_round(
+                local_bundle.generator, local_bundle.discriminator, r, plan, privacy, local.gan, seed + server_round
             )
             states.append(local_bundle.state_dict())
         average = {
