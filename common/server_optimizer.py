@@ -31,7 +31,7 @@ class StrategyConfig:
 
     name: str = "fedavg"
     proximal_mu: float = 0.01
-    server_learning_rate: float = 0.01
+    server_learning_rate: float = 0.03
     beta_1: float = 0.9
     beta_2: float = 0.99
     tau: float = 1e-3

@@ -33,7 +33,7 @@ _RUN_OPTIONS: list[tuple[str, type, str]] = [
     ("rounds", int, "Federated rounds [default: 3]."),
     ("strategy", str, "fedavg | fedprox | fedadam [default: fedavg]."),
     ("proximal-mu", float, "FedProx μ (with --strategy fedprox) [default: 0.01]."),
-    ("server-learning-rate", float, "FedAdam's server learning rate (with --strategy fedadam) [default: 0.01]."),
+    ("server-learning-rate", float, "FedAdam's server learning rate (with --strategy fedadam) [default: 0.03]."),
     ("epsilon", float, "Target ε per client over everything computed from its users; inf = no DP [default: 8]."),
     ("delta", float, "δ per client; 0 = 0.1 / n for a client with n users [default: 0]."),
     ("dataset", str, "generated | movielens | lastfm [default: generated]."),

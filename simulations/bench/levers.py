@@ -5,12 +5,13 @@
 
 The clients' code path without Flower's transport: every client calibrates its plan and
 releases its DP statistics exactly as the ClientApp does (``plan_privacy``,
-``noisy_statistics``, ``train_vae_round``), the server averages the Mult-VAEs weighted by
-users (FedAvg), then synthesizes and trains EASE on the synthetic users. Every setting is
-scored by NDCG@10 on the **validation** users (never the test users), so this is the
-selection tool; its privacy cost is that of looking at validation users, which the final
-benchmark does not reuse. The GAN is trained too when ``synthesizers`` includes ``gan``
-(its row: ``synthetic-gan/ease``).
+``noisy_statistics``, ``train_vae_round``, ``train_gan_round``), the server averages the
+models weighted by users (FedAvg; FedProx's term and FedAdam's server step when
+``strategy`` says so), then synthesizes and trains EASE on the synthetic users. Every
+setting is scored by NDCG@10 on the **validation** users (never the test users), so this
+is the selection tool; its privacy cost is that of looking at validation users, which the
+final benchmark does not reuse. The GAN is trained too when ``synthesizers`` includes
+``gan`` (its row: ``synthetic-gan/ease``).
 
 Prints one row per setting: NDCG@10 of synthetic/ease, fedvae, the DP baselines at the
 same ε, and the non-private real/ease, averaged over seeds.
@@ -40,6 +41,7 @@ from common.federation import RunConfig
 from common.privacy.statistics import NoisyStatistics, noisy_statistics
 from common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
 from common.seeding import rng_for
+from common.server_optimizer import FedAdam
 from common.synthesis import SynthesisConfig, synthesize
 from server.baselines import baseline_recommenders
 
@@ -111,22 +113,25 @@ def train(config: RunConfig, seed: int, num_clients: int) -> Federation:
     bundle = ModelBundle.create(num_items, local, seed=seed)
     bundle.set_prior(torch.from_numpy(statistics.prior_logits()))
     weights = np.array([r.shape[0] for r in rows], dtype=np.float64)
+    strategy = config.federated_strategy()
+    server_optimizer = FedAdam(strategy) if strategy.name == "fedadam" else None
     for server_round in range(1, config.num_server_rounds + 1):
         states = []
         for r, plan in zip(rows, plans, strict=True):
             local_bundle = ModelBundle.create(num_items, local, seed=seed)
             local_bundle.load_state_dict(bundle.state_dict())
-            train_vae_round(
-                local_bundle.vae, r, plan, privacy, local.vae, (server_round - 1) * plan.vae_steps, seed + server_round
-            )
+            first_step, mu = (server_round - 1) * plan.vae_steps, local.proximal_mu
+            train_vae_round(local_bundle.vae, r, plan, privacy, local.vae, first_step, seed + server_round, mu)
             train_gan_round(
-                local_bundle.generator, local_bundle.discriminator, r, plan, privacy, local.gan, seed + server_round
+                local_bundle.generator, local_bundle.discriminator, r, plan, privacy, local.gan, seed + server_round, mu
             )
             states.append(local_bundle.state_dict())
         average = {
             key: sum(w * s[key].double() for w, s in zip(weights / weights.sum(), states, strict=True)).float()
             for key in states[0]
         }
+        if server_optimizer is not None:
+            average = server_optimizer.step(server_round, bundle.state_dict(), average)
         bundle.load_state_dict(average)
     return Federation(prepared, rows, plans, statistics, bundle)
 
