@@ -7,14 +7,8 @@ import pytest
 import scipy.sparse as sp
 
 from common.errors import ConfigError
-from common.privacy.baselines import (
-    BaselineConfig,
-    clipped_counts,
-    clipped_gram,
-    dp_gram,
-    dp_popularity,
-    symmetric_noise,
-)
+from common.privacy.baselines import BaselineConfig, dp_gram, dp_popularity
+from common.privacy.clipped_sums import clipped_counts, clipped_gram, symmetric_noise
 from common.privacy.crosscheck import dp_accounting_epsilon
 from common.recommenders import EASE
 from common.recommenders.ease import SubsetEASE

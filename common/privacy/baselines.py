@@ -38,6 +38,7 @@ import scipy.sparse as sp
 
 from common.errors import ConfigError
 from common.privacy.accounting import DPEvent, calibrate_noise, epsilon
+from common.privacy.clipped_sums import clipped_gram, noisy_clipped_counts, symmetric_noise
 from common.seeding import rng_for
 
 MAX_DP_EASE_ITEMS = 10_000
@@ -79,42 +80,15 @@ class BaselineRelease:
         return [epsilon(list(e), d) for e, d in zip(self.events_per_client, self.delta_per_client, strict=True)]
 
 
-def clipped_counts(rows: sp.csr_matrix, clip: float) -> np.ndarray:
-    """Σ_u x_u · min(1, clip / ‖x_u‖₂) over binary CSR rows (n_users, n_items) → (n_items,) float64."""
-    binary = (rows > 0).astype(np.float64).tocsr()
-    lengths = np.diff(binary.indptr)
-    scale = np.minimum(1.0, clip / np.sqrt(np.maximum(lengths, 1)))
-    return np.asarray(binary.T @ scale).ravel()
-
-
-def clipped_gram(rows: sp.csr_matrix, items: np.ndarray, clip: float) -> np.ndarray:
-    """Σ_u s_u² x_u x_uᵀ over the columns ``items`` (M,), s_u = min(1, √clip / ‖x_u‖₂) → dense (M, M) float64."""
-    binary = (rows[:, items] > 0).astype(np.float64).tocsr()
-    lengths = np.diff(binary.indptr)
-    weight = np.minimum(1.0, clip / np.maximum(lengths, 1))  # s² = min(1, clip / ‖x‖²)
-    weighted = sp.diags(weight) @ binary
-    return np.asarray((binary.T @ weighted).toarray())
-
-
-def symmetric_noise(size: int, std: float, rng: np.random.Generator) -> np.ndarray:
-    """(size, size) symmetric matrix whose upper triangle (diagonal included) is i.i.d. N(0, std²)."""
-    upper = np.triu(rng.normal(0.0, std, (size, size)))
-    return upper + np.triu(upper, 1).T
-
-
 def dp_popularity(
     clients: Sequence[sp.csr_matrix], target_epsilon: float, deltas: Sequence[float], clip: float, seed: int
 ) -> BaselineRelease:
     """Summed noisy item counts of ``clients`` (binary CSRs of their training users), each at ``target_epsilon``."""
-    total, variance, events = np.zeros(clients[0].shape[1]), 0.0, []
-    for index, (rows, delta) in enumerate(zip(clients, deltas, strict=True)):
-        sigma = calibrate_noise(target_epsilon, delta, 1.0, 1)
-        std = sigma * clip
-        rng = rng_for(seed, f"dp-popularity-{index}")
-        total = total + clipped_counts(rows, clip) + rng.normal(0.0, std, rows.shape[1])
-        variance += std**2
-        events.append((DPEvent("dp-popularity", sigma, 1.0, 1),))
-    return BaselineRelease(total, float(np.sqrt(variance)), tuple(events), tuple(deltas))
+    sigmas = [calibrate_noise(target_epsilon, delta, 1.0, 1) for delta in deltas]
+    total = noisy_clipped_counts(clients, sigmas, clip, seed, "dp-popularity")
+    noise_std = float(np.sqrt(sum((sigma * clip) ** 2 for sigma in sigmas)))
+    events = tuple((DPEvent("dp-popularity", sigma, 1.0, 1),) for sigma in sigmas)
+    return BaselineRelease(total, noise_std, events, tuple(deltas))
 
 
 def dp_gram(
@@ -131,12 +105,7 @@ def dp_gram(
     sigmas = [calibrate_noise(target_epsilon, delta, 1.0, releases) for delta in deltas]
     counts = None
     if select:
-        counts = np.zeros(num_items)
-        for index, (rows, sigma) in enumerate(zip(clients, sigmas, strict=True)):
-            rng = rng_for(seed, f"dp-ease-counts-{index}")
-            counts += clipped_counts(rows, config.popularity_clip) + rng.normal(
-                0.0, sigma * config.popularity_clip, num_items
-            )
+        counts = noisy_clipped_counts(clients, sigmas, config.popularity_clip, seed, "dp-ease-counts")
         items = np.sort(np.argsort(-counts, kind="stable")[: config.ease_items])
     else:
         items = np.arange(num_items)

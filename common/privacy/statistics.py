@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 from common.errors import ConfigError
 from common.privacy.accounting import DPEvent
-from common.privacy.baselines import clipped_counts
+from common.privacy.clipped_sums import clipped_counts
 
 STATISTICS = "statistics"  # the ledger's model name for this mechanism
 
