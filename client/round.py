@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from client.training import PrivacyPlan, plan_privacy, train_gan_round, train_vae_round
+from client.training import PrivacyPlan, plan_privacy, train_local_round
 from common import keys
 from common.bundle import ModelBundle
 from common.federation import RunConfig
@@ -116,9 +116,7 @@ def handle_train(
     bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)
     bundle.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
     seed = config.seed * 100_003 + server_round
-    first_step, mu = (server_round - 1) * plan.vae_steps, local.proximal_mu
-    vae = train_vae_round(bundle.vae, rows, plan, privacy, local.vae, first_step, seed, mu)
-    gan = train_gan_round(bundle.generator, bundle.discriminator, rows, plan, privacy, local.gan, seed, mu)
+    vae, gan = train_local_round(bundle, rows, plan, privacy, local, server_round, seed)
     # Opacus counts the private steps it ran; without DP the plan's noise-free events (ε = ∞) are recorded.
     ledger.record(vae.events + gan.events if plan.private else plan.round_events(), {"round": server_round})
 

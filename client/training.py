@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from common.bundle import ModelBundle
 from common.errors import ConfigError
 from common.federation import LocalTrainingConfig
 from common.models.gan import (
@@ -199,7 +200,7 @@ def train_gan_round(
         seed,
         proximal_mu,
     )
-    generator_proximal = ProximalTerm(list(generator.parameters()), proximal_mu) if proximal_mu > 0 else None
+    generator_proximal = ProximalTerm.optional(generator, proximal_mu)
     d_losses, g_losses, done = [], [], 0
     while done < plan.gan_steps:
         for x in sgd.batches:
@@ -241,3 +242,19 @@ def _generator_step(
     g_optimizer.step()
     d_optimizer.zero_grad()  # the discriminator's gradients from this pass are discarded
     return float(loss.detach())
+
+
+def train_local_round(
+    bundle: ModelBundle,
+    data: sp.csr_matrix,
+    plan: PrivacyPlan,
+    privacy: PrivacyConfig,
+    local: LocalTrainingConfig,
+    server_round: int,
+    seed: int,
+) -> tuple[RoundResult, RoundResult]:
+    """A client's round on ``bundle`` in place: the Mult-VAE, then the GAN (FedProx's term when ``local`` has μ > 0)."""
+    first_step, mu = (server_round - 1) * plan.vae_steps, local.proximal_mu
+    vae = train_vae_round(bundle.vae, data, plan, privacy, local.vae, first_step, seed, mu)
+    gan = train_gan_round(bundle.generator, bundle.discriminator, data, plan, privacy, local.gan, seed, mu)
+    return vae, gan

@@ -48,6 +48,10 @@ class StrategyConfig:
         if not self.tau > 0:
             raise ConfigError(f"server-tau must be positive, got {self.tau}.")
 
+    def server_optimizer(self) -> FedAdam | None:
+        """A fresh FedAdam for ``fedadam``; None when the global bundle is simply the users-weighted mean."""
+        return FedAdam(self) if self.name == "fedadam" else None
+
     @property
     def client_proximal_mu(self) -> float:
         """μ the clients use: the configured one for fedprox, 0 otherwise."""
@@ -63,6 +67,11 @@ class ProximalTerm:
     def __init__(self, parameters: list[torch.nn.Parameter], mu: float):
         self.mu = mu
         self.pairs = [(p, p.detach().clone()) for p in parameters]
+
+    @classmethod
+    def optional(cls, model: torch.nn.Module, mu: float) -> ProximalTerm | None:
+        """The term anchored at ``model``'s current weights, or None when μ = 0 (plain local SGD)."""
+        return cls(list(model.parameters()), mu) if mu > 0 else None
 
     def add_gradient(self) -> None:
         for p, anchor in self.pairs:

@@ -25,7 +25,6 @@ from common.errors import ConfigError, FedsynthError
 from common.federation import RunConfig
 from common.io import to_plain, write_json_atomic
 from common.privacy.statistics import NoisyStatistics, length_bin_edges
-from common.server_optimizer import FedAdam
 from server.strategy import aggregate_round, as_client_replies, client_outcomes
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
@@ -162,8 +161,7 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
     statistics, release_log = load_or_query_statistics(grid, nodes, config, len(item_ids))
     bundle = ModelBundle.create(len(item_ids), config.local(), seed=config.seed)
     bundle.set_prior(torch.from_numpy(statistics.prior_logits()))
-    strategy = config.federated_strategy()
-    server_optimizer = FedAdam(strategy) if strategy.name == "fedadam" else None
+    server_optimizer = config.federated_strategy().server_optimizer()
     if resumed.state is not None:
         bundle.load_state_dict(resumed.state)
         if server_optimizer is not None and resumed.server_optimizer is not None:

@@ -123,10 +123,6 @@ class LocalSGD:
     accountant: Any = None  # Opacus' RDPAccountant; its history is what the ledger records
     proximal: ProximalTerm | None = None  # FedProx: its gradient is added after the DP noise (no data, no ε)
 
-    @property
-    def private(self) -> bool:
-        return self.clipper is not None
-
     def backward(self, per_user_losses: torch.Tensor) -> None:
         if self.clipper is None:
             per_user_losses.mean().backward()
@@ -213,7 +209,7 @@ def local_sgd(
     proximal_mu: float = 0.0,
 ) -> LocalSGD:
     """:func:`make_private` when ``private``, otherwise plain SGD over ``data``; FedProx's term when μ > 0."""
-    proximal = ProximalTerm(list(model.parameters()), proximal_mu) if proximal_mu > 0 else None
+    proximal = ProximalTerm.optional(model, proximal_mu)
     if not private:
         return LocalSGD(data, optimizer, proximal=proximal)
     sgd = make_private(model, optimizer, data, noise_multiplier, max_grad_norm, seed)

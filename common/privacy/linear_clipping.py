@@ -61,6 +61,7 @@ class LinearClipper:
                 f"per-user clipping supports parameters of nn.Linear layers only; {', '.join(unsupported)} "
                 "are not (freeze them or use Linear layers)."
             )
+        self._expected = sorted(id(layer) for layer in self.layers if _trainable(layer))  # recorded once each per step
         self.records: list[_Record] = []
         self.recording = True
         self.last_norms: torch.Tensor | None = None  # (B,) per-user norms before clipping, for tests and logs
@@ -92,7 +93,7 @@ class LinearClipper:
         """
         records, self.records = self.records, []
         seen = [id(r.layer) for r in records]
-        if sorted(seen) != sorted(id(layer) for layer in self.layers if _trainable(layer)):
+        if sorted(seen) != self._expected:
             raise ConfigError(
                 "per-user clipping needs every trainable Linear layer to run exactly once per forward pass "
                 f"(recorded {len(seen)} calls for {len(self.layers)} layers)."

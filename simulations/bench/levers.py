@@ -5,7 +5,7 @@
 
 The clients' code path without Flower's transport: every client calibrates its plan and
 releases its DP statistics exactly as the ClientApp does (``plan_privacy``,
-``noisy_statistics``, ``train_vae_round``, ``train_gan_round``), the server averages the
+``noisy_statistics``, ``train_local_round``), the server averages the
 models weighted by users (FedAvg; FedProx's term and FedAdam's server step when
 ``strategy`` says so), then synthesizes and trains EASE on the synthetic users. Every
 setting is scored by NDCG@10 on the **validation** users (never the test users), so this
@@ -30,7 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from client.training import PrivacyPlan, plan_privacy, train_gan_round, train_vae_round
+from client.training import PrivacyPlan, plan_privacy, train_local_round
 from common.bundle import ModelBundle
 from common.config import EvalConfig
 from common.data.partition import partition_users
@@ -41,7 +41,6 @@ from common.federation import RunConfig
 from common.privacy.statistics import NoisyStatistics, noisy_statistics
 from common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
 from common.seeding import rng_for
-from common.server_optimizer import FedAdam
 from common.synthesis import SynthesisConfig, synthesize
 from server.baselines import baseline_recommenders
 
@@ -113,18 +112,13 @@ def train(config: RunConfig, seed: int, num_clients: int) -> Federation:
     bundle = ModelBundle.create(num_items, local, seed=seed)
     bundle.set_prior(torch.from_numpy(statistics.prior_logits()))
     weights = np.array([r.shape[0] for r in rows], dtype=np.float64)
-    strategy = config.federated_strategy()
-    server_optimizer = FedAdam(strategy) if strategy.name == "fedadam" else None
+    server_optimizer = config.federated_strategy().server_optimizer()
     for server_round in range(1, config.num_server_rounds + 1):
         states = []
         for r, plan in zip(rows, plans, strict=True):
             local_bundle = ModelBundle.create(num_items, local, seed=seed)
             local_bundle.load_state_dict(bundle.state_dict())
-            first_step, mu = (server_round - 1) * plan.vae_steps, local.proximal_mu
-            train_vae_round(local_bundle.vae, r, plan, privacy, local.vae, first_step, seed + server_round, mu)
-            train_gan_round(
-                local_bundle.generator, local_bundle.discriminator, r, plan, privacy, local.gan, seed + server_round, mu
-            )
+            train_local_round(local_bundle, r, plan, privacy, local, server_round, seed + server_round)
             states.append(local_bundle.state_dict())
         average = {
             key: sum(w * s[key].double() for w, s in zip(weights / weights.sum(), states, strict=True)).float()
