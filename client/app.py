@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from client.budget import NodeBudget, default_ledger_dir
 from client.data import node_data
 from client.evaluation import handle_evaluate
-from client.round import default_ledger_dir, handle_statistics, handle_train
+from client.round import handle_query, handle_statistics, handle_train, refusal, run_identity
 from common import keys
+from common.errors import FedsynthError
 from common.federation import RunConfig
 
 
@@ -22,34 +24,45 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     def settings(context: Context) -> RunConfig:
         return RunConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
 
-    def ledger_dir(config: RunConfig, context: Context) -> Path:
-        """The node's own ``ledger-dir`` (node config), else the run config's, else the default."""
-        if "ledger-dir" in context.node_config:
-            return Path(str(context.node_config["ledger-dir"]))
-        return Path(config.ledger_dir) if config.ledger_dir else default_ledger_dir()
+    def budget(config: RunConfig, context: Context) -> NodeBudget:
+        """The node's own ``ledger-dir`` and ``max-epsilon`` (node config); the ledger dir falls back to
+        the run config's, then the default. The cap never comes from the run config."""
+        fallback = Path(config.ledger_dir) if config.ledger_dir else default_ledger_dir()
+        return NodeBudget.from_node_config(dict(context.node_config), fallback)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        """The shared catalogue (public) and this node's user count."""
-        data = node_data(dict(context.node_config), settings(context))
-        metrics = MetricRecord({keys.NUM_ITEMS: data.train.shape[1], keys.NUM_EXAMPLES: data.train.shape[0]})
-        catalogue = ConfigRecord({keys.ITEM_IDS: [str(i) for i in data.item_ids]})
-        return Message(RecordDict({keys.METRICS: metrics, keys.CONFIG: catalogue}), reply_to=msg)
+        """Catalogue and users; with a run plan in the request, whether it fits this silo's budget.
+
+        A node that cannot load its data or has no valid budget policy says why, in one line.
+        """
+        try:
+            config = settings(context)
+            data = node_data(dict(context.node_config), config)
+            node_budget = budget(config, context)
+        except FedsynthError as exc:
+            return Message(refusal(str(exc), {}, 0.0), reply_to=msg)
+        run = run_identity(msg.content, context.run_id)
+        item_ids = [str(i) for i in data.item_ids]
+        reply = handle_query(msg.content, data.train, item_ids, config, context.state, node_budget, run)
+        return Message(reply, reply_to=msg)
 
     @app.query(keys.STATISTICS)
     def statistics(msg: Message, context: Context) -> Message:
         config = settings(context)
         rows = node_data(dict(context.node_config), config).train
+        run = run_identity(msg.content, context.run_id)
         return Message(
-            handle_statistics(msg.content, rows, config, context.state, ledger_dir(config, context)), reply_to=msg
+            handle_statistics(msg.content, rows, config, context.state, budget(config, context), run), reply_to=msg
         )
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         config = settings(context)
         rows = node_data(dict(context.node_config), config).train
+        run = run_identity(msg.content, context.run_id)
         return Message(
-            handle_train(msg.content, rows, config, context.state, ledger_dir(config, context)), reply_to=msg
+            handle_train(msg.content, rows, config, context.state, budget(config, context), run), reply_to=msg
         )
 
     @app.evaluate()

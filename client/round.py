@@ -1,35 +1,31 @@
-"""One train request handled end to end on a client: budget check, DP training, ledger, reply.
+"""The client's request handlers end to end: start check, statistics release, train round.
 
-Only weights and aggregate metrics leave: the reply holds the model bundle (ArrayRecord)
-and a MetricRecord of counts, losses and ε; a refusal holds a MetricRecord and the reason.
+Only weights and aggregate metrics leave: a reply holds the model bundle (ArrayRecord) and a
+MetricRecord of counts, losses and ε; a refusal holds a MetricRecord and the reason.
+
+Every budget decision is the node's: :class:`client.budget.NodeBudget` opens the ledger with
+the node's own cap, and a request that does not fit is refused with the reason, spending nothing.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from client.budget import NodeBudget, Replay, load_replay, save_replay
 from client.training import PrivacyPlan, plan_privacy, train_local_round
 from common import keys
 from common.bundle import ModelBundle
+from common.errors import FedsynthError
 from common.federation import RunConfig
-from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, fingerprint
+from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
 from common.privacy.statistics import STATISTICS, noisy_statistics
 from common.seeding import rng_for
 
 _PLAN = "privacy-plan"
-
-
-def default_ledger_dir() -> Path:
-    """``$FEDSYNTH_LEDGER_DIR`` or ``$XDG_STATE_HOME/fedsynth/ledgers``: never inside a run directory."""
-    if os.environ.get("FEDSYNTH_LEDGER_DIR"):
-        return Path(os.environ["FEDSYNTH_LEDGER_DIR"])
-    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "fedsynth" / "ledgers"
 
 
 def privacy_plan(state: RecordDict, config: RunConfig, num_users: int, planned_rounds: int) -> PrivacyPlan:
@@ -43,6 +39,12 @@ def privacy_plan(state: RecordDict, config: RunConfig, num_users: int, planned_r
     return plan
 
 
+def run_identity(content: RecordDict, run_id: int) -> RunIdentity:
+    """Who asks: Flower's run id (the node's own SuperLink says it) and what the server sent."""
+    request = content[keys.CONFIG] if keys.CONFIG in content else ConfigRecord()
+    return RunIdentity(run_id, str(request.get(keys.RUN_KEY, "")), str(request.get(keys.REQUESTER, "")))
+
+
 def refusal(reason: str, spent: dict[str, float], delta: float) -> RecordDict:
     metrics = MetricRecord(
         {keys.REFUSED: 1, keys.NUM_EXAMPLES: 0, keys.EPSILON: spent.get("total", 0.0), keys.DELTA: delta}
@@ -50,9 +52,51 @@ def refusal(reason: str, spent: dict[str, float], delta: float) -> RecordDict:
     return RecordDict({keys.METRICS: metrics, keys.CONFIG: ConfigRecord({keys.REASON: reason})})
 
 
+def open_ledger(budget: NodeBudget, rows: sp.csr_matrix, plan: PrivacyPlan, config: RunConfig) -> PrivacyLedger:
+    return budget.open(rows, plan.delta, config.privacy().target_epsilon)
+
+
+def handle_query(
+    content: RecordDict, rows: sp.csr_matrix, item_ids: list[str], config: RunConfig, state: RecordDict,
+    budget: NodeBudget, run: RunIdentity,
+) -> RecordDict:  # fmt: skip
+    """The shared catalogue (public), this node's user count, and whether the run fits its budget.
+
+    Nothing is spent here. The check composes the ledger's history with everything the run
+    still plans (the statistics release unless already made, and every round from the request's
+    first round on, less those already charged to this run key, which would be replays).
+    """
+    request = content[keys.CONFIG] if keys.CONFIG in content else ConfigRecord()
+    catalogue = ConfigRecord({keys.ITEM_IDS: item_ids})
+    metrics: dict[str, int | float | list[int] | list[float]] = {
+        keys.NUM_ITEMS: rows.shape[1],
+        keys.NUM_EXAMPLES: rows.shape[0],
+        keys.REFUSED: 0,
+    }
+    if keys.PLANNED_ROUNDS not in request:
+        return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CONFIG: catalogue})
+    planned, first = int(request[keys.PLANNED_ROUNDS]), int(request.get(keys.FIRST_ROUND, 1))  # type: ignore[arg-type]
+    ledger: PrivacyLedger | None = None
+    try:
+        plan = privacy_plan(state, config, rows.shape[0], planned)
+        ledger = open_ledger(budget, rows, plan, config)
+        charged = ledger.charged(run.run_key)
+        rounds = {int(e["round"]) for e in charged if e["release"] == "round"}
+        statistics = bool(request.get(keys.NEEDS_STATISTICS, 1)) and not any(
+            e["release"] == STATISTICS for e in charged
+        )
+        to_spend = plan.run_events(statistics, len(set(range(first, planned + 1)) - rounds))
+        ledger.check(to_spend, what=f"this run (it asks to spend epsilon {config.privacy().target_epsilon:g})")
+    except FedsynthError as exc:
+        return refusal(str(exc), ledger.spent() if ledger is not None else {}, 0.0)
+    metrics.update({keys.EPSILON: ledger.spent()["total"], keys.EPSILON_CAP: ledger.max_epsilon})
+    return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CONFIG: catalogue})
+
+
 def handle_statistics(
-    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger_dir: Path
-) -> RecordDict:
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
+    run: RunIdentity,
+) -> RecordDict:  # fmt: skip
     """Release this client's DP item counts and length histogram once, before round 1.
 
     The release is planned in the same calibration as the rounds (``statistics-share`` of ε),
@@ -61,15 +105,18 @@ def handle_statistics(
     planned_rounds = int(content[keys.CONFIG][keys.PLANNED_ROUNDS])  # type: ignore[arg-type]
     privacy = config.privacy()
     plan = privacy_plan(state, config, rows.shape[0], planned_rounds)
-    ledger = PrivacyLedger.open(ledger_dir, fingerprint(rows), plan.delta, privacy.target_epsilon)
+    ledger: PrivacyLedger | None = None
     try:
-        ledger.check(plan.statistics_events())
-    except PrivacyBudgetExceeded as exc:
-        return refusal(str(exc), ledger.spent(), plan.delta)
+        ledger = open_ledger(budget, rows, plan, config)
+        if any(e["release"] == STATISTICS for e in ledger.charged(run.run_key)):
+            raise PrivacyBudgetExceeded("this run's DP statistics were already released (and charged) once")
+        ledger.check(plan.statistics_events(), what="the DP statistics release")
+    except FedsynthError as exc:
+        return refusal(str(exc), ledger.spent() if ledger is not None else {}, plan.delta)
     released = noisy_statistics(
         rows, privacy.statistics_clip, plan.statistics_noise, rng_for(config.seed, f"statistics-{ledger.fingerprint}")
     )
-    ledger.record(plan.statistics_events(), {"round": 0, "release": "statistics"})
+    ledger.record(plan.statistics_events(), STATISTICS, run, round=0, requested_epsilon=privacy.target_epsilon)
     arrays = ArrayRecord(
         {
             keys.ITEM_COUNTS: torch.from_numpy(released.item_counts),
@@ -97,20 +144,31 @@ def spent_metrics(
 
 
 def handle_train(
-    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger_dir: Path
-) -> RecordDict:
-    """Train one round on ``rows`` (this client's users) from the global bundle in ``content``."""
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
+    run: RunIdentity,
+) -> RecordDict:  # fmt: skip
+    """Train one round on ``rows`` (this client's users) from the global bundle in ``content``.
+
+    A round already charged to this run is answered with its saved reply (no new ε) or refused.
+    """
     request = content[keys.CONFIG]
     server_round = int(request[keys.SERVER_ROUND])  # type: ignore[arg-type]
     planned_rounds = int(request[keys.PLANNED_ROUNDS])  # type: ignore[arg-type]
     num_users = rows.shape[0]
     privacy = config.privacy()
     plan = privacy_plan(state, config, num_users, planned_rounds)
-    ledger = PrivacyLedger.open(ledger_dir, fingerprint(rows), plan.delta, privacy.target_epsilon)
+    ledger: PrivacyLedger | None = None
     try:
-        ledger.check(plan.round_events())
-    except PrivacyBudgetExceeded as exc:
-        return refusal(str(exc), ledger.spent(), plan.delta)
+        ledger = open_ledger(budget, rows, plan, config)
+        if any(e["release"] == "round" and e["round"] == server_round for e in ledger.charged(run.run_key)):
+            replay = load_replay(ledger, run, server_round)
+            if replay is None:
+                raise PrivacyBudgetExceeded(f"round {server_round} of this run was already charged; its reply is lost")
+            metrics = {**spent_metrics(ledger, num_users, plan), **replay.losses, keys.REPLAYED: 1}
+            return RecordDict({keys.ARRAYS: ArrayRecord(replay.arrays), keys.METRICS: MetricRecord(metrics)})
+        ledger.check(plan.round_events(), what=f"round {server_round}")
+    except FedsynthError as exc:
+        return refusal(str(exc), ledger.spent() if ledger is not None else {}, plan.delta)
 
     local = config.local()
     bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)
@@ -118,7 +176,9 @@ def handle_train(
     seed = config.seed * 100_003 + server_round
     vae, gan = train_local_round(bundle, rows, plan, privacy, local, server_round, seed)
     # Opacus counts the private steps it ran; without DP the plan's noise-free events (ε = ∞) are recorded.
-    ledger.record(vae.events + gan.events if plan.private else plan.round_events(), {"round": server_round})
-
-    metrics = {**spent_metrics(ledger, num_users, plan), **vae.losses, **gan.losses}
+    spent = vae.events + gan.events if plan.private else plan.round_events()
+    losses = {**vae.losses, **gan.losses}
+    save_replay(ledger, run, Replay(server_round, bundle.state_dict(), losses))  # first: a crash after it loses nothing
+    ledger.record(spent, "round", run, round=server_round, requested_epsilon=privacy.target_epsilon)
+    metrics = {**spent_metrics(ledger, num_users, plan), **losses}
     return RecordDict({keys.ARRAYS: ArrayRecord(bundle.state_dict()), keys.METRICS: MetricRecord(metrics)})

@@ -62,6 +62,13 @@ class PrivacyPlan:
             events.append(DPEvent("gan", self.gan_noise, self.gan_rate, self.gan_steps))
         return events
 
+    def run_events(self, statistics: bool, rounds: int) -> list[DPEvent]:
+        """What a run still to do spends: the statistics release (if ``statistics``) and ``rounds`` rounds."""
+        rounds_events = [
+            DPEvent(e.model, e.noise_multiplier, e.sample_rate, e.steps * rounds) for e in self.round_events()
+        ]
+        return (self.statistics_events() if statistics else []) + (rounds_events if rounds > 0 else [])
+
 
 def plan_privacy(privacy: PrivacyConfig, num_users: int, local: LocalTrainingConfig, rounds: int) -> PrivacyPlan:
     """Calibrate σ for the statistics release and each model so that everything planned composes to ≤ the target.
@@ -100,10 +107,7 @@ def plan_privacy(privacy: PrivacyConfig, num_users: int, local: LocalTrainingCon
             gan_steps,
             calibrate_noise(target * statistics_share, delta, 1.0, 1),
         )
-        planned = plan.statistics_events() + [
-            DPEvent(e.model, e.noise_multiplier, e.sample_rate, e.steps * rounds) for e in plan.round_events()
-        ]
-        return plan, epsilon(planned, delta, FAST_ORDERS)
+        return plan, epsilon(plan.run_events(True, rounds), delta, FAST_ORDERS)
 
     # Composition costs less than the sum of the parts: scale all shares up together until
     # the composed total meets the target (it can never exceed 1 / the largest share).

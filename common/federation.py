@@ -45,7 +45,8 @@ class RunConfig:
 
     num_server_rounds: int = 3
     fraction_train: float = 1.0
-    min_clients: int = 2
+    min_clients: int = 2  # fewer answering at the start, in the statistics release or in a round: the run fails
+    allow_degraded: bool = False  # true: leave out nodes that cannot take part, accept rounds below min-clients
     strategy: str = "fedavg"  # fedavg | fedprox (clients add μ/2 ‖w − w_global‖²) | fedadam (server-side Adam)
     proximal_mu: float = 0.01  # FedProx μ (used with strategy = "fedprox")
     server_learning_rate: float = 0.03  # FedAdam η (strategy = "fedadam"; best of 0.01–0.3 on validation users)

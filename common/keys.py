@@ -23,6 +23,12 @@ REFUSED = "refused"
 REASON = "reason"
 SERVER_ROUND = "server-round"
 PLANNED_ROUNDS = "planned-rounds"
+FIRST_ROUND = "first-round"  # query request: the first round this (possibly resumed) run will ask for
+NEEDS_STATISTICS = "needs-statistics"  # query request: 1 if the run still has to release the DP statistics
+RUN_KEY = "run-key"  # every request: the server's key of this run directory, stable across resumes
+REQUESTER = "requester"  # every request: what the server says it is (host, output directory)
+EPSILON_CAP = "epsilon-cap"  # query reply: this silo's lifetime cap (set on the node)
+REPLAYED = "replayed"  # train reply: 1 if it is the saved reply of a round already charged to this run
 LOSS_KEYS = ("vae-loss", "gan-d-loss", "gan-g-loss")
 
 

@@ -1,15 +1,30 @@
-"""fedsynth ServerApp: reads the run config once, runs the federation, then (pipeline = full) the rest."""
+"""fedsynth ServerApp: reads the run config once, runs the federation, then (pipeline = full) the rest.
+
+A run that fails for a reason a user can fix (too few clients could take part, bad settings)
+writes ``OUT/failed.json`` with that one-line reason, logs it and re-raises, so that Flower marks
+the run ``finished:failed``; wrappers read the file to say why (see :mod:`simulations.runner`).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from common.errors import FedsynthError
 from common.federation import RunConfig
-from server.federation import run_federation
+from common.io import write_json_atomic
+from server.federation import log, out_directory, run_federation
 from server.pipeline import run_pipeline
+
+FAILED = "failed.json"
+
+
+def failure_path(out_dir: Path) -> Path:
+    """Where a failed run's reason is written (absent after a run that succeeded)."""
+    return out_dir / FAILED
 
 
 def build_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
@@ -19,9 +34,16 @@ def build_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = RunConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
-        training = run_federation(grid, config)
-        if config.pipeline == "full":
-            run_pipeline(grid, config, training)
+        failed = failure_path(out_directory(config))
+        failed.unlink(missing_ok=True)
+        try:
+            training = run_federation(grid, config)
+            if config.pipeline == "full":
+                run_pipeline(grid, config, training)
+        except FedsynthError as exc:
+            write_json_atomic(failed, {"reason": str(exc), "run_id": context.run_id})
+            log.error("fedsynth FAILED: %s", exc)
+            raise
 
     return app
 

@@ -25,7 +25,8 @@ from common.errors import ConfigError, FedsynthError
 from common.federation import RunConfig
 from common.io import to_plain, write_json_atomic
 from common.privacy.statistics import NoisyStatistics, length_bin_edges
-from server.strategy import aggregate_round, as_client_replies, client_outcomes
+from server.admission import Admission, admit, identity_fields, require_quorum, require_training
+from server.strategy import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
 
@@ -58,22 +59,11 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 120.0) -> list[int
         time.sleep(1.0)
 
 
-def query_catalogue(grid: Grid, nodes: list[int], timeout: float | None = None) -> list[str]:
-    """The shared item catalogue (original item ids); every client must hold the same one."""
-    messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-    replies = [r for r in grid.send_and_receive(messages, timeout=timeout) if not r.has_error()]
-    catalogues = {tuple(str(i) for i in r.content[keys.CONFIG][keys.ITEM_IDS]) for r in replies}  # type: ignore[union-attr]
-    if len(catalogues) != 1:
-        sizes = sorted(len(c) for c in catalogues)
-        raise FedsynthError(f"clients disagree on the item catalogue (sizes {sizes}); they must share one catalogue.")
-    return list(catalogues.pop())
-
-
 def query_statistics(
     grid: Grid, nodes: list[int], config: RunConfig, num_items: int
 ) -> tuple[NoisyStatistics, dict[str, Any]]:
     """Each client's DP item counts and length histogram, summed; and the release's log (ε per client)."""
-    request = ConfigRecord({keys.PLANNED_ROUNDS: config.num_server_rounds})
+    request = ConfigRecord({keys.PLANNED_ROUNDS: config.num_server_rounds, **identity_fields(out_directory(config))})
     messages = [
         Message(
             RecordDict({keys.CONFIG: request}),
@@ -86,11 +76,9 @@ def query_statistics(
     outcome = client_outcomes(as_client_replies(replies, messages, config.reply_timeout))
     released = [r for r in outcome.trained if r.content is not None]
     outcome.log["round"] = 0
-    if not released:
-        log.warning(
-            "fedsynth statistics: no client released DP statistics (%s); no popularity prior, lengths 1-10",
-            outcome.log["refused"] or outcome.log["failed"],
-        )
+    require_quorum("the DP statistics release", outcome.log, config)
+    if not released:  # allow-degraded and nobody released: no prior, no lengths (said in the log)
+        log.warning("fedsynth statistics: no client released DP statistics; no popularity prior, lengths 1-10")
         return NoisyStatistics(np.zeros(num_items), np.zeros(len(length_bin_edges(num_items)) - 1)), outcome.log
     total: NoisyStatistics | None = None
     for reply in released:
@@ -151,81 +139,136 @@ def resume_point(out_dir: Path, config: RunConfig) -> ResumePoint:
     return point
 
 
-def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
-    """Run (or resume) ``config.num_server_rounds`` rounds; writes checkpoints and OUT/train.json."""
-    out_dir = out_directory(config)
+def start(grid: Grid, config: RunConfig, resumed: ResumePoint) -> Admission:
+    """Wait for ``min-clients`` nodes, then admit those whose data, catalogue and budget fit the run."""
     nodes = wait_for_nodes(grid, config.min_clients)
-    item_ids = query_catalogue(grid, nodes, config.reply_timeout)
-    resumed = resume_point(out_dir, config)
-    rounds = resumed.rounds
-    statistics, release_log = load_or_query_statistics(grid, nodes, config, len(item_ids))
-    bundle = ModelBundle.create(len(item_ids), config.local(), seed=config.seed)
+    out_dir = out_directory(config)
+    request = {
+        keys.PLANNED_ROUNDS: config.num_server_rounds,
+        keys.FIRST_ROUND: len(resumed.rounds) + 1,
+        keys.NEEDS_STATISTICS: int(not (out_dir / "statistics.npz").is_file()),
+        **identity_fields(out_dir),
+    }
+    admission = admit(grid, nodes, config, request)
+    for node, why in sorted(admission.excluded.items()):
+        log.warning("fedsynth start: node %d left out (allow-degraded): %s", node, why)
+    log.info(
+        "fedsynth start: %d node(s) admitted, catalogue of %d items; caps (epsilon, set on the nodes): %s",
+        len(admission.nodes),
+        len(admission.item_ids),
+        ", ".join(f"{n}: {c:g}" for n, c in sorted(admission.caps.items())) or "none reported",
+    )
+    return admission
+
+
+def initial_bundle(config: RunConfig, num_items: int, statistics: NoisyStatistics, resumed: ResumePoint) -> ModelBundle:
+    """The global bundle before the next round: the prior from the DP statistics, or the last checkpoint."""
+    bundle = ModelBundle.create(num_items, config.local(), seed=config.seed)
     bundle.set_prior(torch.from_numpy(statistics.prior_logits()))
-    server_optimizer = config.federated_strategy().server_optimizer()
     if resumed.state is not None:
         bundle.load_state_dict(resumed.state)
-        if server_optimizer is not None and resumed.server_optimizer is not None:
-            server_optimizer.load_state_dict(resumed.server_optimizer)
-        log.info("fedsynth resuming after round %d from %s", len(rounds), out_dir / "checkpoints")
-    arrays = ArrayRecord(bundle.state_dict())
+        log.info("fedsynth resuming after round %d", len(resumed.rounds))
+    return bundle
+
+
+def train_round(
+    grid: Grid, config: RunConfig, server_round: int, participants: list[int], arrays: ArrayRecord
+) -> RoundOutcome:
+    """Send the global bundle to a sample of the admitted nodes still connected; FedAvg their replies."""
+    started = time.perf_counter()
+    nodes = sorted(set(grid.get_node_ids()) & set(participants))
+    count = max(config.min_clients, round(config.fraction_train * len(nodes)))
+    sampler = random.Random(config.seed * 100_003 + server_round)  # node ids are uint64: keep Python ints
+    sampled = sorted(sampler.sample(nodes, min(count, len(nodes))))
+    request = ConfigRecord(
+        {
+            keys.SERVER_ROUND: server_round,
+            keys.PLANNED_ROUNDS: config.num_server_rounds,
+            **identity_fields(out_directory(config)),
+        }
+    )
+    messages = [
+        Message(RecordDict({keys.ARRAYS: arrays, keys.CONFIG: request}), dst_node_id=n, message_type=MessageType.TRAIN)
+        for n in sampled
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=config.reply_timeout))
+    outcome = aggregate_round(server_round, replies, messages, config.reply_timeout)
+    outcome.log["sampled"] = sampled
+    outcome.log["missing_from_sample"] = sorted(set(participants) - set(nodes))
+    outcome.log["seconds"] = time.perf_counter() - started
+    log.info(
+        "fedsynth round %d/%d: trained %d, refused %d, failed %d, epsilon max %s (%.1f s)",
+        server_round,
+        config.num_server_rounds,
+        len(outcome.log["trained"]),
+        len(outcome.log["refused"]),
+        len(outcome.log["failed"]),
+        "-" if outcome.log["epsilon_max"] is None else f"{outcome.log['epsilon_max']:.3f}",
+        outcome.log["seconds"],
+    )
+    return outcome
+
+
+def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
+    """Run (or resume) ``config.num_server_rounds`` rounds; writes checkpoints and OUT/train.json.
+
+    Stages: admission (nothing spent) → DP statistics → rounds → summary. A stage in which fewer
+    than ``min-clients`` answered raises :class:`RunFailed` (see :mod:`server.admission`).
+    """
+    out_dir = out_directory(config)
+    resumed = resume_point(out_dir, config)
+    admission = start(grid, config, resumed)
+    statistics, release_log = load_or_query_statistics(grid, admission.nodes, config, len(admission.item_ids))
+    bundle = initial_bundle(config, len(admission.item_ids), statistics, resumed)
+    server_optimizer = config.federated_strategy().server_optimizer()
+    if server_optimizer is not None and resumed.server_optimizer is not None:
+        server_optimizer.load_state_dict(resumed.server_optimizer)
+    arrays, rounds = ArrayRecord(bundle.state_dict()), resumed.rounds
     for server_round in range(len(rounds) + 1, config.num_server_rounds + 1):
-        started = time.perf_counter()
-        nodes = list(grid.get_node_ids())
-        count = max(config.min_clients, round(config.fraction_train * len(nodes)))
-        sampler = random.Random(config.seed * 100_003 + server_round)  # node ids are uint64: keep Python ints
-        sampled = sorted(sampler.sample(sorted(nodes), min(count, len(nodes))))
-        request = ConfigRecord({keys.SERVER_ROUND: server_round, keys.PLANNED_ROUNDS: config.num_server_rounds})
-        messages = [
-            Message(
-                RecordDict({keys.ARRAYS: arrays, keys.CONFIG: request}), dst_node_id=n, message_type=MessageType.TRAIN
-            )
-            for n in sampled
-        ]
-        replies = list(grid.send_and_receive(messages, timeout=config.reply_timeout))
-        outcome = aggregate_round(server_round, replies, messages, config.reply_timeout)
-        outcome.log["sampled"] = sampled
-        outcome.log["seconds"] = time.perf_counter() - started
+        outcome = train_round(grid, config, server_round, admission.nodes, arrays)
+        require_quorum(f"round {server_round}", outcome.log, config)
         if outcome.arrays is not None and server_optimizer is not None:
-            state = server_optimizer.step(
-                server_round, arrays.to_torch_state_dict(), outcome.arrays.to_torch_state_dict()
-            )
-            arrays = ArrayRecord(state)
+            previous = arrays.to_torch_state_dict()
+            arrays = ArrayRecord(server_optimizer.step(server_round, previous, outcome.arrays.to_torch_state_dict()))
         elif outcome.arrays is not None:
             arrays = outcome.arrays
         rounds.append(outcome.log)
-        log.info(
-            "fedsynth round %d/%d: trained %d, refused %d, failed %d, epsilon max %s (%.1f s)",
-            server_round,
-            config.num_server_rounds,
-            len(outcome.log["trained"]),
-            len(outcome.log["refused"]),
-            len(outcome.log["failed"]),
-            outcome.log["epsilon_max"],
-            outcome.log["seconds"],
-        )
+        optimizer_state = server_optimizer.state_dict() if server_optimizer is not None else None
         save_checkpoint(
-            out_dir / "checkpoints" / f"round-{server_round}.pt",
-            arrays,
-            config,
-            outcome.log,
-            server_optimizer.state_dict() if server_optimizer is not None else None,
+            out_dir / "checkpoints" / f"round-{server_round}.pt", arrays, config, outcome.log, optimizer_state
         )
+    require_training(rounds)
     bundle.load_state_dict(arrays.to_torch_state_dict())
-    connected = set(grid.get_node_ids())
-    summary = {
+    summary = training_summary(config, admission, release_log, rounds, set(grid.get_node_ids()))
+    write_json_atomic(out_dir / "train.json", summary)
+    return TrainingResult(bundle, statistics, admission.item_ids, summary)
+
+
+def training_summary(
+    config: RunConfig,
+    admission: Admission,
+    release_log: dict[str, Any],
+    rounds: list[dict[str, Any]],
+    connected: set[int],
+) -> dict[str, Any]:
+    """train.json: the config, the admission, the release's and each round's log, ε per client.
+
+    ``epsilon_by_client`` holds every node that reported a spend in this run, connected at the
+    end or not (``missing_at_end`` lists the latter: their ledgers still hold what they spent).
+    """
+    by_client = latest_epsilon([release_log, *rounds])
+    return {
         "config": to_plain(config.__dict__),
-        "num_items": len(item_ids),
+        "num_items": len(admission.item_ids),
+        "admitted": admission.nodes,
+        "excluded": {str(n): why for n, why in admission.excluded.items()},
+        "epsilon_cap_by_client": {str(n): c for n, c in admission.caps.items()},
         "statistics_release": release_log,
         "rounds": rounds,
         "epsilon_max": max((r["epsilon_max"] for r in rounds if r["epsilon_max"] is not None), default=None),
-        # Node ids of a resumed simulation differ from the interrupted one's: list the nodes connected
-        # now (their ledgers carry everything they spent); epsilon_max above covers every round.
-        "epsilon_by_client": {
-            node: value for node, value in latest_epsilon([release_log, *rounds]).items() if int(node) in connected
-        },
+        "epsilon_by_client": by_client,
+        "missing_at_end": sorted(int(n) for n in by_client if int(n) not in connected),
     }
-    write_json_atomic(out_dir / "train.json", summary)
-    return TrainingResult(bundle, statistics, item_ids, summary)
 
 
 def latest_epsilon(logs: list[dict[str, Any]]) -> dict[str, float]:

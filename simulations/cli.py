@@ -358,7 +358,13 @@ def split_data_command(settings: Any, nodes: int, out: Path, seed: int) -> None:
 @deploy.command(context_settings=_CONTEXT)
 @run_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/deploy"), show_default=True)
-def local(config_file: Path | None, clients: int, out: Path, **given: Any) -> None:
+@click.option(
+    "--node-max-epsilon",
+    type=float,
+    default=None,
+    help="Each trial node's lifetime cap (its node config max-epsilon) [default: the run's --epsilon].",
+)
+def local(config_file: Path | None, clients: int, out: Path, node_max_epsilon: float | None, **given: Any) -> None:
     """Try a real deployment on this machine: SuperLink + --clients SuperNodes as processes, TLS, node auth.
 
     Makes certificates, keys and per-node data files under OUT/deploy, starts the SuperLink (with a
@@ -371,7 +377,40 @@ def local(config_file: Path | None, clients: int, out: Path, **given: Any) -> No
 
     console = Console()
     run_config = resolve_run_config(config_file, given, out)
-    run_local_deployment(console, out, clients, run_config)
+    run_local_deployment(console, out, clients, run_config, node_max_epsilon)
+
+
+@cli.group(context_settings=_CONTEXT)
+def ledger() -> None:
+    """A silo's privacy ledgers (on the node's own disk): spend history, remaining budget, cap."""
+
+
+_LEDGER_DIR = click.option(
+    "--ledger-dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The node's ledger directory (its node config ledger-dir; simulation: OUT/ledgers or --ledger-dir).",
+)
+
+
+@ledger.command("show", context_settings=_CONTEXT)
+@_LEDGER_DIR
+def ledger_show(ledger_dir: Path) -> None:
+    """Print each ledger's cap, spent ε, remaining budget and every release with the run that asked for it."""
+    from simulations.ledger_view import show_ledgers
+
+    show_ledgers(Console(width=160), ledger_dir)
+
+
+@ledger.command("set-cap", context_settings=_CONTEXT)
+@_LEDGER_DIR
+@click.option("--max-epsilon", type=float, required=True, help="The silo's new lifetime ε cap (at the ledger's δ).")
+@click.option("--reason", default="operator", show_default=True, help="Recorded in the ledger's history.")
+def ledger_set_cap(ledger_dir: Path, max_epsilon: float, reason: str) -> None:
+    """Change the silo's lifetime cap: an act on the node's own disk, recorded in each ledger's history."""
+    from simulations.ledger_view import set_cap
+
+    set_cap(Console(), ledger_dir, max_epsilon, reason)
 
 
 @cli.command(context_settings=_CONTEXT)

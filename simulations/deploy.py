@@ -5,7 +5,7 @@ persistent SuperLink database, per-node data files and ledgers) before renting m
 deployment tests use it to prove fault tolerance over real processes. Each process is started
 in its own process group and every one is stopped on exit, even after a failure.
 
-Layout under ``root``: ``certs/``, ``keys/``, ``flwr_home/config.toml`` (the ``fedsynth``
+Layout under ``root``: ``certs/``, ``keys/``, ``flwr_home/config.toml`` (the ``fedsynth-link``
 connection for ``flwr``), ``superlink/state.db``, ``nodes/node-K/ledgers``, ``logs/*.log``.
 """
 
@@ -26,9 +26,17 @@ from typing import Any
 
 from common.errors import FedsynthError
 from simulations.deploy_setup import Certificates, NodeFiles, NodeKey
-from simulations.runner import flower_environment, format_run_config, project_root
+from simulations.runner import (
+    check_outcome,
+    final_status,
+    flower_environment,
+    format_run_config,
+    project_root,
+    started_run_id,
+)
 
-CONNECTION = "fedsynth"
+# Not the name of any folder the `flwr` commands run in (a folder of that name would be read as an app).
+CONNECTION = "fedsynth-link"
 
 
 def free_port() -> int:
@@ -75,6 +83,27 @@ class Process:
         return self.log.read_text(errors="replace") if self.log.is_file() else ""
 
 
+@dataclass(frozen=True)
+class NodeSettings:
+    """What a trial SuperNode is started with besides its index: its cap and, to try errors, another data file."""
+
+    max_epsilon: float | None = None  # node config max-epsilon: the silo's lifetime budget
+    data_path: Path | None = None  # default: the node's own file from split_data
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A submitted run: `flwr run`'s exit code, the run id, the SuperLink's final status and the log."""
+
+    code: int
+    run_id: int | None
+    status: str | None
+    log: Path
+
+    def completed(self) -> bool:
+        return self.status == "finished:completed" and self.code == 0
+
+
 @dataclass
 class LocalDeployment:
     """SuperLink + SuperNodes on 127.0.0.1 with TLS and node authentication (see module docstring)."""
@@ -97,7 +126,7 @@ class LocalDeployment:
         return self.root / "nodes" / f"node-{index}"
 
     def write_connection(self) -> None:
-        """``flwr_home/config.toml``: the ``fedsynth`` connection (address + CA) used by ``flwr`` commands."""
+        """``flwr_home/config.toml``: the ``fedsynth-link`` connection (address + CA) used by ``flwr`` commands."""
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
@@ -148,7 +177,7 @@ class LocalDeployment:
             return sock.connect_ex(("127.0.0.1", self.port)) == 0
 
     def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """A ``flwr`` CLI command against this SuperLink's ``fedsynth`` connection."""
+        """A ``flwr`` CLI command against this SuperLink's connection."""
         return subprocess.run(
             [_binary("flwr"), *args],
             env=flower_environment(self.flwr_home),
@@ -176,17 +205,28 @@ class LocalDeployment:
             raise FedsynthError(f"flwr supernode list failed: {done.stdout}{done.stderr}") from exc
         return list(payload.get("nodes", []))
 
-    def start_supernode(self, index: int, key: NodeKey | None, with_ca: bool = True, name: str = "") -> Process:
-        """SuperNode ``index`` with its own data file, catalogue, ledger directory and runtime port.
+    def start_supernode(
+        self,
+        index: int,
+        key: NodeKey | None,
+        with_ca: bool = True,
+        name: str = "",
+        node_settings: NodeSettings | None = None,
+    ) -> Process:
+        """SuperNode ``index`` with its own data file, catalogue, ledger directory, cap and runtime port.
 
         ``name`` (default ``node-<index>``) names its process and log.
         """
+        settings = node_settings or NodeSettings()
         ledgers = self.node_dir(index) / "ledgers"
         ledgers.mkdir(parents=True, exist_ok=True)
+        data_path = settings.data_path or self.data.data[index]
         node_config = (
-            f"data-path='{self.data.data[index].resolve()}' catalogue-path='{self.data.catalogue.resolve()}' "
+            f"data-path='{data_path.resolve()}' catalogue-path='{self.data.catalogue.resolve()}' "
             f"ledger-dir='{ledgers.resolve()}'"
         )
+        if settings.max_epsilon is not None:
+            node_config += f" max-epsilon={settings.max_epsilon!r}"
         command = [_binary("flower-supernode"), "--superlink", self.address, "--port", str(free_port())]
         if with_ca:
             command += ["--root-certificates", str(self.certificates.ca_certificate.resolve())]
@@ -197,13 +237,18 @@ class LocalDeployment:
 
     def submit(
         self, run_config: dict[str, Any], on_line: Callable[[str], None] | None = None, timeout: float = 900
-    ) -> int:
-        """``flwr run <project> fedsynth --stream`` with ``run_config``; returns its exit code (log in logs/run.log)."""
+    ) -> Submission:
+        """``flwr run <project> <connection> --stream`` with ``run_config`` (log in logs/run.log).
+
+        Returns `flwr run`'s exit code with the run's status as the SuperLink reports it: `flwr run`
+        exits 0 even when the ServerApp failed, so only the status says how the run ended.
+        """
         command = [_binary("flwr"), "run", str(project_root()), CONNECTION, "--stream"]
         command += ["--run-config", format_run_config(run_config)]
         log = self.root / "logs" / "run.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout
+        run_id = None
         with log.open("a") as handle:
             process = subprocess.Popen(
                 command,
@@ -219,15 +264,20 @@ class LocalDeployment:
                 for line in process.stdout:
                     handle.write(line)
                     handle.flush()
+                    run_id = run_id or started_run_id(line)
                     if on_line is not None:
                         on_line(line.rstrip("\n"))
                     if time.monotonic() > deadline:
                         raise FedsynthError(f"the run took longer than {timeout:.0f} s; see {log}.")
-                return process.wait()
+                code = process.wait()
             finally:
                 if process.poll() is None:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
+        status = None
+        if run_id is not None:
+            status = final_status(CONNECTION, run_id, flower_environment(self.flwr_home), cwd=self.root)
+        return Submission(code, run_id, status, log)
 
     @staticmethod
     def wait_for(condition: Callable[[], bool], timeout: float, what: str, process: Process | None = None) -> None:
@@ -289,8 +339,13 @@ def deployment_run_config(run_config: dict[str, Any], out: Path, nodes: int) -> 
     return settings
 
 
-def run_local_deployment(console: Any, out: Path, nodes: int, run_config: dict[str, Any]) -> dict[str, Any]:
-    """``fedsynth deploy local``: prepare, start everything, submit, stream progress, stop everything."""
+def run_local_deployment(
+    console: Any, out: Path, nodes: int, run_config: dict[str, Any], node_max_epsilon: float | None = None
+) -> dict[str, Any]:
+    """``fedsynth deploy local``: prepare, start everything, submit, stream progress, stop everything.
+
+    Each node's cap (node config ``max-epsilon``) is ``node_max_epsilon``, by default the run's ε.
+    """
     from simulations.jobs import check_new_run, progress_printer
 
     check_new_run(out, nodes)
@@ -300,13 +355,14 @@ def run_local_deployment(console: Any, out: Path, nodes: int, run_config: dict[s
         database.unlink()  # a fresh SuperLink per trial; the nodes' ledgers (root/nodes) are kept
     certificates, keys, data = prepare_local(root, nodes, run_config)
     settings = deployment_run_config(run_config, out, nodes)
+    cap = node_max_epsilon if node_max_epsilon is not None else float(settings.get("epsilon", 8.0))
     with LocalDeployment(root, certificates, data) as deployment:
         console.print(f"SuperLink on {deployment.address} (TLS, node authentication, database {database})")
         deployment.start_superlink()
         for index, key in enumerate(keys):
             node_id = deployment.register(key)
-            deployment.start_supernode(index, key)
-            console.print(f"SuperNode {index}: id {node_id}, data {data.data[index]}")
+            deployment.start_supernode(index, key, node_settings=NodeSettings(max_epsilon=cap))
+            console.print(f"SuperNode {index}: id {node_id}, data {data.data[index]}, max-epsilon {cap:g}")
         deployment.wait_for(
             lambda: sum(n.get("status") == "online" for n in deployment.registered_nodes()) >= nodes,
             120,
@@ -314,10 +370,13 @@ def run_local_deployment(console: Any, out: Path, nodes: int, run_config: dict[s
         )
 
         started = time.perf_counter()
-        code = deployment.submit(settings, on_line=progress_printer(console))
-        console.print(f"run finished in {time.perf_counter() - started:.0f} s with exit code {code}")
-    if code != 0 or not (out / "metrics.json").is_file():
-        raise FedsynthError(f"the deployed run failed; see {root / 'logs'} (run.log, superlink.log, node-K.log).")
+        submission = deployment.submit(settings, on_line=progress_printer(console))
+        console.print(f"run {submission.run_id} ended as {submission.status} in {time.perf_counter() - started:.0f} s")
+    check_outcome(out, submission.code, submission.status, root / "logs" / "run.log")
+    if not (out / "metrics.json").is_file():
+        raise FedsynthError(f"the deployed run wrote no metrics.json; see {root / 'logs'} (run.log, superlink.log).")
     metrics = dict(json.loads((out / "metrics.json").read_text()))
-    console.print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}; ε max {metrics['privacy']['epsilon_max']}")
+    console.print(
+        f"wrote {out / 'metrics.json'} and {out / 'report.md'}; ε max {metrics['privacy']['epsilon_max']:.3f}"
+    )
     return metrics

@@ -54,13 +54,18 @@ _RUN_OPTIONS: list[tuple[str, type, str]] = [
     ("seed", int, "Seed of data, partition, models and synthesis [default: 0]."),
     ("device", str, "cpu | cuda for the server's central training [default: cpu]."),
     ("ledger-dir", str, "Clients' privacy ledgers [default: OUT/ledgers]."),
+    ("min-clients", int, "Fewer answering at the start, in the release or in a round: the run fails [default: 2]."),
+    ("allow-degraded", bool, "Leave out nodes that cannot take part; accept rounds below --min-clients."),
 ]
 
 
 def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The run-config options, ``--clients``, ``--config`` and ``--out``."""
     for name, kind, text in reversed(_RUN_OPTIONS):
-        func = click.option(f"--{name}", type=kind, default=None, help=text)(func)
+        if kind is bool:
+            func = click.option(f"--{name}", is_flag=True, default=None, help=text)(func)
+        else:
+            func = click.option(f"--{name}", type=kind, default=None, help=text)(func)
     func = click.option("--clients", type=int, default=5, show_default=True, help="Simulated clients (SuperNodes).")(
         func
     )

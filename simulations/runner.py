@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,6 +136,66 @@ def stop_superlinks(flwr_home: Path, timeout: float = 15.0) -> int:
     return found
 
 
+STARTED = re.compile(r"Successfully started run (\d+)")
+
+
+def started_run_id(line: str) -> int | None:
+    """The run id in `flwr run`'s "Successfully started run N" line, else None."""
+    match = STARTED.search(line)
+    return int(match.group(1)) if match else None
+
+
+def run_status(connection: str, run_id: int, env: dict[str, str], cwd: Path | None = None) -> str:
+    """The SuperLink's status of ``run_id`` (e.g. ``finished:completed``), asked with `flwr list`.
+
+    `flwr run --stream` exits 0 even when the ServerApp failed, so its exit code is not trusted.
+    """
+    flwr = str(Path(sys.executable).with_name("flwr"))
+    done = subprocess.run(
+        [flwr, "list", connection, "--run-id", str(run_id), "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+    try:
+        payload = json.loads(done.stdout[done.stdout.index("{") :])
+        return str(payload["runs"][0]["status"])
+    except (ValueError, KeyError, IndexError) as exc:
+        raise FedsynthError(
+            f"could not read run {run_id}'s status from the SuperLink: {done.stdout}{done.stderr}"
+        ) from exc
+
+
+def final_status(connection: str, run_id: int, env: dict[str, str], cwd: Path | None = None, wait: float = 20) -> str:
+    """The run's status once the SuperLink says it finished (or whatever it says after ``wait`` seconds)."""
+    deadline = time.monotonic() + wait
+    status = run_status(connection, run_id, env, cwd)
+    while not status.startswith("finished") and time.monotonic() < deadline:
+        time.sleep(1.0)
+        status = run_status(connection, run_id, env, cwd)
+    return status
+
+
+def check_outcome(out_dir: Path, code: int, status: str | None, log: Path) -> None:
+    """Raise FedsynthError unless the run completed: the ServerApp's own reason first, then the SuperLink's.
+
+    ``status``: the SuperLink's status of the run (None if the run never started).
+    """
+    from server.app import failure_path
+
+    failed = failure_path(out_dir)
+    if failed.is_file():
+        reason = json.loads(failed.read_text())["reason"]
+        raise FedsynthError(f"the federated run failed: {reason} (log: {log})")
+    if status is None:
+        raise FedsynthError(f"the federated run did not start (exit {code}); see {log}.")
+    if status != "finished:completed" or code != 0:
+        raise FedsynthError(f"the federated run ended as {status} (exit {code}); see {log}.")
+
+
 def run_simulation(
     out_dir: Path, num_clients: int, run_config: dict[str, Any], on_line: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
@@ -158,19 +219,25 @@ def run_simulation(
         "--run-config",
         format_run_config(settings),
     ]
-    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "logs" / "flwr-run.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    run_id, status = None, None
     try:
-        with (out_dir / "logs" / "flwr-run.log").open("w") as log_file:
+        with log_path.open("w") as log_file:
             process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             assert process.stdout is not None
             for line in process.stdout:
                 log_file.write(line)
+                run_id = run_id or started_run_id(line)
                 if on_line is not None:
                     on_line(line.rstrip("\n"))
             code = process.wait()
+        if run_id is not None:
+            status = final_status("local", run_id, env)
     finally:
         stop_superlinks(flwr_home)
+    check_outcome(out_dir, code, status, log_path)
     train_json = out_dir / "train.json"
-    if code != 0 or not train_json.is_file():
-        raise FedsynthError(f"the federated run failed (exit {code}); see {out_dir / 'logs' / 'flwr-run.log'}.")
+    if not train_json.is_file():
+        raise FedsynthError(f"the federated run wrote no train.json; see {log_path}.")
     return dict(json.loads(train_json.read_text()))

@@ -13,10 +13,12 @@ import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from client.budget import NodeBudget
 from client.round import handle_statistics, handle_train
 from common import keys
 from common.bundle import ModelBundle
 from common.federation import RunConfig
+from common.privacy.ledger import RunIdentity
 from server.strategy import ClientReply, aggregate_replies
 
 SMALL = {
@@ -60,7 +62,7 @@ def test_reply_holds_only_weights_and_aggregate_metrics(tmp_path: Path) -> None:
     config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 2, "epsilon": 4.0})
     data = rows()
 
-    reply = handle_train(request(config, 50, 1), data, config, RecordDict(), tmp_path)
+    reply = handle_train(request(config, 50, 1), data, config, RecordDict(), NodeBudget(tmp_path), RunIdentity())
 
     assert set(reply.keys()) == {keys.ARRAYS, keys.METRICS}
     assert isinstance(reply[keys.ARRAYS], ArrayRecord)
@@ -79,21 +81,26 @@ def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path)
     data = rows()
     state = RecordDict()
     release = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
-    assert handle_statistics(release, data, config, state, tmp_path)[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
+    assert (
+        handle_statistics(release, data, config, state, NodeBudget(tmp_path), RunIdentity())[keys.METRICS][keys.REFUSED]
+        == 0
+    )  # type: ignore[index]
     for server_round in (1, 2):
-        reply = handle_train(request(config, 50, server_round), data, config, state, tmp_path)
+        reply = handle_train(
+            request(config, 50, server_round), data, config, state, NodeBudget(tmp_path), RunIdentity()
+        )
         assert reply[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
     spent = reply[keys.METRICS][keys.EPSILON]  # type: ignore[index]
 
     # A restarted client: a fresh state, the same data, the same ledger directory.
-    refused = handle_train(request(config, 50, 1), data, config, RecordDict(), tmp_path)
+    refused = handle_train(request(config, 50, 1), data, config, RecordDict(), NodeBudget(tmp_path), RunIdentity())
 
     assert refused[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
     assert refused[keys.METRICS][keys.EPSILON] == pytest.approx(spent)  # type: ignore[index]
-    assert "above the target 2" in str(refused[keys.CONFIG][keys.REASON])  # type: ignore[index]
+    assert "above this silo's cap 2" in str(refused[keys.CONFIG][keys.REASON])  # type: ignore[index]
     assert keys.ARRAYS not in refused
     ledger = json.loads(next(tmp_path.glob("ledger-*.json")).read_text())
-    assert [r["round"] for r in ledger["rounds"]] == [0, 1, 2]
+    assert [r["round"] for r in ledger["history"]] == [0, 1, 2]
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from common.errors import ConfigError
 from common.privacy.accounting import DPEvent, calibrate_noise, epsilon, epsilon_by_model
 from common.privacy.crosscheck import crosscheck_ledgers, dp_accounting_epsilon
-from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, fingerprint
+from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity, fingerprint
 
 
 @pytest.mark.parametrize(
@@ -59,30 +59,30 @@ def matrix(seed: int) -> sp.csr_matrix:
 
 def test_ledger_survives_reopening_and_refuses_over_budget(tmp_path: Path) -> None:
     print_ = fingerprint(matrix(0))
-    ledger = PrivacyLedger.open(tmp_path, print_, 1e-3, target_epsilon=3.0)
+    ledger = PrivacyLedger.open(tmp_path, print_, 1e-3, None, first_request=3.0)
     sigma = calibrate_noise(1.5, 1e-3, 0.2, 50)
     round_events = [DPEvent("vae", sigma, 0.2, 50)]
     ledger.check(round_events)
-    ledger.record(round_events, {"round": 1})
+    ledger.record(round_events, "round", RunIdentity(), round=1)
 
-    reopened = PrivacyLedger.open(tmp_path, print_, 1e-3, target_epsilon=3.0)
+    reopened = PrivacyLedger.open(tmp_path, print_, 1e-3, None, first_request=3.0)
 
     assert reopened.events == round_events
     assert reopened.spent()["total"] == pytest.approx(ledger.spent()["total"])
     reopened.check(round_events)  # a second round still fits in 3.0
-    reopened.record(round_events, {"round": 2})
-    with pytest.raises(PrivacyBudgetExceeded, match="above the target 3"):
+    reopened.record(round_events, "round", RunIdentity(), round=2)
+    with pytest.raises(PrivacyBudgetExceeded, match="above this silo's cap 3"):
         reopened.check(round_events * 3)
 
 
 def test_ledger_is_keyed_by_data_and_keeps_its_delta(tmp_path: Path) -> None:
-    first = PrivacyLedger.open(tmp_path, fingerprint(matrix(0)), 1e-3, 3.0)
-    first.record([DPEvent("vae", 1.0, 0.1, 10)], {"round": 1})
+    first = PrivacyLedger.open(tmp_path, fingerprint(matrix(0)), 1e-3, None, 3.0)
+    first.record([DPEvent("vae", 1.0, 0.1, 10)], "round", RunIdentity(), round=1)
 
-    other_data = PrivacyLedger.open(tmp_path, fingerprint(matrix(1)), 1e-3, 3.0)
+    other_data = PrivacyLedger.open(tmp_path, fingerprint(matrix(1)), 1e-3, None, 3.0)
     assert other_data.events == []
     with pytest.raises(ConfigError, match="Use the same delta"):
-        PrivacyLedger.open(tmp_path, fingerprint(matrix(0)), 1e-4, 3.0)
+        PrivacyLedger.open(tmp_path, fingerprint(matrix(0)), 1e-4, None, 3.0)
 
 
 def test_fingerprint_depends_on_the_pattern_not_the_object() -> None:
@@ -93,8 +93,8 @@ def test_fingerprint_depends_on_the_pattern_not_the_object() -> None:
 
 def test_ledger_crosscheck_reports_both_accountants(tmp_path: Path) -> None:
     events = [DPEvent("statistics", 2.0, 1.0, 1), DPEvent("vae", 1.1, 0.1, 30), DPEvent("gan", 0.9, 0.1, 10)]
-    ledger = PrivacyLedger.open(tmp_path, fingerprint(matrix(0)), 1e-4, 10.0)
-    ledger.record(events, {"round": 1})
+    ledger = PrivacyLedger.open(tmp_path, fingerprint(matrix(0)), 1e-4, None, 10.0)
+    ledger.record(events, "round", RunIdentity(), round=1)
 
     (row,) = crosscheck_ledgers(tmp_path)
 

@@ -10,11 +10,13 @@ import pytest
 import scipy.sparse as sp
 from flwr.app import ConfigRecord, RecordDict
 
+from client.budget import NodeBudget
 from client.round import handle_statistics, handle_train
 from client.training import plan_privacy
 from common import keys
 from common.federation import RunConfig
 from common.privacy.accounting import DPEvent, epsilon
+from common.privacy.ledger import RunIdentity
 from common.privacy.statistics import NoisyStatistics, length_bin_edges, noisy_statistics
 from tests.test_federation import SMALL, request, rows
 
@@ -61,7 +63,7 @@ def test_release_is_recorded_in_the_ledger_and_replies_only_noisy_aggregates(tmp
     state = RecordDict()
     content = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
 
-    reply = handle_statistics(content, data, config, state, tmp_path)
+    reply = handle_statistics(content, data, config, state, NodeBudget(tmp_path), RunIdentity())
 
     assert set(reply.keys()) == {keys.ARRAYS, keys.METRICS}
     arrays = reply[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
@@ -71,11 +73,13 @@ def test_release_is_recorded_in_the_ledger_and_replies_only_noisy_aggregates(tmp
     assert metrics[keys.EPSILON] == pytest.approx(metrics[keys.EPSILON_STATISTICS])
     assert 0 < metrics[keys.EPSILON] < 4.0
     ledger = json.loads(next(tmp_path.glob("ledger-*.json")).read_text())
-    assert ledger["events"][0]["model"] == "statistics" and ledger["rounds"][0]["round"] == 0
+    assert ledger["events"][0]["model"] == "statistics" and ledger["history"][0]["round"] == 0
 
     # Both rounds still fit, and the total after them stays within the target.
     for server_round in (1, 2):
-        trained = handle_train(request(config, 50, server_round), data, config, state, tmp_path)
+        trained = handle_train(
+            request(config, 50, server_round), data, config, state, NodeBudget(tmp_path), RunIdentity()
+        )
         assert trained[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
     final = trained[keys.METRICS]
     assert final[keys.EPSILON] <= 4.0 + 1e-3  # type: ignore[operator]

@@ -1,18 +1,29 @@
-"""The privacy ledger: a client's durable record of every DP event spent on its records.
+"""The privacy ledger: a silo's durable record of every DP event spent on its records, and its cap.
 
-One JSON file per dataset fingerprint in a ledger directory on the client's own disk. It is
-read before every round, the round is refused if its planned events would push the
-composed ε past the target, and it is written atomically (temp file, fsync, rename) right
-after training. A restarted client, or a second run on the same data, continues from the
-budget already spent: the file, not the process, is the truth.
+One JSON file per dataset fingerprint in a ledger directory on the silo's own disk. The file,
+not the process, is the truth: a restarted client, or a later run on the same data, continues
+from the budget already spent.
+
+**Who sets the cap.** The lifetime cap ``max_epsilon`` (at the ledger's δ) is fixed when the
+ledger is created, from the node's own side: its node config ``max-epsilon`` in a deployment;
+in a simulation, which has no node config, the first run's ε. Afterwards nothing a server sends
+can raise it: a run's ε is only what that run asks to spend, and a run whose planned events,
+composed with everything already spent, would pass the cap is refused. A lower node-config cap
+tightens the ledger's; raising a cap is an operator's act on the node's disk
+(:meth:`PrivacyLedger.set_cap`, ``fedsynth ledger set-cap``), recorded in the history.
+
+Every history entry carries the run (Flower run id and the run key the server sends, stable
+across resumes of one run directory), the requester the server named, UTC time, what was
+released and the composed ε after it. Written atomically (temp file, fsync, rename).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
+import math
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +34,13 @@ from common.errors import ConfigError, FedsynthError
 from common.io import write_json_atomic
 from common.privacy.accounting import DPEvent, epsilon, epsilon_by_model
 
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2
 # Calibration bisects σ to 1e-4, so a plan may land a hair above target; this much is tolerated.
 EPSILON_TOLERANCE = 1e-3
 
 
 class PrivacyBudgetExceeded(FedsynthError):
-    """A round would spend more than the client's remaining budget."""
+    """A release would spend more than the silo's remaining budget."""
 
 
 def fingerprint(matrix: sp.csr_matrix) -> str:
@@ -43,67 +54,126 @@ def fingerprint(matrix: sp.csr_matrix) -> str:
     return digest.hexdigest()
 
 
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which run asks: Flower's run id (from the node's SuperLink), the server's run key and requester.
+
+    ``run_key`` is chosen by the server once per run directory and kept across resumes, so the
+    ledger can tell a resumed run's earlier releases from another run's. ``requester`` is what
+    the server says about itself (host and output directory): informative, not authenticated.
+    """
+
+    run_id: int = 0
+    run_key: str = ""
+    requester: str = ""
+
+
 @dataclass
 class PrivacyLedger:
-    """Events spent on one dataset, with the δ and target ε they are accounted against."""
+    """Events spent on one dataset, with the δ they are accounted at and the silo's lifetime cap."""
 
     path: Path
     fingerprint: str
     delta: float
-    target_epsilon: float
+    max_epsilon: float
+    cap_source: str
     events: list[DPEvent] = field(default_factory=list)
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @staticmethod
+    def path_for(directory: Path, data_fingerprint: str) -> Path:
+        return directory / f"ledger-{data_fingerprint[:32]}.json"
 
     @classmethod
-    def open(cls, directory: Path, data_fingerprint: str, delta: float, target_epsilon: float) -> PrivacyLedger:
-        """Load the ledger for ``data_fingerprint`` from ``directory``, or start an empty one.
+    def open(
+        cls, directory: Path, data_fingerprint: str, delta: float, node_cap: float | None, first_request: float
+    ) -> PrivacyLedger:
+        """Load the ledger for ``data_fingerprint`` from ``directory``, or create it with its cap.
 
+        ``node_cap``: the node's own ``max-epsilon`` (None where the node has none, i.e. in a
+        simulation); ``first_request``: the run's ε, the cap of a ledger created without a node cap.
         A ledger already holding events keeps its δ: opening it with another δ is an error,
-        because ε values at different δ cannot be compared or added.
+        because ε values at different δ cannot be compared or added. A stored cap is never raised
+        here; a lower ``node_cap`` tightens it (and says so in the history).
         """
-        path = directory / f"ledger-{data_fingerprint[:32]}.json"
+        path = cls.path_for(directory, data_fingerprint)
         if not path.is_file():
-            return cls(path, data_fingerprint, delta, target_epsilon)
+            if node_cap is not None:
+                return cls(path, data_fingerprint, delta, node_cap, "node config max-epsilon")
+            return cls(path, data_fingerprint, delta, first_request, "the first run's epsilon (no node cap)")
+        ledger = cls.load(path)
+        if ledger.fingerprint != data_fingerprint:
+            raise FedsynthError(f"{path}: the ledger belongs to other data (fingerprint mismatch).")
+        if ledger.events and not np.isclose(ledger.delta, delta, rtol=1e-9, atol=0):
+            raise ConfigError(
+                f"{path}: this data's ledger accounts at delta={ledger.delta:g}, but delta={delta:g} was "
+                "configured. Use the same delta for the same data."
+            )
+        if node_cap is not None and node_cap < ledger.max_epsilon:
+            ledger.change_cap(node_cap, "node config max-epsilon (lowered)")
+        return ledger
+
+    @classmethod
+    def load(cls, path: Path) -> PrivacyLedger:
+        """Read one ledger file (version 1 files: their last ``target_epsilon`` becomes the cap)."""
         try:
             payload = json.loads(path.read_text())
             events = [DPEvent(**event) for event in payload["events"]]
-            stored_delta = float(payload["delta"])
+            delta = float(payload["delta"])
+            cap = float(payload["max_epsilon"] if "max_epsilon" in payload else payload["target_epsilon"])
+            history = list(payload.get("history", payload.get("rounds", [])))
+            source = str(payload.get("cap_source", "version-1 ledger: its last target epsilon"))
+            return cls(path, str(payload["fingerprint"]), delta, cap, source, events, history)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise FedsynthError(
                 f"{path}: the privacy ledger is unreadable ({exc}). Do not delete it: it records the budget "
                 "already spent on this data; restore it from a backup."
             ) from exc
-        if payload.get("fingerprint") != data_fingerprint:
-            raise FedsynthError(f"{path}: the ledger belongs to other data (fingerprint mismatch).")
-        if events and not np.isclose(stored_delta, delta, rtol=1e-9, atol=0):
-            raise ConfigError(
-                f"{path}: this data's ledger accounts at delta={stored_delta:g}, but delta={delta:g} was "
-                "configured. Use the same delta for the same data."
-            )
-        return cls(path, data_fingerprint, stored_delta, target_epsilon, events, list(payload.get("rounds", [])))
 
     def spent(self) -> dict[str, float]:
-        """ε spent so far, per model and ``total`` (all events composed)."""
+        """ε spent so far, per release/model and ``total`` (all events composed)."""
         return epsilon_by_model(self.events, self.delta)
+
+    def remaining(self) -> float:
+        """``max_epsilon − spent``: a guide for operators. The check itself composes the events."""
+        return max(0.0, self.max_epsilon - self.spent()["total"])
 
     def epsilon_after(self, planned: list[DPEvent]) -> float:
         """Total ε if ``planned`` were spent on top of the history."""
         return epsilon([*self.events, *planned], self.delta)
 
-    def check(self, planned: list[DPEvent]) -> float:
-        """Raise PrivacyBudgetExceeded if ``planned`` does not fit the target; else the ε after it."""
+    def check(self, planned: list[DPEvent], what: str = "this round") -> float:
+        """Raise PrivacyBudgetExceeded if ``planned`` does not fit the cap; else the ε after it."""
         after = self.epsilon_after(planned)
-        if after > self.target_epsilon + EPSILON_TOLERANCE:
+        if after > self.max_epsilon + EPSILON_TOLERANCE:
             raise PrivacyBudgetExceeded(
-                f"this round would bring epsilon to {after:.3f}, above the target {self.target_epsilon:g} "
-                f"(spent so far {self.spent()['total']:.3f} at delta={self.delta:g})"
+                f"{what} would bring epsilon to {after:.3f}, above this silo's cap {self.max_epsilon:g} "
+                f"(spent so far {self.spent()['total']:.3f} at delta={self.delta:g}; the cap is set on the node: "
+                f"{self.cap_source}; see `fedsynth ledger show`)"
             )
         return after
 
-    def record(self, spent: list[DPEvent], round_info: dict[str, Any]) -> None:
-        """Append the events actually spent and save the ledger atomically."""
+    def charged(self, run_key: str) -> list[dict[str, Any]]:
+        """History entries of releases made for ``run_key`` (earlier attempts of a resumed run)."""
+        return [e for e in self.history if run_key and e.get("run_key") == run_key and "release" in e]
+
+    def record(self, spent: list[DPEvent], release: str, run: RunIdentity, **details: Any) -> None:
+        """Append the events actually spent, with who asked and when, and save the ledger atomically."""
         self.events.extend(spent)
-        self.rounds.append({**round_info, "time": time.time(), "epsilon_total": self.spent()["total"]})
+        entry = {"time": utc_now(), "release": release, **asdict(run), **details}
+        self.history.append({**entry, "epsilon_total": self.spent()["total"]})
+        self.save()
+
+    def change_cap(self, max_epsilon: float, why: str) -> None:
+        """Set the cap (an act on the node's side only) and record the change in the history."""
+        if not max_epsilon > 0 or math.isnan(max_epsilon):
+            raise ConfigError(f"max-epsilon must be positive, got {max_epsilon}.")
+        self.history.append({"time": utc_now(), "cap": max_epsilon, "previous_cap": self.max_epsilon, "by": why})
+        self.max_epsilon, self.cap_source = max_epsilon, why
         self.save()
 
     def save(self) -> None:
@@ -113,9 +183,18 @@ class PrivacyLedger:
                 "version": LEDGER_VERSION,
                 "fingerprint": self.fingerprint,
                 "delta": self.delta,
-                "target_epsilon": self.target_epsilon,
+                "max_epsilon": self.max_epsilon,
+                "cap_source": self.cap_source,
                 "accountant": "opacus rdp",
                 "events": [asdict(e) for e in self.events],
-                "rounds": self.rounds,
+                "history": self.history,
             },
         )
+
+
+def ledgers_in(directory: Path) -> list[PrivacyLedger]:
+    """Every ledger file in ``directory`` (an error naming the folder if there is none)."""
+    paths = sorted(directory.glob("ledger-*.json"))
+    if not paths:
+        raise ConfigError(f"--ledger-dir {directory}: no ledger-*.json there (is it the node's ledger-dir?).")
+    return [PrivacyLedger.load(p) for p in paths]

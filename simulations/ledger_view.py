@@ -1,0 +1,63 @@
+"""``fedsynth ledger show|set-cap``: a silo operator's view of its own ledgers, and the one way to change a cap.
+
+Both act on the node's disk only (its ``ledger-dir``); nothing here talks to a server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from common.privacy.ledger import PrivacyLedger, ledgers_in
+
+
+def _released(entry: dict[str, object]) -> str:
+    if "cap" in entry:
+        return f"cap {entry['previous_cap']:g} → {entry['cap']:g} ({entry['by']})"
+    where = f" {entry['round']}" if entry.get("release") == "round" else ""
+    return f"{entry.get('release', '?')}{where}"
+
+
+def ledger_table(ledger: PrivacyLedger) -> Table:
+    """One ledger's history: when, which run asked, what was released, the composed ε after it."""
+    spent = ledger.spent()["total"]
+    title = (
+        f"{ledger.path.name}  data {ledger.fingerprint[:12]}…  cap ε {ledger.max_epsilon:g} at δ {ledger.delta:.3g} "
+        f"({ledger.cap_source})  spent {spent:.3f}  remaining ≈ {ledger.remaining():.3f}"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("time (UTC)", "run id", "run key", "requester", "release", "ε asked", "ε total after"):
+        table.add_column(column, overflow="fold")
+    for entry in ledger.history:
+        asked = entry.get("requested_epsilon")
+        total = entry.get("epsilon_total")
+        table.add_row(
+            str(entry.get("time", "")),
+            str(entry.get("run_id", "")),
+            str(entry.get("run_key", ""))[:12],
+            str(entry.get("requester", "")),
+            _released(entry),
+            "" if asked is None else f"{float(str(asked)):g}",
+            "" if total is None else f"{float(str(total)):.3f}",
+        )
+    return table
+
+
+def show_ledgers(console: Console, directory: Path) -> None:
+    """Print every ledger in ``directory``: cap, spent, remaining and the spend history."""
+    for ledger in ledgers_in(directory):
+        console.print(ledger_table(ledger))
+    console.print(
+        "ε composes (RDP), so 'remaining' is cap − spent as a guide; a node checks each run's plan composed "
+        "with its history against the cap and refuses what does not fit."
+    )
+
+
+def set_cap(console: Console, directory: Path, max_epsilon: float, reason: str) -> None:
+    """Change the cap of every ledger in ``directory`` (recorded in each history)."""
+    for ledger in ledgers_in(directory):
+        previous = ledger.max_epsilon
+        ledger.change_cap(max_epsilon, f"fedsynth ledger set-cap: {reason}")
+        console.print(f"{ledger.path}: cap {previous:g} → {max_epsilon:g} (spent {ledger.spent()['total']:.3f})")
