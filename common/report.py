@@ -71,6 +71,8 @@ def plot_metrics(path: Path, results: dict[str, dict[str, float]]) -> None:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "not computed"
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
@@ -95,6 +97,35 @@ def _baselines_section(baselines: dict[str, Any]) -> list[str]:
         settings = ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
         lines.append(
             f"| {name} | {_fmt(max(entry['epsilon_per_client']))} | {_fmt(entry['noise_std_of_sum'])} | {settings} |"
+        )
+    return [*lines, ""]
+
+
+def _retention_line(retention: dict[str, Any]) -> str:
+    ratios = {k: v for k, v in retention.items() if k != "metric"}
+    if not ratios:
+        return "Utility retention: not computed (no real-data upper bounds: the server holds no data in a deployment)."
+    return f"Utility retention ({retention['metric']}, synthetic / real): " + ", ".join(
+        f"{k} {_fmt(v)}" for k, v in ratios.items()
+    )
+
+
+def _privacy_section(privacy: dict[str, Any]) -> list[str]:
+    """Every client that spent ε in this run: before it, after it, its own cap; missing ones marked."""
+    lines = [
+        "## Privacy per client",
+        "",
+        "ε is each node's cumulative spend on its data as its ledger holds it (earlier runs included); the cap "
+        "is the lifetime budget the node set itself (`fedsynth ledger show` on the node lists every release).",
+        "",
+        "| client | ε before this run | ε after | cap (set on the node) | at the end |",
+        "|---|---|---|---|---|",
+    ]
+    for c in privacy["epsilon_per_client"]:
+        cap = "not reported" if c.get("cap") is None else _fmt(c["cap"])
+        state = "**missing**" if c.get("missing_at_end") else "connected"
+        lines.append(
+            f"| {c['client']} | {_fmt(c.get('epsilon_before_run', 0.0))} | {_fmt(c['epsilon'])} | {cap} | {state} |"
         )
     return [*lines, ""]
 
@@ -140,7 +171,7 @@ def write_report(
         "# fedsynth run report",
         "",
         f"Rounds: {metrics['rounds']}. Privacy: ε ≤ {_fmt(privacy['epsilon_max'])} per client (max over clients), "
-        f"δ ≤ {privacy['delta']}, {privacy['accountant']}.",
+        f"δ ≤ {_fmt(privacy['delta'])}, {privacy['accountant']}.",
         "",
         "## Recommenders (real held-out users, federated evaluation)",
         "",
@@ -152,19 +183,11 @@ def write_report(
         "",
         metrics_table(metrics["recommenders"]),
         "",
-        "Utility retention ("
-        + metrics["utility_retention"]["metric"]
-        + ", synthetic / real): "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics["utility_retention"].items() if k != "metric"),
+        _retention_line(metrics["utility_retention"]),
         "",
         "![recommenders](recommenders.png)",
         "",
-        "## Privacy per client",
-        "",
-        "| client | ε |",
-        "|---|---|",
-        *(f"| {c['client']} | {_fmt(c['epsilon'])} |" for c in privacy["epsilon_per_client"]),
-        "",
+        *_privacy_section(privacy),
         *_baselines_section(metrics.get("baselines") or {}),
         *_clients_section(metrics.get("clients")),
         "## Training",

@@ -57,7 +57,8 @@ class Admission:
     nodes: list[int]
     item_ids: list[str]
     excluded: dict[int, str]
-    caps: dict[int, float]
+    caps: dict[int, float]  # each node's lifetime ε cap, as it reported it
+    spent_before: dict[int, float]  # each node's cumulative ε before this run (earlier runs, earlier attempts)
 
 
 def _problem(reply: ClientReply) -> str | None:
@@ -76,6 +77,11 @@ def admit(grid: Grid, nodes: list[int], config: RunConfig, request: dict[str, An
         for n in nodes
     ]
     replies = as_client_replies(list(grid.send_and_receive(messages, timeout=config.reply_timeout)), messages)
+    return decide_admission(replies, config)
+
+
+def decide_admission(replies: list[ClientReply], config: RunConfig) -> Admission:
+    """Which nodes take part, from their answers to the start query (see the module docstring)."""
     problems = {r.node: p for r in replies if (p := _problem(r)) is not None}
     catalogues = {
         r.node: tuple(str(i) for i in r.content[keys.CONFIG][keys.ITEM_IDS])  # type: ignore[union-attr, index]
@@ -95,21 +101,19 @@ def admit(grid: Grid, nodes: list[int], config: RunConfig, request: dict[str, An
     if problems and not config.allow_degraded:
         raise RunFailed(
             "the run stops before spending any budget: "
-            + "; ".join(f"node {n} {why}" for n, why in sorted(problems.items()))
+            + "; ".join(f"node {n} {why.rstrip('.')}" for n, why in sorted(problems.items()))
             + ". Fix these nodes, or set allow-degraded=true to run without them."
         )
     if len(admitted) < config.min_clients:
-        listed = "; ".join(f"node {n} {why}" for n, why in sorted(problems.items())) or "none left out"
+        listed = "; ".join(f"node {n} {why.rstrip('.')}" for n, why in sorted(problems.items())) or "none left out"
         raise RunFailed(
             f"only {len(admitted)} node(s) can take part, min-clients is {config.min_clients} ({listed}); "
             "nothing was spent. Fix the nodes named or lower min-clients."
         )
-    caps = {
-        r.node: keys.number(r.content[keys.METRICS], keys.EPSILON_CAP)
-        for r in replies
-        if r.node in admitted and r.content is not None and keys.EPSILON_CAP in r.content[keys.METRICS]
-    }
-    return Admission(admitted, list(shared), problems, caps)
+    reported = {r.node: r.content[keys.METRICS] for r in replies if r.node in admitted and r.content is not None}
+    caps = {n: keys.number(m, keys.EPSILON_CAP) for n, m in reported.items() if keys.EPSILON_CAP in m}
+    before = {n: keys.number(m, keys.EPSILON) for n, m in reported.items() if keys.EPSILON in m}
+    return Admission(admitted, list(shared), problems, caps, before)
 
 
 def require_quorum(stage: str, log: dict[str, Any], config: RunConfig) -> None:

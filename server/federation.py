@@ -263,6 +263,7 @@ def training_summary(
         "admitted": admission.nodes,
         "excluded": {str(n): why for n, why in admission.excluded.items()},
         "epsilon_cap_by_client": {str(n): c for n, c in admission.caps.items()},
+        "epsilon_before_run_by_client": {str(n): e for n, e in admission.spent_before.items()},
         "statistics_release": release_log,
         "rounds": rounds,
         "epsilon_max": max((r["epsilon_max"] for r in rounds if r["epsilon_max"] is not None), default=None),

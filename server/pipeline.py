@@ -81,15 +81,33 @@ def write_synthetic(path: Path, matrix: sp.csr_matrix, item_ids: list[str]) -> N
 
 
 def privacy_summary(training: TrainingResult) -> dict[str, Any]:
-    logs = [training.summary["statistics_release"], *training.summary["rounds"]]
+    """ε and δ per client as the nodes reported them: every node that spent ε in this run is listed.
+
+    ``epsilon`` is the node's cumulative spend on its data (its ledger: earlier runs included),
+    ``epsilon_before_run`` what it had spent before this run, ``cap`` the lifetime cap the node
+    set itself; ``missing_at_end`` marks nodes that spent ε but were not connected at the end.
+    """
+    summary = training.summary
+    logs = [summary["statistics_release"], *summary["rounds"]]
     deltas: dict[str, float] = {}
     for entry in logs:
         deltas.update(entry.get("delta_by_node", {}))
-    per_client = training.summary["epsilon_by_client"]
+    per_client = summary["epsilon_by_client"]
+    missing = {str(n) for n in summary.get("missing_at_end", [])}
+    caps, before = summary.get("epsilon_cap_by_client", {}), summary.get("epsilon_before_run_by_client", {})
     reported = [*per_client.values(), *(entry.get("epsilon_max") for entry in logs)]
     return {
         "epsilon_max": max((e for e in reported if e is not None), default=None),
-        "epsilon_per_client": [{"client": node, "epsilon": value} for node, value in per_client.items()],
+        "epsilon_per_client": [
+            {
+                "client": node,
+                "epsilon": value,
+                "epsilon_before_run": before.get(node, 0.0),
+                "cap": caps.get(node),
+                "missing_at_end": node in missing,
+            }
+            for node, value in per_client.items()
+        ],
         "delta": max(deltas.values(), default=None),
         "delta_per_client": [{"client": node, "delta": value} for node, value in deltas.items()],
         "accountant": "opacus rdp, all releases and both models of all rounds composed per client",

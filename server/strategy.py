@@ -95,6 +95,8 @@ def client_outcomes(replies: list[ClientReply]) -> ClientOutcomes:
         "epsilon_max": max(epsilons) if epsilons else None,
         "epsilon_min": min(epsilons) if epsilons else None,
         "epsilon_by_node": {str(r.node): _metric(r, keys.EPSILON) for r in trained},
+        # a resumed run's round already charged: the node sent its saved reply again (no new ε)
+        "replayed": [r.node for r in trained if r.content and keys.REPLAYED in r.content[keys.METRICS]],
         "delta_by_node": {str(r.node): _metric(r, keys.DELTA) for r in trained},
     }
     return ClientOutcomes(trained, log)

@@ -103,11 +103,26 @@ def resolve_run_config(config_file: Path | None, given: dict[str, Any], out: Pat
     return settings
 
 
+_LOG_LINE = re.compile(r"^(INFO|WARNING|ERROR)\s*:\s*(.*)$")
+# Flower's own lines after a ServerApp exception; fedsynth's reason is printed once, by the command.
+_FLOWER_FAILURE_LINES = ("Simulation raised", "Exit Code", "fedsynth FAILED")
+
+
 def progress_printer(console: Console) -> Callable[[str], None]:
+    """Print fedsynth's own log lines (stages, rounds, warnings) and Flower's errors; not tracebacks."""
+
     def show(line: str) -> None:
-        plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
-        if "fedsynth " in plain or "ERROR" in plain:
-            console.print("  " + plain.split("INFO", 1)[-1].strip(" :").removeprefix("fedsynth "), markup=False)
+        match = _LOG_LINE.match(re.sub(r"\x1b\[[0-9;]*m", "", line).strip())
+        if match is None:
+            return
+        level, message = match.groups()
+        if any(message.startswith(text) for text in _FLOWER_FAILURE_LINES):
+            return
+        if message.startswith("fedsynth "):
+            prefix = "warning: " if level == "WARNING" else ""
+            console.print("  " + prefix + message.removeprefix("fedsynth "), markup=False)
+        elif level == "ERROR":
+            console.print("  " + message, markup=False)
 
     return show
 

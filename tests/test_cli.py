@@ -16,7 +16,9 @@ from tests.conftest import write
 SMALL = ["--gen-users", "200", "--gen-items", "300", "--gen-mean-history", "30"]
 
 
-@pytest.mark.parametrize("command", [[], ["baseline"], ["data"], ["train"], ["download"]])
+@pytest.mark.parametrize(
+    "command", [[], ["baseline"], ["data"], ["train"], ["download"], ["ledger", "show"], ["ledger", "set-cap"]]
+)
 def test_help_on_every_command(command: list[str]) -> None:
     result = CliRunner().invoke(cli, [*command, "--help"])
 
@@ -141,16 +143,22 @@ def test_train_runs_flower_stops_its_superlink_and_the_ledger_refuses_a_second_r
     ]
 
     first = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "a")])
+    ledgers = {p: p.read_bytes() for p in (tmp_path / "ledgers").glob("ledger-*.json")}
     second = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "b")])
+    greedy = CliRunner().invoke(cli, [*args, "--epsilon", "16", "--out", str(tmp_path / "c")])
 
     assert first.exit_code == 0, first.output
     (round_one,) = json.loads((tmp_path / "a" / "train.json").read_text())["rounds"]
     assert len(round_one["trained"]) == 2 and 2.5 < round_one["epsilon_max"] <= 3.0 + 1e-6
     assert (tmp_path / "a" / "checkpoints" / "round-1.pt").is_file()
-    assert second.exit_code == 0, second.output
-    (repeat,) = json.loads((tmp_path / "b" / "train.json").read_text())["rounds"]
-    assert repeat["trained"] == [] and len(repeat["refused"]) == 2  # the budget was spent by the first run
-    assert "above the target 3" in repeat["refused"][0]["reason"]
+    # The budget was spent by the first run: the second stops at the start, non-zero, with the nodes' reason.
+    assert second.exit_code != 0
+    assert "before spending any budget" in str(second.exception) and "above this silo's cap 3" in str(second.exception)
+    assert not (tmp_path / "b" / "train.json").exists()
+    # A run asking for more than the cap (set by the first run's ledgers) cannot raise it.
+    assert greedy.exit_code != 0 and "asks to spend epsilon 16" in str(greedy.exception)
+    assert {p: p.read_bytes() for p in (tmp_path / "ledgers").glob("ledger-*.json")} == ledgers
+    assert len(ledgers) == 2 and all(json.loads(b)["max_epsilon"] == 3.0 for b in ledgers.values())
     from simulations.runner import stop_superlinks
 
     assert stop_superlinks(tmp_path / "a" / "flwr_home") == 0  # nothing was left running

@@ -1,10 +1,13 @@
-"""Deployment over real processes on 127.0.0.1: TLS, node authentication, a node killed mid-run, restarts.
+"""Deployment over real processes on 127.0.0.1: TLS, node authentication, node-side caps, failures, restarts.
 
-One SuperLink (TLS, --enable-supernode-auth, persistent database) and three registered SuperNodes,
-each with its own data file and ledger directory, run the full pipeline; an unregistered key and a
-node without the CA are refused; one node is SIGKILLed after round 1 and the run completes with the
-others; the restarted node's ledger holds the ε it had spent; a restarted SuperLink still knows the
-registered nodes. Every process is stopped at the end, even on failure.
+One SuperLink (TLS, --enable-supernode-auth, persistent database) and four registered SuperNodes,
+each with its own data file, ledger directory and cap (node config max-epsilon = 8); one of them
+names a data file that does not exist. A first run stops at the start naming that node, with
+nothing spent; with allow-degraded the others run the full pipeline; an unregistered key and a
+node without the CA are refused; one node is SIGKILLed after round 1 and the run completes with
+the others; the restarted node's ledger holds the ε it had spent; a second run asking ε = 16 is
+refused by every node (cap 8) and leaves the ledgers unchanged; a restarted SuperLink still knows
+the registered nodes. Every process is stopped at the end, even on failure.
 """
 
 from __future__ import annotations
@@ -16,43 +19,57 @@ from pathlib import Path
 import pytest
 
 from common.federation import RunConfig
-from simulations.deploy import LocalDeployment, deployment_run_config
+from simulations.deploy import LocalDeployment, NodeSettings, deployment_run_config
 from simulations.deploy_setup import make_certificates, make_node_keys, split_data
 
 pytestmark = pytest.mark.slow
 
 
+def ledger_files(deployment: LocalDeployment, nodes: range) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for i in nodes for p in (deployment.node_dir(i) / "ledgers").glob("ledger-*.json")}
+
+
 def test_deployment_over_real_processes(tmp_path: Path) -> None:
     started = time.perf_counter()
     certificates = make_certificates(tmp_path / "certs", ["localhost", "127.0.0.1"])
-    keys = make_node_keys(tmp_path / "keys", ["node-0", "node-1", "node-2", "intruder"])
+    keys = make_node_keys(tmp_path / "keys", ["node-0", "node-1", "node-2", "broken", "intruder"])
     data = split_data(RunConfig(gen_users=360, gen_items=300).data(), 3, tmp_path / "data", seed=0)
+    base = {
+        "num-server-rounds": 2,
+        "synthesizers": "vae",
+        "recommenders": "ease",
+        "synthetic-users": 200,
+        "vae-batch-size": 32,
+        "gan-batch-size": 32,
+        "discriminator-steps": 3,
+        "reply-timeout": 180.0,
+    }
     out = tmp_path / "out"
-    settings = deployment_run_config(
-        {
-            "num-server-rounds": 2,
-            "synthesizers": "vae",
-            "recommenders": "ease",
-            "synthetic-users": 200,
-            "vae-batch-size": 32,
-            "gan-batch-size": 32,
-            "discriminator-steps": 3,
-            "reply-timeout": 180.0,
-        },
-        out,
-        nodes=3,
-    )
+    capped = NodeSettings(max_epsilon=8.0)
     deployment = LocalDeployment(tmp_path / "deployment", certificates, data)
     try:
         deployment.start_superlink()
-        node_ids = [deployment.register(key) for key in keys[:3]]
-        nodes = [deployment.start_supernode(i, key) for i, key in enumerate(keys[:3])]
-        intruder = deployment.start_supernode(0, keys[3], name="intruder")  # a key the SuperLink never registered
+        node_ids = [deployment.register(key) for key in keys[:4]]
+        nodes = [deployment.start_supernode(i, key, node_settings=capped) for i, key in enumerate(keys[:3])]
+        missing_file = NodeSettings(max_epsilon=8.0, data_path=tmp_path / "data" / "no-such-file.csv")
+        deployment.start_supernode(3, keys[3], node_settings=missing_file, name="broken")
+        intruder = deployment.start_supernode(0, keys[4], name="intruder")  # a key the SuperLink never registered
         no_ca = deployment.start_supernode(1, keys[0], with_ca=False, name="no-ca")  # TLS without the CA
         deployment.wait_for(
-            lambda: sum(n["status"] == "online" for n in deployment.registered_nodes()) == 3, 120, "3 SuperNodes"
+            lambda: sum(n["status"] == "online" for n in deployment.registered_nodes()) == 4, 120, "4 SuperNodes"
         )
 
+        # A node whose data file is missing stops the run at the start, named, before anything is spent.
+        stopped = deployment.submit(deployment_run_config(base, tmp_path / "stopped", nodes=4), timeout=300)
+
+        assert stopped.status == "finished:failed" and not stopped.completed()
+        reason = json.loads((tmp_path / "stopped" / "failed.json").read_text())["reason"]
+        assert f"node {node_ids[3]} refused: node config data-path" in reason and "no such file" in reason
+        assert "before spending any budget" in reason
+        assert ledger_files(deployment, range(3)) == {}, "nothing may be spent when the run stops at the start"
+        assert not (tmp_path / "stopped" / "metrics.json").exists()
+
+        # The operator leaves the broken node out explicitly; node 2 crashes after round 1.
         killed = []
 
         def kill_after_round_one(line: str) -> None:
@@ -60,20 +77,26 @@ def test_deployment_over_real_processes(tmp_path: Path) -> None:
                 nodes[2].kill()  # a crash: SIGKILL to the SuperNode and its ClientApp processes
                 killed.append(time.perf_counter())
 
-        code = deployment.submit(settings, on_line=kill_after_round_one, timeout=420)
+        settings = deployment_run_config({**base, "allow-degraded": True}, out, nodes=3)
+        submission = deployment.submit(settings, on_line=kill_after_round_one, timeout=420)
 
-        assert code == 0, (tmp_path / "deployment" / "logs" / "run.log").read_text()[-3000:]
+        assert submission.completed(), submission.log.read_text()[-3000:]
         assert killed, "round 1 never finished"
         metrics = json.loads((out / "metrics.json").read_text())
         for name in ("report.md", "synthetic.parquet", "synthetic_meta.json", "train.json", "checkpoints/round-2.pt"):
             assert (out / name).is_file(), name
         assert metrics["clients"]["missing"] == [node_ids[2]]
-        assert f"Missing at the end: {node_ids[2]}" in (out / "report.md").read_text()
+        report = (out / "report.md").read_text()
+        assert f"Missing at the end: {node_ids[2]}" in report
+        assert f"| {node_ids[2]} | 0.0000 |" in report and "**missing**" in report  # it spent ε: it is listed
+        assert "None" not in report and "not computed" not in report.split("## Clients")[0].split("## Privacy")[1]
         assert metrics["fidelity"] == {}, "the deployed server must not read any data"
         assert "synthetic/ease" in metrics["recommenders"]
         train = json.loads((out / "train.json").read_text())
-        assert sorted(train["rounds"][0]["trained"]) == sorted(node_ids)
+        assert list(train["excluded"]) == [str(node_ids[3])]
+        assert sorted(train["rounds"][0]["trained"]) == sorted(node_ids[:3])
         assert node_ids[2] not in train["rounds"][1]["trained"]
+        assert train["epsilon_cap_by_client"] == {str(n): 8.0 for n in node_ids[:3]}
         spent_before_crash = train["rounds"][0]["epsilon_by_node"][str(node_ids[2])]
 
         # Refused: the unregistered key and the node without the CA never joined and gave up.
@@ -81,11 +104,12 @@ def test_deployment_over_real_processes(tmp_path: Path) -> None:
         assert {int(n["node-id"]) for n in deployment.registered_nodes()} == set(node_ids)
 
         # The crashed node restarts on the same data: its ledger (its own disk) holds what it spent.
-        restarted = deployment.start_supernode(2, keys[2])
+        restarted = deployment.start_supernode(2, keys[2], node_settings=capped)
         ledgers = list((deployment.node_dir(2) / "ledgers").glob("ledger-*.json"))
         assert len(ledgers) == 1
         ledger = json.loads(ledgers[0].read_text())
-        assert ledger["rounds"][-1]["epsilon_total"] == pytest.approx(spent_before_crash)
+        assert ledger["history"][-1]["epsilon_total"] == pytest.approx(spent_before_crash)
+        assert ledger["history"][-1]["run_id"] == submission.run_id and ledger["max_epsilon"] == 8.0
         # synthesizers = "vae": the GAN is not trained and spends nothing, so the ledger has no GAN events
         assert {e["model"] for e in ledger["events"]} == {"statistics", "vae"}
         deployment.wait_for(
@@ -96,6 +120,18 @@ def test_deployment_over_real_processes(tmp_path: Path) -> None:
             "the restarted node to reconnect",
             restarted,
         )
+
+        # A second run on the spent nodes, asking for more than their cap: refused by every node, nothing changes.
+        before = ledger_files(deployment, range(3))
+        asking_more = deployment_run_config({**base, "epsilon": 16.0}, tmp_path / "second", nodes=4)
+        second = deployment.submit(asking_more, timeout=300)
+
+        assert second.status == "finished:failed"
+        reason = json.loads((tmp_path / "second" / "failed.json").read_text())["reason"]
+        for node in node_ids[:3]:
+            assert f"node {node} refused: this run (it asks to spend epsilon 16)" in reason
+        assert "above this silo's cap 8" in reason
+        assert ledger_files(deployment, range(3)) == before, "a refused run must leave every ledger unchanged"
 
         # A SuperLink restart on the same database keeps the registered nodes.
         deployment.processes["superlink"].stop()
