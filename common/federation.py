@@ -108,6 +108,8 @@ class RunConfig:
         known = ("popularity", "itemknn", "ease", "multvae")
         if not self.recommender_names() or any(r not in known for r in self.recommender_names()):
             raise ConfigError(f"recommenders {self.recommenders!r}: choose from {', '.join(known)} (comma-separated).")
+        self.privacy()  # validates ε, δ, shares and clips before anything starts
+        self.data()  # validates the dataset name and its required options
         self.baselines()  # validates the DP baselines' settings
         self.federated_strategy()  # validates the strategy's settings
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -100,6 +100,8 @@ def resolve_run_config(config_file: Path | None, given: dict[str, Any], out: Pat
         settings["epsilon"] = 1e9
     settings.setdefault("ledger-dir", str((out / "ledgers").resolve()))
     RunConfig.from_run_config(settings)
+    if settings.get("data-path") and not Path(settings["data-path"]).exists():
+        raise ConfigError(f"--data-path {settings['data-path']}: no such file or directory.")
     return settings
 
 

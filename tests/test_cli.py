@@ -109,6 +109,26 @@ def test_bad_option_values_are_named(capsys: pytest.CaptureFixture[str]) -> None
     assert "--test-fraction must be in [0, 1)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--epsilon", "-1"], "--epsilon must be positive"),
+        (["--statistics-share", "1.5"], "--statistics-share must be in (0, 1)"),
+        (["--dataset", "foo"], "--dataset must be one of"),
+        (["--dataset", "movielens", "--data-path", "/nonexistent"], "--data-path /nonexistent: no such file"),
+    ],
+)
+def test_bad_run_values_are_refused_before_flower_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", *options, "--out", str(tmp_path / "run")])
+
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
+
+
 def test_installed_console_script_runs() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "simulations", "--help"], capture_output=True, text=True, check=False
