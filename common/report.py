@@ -27,18 +27,31 @@ def _figure() -> Any:
     return plt
 
 
-def plot_rounds(path: Path, rounds: list[dict[str, Any]]) -> None:
+def plot_rounds(path: Path, rounds: list[dict[str, Any]], release: dict[str, Any] | None = None) -> None:
+    """Each model's loss on its own axis; cumulative ε from the statistics release (round 0) on.
+
+    ``release``: the statistics release's log (its ε is most of a run's spend), drawn at round 0.
+    """
     plt = _figure()
-    fig, (losses, eps) = plt.subplots(1, 2, figsize=(10, 3.6))
+    from matplotlib.ticker import MaxNLocator
+
+    losses = [name for name in ("vae-loss", "gan-d-loss", "gan-g-loss") if any(name in r for r in rounds)]
+    fig, axes = plt.subplots(1, len(losses) + 1, figsize=(3.6 * (len(losses) + 1), 3.4), squeeze=False)
     numbers = [r["round"] for r in rounds]
-    for name in ("vae-loss", "gan-d-loss", "gan-g-loss"):
-        losses.plot(numbers, [r.get(name, math.nan) for r in rounds], marker="o", label=name)
-    losses.set(xlabel="round", ylabel="mean training loss (weighted by users)", title="Training losses")
-    losses.legend()
-    eps.plot(numbers, [r.get("epsilon_max") or math.nan for r in rounds], marker="o", label="max over clients")
-    eps.plot(numbers, [r.get("epsilon_min") or math.nan for r in rounds], marker="x", label="min over clients")
-    eps.set(xlabel="round", ylabel="cumulative ε", title="Privacy spent")
+    titles = {"vae-loss": "Mult-VAE loss", "gan-d-loss": "GAN discriminator loss", "gan-g-loss": "GAN generator loss"}
+    for ax, name in zip(axes[0], losses, strict=False):
+        ax.plot(numbers, [r.get(name, math.nan) for r in rounds], marker="o", color="tab:blue")
+        ax.set(xlabel="round", ylabel="mean loss (weighted by users)", title=titles[name])
+    eps = axes[0][-1]
+    logs = ([release] if release and not release.get("resumed") else []) + rounds
+    steps = [int(r.get("round", 0)) for r in logs]
+    for key, marker, label in (("epsilon_max", "o", "max over clients"), ("epsilon_min", "x", "min over clients")):
+        eps.plot(steps, [r.get(key) or math.nan for r in logs], marker=marker, label=label)
+    eps.set(xlabel="round (0 = DP statistics release)", ylabel="cumulative ε", title="Privacy spent")
+    eps.set_ylim(bottom=0)
     eps.legend()
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -58,12 +71,47 @@ def plot_popularity(path: Path, datasets: dict[str, sp.csr_matrix]) -> None:
     plt.close(fig)
 
 
+ROW_KINDS = (
+    ("fedsynth: trained on synthetic data", "tab:blue"),
+    ("fedsynth: federated model / DP prior", "tab:green"),
+    ("simple DP baseline (full ε)", "tab:orange"),
+    ("non-private upper bound", "tab:gray"),
+)
+
+
+def row_kind(name: str) -> str:
+    """Which kind of row a result is (the plot's colour and legend)."""
+    if name.startswith("synthetic"):
+        return ROW_KINDS[0][0]
+    if name in ("fedvae", "fedsynth-prior"):
+        return ROW_KINDS[1][0]
+    if name.startswith("dp-"):
+        return ROW_KINDS[2][0]
+    return ROW_KINDS[3][0]
+
+
 def plot_metrics(path: Path, results: dict[str, dict[str, float]]) -> None:
+    """NDCG@10 per row, grouped and coloured by kind, with the best DP baseline as a reference line."""
     plt = _figure()
-    names = list(results)
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
-    ax.barh(names, [results[n].get("ndcg@10", math.nan) for n in names])
+    colours = dict(ROW_KINDS)
+    order = {kind: i for i, (kind, _) in enumerate(ROW_KINDS)}
+    names = sorted(results, key=lambda n: (order[row_kind(n)], -results[n].get("ndcg@10", 0.0)))
+    values = [results[n].get("ndcg@10", math.nan) for n in names]
+    fig, ax = plt.subplots(figsize=(10.5, 0.32 * len(names) + 1.6))
+    ax.barh(names, values, color=[colours[row_kind(n)] for n in names])
+    baselines = [results[n]["ndcg@10"] for n in names if row_kind(n) == ROW_KINDS[2][0] and "ndcg@10" in results[n]]
+    if baselines:
+        ax.axvline(max(baselines), color="tab:orange", linestyle="--", linewidth=1)
     ax.invert_yaxis()
+    from matplotlib.patches import Patch
+
+    present = [kind for kind, _ in ROW_KINDS if any(row_kind(n) == kind for n in names)]
+    handles: list[Any] = [Patch(color=colours[k], label=k) for k in present]
+    if baselines:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="tab:orange", linestyle="--", label="best DP baseline"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set(xlabel="NDCG@10 on real held-out users (federated evaluation)", title="Recommenders")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -161,7 +209,7 @@ def write_report(
     real_train: sp.csr_matrix | None,
 ) -> Path:
     """Write OUT/report.md and its PNGs; returns the report's path."""
-    plot_rounds(out / "rounds.png", training["rounds"])
+    plot_rounds(out / "rounds.png", training["rounds"], training.get("statistics_release"))
     plot_popularity(
         out / "popularity.png", ({"real training users": real_train} if real_train is not None else {}) | synthetic
     )
