@@ -23,6 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from common.errors import ConfigError
+from common.io import write_atomic
 from common.privacy.ledger import PrivacyLedger, RunIdentity, fingerprint
 
 
@@ -87,10 +88,8 @@ def save_replay(ledger: PrivacyLedger, run: RunIdentity, replay: Replay) -> None
     """Keep this run's latest round reply so that a resumed run can get it again at no cost (atomic)."""
     if not run.run_key:
         return
-    path = _replay_path(ledger, run)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"round": replay.server_round, "arrays": replay.arrays, "losses": replay.losses}, tmp)
-    tmp.replace(path)
+    saved = {"round": replay.server_round, "arrays": replay.arrays, "losses": replay.losses}
+    write_atomic(_replay_path(ledger, run), lambda tmp: torch.save(saved, tmp))
 
 
 def load_replay(ledger: PrivacyLedger, run: RunIdentity, server_round: int) -> Replay | None:

@@ -23,7 +23,7 @@ from common.errors import FedsynthError
 from common.federation import RunConfig
 from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
 from common.privacy.statistics import STATISTICS, noisy_statistics
-from common.seeding import rng_for
+from common.seeding import rng_for, seed_for
 
 _PLAN = "privacy-plan"
 
@@ -173,7 +173,7 @@ def handle_train(
     local = config.local()
     bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)
     bundle.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
-    seed = config.seed * 100_003 + server_round
+    seed = seed_for(config.seed, f"local-round-{server_round}")
     vae, gan = train_local_round(bundle, rows, plan, privacy, local, server_round, seed)
     # Opacus counts the private steps it ran; without DP the plan's noise-free events (ε = ∞) are recorded.
     spent = vae.events + gan.events if plan.private else plan.round_events()

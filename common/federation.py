@@ -1,7 +1,8 @@
 """The federation's settings, built once from Flower's run config (``[tool.flwr.app.config]``).
 
-Keys are kebab-case in the run config; unknown keys are errors. ``epsilon = inf`` (or any
-value ≥ 1e9) turns DP off; ``delta = 0`` means 0.1 / n per client.
+Keys are kebab-case in the run config; unknown keys are errors. ``epsilon = inf`` (carried as
+:data:`NO_DP_EPSILON`, since Flower's run config has no ∞) turns DP off; ``delta = 0`` means 0.1 / n
+per client.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from common.models.gan import GANConfig
 from common.models.vae import MultVAEConfig
 from common.privacy.baselines import BaselineConfig
 from common.privacy.dp import PrivacyConfig
+from common.recommenders.registry import RECOMMENDER_NAMES, check_recommender_names
 from common.server_optimizer import StrategyConfig
+
+NO_DP_EPSILON = 1e9  # the run config's ε for "no DP" (any value at least this large means ∞)
+
+
+def epsilon_setting(epsilon: float) -> float:
+    """ε as the run config carries it: ∞ becomes :data:`NO_DP_EPSILON`."""
+    return NO_DP_EPSILON if math.isinf(epsilon) else epsilon
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,7 @@ class RunConfig:
     synthesizers: str = "vae,gan"  # the first is the headline ("synthetic/…"), others "synthetic-<name>/…"
     synthetic_users: int = 2000
     synthesis_temperature: float = 0.5
-    recommenders: str = "popularity,itemknn,ease,multvae"
+    recommenders: str = ",".join(RECOMMENDER_NAMES)
     central_vae_epochs: int = 20
     ease_l2: float = 300.0  # EASE λ on real training users (the upper bound)
     synthetic_ease_l2: float = 3000.0  # EASE λ on synthetic users: more noise, more regularisation
@@ -105,9 +114,7 @@ class RunConfig:
         unknown = [s for s in self.synthesizer_names() if s not in ("gan", "vae")] or not self.synthesizer_names()
         if unknown:
             raise ConfigError(f"synthesizers {self.synthesizers!r}: choose one or more of gan, vae (comma-separated).")
-        known = ("popularity", "itemknn", "ease", "multvae")
-        if not self.recommender_names() or any(r not in known for r in self.recommender_names()):
-            raise ConfigError(f"recommenders {self.recommenders!r}: choose from {', '.join(known)} (comma-separated).")
+        check_recommender_names(self.recommender_names(), "recommenders")
         self.privacy()  # validates ε, δ, shares and clips before anything starts
         self.data()  # validates the dataset name and its required options
         self.baselines()  # validates the DP baselines' settings
@@ -126,7 +133,7 @@ class RunConfig:
         return from_mapping(cls, dict(run_config), where="run config")
 
     def privacy(self) -> PrivacyConfig:
-        target = math.inf if self.epsilon >= 1e9 else self.epsilon
+        target = math.inf if self.epsilon >= NO_DP_EPSILON else self.epsilon
         return PrivacyConfig(
             target, self.delta or None, self.max_grad_norm, self.vae_share, self.statistics_share, self.statistics_clip
         )

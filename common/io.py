@@ -5,8 +5,33 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def write_atomic(path: Path, write: Callable[[Path], object], mode: int | None = None) -> None:
+    """``write(tmp)`` to a temp file beside ``path`` (same suffix, so writers that key on it work), fsync,
+    optionally ``chmod(mode)``, then rename over ``path``: the file appears complete or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        if mode is not None:
+            tmp.chmod(mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_csv_atomic(path: Path, frame: Any) -> None:
+    """A pandas DataFrame as CSV without its index, atomically."""
+    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from common.bundle import ModelBundle
 from common.errors import ConfigError
 from common.privacy.statistics import LengthSource
-from common.seeding import rng_for
+from common.seeding import rng_for, seed_for
 
 SYNTHESIZERS = ("gan", "vae")
 
@@ -81,6 +81,6 @@ def synthesize(
     blocks = []
     for start in range(0, config.num_users, config.batch_size):
         count = min(config.batch_size, config.num_users - start)
-        distributions = item_distributions(bundle, synthesizer, count, seed * 7919 + start)
+        distributions = item_distributions(bundle, synthesizer, count, seed_for(seed, f"synthesis-{start}"))
         blocks.append(draw_items(distributions, lengths.sample(count, rng), config.temperature, rng))
     return sp.vstack(blocks).tocsr()

@@ -23,8 +23,9 @@ from common import keys
 from common.bundle import ModelBundle
 from common.errors import ConfigError, FedsynthError
 from common.federation import RunConfig
-from common.io import to_plain, write_json_atomic
+from common.io import to_plain, write_atomic, write_json_atomic
 from common.privacy.statistics import NoisyStatistics, length_bin_edges
+from common.seeding import seed_for
 from server.admission import Admission, admit, identity_fields, require_quorum, require_training
 from server.strategy import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
 
@@ -100,15 +101,16 @@ def load_or_query_statistics(
             statistics = NoisyStatistics(saved["item_counts"], saved["length_histogram"], float(saved["noise_std"]))
             return statistics, {"round": 0, "resumed": True}
     statistics, release_log = query_statistics(grid, nodes, config, num_items)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("statistics.tmp.npz")
-    np.savez(
-        tmp,
-        item_counts=statistics.item_counts,
-        length_histogram=statistics.length_histogram,
-        noise_std=statistics.noise_std,
-    )
-    tmp.replace(path)
+
+    def save(tmp: Path) -> None:
+        np.savez(
+            tmp,
+            item_counts=statistics.item_counts,
+            length_histogram=statistics.length_histogram,
+            noise_std=statistics.noise_std,
+        )
+
+    write_atomic(path, save)
     return statistics, release_log
 
 
@@ -178,7 +180,7 @@ def train_round(
     started = time.perf_counter()
     nodes = sorted(set(grid.get_node_ids()) & set(participants))
     count = max(config.min_clients, round(config.fraction_train * len(nodes)))
-    sampler = random.Random(config.seed * 100_003 + server_round)  # node ids are uint64: keep Python ints
+    sampler = random.Random(seed_for(config.seed, f"client-sampling-{server_round}"))  # node ids: Python ints
     sampled = sorted(sampler.sample(nodes, min(count, len(nodes))))
     request = ConfigRecord(
         {
@@ -289,10 +291,7 @@ def save_checkpoint(
     server_optimizer: dict[str, Any] | None = None,
 ) -> None:
     """The global bundle after a round, with the config, the round's privacy numbers and FedAdam's moments (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     saved = {"state": arrays.to_torch_state_dict(), "config": to_plain(config.__dict__), "round": to_plain(round_log)}
     if server_optimizer is not None:
         saved["server_optimizer"] = server_optimizer
-    torch.save(saved, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: torch.save(saved, tmp))

@@ -30,9 +30,11 @@ from common.data.pipeline import PreparedData, prepare
 from common.errors import FedsynthError
 from common.federation import RunConfig
 from common.fidelity import fidelity_report
-from common.io import to_plain, write_json_atomic
+from common.io import to_plain, write_atomic, write_json_atomic
 from common.models.vae import MultVAEConfig
-from common.recommenders import EASE, ItemKNN, MostPopular, MultVAERecommender, Recommender
+from common.recommenders import MostPopular, MultVAERecommender, Recommender
+from common.recommenders.registry import RecommenderSettings
+from common.recommenders.registry import build_recommender as build_named
 from common.recommenders.transfer import num_values, pack
 from common.report import write_report
 from common.synthesis import SynthesisConfig, synthesize
@@ -49,14 +51,9 @@ HEADLINE = "ndcg@10"
 
 def build_recommender(name: str, config: RunConfig, synthetic: bool) -> Recommender:
     """A fresh recommender; EASE gets ``synthetic-ease-l2`` on synthetic data and ``ease-l2`` on real data."""
-    if name == "popularity":
-        return MostPopular()
-    if name == "itemknn":
-        return ItemKNN()
-    if name == "ease":
-        return EASE(config.synthetic_ease_l2 if synthetic else config.ease_l2)
     vae = MultVAEConfig(epochs=config.central_vae_epochs, seed=config.seed)
-    return MultVAERecommender(vae, device=config.device)
+    l2 = config.synthetic_ease_l2 if synthetic else config.ease_l2
+    return build_named(name, RecommenderSettings(ease_l2=l2, vae=vae, device=config.device))
 
 
 def synthetic_label(index: int, synthesizer: str) -> str:
@@ -75,9 +72,7 @@ def write_synthetic(path: Path, matrix: sp.csr_matrix, item_ids: list[str]) -> N
     numeric = pd.to_numeric(items, errors="coerce")
     frame = pd.DataFrame({"user": coo.row.astype(np.int64), "item": numeric if numeric.notna().all() else items})
     frame = frame.sort_values(["user", "item"], kind="stable").reset_index(drop=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def privacy_summary(training: TrainingResult) -> dict[str, Any]:

@@ -16,16 +16,22 @@ from common.errors import ConfigError
 from common.evaluation import evaluate
 from common.io import to_plain, write_json_atomic
 from common.models.vae import MultVAEConfig
-from common.recommenders import EASE, ItemKNN, MostPopular, MultVAERecommender, Recommender
-
-RECOMMENDERS = ("popularity", "itemknn", "ease", "multvae")
+from common.recommenders import MultVAERecommender, Recommender
+from common.recommenders.registry import (
+    RECOMMENDER_NAMES,
+    RecommenderSettings,
+    check_recommender_names,
+)
+from common.recommenders.registry import (
+    build_recommender as build_named,
+)
 
 
 @dataclass(frozen=True)
 class BaselineConfig:
     """Which recommenders to train and their settings."""
 
-    recommenders: tuple[str, ...] = RECOMMENDERS
+    recommenders: tuple[str, ...] = RECOMMENDER_NAMES
     ease_l2: float = 300.0
     knn_neighbours: int = 100
     knn_shrink: float = 0.0
@@ -34,21 +40,14 @@ class BaselineConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        unknown = [r for r in self.recommenders if r not in RECOMMENDERS]
-        if unknown or not self.recommenders:
-            raise ConfigError(f"--recommenders {','.join(self.recommenders)!r}: choose from {', '.join(RECOMMENDERS)}.")
+        check_recommender_names(self.recommenders)
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be cpu or cuda[:N], got {self.device!r}.")
 
 
 def build_recommender(name: str, config: BaselineConfig) -> Recommender:
-    if name == "popularity":
-        return MostPopular()
-    if name == "itemknn":
-        return ItemKNN(config.knn_neighbours, config.knn_shrink)
-    if name == "ease":
-        return EASE(config.ease_l2)
-    return MultVAERecommender(config.vae, device=config.device)
+    settings = RecommenderSettings(config.ease_l2, config.knn_neighbours, config.knn_shrink, config.vae, config.device)
+    return build_named(name, settings)
 
 
 def run_baseline(

@@ -19,6 +19,7 @@ from rich.console import Console
 from common.config import EvalConfig
 from common.errors import FedsynthError
 from common.models.vae import MultVAEConfig
+from common.recommenders.registry import RECOMMENDER_NAMES
 from simulations.jobs import run_options
 from simulations.options import data_options, partition_options
 
@@ -42,7 +43,7 @@ def _ks(text: str) -> tuple[int, ...]:
 @data_options
 @click.option(
     "--recommenders",
-    default="popularity,itemknn,ease,multvae",
+    default=",".join(RECOMMENDER_NAMES),
     show_default=True,
     help="Comma-separated: popularity, itemknn, ease, multvae.",
 )
@@ -179,7 +180,7 @@ def train(config_file: Path | None, clients: int, out: Path, **given: Any) -> No
     console = Console()
     run_config = resolve_run_config(config_file, given, out)
     summary = run_job(console, out, clients, {**run_config, "pipeline": "train"})
-    console.print(f"epsilon (max over clients) after {len(summary['rounds'])} round(s): {summary['epsilon_max']}")
+    console.print(f"epsilon (max over clients) after {len(summary['rounds'])} round(s): {summary['epsilon_max']:.3f}")
     for node, value in summary["epsilon_by_client"].items():
         console.print(f"  client {node}: epsilon {value:.3f}")
     console.print(f"wrote {out / 'train.json'}")

@@ -49,7 +49,7 @@ def print_results(
     table.add_column("recommender", no_wrap=True)
     shown = [m for m in metrics if any(m in r for r in results.values())]
     for metric in shown:
-        table.add_column(metric, justify="right")
+        table.add_column(metric, justify="right", no_wrap=True, min_width=len(metric))
     for name, values in results.items():
         table.add_row(name, *(f"{values[m]:.4f}" if m in values else "" for m in shown))
-    console.print(table)
+    console.print(table, width=max(console.width, 100))  # headers whole even on an 80-column terminal

@@ -346,7 +346,7 @@ def run_local_deployment(
 
     Each node's cap (node config ``max-epsilon``) is ``node_max_epsilon``, by default the run's ε.
     """
-    from simulations.jobs import check_new_run, progress_printer
+    from simulations.jobs import RunProgress, check_new_run
 
     check_new_run(out, nodes)
     root = out / "deploy"
@@ -370,7 +370,9 @@ def run_local_deployment(
         )
 
         started = time.perf_counter()
-        submission = deployment.submit(settings, on_line=progress_printer(console))
+        rounds = int(settings.get("num-server-rounds", 3))
+        with RunProgress(console, rounds, f"deployed run: {nodes} nodes, {rounds} rounds") as progress:
+            submission = deployment.submit(settings, on_line=progress)
         console.print(f"run {submission.run_id} ended as {submission.status} in {time.perf_counter() - started:.0f} s")
     check_outcome(out, submission.code, submission.status, root / "logs" / "run.log")
     if not (out / "metrics.json").is_file():

@@ -20,6 +20,7 @@ import pandas as pd
 
 from common.data.pipeline import DataSettings
 from common.errors import ConfigError, FedsynthError
+from common.io import write_atomic, write_csv_atomic
 
 
 @dataclass(frozen=True)
@@ -31,18 +32,11 @@ class Certificates:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: tmp.write_bytes(data), mode=0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _refuse_overwrite(paths: list[Path]) -> None:
@@ -167,8 +161,6 @@ def split_data(settings: DataSettings, nodes: int, out: Path, seed: int) -> Node
     paths = []
     for node in range(nodes):
         path = out / f"node-{node}.csv"
-        tmp = path.with_name(path.name + ".tmp")
-        frame[frame["node"] == node][["user", "item"]].to_csv(tmp, index=False)
-        tmp.replace(path)
+        write_csv_atomic(path, frame[frame["node"] == node][["user", "item"]])
         paths.append(path)
     return NodeFiles(catalogue, paths)

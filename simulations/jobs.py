@@ -24,7 +24,7 @@ from rich.console import Console
 
 from common.config import from_mapping
 from common.errors import ConfigError, FedsynthError
-from common.federation import RunConfig
+from common.federation import RunConfig, epsilon_setting
 from common.io import write_json_atomic
 from simulations.runner import run_simulation
 
@@ -96,8 +96,8 @@ def resolve_run_config(config_file: Path | None, given: dict[str, Any], out: Pat
     for key, value in given.items():
         if value is not None:
             settings["num-server-rounds" if key == "rounds" else key.replace("_", "-")] = value
-    if settings.get("epsilon") == float("inf"):
-        settings["epsilon"] = 1e9
+    if "epsilon" in settings:
+        settings["epsilon"] = epsilon_setting(float(settings["epsilon"]))
     settings.setdefault("ledger-dir", str((out / "ledgers").resolve()))
     RunConfig.from_run_config(settings)
     if settings.get("data-path") and not Path(settings["data-path"]).exists():
@@ -106,25 +106,61 @@ def resolve_run_config(config_file: Path | None, given: dict[str, Any], out: Pat
 
 
 _LOG_LINE = re.compile(r"^(INFO|WARNING|ERROR)\s*:\s*(.*)$")
+_ROUND = re.compile(r"^round (\d+)/(\d+):")
 # Flower's own lines after a ServerApp exception; fedsynth's reason is printed once, by the command.
 _FLOWER_FAILURE_LINES = ("Simulation raised", "Exit Code", "fedsynth FAILED")
 
 
+def console_message(line: str) -> str | None:
+    """What of a Flower log line a person should see: fedsynth's own lines and Flower's errors, else None."""
+    match = _LOG_LINE.match(re.sub(r"\x1b\[[0-9;]*m", "", line).strip())
+    if match is None:
+        return None
+    level, message = match.groups()
+    if any(message.startswith(text) for text in _FLOWER_FAILURE_LINES):
+        return None
+    if message.startswith("fedsynth "):
+        return ("warning: " if level == "WARNING" else "") + message.removeprefix("fedsynth ")
+    return message if level == "ERROR" else None
+
+
+class RunProgress:
+    """A rich progress display of a run (rounds done, the current stage) with fedsynth's lines above it."""
+
+    def __init__(self, console: Console, rounds: int, title: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        )  # fmt: skip
+        self.task = self.progress.add_task(title, total=rounds)
+
+    def __enter__(self) -> RunProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, line: str) -> None:
+        message = console_message(line)
+        if message is None:
+            return
+        self.progress.console.print("  " + message, markup=False, highlight=False)
+        if (match := _ROUND.match(message)) is not None:
+            self.progress.update(self.task, completed=int(match.group(1)), description="federated rounds")
+        elif message.startswith("stage: "):
+            self.progress.update(self.task, description=message.removeprefix("stage: ").split(" (")[0])
+
+
 def progress_printer(console: Console) -> Callable[[str], None]:
-    """Print fedsynth's own log lines (stages, rounds, warnings) and Flower's errors; not tracebacks."""
+    """fedsynth's own log lines, printed once each (no progress bar: for callers with their own display)."""
 
     def show(line: str) -> None:
-        match = _LOG_LINE.match(re.sub(r"\x1b\[[0-9;]*m", "", line).strip())
-        if match is None:
-            return
-        level, message = match.groups()
-        if any(message.startswith(text) for text in _FLOWER_FAILURE_LINES):
-            return
-        if message.startswith("fedsynth "):
-            prefix = "warning: " if level == "WARNING" else ""
-            console.print("  " + prefix + message.removeprefix("fedsynth "), markup=False)
-        elif level == "ERROR":
-            console.print("  " + message, markup=False)
+        message = console_message(line)
+        if message is not None:
+            console.print("  " + message, markup=False, highlight=False)
 
     return show
 
@@ -154,8 +190,9 @@ def run_job(console: Console, out: Path, clients: int, run_config: dict[str, Any
         console.print(f"resuming the interrupted run in {out}")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(saved, wanted)
-    with console.status(f"federated run: {clients} clients, {run_config.get('num-server-rounds', 3)} rounds"):
-        run_simulation(out, clients, run_config, on_line=progress_printer(console))
+    rounds = int(run_config.get("num-server-rounds", 3))
+    with RunProgress(console, rounds, f"federated run: {clients} clients, {rounds} rounds") as progress:
+        run_simulation(out, clients, run_config, on_line=progress)
     result = out / ("metrics.json" if run_config.get("pipeline", "full") == "full" else "train.json")
     if not result.is_file():
         raise FedsynthError(f"the run ended without writing {result}; see {out / 'logs' / 'flwr-run.log'}.")

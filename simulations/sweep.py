@@ -34,7 +34,7 @@ from rich.console import Console
 from common.audit import AuditConfig
 from common.errors import ConfigError
 from common.evaluation import evaluate
-from common.federation import RunConfig
+from common.federation import RunConfig, epsilon_setting
 from common.io import to_plain, write_json_atomic
 from common.privacy.crosscheck import crosscheck_ledgers
 
@@ -63,7 +63,7 @@ class Cell:
 
     def overrides(self) -> dict[str, Any]:
         """Run-config keys this cell sets (grid values typed by :class:`RunConfig`)."""
-        given: dict[str, Any] = {"epsilon": 1e9 if math.isinf(self.epsilon) else self.epsilon, "seed": self.seed}
+        given: dict[str, Any] = {"epsilon": epsilon_setting(self.epsilon), "seed": self.seed}
         for key, value in self.settings:
             if key != "clients":
                 kind = type(getattr(RunConfig(), key.replace("-", "_")))

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from common.io import write_atomic, write_csv_atomic
+
 HEADLINE = "ndcg@10"
 ID_COLUMNS = ["cell", "status", "epsilon_requested", "epsilon_spent", "delta", "seed", "private", "clients"]
 AUDIT_METRICS = ("auc", "auc_low", "auc_high", "tpr@0.01fpr", "tpr@0.1fpr", "epsilon_lower_bound")
@@ -123,13 +125,10 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_tables(out: Path, frame: pd.DataFrame, summary: pd.DataFrame) -> None:
     """results.csv, results.parquet and summary.csv (each written whole, then renamed)."""
-    for name, table in (("results.csv", frame), ("summary.csv", summary)):
-        tmp = out / f"{name}.tmp"
-        table.to_csv(tmp, index=False)
-        tmp.replace(out / name)
-    tmp = out / "results.parquet.tmp"
-    frame.assign(error=frame["error"].astype("string")).to_parquet(tmp, index=False)
-    tmp.replace(out / "results.parquet")
+    write_csv_atomic(out / "results.csv", frame)
+    write_csv_atomic(out / "summary.csv", summary)
+    parquet = frame.assign(error=frame["error"].astype("string"))
+    write_atomic(out / "results.parquet", lambda tmp: parquet.to_parquet(tmp, index=False))
 
 
 def load_references(out: Path, cells: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from common.errors import ConfigError
 from common.privacy.accounting import DPEvent
 from common.privacy.linear_clipping import LinearClipper
+from common.seeding import seed_for
 from common.server_optimizer import ProximalTerm
 
 
@@ -184,10 +185,11 @@ def make_private(
     sample_rate = 1 / len(data)
     expected_batch_size = int(len(data.dataset) * sample_rate)  # type: ignore[arg-type]
     if poisson_sampling:
-        data = DPDataLoader.from_data_loader(data, generator=torch.Generator().manual_seed(seed + 104_729))
+        sampling = torch.Generator().manual_seed(seed_for(seed, "poisson-sampling"))
+        data = DPDataLoader.from_data_loader(data, generator=sampling)
     noisy = ParallelNoiseDPOptimizer(
         optimizer,
-        seed=seed + 7919,
+        seed=seed_for(seed, "dp-noise"),
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
         expected_batch_size=expected_batch_size,
