@@ -11,10 +11,10 @@ from flwr.clientapp import ClientApp
 from client.budget import NodeBudget, default_ledger_dir
 from client.data import node_data
 from client.evaluation import handle_evaluate
-from client.round import handle_query, handle_statistics, handle_train, refusal, run_identity
+from client.handlers import handle_query, handle_statistics, handle_train, refusal, run_identity
 from common import keys
 from common.errors import FedsynthError
-from common.federation import RunConfig
+from common.run_config import RunConfig
 
 
 def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:

@@ -24,7 +24,7 @@ from common.data.partition import partition_users
 from common.data.pipeline import prepare
 from common.data.split import HeldOutUsers
 from common.errors import ConfigError
-from common.federation import RunConfig
+from common.run_config import RunConfig
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import torch
 
 from common.bundle import ModelBundle
 from common.errors import ConfigError
-from common.federation import LocalTrainingConfig
 from common.models.gan import (
     Discriminator,
     GANConfig,
@@ -30,7 +29,8 @@ from common.models.vae import MultVAE, MultVAEConfig, kl_beta, vae_loss
 from common.privacy.accounting import FAST_ORDERS, DPEvent, calibrate_noise, epsilon
 from common.privacy.dp import CSRRows, PrivacyConfig, loader, local_sgd, sample_rate, steps_per_epoch
 from common.privacy.statistics import statistics_event
-from common.server_optimizer import ProximalTerm
+from common.run_config import LocalTrainingConfig
+from common.strategies import ProximalTerm
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from common.federation import LocalTrainingConfig
 from common.models.gan import Discriminator, Generator
 from common.models.vae import MultVAE
+from common.run_config import LocalTrainingConfig
 
 
 @dataclass

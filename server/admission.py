@@ -26,9 +26,9 @@ from flwr.serverapp import Grid
 
 from common import keys
 from common.errors import FedsynthError
-from common.federation import RunConfig
 from common.io import write_text_atomic
-from server.strategy import ClientReply, as_client_replies
+from common.run_config import RunConfig
+from server.aggregation import ClientReply, as_client_replies
 
 
 class RunFailed(FedsynthError):

@@ -14,8 +14,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.errors import FedsynthError
-from common.federation import RunConfig
 from common.io import write_json_atomic
+from common.run_config import RunConfig
 from server.federation import log, out_directory, run_federation
 from server.pipeline import run_pipeline
 

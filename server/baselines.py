@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from common.federation import RunConfig
 from common.privacy.baselines import dp_gram, dp_popularity
 from common.recommenders import MostPopular, Recommender
 from common.recommenders.ease import SubsetEASE
+from common.run_config import RunConfig
 
 
 def baseline_recommenders(

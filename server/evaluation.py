@@ -15,7 +15,7 @@ from common.config import EvalConfig
 from common.metrics import RankingMetrics
 from common.recommenders.base import Recommender
 from common.recommenders.transfer import pack
-from server.strategy import as_client_replies
+from server.aggregation import as_client_replies
 
 
 def evaluation_request(recommender: Recommender, config: EvalConfig) -> RecordDict:

@@ -22,12 +22,12 @@ from flwr.serverapp import Grid
 from common import keys
 from common.bundle import ModelBundle
 from common.errors import ConfigError, FedsynthError
-from common.federation import RunConfig
 from common.io import to_plain, write_atomic, write_json_atomic
 from common.privacy.statistics import NoisyStatistics, length_bin_edges
+from common.run_config import RunConfig
 from common.seeding import seed_for
 from server.admission import Admission, admit, identity_fields, require_quorum, require_training
-from server.strategy import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
+from server.aggregation import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
 

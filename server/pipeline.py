@@ -28,7 +28,6 @@ from common.config import EvalConfig
 from common.data.partition import partition_users
 from common.data.pipeline import PreparedData, prepare
 from common.errors import FedsynthError
-from common.federation import RunConfig
 from common.fidelity import fidelity_report
 from common.io import to_plain, write_atomic, write_json_atomic
 from common.models.vae import MultVAEConfig
@@ -37,11 +36,12 @@ from common.recommenders.registry import RecommenderSettings
 from common.recommenders.registry import build_recommender as build_named
 from common.recommenders.transfer import num_values, pack
 from common.report import write_report
+from common.run_config import RunConfig
 from common.synthesis import SynthesisConfig, synthesize
+from server.aggregation import client_participation
 from server.baselines import baseline_recommenders
 from server.evaluation import federated_evaluate
 from server.federation import TrainingResult, out_directory
-from server.strategy import client_participation
 
 log = logging.getLogger("flwr")
 

@@ -23,9 +23,9 @@ from common.audit import AuditConfig, AuditInputs, run_audit
 from common.bundle import ModelBundle
 from common.data.pipeline import PreparedData, prepare
 from common.errors import FedsynthError
-from common.federation import RunConfig
 from common.fidelity import fidelity_report
 from common.io import write_json_atomic
+from common.run_config import RunConfig
 
 
 def run_settings(run_dir: Path) -> RunConfig:

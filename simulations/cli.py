@@ -79,11 +79,11 @@ def baseline(
     Writes OUT/baseline.json: the protocol (settings, data summary, cleaning report) and
     each recommender's Recall/NDCG/HitRate/coverage@K. These are the non-private upper bounds.
     """
-    from simulations.baseline import BaselineConfig, run_baseline, save_baseline
     from simulations.console import print_data_report, print_results
+    from simulations.upper_bounds import UpperBoundConfig, run_baseline, save_baseline
 
     console = Console()
-    config = BaselineConfig(
+    config = UpperBoundConfig(
         recommenders=tuple(r.strip() for r in recommenders.split(",") if r.strip()),
         ease_l2=ease_l2,
         knn_neighbours=knn_neighbours,

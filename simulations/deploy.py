@@ -303,7 +303,7 @@ class LocalDeployment:
 
 def prepare_local(root: Path, nodes: int, run_config: dict[str, Any]) -> tuple[Certificates, list[NodeKey], NodeFiles]:
     """Certificates, node keys and node data files under ``root`` (reused when already there)."""
-    from common.federation import RunConfig
+    from common.run_config import RunConfig
     from simulations.deploy_setup import make_certificates, make_node_keys, split_data
 
     certs_dir, keys_dir = root / "certs", root / "keys"

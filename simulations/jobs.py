@@ -1,6 +1,6 @@
 """``fedsynth run`` / ``fedsynth train``: one local Flower simulation of the whole pipeline (or its rounds).
 
-Settings come, in increasing priority, from the defaults of :class:`common.federation.RunConfig`,
+Settings come, in increasing priority, from the defaults of :class:`common.run_config.RunConfig`,
 a TOML file (``--config``: run-config keys at top level or under ``[tool.flwr.app.config]``),
 and the options given on the command line; the result is validated once, before anything runs.
 
@@ -24,8 +24,8 @@ from rich.console import Console
 
 from common.config import from_mapping
 from common.errors import ConfigError, FedsynthError
-from common.federation import RunConfig, epsilon_setting
 from common.io import write_json_atomic
+from common.run_config import RunConfig, epsilon_setting
 from simulations.runner import run_simulation
 
 # Command-line options → run-config keys. Defaults are None: "not given", so a TOML value stands.

@@ -34,9 +34,9 @@ from rich.console import Console
 from common.audit import AuditConfig
 from common.errors import ConfigError
 from common.evaluation import evaluate
-from common.federation import RunConfig, epsilon_setting
 from common.io import to_plain, write_json_atomic
 from common.privacy.crosscheck import crosscheck_ledgers
+from common.run_config import RunConfig, epsilon_setting
 
 # Grid axes: `clients` (simulated SuperNodes) and these run-config keys.
 GRID_KEYS = ("partition", "synthesizers", "local-epochs", "num-server-rounds", "statistics-share", "vae-share")

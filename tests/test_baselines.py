@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from common.errors import ConfigError
-from common.privacy.baselines import BaselineConfig, dp_gram, dp_popularity
+from common.privacy.baselines import DPBaselineConfig, dp_gram, dp_popularity
 from common.privacy.clipped_sums import clipped_counts, clipped_gram, symmetric_noise
 from common.privacy.crosscheck import dp_accounting_epsilon
 from common.recommenders import EASE
@@ -79,7 +79,7 @@ def test_dp_popularity_spends_the_target_per_client_checked_by_dp_accounting() -
 
 def test_dp_ease_selects_items_by_a_second_release_and_composes_both() -> None:
     clients = [_rows(80, 60, seed) for seed in range(2)]
-    config = BaselineConfig(ease_items=10, ease_clip=4.0)
+    config = DPBaselineConfig(ease_items=10, ease_clip=4.0)
 
     gram, counts = dp_gram(clients, 4.0, [1e-3, 1e-3], config, seed=0)
 
@@ -94,7 +94,7 @@ def test_dp_ease_selects_items_by_a_second_release_and_composes_both() -> None:
 def test_dp_ease_without_selection_is_one_release_over_every_item() -> None:
     clients = [_rows(80, 12, 0)]
 
-    gram, counts = dp_gram(clients, 1.0, [1e-3], BaselineConfig(ease_items=12), seed=0)
+    gram, counts = dp_gram(clients, 1.0, [1e-3], DPBaselineConfig(ease_items=12), seed=0)
 
     assert counts is None and gram.items is not None and len(gram.items) == 12
     assert gram.events_per_client[0][0].steps == 1
@@ -102,7 +102,7 @@ def test_dp_ease_without_selection_is_one_release_over_every_item() -> None:
 
 def test_dp_ease_at_huge_epsilon_ranks_like_ease_on_the_same_clipped_data() -> None:
     rows = _rows(200, 30, 3, density=0.2)
-    config = BaselineConfig(ease_items=30, ease_clip=20.0)  # no clipping in effect (histories of about 8 items)
+    config = DPBaselineConfig(ease_items=30, ease_clip=20.0)  # no clipping in effect (histories of about 8 items)
 
     gram, _ = dp_gram([rows], 1e4, [1e-3], config, seed=0)
     assert gram.items is not None
@@ -139,4 +139,4 @@ def test_subset_ease_ranks_outside_items_below_subset_items_by_the_fallback() ->
 )
 def test_baseline_config_rejects_bad_values(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        BaselineConfig(**kwargs)  # type: ignore[arg-type]
+        DPBaselineConfig(**kwargs)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from common.federation import RunConfig
+from common.run_config import RunConfig
 from simulations.bench.levers import federate, parse_settings
 from simulations.bench.utility import goals_table, is_fedsynth_row
 from simulations.jobs import resolve_run_config

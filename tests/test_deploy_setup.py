@@ -15,8 +15,8 @@ from flwr.app import RecordDict
 
 from common.data.node_file import split_node_file
 from common.errors import FedsynthError
-from common.federation import RunConfig
-from server.strategy import ClientReply, client_participation, with_silent
+from common.run_config import RunConfig
+from server.aggregation import ClientReply, client_participation, with_silent
 from simulations.deploy import deployment_run_config
 from simulations.deploy_setup import make_certificates, make_node_keys, split_data
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from common.federation import RunConfig
+from common.run_config import RunConfig
 from simulations.deploy import LocalDeployment, NodeSettings, deployment_run_config
 from simulations.deploy_setup import make_certificates, make_node_keys, split_data
 

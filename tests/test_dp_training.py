@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader
 
 from client.training import plan_privacy, train_gan_round, train_vae_round
 from common.errors import ConfigError
-from common.federation import LocalTrainingConfig
 from common.models.gan import Discriminator, GANConfig, Generator
 from common.models.vae import MultVAE, MultVAEConfig, vae_loss
 from common.privacy.accounting import epsilon
 from common.privacy.dp import CSRRows, PrivacyConfig, make_private
+from common.run_config import LocalTrainingConfig
 
 
 def data(n_users: int = 40, n_items: int = 30, seed: int = 0) -> sp.csr_matrix:

@@ -14,12 +14,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.budget import NodeBudget
-from client.round import handle_statistics, handle_train
+from client.handlers import handle_statistics, handle_train
 from common import keys
 from common.bundle import ModelBundle
-from common.federation import RunConfig
 from common.privacy.ledger import RunIdentity
-from server.strategy import ClientReply, aggregate_replies
+from common.run_config import RunConfig
+from server.aggregation import ClientReply, aggregate_replies
 
 SMALL = {
     "gen-users": 300,

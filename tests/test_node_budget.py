@@ -12,14 +12,14 @@ from click.testing import CliRunner
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from client.budget import NodeBudget
-from client.round import handle_query, handle_statistics, handle_train
+from client.handlers import handle_query, handle_statistics, handle_train
 from common import keys
 from common.errors import ConfigError, FedsynthError
-from common.federation import RunConfig
 from common.privacy.accounting import DPEvent
 from common.privacy.ledger import PrivacyLedger, RunIdentity, fingerprint
+from common.run_config import RunConfig
 from server.admission import RunFailed, decide_admission, require_quorum, require_training
-from server.strategy import ClientReply
+from server.aggregation import ClientReply
 from simulations.cli import cli
 from simulations.runner import check_outcome, started_run_id
 from tests.test_federation import SMALL, request, rows

@@ -9,7 +9,7 @@ import pytest
 
 from client.data import node_data
 from common.errors import ConfigError, DataFormatError
-from common.federation import RunConfig
+from common.run_config import RunConfig
 
 
 def write_node(tmp_path: Path, users: int, seed: int, extra_item: bool = False) -> Path:

@@ -10,7 +10,7 @@ from common.config import DataConfig, EvalConfig, PreprocessConfig
 from common.data.loaders import load_lastfm, load_movielens
 from common.data.pipeline import DataSettings
 from common.data.preprocess import preprocess
-from simulations.baseline import BaselineConfig, run_baseline
+from simulations.upper_bounds import UpperBoundConfig, run_baseline
 
 
 def test_movielens_latest_small_loads_every_row(real_data_dir: Path) -> None:
@@ -34,7 +34,7 @@ def test_lastfm_loads_every_row(real_data_dir: Path) -> None:
 def test_baseline_sanity_bar_on_movielens(real_data_dir: Path) -> None:
     settings = DataSettings(data=DataConfig(dataset="movielens", data_path=real_data_dir / "ml-latest-small"))
 
-    payload = run_baseline(settings, BaselineConfig(eval=EvalConfig(ks=(10,))))
+    payload = run_baseline(settings, UpperBoundConfig(eval=EvalConfig(ks=(10,))))
     ndcg = {name: metrics["ndcg@10"] for name, metrics in payload["results"].items()}
 
     assert ndcg["ease"] > ndcg["itemknn"] > ndcg["popularity"], ndcg

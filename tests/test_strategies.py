@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader
 
 from client.training import plan_privacy, train_vae_round
 from common.errors import ConfigError
-from common.federation import LocalTrainingConfig, RunConfig
 from common.models.vae import MultVAE, MultVAEConfig, vae_loss
 from common.privacy.dp import CSRRows, PrivacyConfig, local_sgd, make_private
-from common.server_optimizer import FedAdam, ProximalTerm, StrategyConfig
+from common.run_config import LocalTrainingConfig, RunConfig
+from common.strategies import FedAdam, ProximalTerm, StrategyConfig
 from server.federation import resume_point, save_checkpoint
 
 

@@ -17,12 +17,12 @@ from common.bundle import ModelBundle
 from common.config import EvalConfig
 from common.data.split import Split
 from common.evaluation import evaluate
-from common.federation import LocalTrainingConfig
 from common.fidelity import closest_record_distance, fidelity_report
 from common.models.vae import MultVAEConfig
 from common.privacy.statistics import LogNormalLengths
 from common.recommenders import EASE, ItemKNN, MostPopular, MultVAERecommender, Recommender
 from common.recommenders.transfer import pack, unpack
+from common.run_config import LocalTrainingConfig
 from common.synthesis import SynthesisConfig, synthesize
 from server.evaluation import evaluation_request, merge_evaluations
 from server.pipeline import write_synthetic

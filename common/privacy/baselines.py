@@ -45,7 +45,7 @@ MAX_DP_EASE_ITEMS = 10_000
 
 
 @dataclass(frozen=True)
-class BaselineConfig:
+class DPBaselineConfig:
     """Clipping bounds and DP-EASE's item limit and base regularisation."""
 
     popularity_clip: float = 4.0
@@ -92,7 +92,11 @@ def dp_popularity(
 
 
 def dp_gram(
-    clients: Sequence[sp.csr_matrix], target_epsilon: float, deltas: Sequence[float], config: BaselineConfig, seed: int
+    clients: Sequence[sp.csr_matrix],
+    target_epsilon: float,
+    deltas: Sequence[float],
+    config: DPBaselineConfig,
+    seed: int,
 ) -> tuple[BaselineRelease, np.ndarray | None]:
     """DP-EASE's releases: the summed noisy Gram matrix over the chosen items, and the DP counts that chose them.
 

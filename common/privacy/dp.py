@@ -24,7 +24,7 @@ from common.errors import ConfigError
 from common.privacy.accounting import DPEvent
 from common.privacy.linear_clipping import LinearClipper
 from common.seeding import seed_for
-from common.server_optimizer import ProximalTerm
+from common.strategies import ProximalTerm
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ import scipy.sparse as sp
 import torch
 
 from client.training import plan_privacy, train_gan_round, train_vae_round
-from common.federation import LocalTrainingConfig
 from common.models.gan import Discriminator, GANConfig, Generator
 from common.models.vae import MultVAE, MultVAEConfig
 from common.privacy.dp import PrivacyConfig, steps_per_epoch
+from common.run_config import LocalTrainingConfig
 
 
 def random_rows(users: int, items: int, density: float, seed: int) -> sp.csr_matrix:

@@ -37,9 +37,9 @@ from common.data.partition import partition_users
 from common.data.pipeline import PreparedData, prepare
 from common.data.split import HeldOutUsers
 from common.evaluation import evaluate
-from common.federation import RunConfig
 from common.privacy.statistics import NoisyStatistics, noisy_statistics
 from common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
+from common.run_config import RunConfig
 from common.seeding import rng_for
 from common.synthesis import SynthesisConfig, synthesize
 from server.baselines import baseline_recommenders

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.federation import RunConfig
+from common.run_config import RunConfig
 from simulations.bench.levers import score_rows, train
 
 TRAIN_SHARE = 0.7  # validation, test and audit fractions are 0.1 each

@@ -28,7 +28,7 @@ from common.recommenders.registry import (
 
 
 @dataclass(frozen=True)
-class BaselineConfig:
+class UpperBoundConfig:
     """Which recommenders to train and their settings."""
 
     recommenders: tuple[str, ...] = RECOMMENDER_NAMES
@@ -45,14 +45,14 @@ class BaselineConfig:
             raise ConfigError(f"--device must be cpu or cuda[:N], got {self.device!r}.")
 
 
-def build_recommender(name: str, config: BaselineConfig) -> Recommender:
+def build_recommender(name: str, config: UpperBoundConfig) -> Recommender:
     settings = RecommenderSettings(config.ease_l2, config.knn_neighbours, config.knn_shrink, config.vae, config.device)
     return build_named(name, settings)
 
 
 def run_baseline(
     settings: DataSettings,
-    config: BaselineConfig,
+    config: UpperBoundConfig,
     prepared: PreparedData | None = None,
     on_result: Any = None,
 ) -> dict[str, Any]:

@@ -20,9 +20,9 @@ from client.training import PrivacyPlan, plan_privacy, train_local_round
 from common import keys
 from common.bundle import ModelBundle
 from common.errors import FedsynthError
-from common.federation import RunConfig
 from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
 from common.privacy.statistics import STATISTICS, noisy_statistics
+from common.run_config import RunConfig
 from common.seeding import rng_for, seed_for
 
 _PLAN = "privacy-plan"

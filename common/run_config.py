@@ -17,10 +17,10 @@ from common.data.pipeline import DataSettings
 from common.errors import ConfigError
 from common.models.gan import GANConfig
 from common.models.vae import MultVAEConfig
-from common.privacy.baselines import BaselineConfig
+from common.privacy.baselines import DPBaselineConfig
 from common.privacy.dp import PrivacyConfig
 from common.recommenders.registry import RECOMMENDER_NAMES, check_recommender_names
-from common.server_optimizer import StrategyConfig
+from common.strategies import StrategyConfig
 
 NO_DP_EPSILON = 1e9  # the run config's ε for "no DP" (any value at least this large means ∞)
 
@@ -141,8 +141,8 @@ class RunConfig:
     def federated_strategy(self) -> StrategyConfig:
         return StrategyConfig(self.strategy, self.proximal_mu, self.server_learning_rate, tau=self.server_tau)
 
-    def baselines(self) -> BaselineConfig:
-        return BaselineConfig(self.statistics_clip, self.dp_ease_clip, self.dp_ease_items, self.ease_l2)
+    def baselines(self) -> DPBaselineConfig:
+        return DPBaselineConfig(self.statistics_clip, self.dp_ease_clip, self.dp_ease_items, self.ease_l2)
 
     def local(self) -> LocalTrainingConfig:
         vae = MultVAEConfig(
