@@ -120,18 +120,19 @@ def simulated_baselines(
     return baseline_recommenders(rows, privacy.target_epsilon, deltas, config, config.seed)
 
 
-def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict[str, Any]:
-    """Synthesize, train centrally, evaluate federatedly; writes synthetic data, metrics.json and report.md."""
-    out = out_directory(config)
-    started = time.perf_counter()
-    seconds: dict[str, float] = {}
-    num_items = len(training.item_ids)
-    reference: PreparedData | None = prepare(config.data()) if config.simulation_reference else None
+def load_reference(config: RunConfig, num_items: int) -> PreparedData | None:
+    """Simulation only: the real data, for fidelity, the upper bounds and the DP baselines."""
+    reference = prepare(config.data()) if config.simulation_reference else None
     if reference is not None and reference.interactions.num_items != num_items:
         raise FedsynthError(
             "the reference data's catalogue differs from the clients'; run with simulation-reference=false."
         )
+    return reference
 
+
+def synthesize_all(config: RunConfig, training: TrainingResult, out: Path) -> dict[str, sp.csr_matrix]:
+    """Synthetic users from each synthesizer (headline first), written to OUT/<label>.parquet."""
+    num_items = len(training.item_ids)
     synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
     lengths = training.statistics.length_sampler(num_items)
     synthetic: dict[str, sp.csr_matrix] = {}
@@ -140,14 +141,23 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
         log.info("fedsynth stage: synthesis (%s, %d users from the %s)", label, synthesis.num_users, name)
         synthetic[label] = synthesize(training.bundle, name, lengths, synthesis, config.seed)
         write_synthetic(out / f"{label}.parquet", synthetic[label], training.item_ids)
-    seconds["synthesis"] = time.perf_counter() - started
+    return synthetic
 
+
+def train_candidates(
+    config: RunConfig,
+    training: TrainingResult,
+    synthetic: dict[str, sp.csr_matrix],
+    reference: PreparedData | None,
+    num_nodes: int,
+) -> tuple[list[tuple[str, Recommender]], dict[str, Any]]:
+    """Every row to evaluate: recommenders on synthetic (and, simulation only, real) data, fedvae, the prior,
+    and (simulation, private runs) the DP baselines; with the baselines' summary."""
     to_train = [
         (f"{label}/{name}", name, m, True) for label, m in synthetic.items() for name in config.recommender_names()
     ]
     if reference is not None:
         to_train += [(real_label(name), name, reference.split.train, False) for name in config.recommender_names()]
-    nodes = list(grid.get_node_ids())
     candidates: list[tuple[str, Recommender]] = []
     for label, name, matrix, is_synthetic in to_train:
         step = time.perf_counter()
@@ -158,11 +168,16 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
     baselines_summary: dict[str, Any] = {}
     if reference is not None and config.dp_baselines and config.privacy().private:
         step = time.perf_counter()
-        baselines, baselines_summary = simulated_baselines(reference, config, len(nodes))
+        baselines, baselines_summary = simulated_baselines(reference, config, num_nodes)
         candidates += list(baselines.items())
         log.info("fedsynth stage: DP baselines (dp-popularity, dp-ease) (%.1f s)", time.perf_counter() - step)
-    seconds["central_training"] = time.perf_counter() - started - seconds["synthesis"]
+    return candidates, baselines_summary
 
+
+def evaluate_all(
+    grid: Any, config: RunConfig, candidates: list[tuple[str, Recommender]], nodes: list[int], num_items: int
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Federated evaluation of every candidate small enough to send; the results and who evaluated what."""
     results: dict[str, dict[str, float]] = {}
     evaluation: dict[str, Any] = {"users": "each client's real held-out test users (fold-in 80% → target 20%)"}
     skipped: dict[str, str] = {}
@@ -176,31 +191,64 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
         results[label], who = federated_evaluate(grid, nodes, recommender, EVAL, num_items, config.reply_timeout)
         evaluation[label] = who
     evaluation["skipped"] = skipped
-    seconds["evaluation"] = time.perf_counter() - started - seconds["synthesis"] - seconds["central_training"]
+    return results, evaluation
 
+
+def utility_retention(config: RunConfig, results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """NDCG@10 of ``synthetic/<rec>`` over ``real/<rec>`` (or MostPopular's), per recommender with both rows."""
     retention = {}
     for name in config.recommender_names():
         synthetic_row, real_row = f"synthetic/{name}", real_label(name)
         if synthetic_row in results and real_row in results and results[real_row][HEADLINE] > 0:
             retention[name] = results[synthetic_row][HEADLINE] / results[real_row][HEADLINE]
+    return retention
+
+
+def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict[str, Any]:
+    """Synthesize, train centrally, evaluate federatedly; writes synthetic data, metrics.json and report.md."""
+    out = out_directory(config)
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+    num_items = len(training.item_ids)
+    reference = load_reference(config, num_items)
+    synthetic = synthesize_all(config, training, out)
+    seconds["synthesis"] = time.perf_counter() - clock
+    nodes = list(grid.get_node_ids())
+    candidates, baselines_summary = train_candidates(config, training, synthetic, reference, len(nodes))
+    seconds["central_training"] = time.perf_counter() - clock - seconds["synthesis"]
+    results, evaluation = evaluate_all(grid, config, candidates, nodes, num_items)
+    seconds["evaluation"] = time.perf_counter() - clock - seconds["synthesis"] - seconds["central_training"]
     fidelity: dict[str, Any] = {}
     if reference is not None:
         held_out = reference.split.test.fold_in + reference.split.test.target
         fidelity = {label: fidelity_report(reference.split.train, m, held_out) for label, m in synthetic.items()}
         fidelity["note"] = "simulation only: computed by the server from the real training users"
-    logs = [training.summary["statistics_release"], *training.summary["rounds"]]
+    synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
     metrics = {
         "privacy": privacy_summary(training),
         "baselines": baselines_summary,
-        "clients": client_participation(logs, nodes),
+        "clients": client_participation([training.summary["statistics_release"], *training.summary["rounds"]], nodes),
         "recommenders": results,
-        "utility_retention": {"metric": HEADLINE, **retention},
+        "utility_retention": {"metric": HEADLINE, **utility_retention(config, results)},
         "fidelity": fidelity,
         "evaluation": evaluation,
         "synthesis": {"synthesizers": list(synthetic), **to_plain(synthesis.__dict__)},
         "rounds": len(training.summary["rounds"]),
         "seconds": seconds,
     }
+    write_outputs(out, config, metrics, training, synthetic, reference)
+    return metrics
+
+
+def write_outputs(
+    out: Path,
+    config: RunConfig,
+    metrics: dict[str, Any],
+    training: TrainingResult,
+    synthetic: dict[str, sp.csr_matrix],
+    reference: PreparedData | None,
+) -> None:
+    """synthetic_meta.json, report.md and metrics.json (last: its presence marks a complete run)."""
     meta = {
         "synthesizer": config.synthesizer_names()[0],
         "files": {label: f"{label}.parquet" for label in synthetic},
@@ -211,6 +259,5 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
     }
     write_json_atomic(out / "synthetic_meta.json", meta)
     write_report(out, metrics, training.summary, synthetic, reference.split.train if reference else None)
-    write_json_atomic(out / "metrics.json", metrics)  # last: its presence marks a complete run
+    write_json_atomic(out / "metrics.json", metrics)
     log.info("fedsynth stage: done, wrote %s", out / "metrics.json")
-    return metrics

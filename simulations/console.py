@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -45,11 +46,11 @@ def print_results(
     console: Console, results: dict[str, dict[str, float]], title: str, metrics: Sequence[str] = HEADLINE_METRICS
 ) -> None:
     """One row per recommender, one column per metric."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("recommender", no_wrap=True)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("recommender", no_wrap=True, min_width=max((len(n) for n in results), default=11))
     shown = [m for m in metrics if any(m in r for r in results.values())]
     for metric in shown:
         table.add_column(metric, justify="right", no_wrap=True, min_width=len(metric))
     for name, values in results.items():
         table.add_row(name, *(f"{values[m]:.4f}" if m in values else "" for m in shown))
-    console.print(table, width=max(console.width, 100))  # headers whole even on an 80-column terminal
+    console.print(table, width=max(console.width, 100), crop=False)  # whole headers on an 80-column terminal
