@@ -28,40 +28,52 @@ from common.io import write_json_atomic
 from common.run_config import RunConfig, epsilon_setting
 from simulations.runner import run_simulation
 
-# Command-line options → run-config keys. Defaults are None: "not given", so a TOML value stands.
+# Command-line options → run-config keys. Defaults are None ("not given", so a TOML value stands); the help
+# shows RunConfig's own default, read from the dataclass (never written twice).
 _RUN_OPTIONS: list[tuple[str, type, str]] = [
-    ("rounds", int, "Federated rounds [default: 3]."),
-    ("strategy", str, "fedavg | fedprox | fedadam [default: fedavg]."),
-    ("proximal-mu", float, "FedProx μ (with --strategy fedprox) [default: 0.01]."),
-    ("server-learning-rate", float, "FedAdam's server learning rate (with --strategy fedadam) [default: 0.03]."),
-    ("epsilon", float, "Target ε per client over everything computed from its users; inf = no DP [default: 8]."),
-    ("delta", float, "δ per client; 0 = 0.1 / n for a client with n users [default: 0]."),
-    ("dataset", str, "generated | movielens | lastfm [default: generated]."),
+    ("rounds", int, "Federated rounds."),
+    ("strategy", str, "fedavg | fedprox | fedadam."),
+    ("proximal-mu", float, "FedProx μ (with --strategy fedprox)."),
+    ("server-learning-rate", float, "FedAdam's server learning rate (with --strategy fedadam)."),
+    ("epsilon", float, "Target ε per client over everything computed from its users; inf = no DP."),
+    ("delta", float, "δ per client; 0 = 0.1 / n for a client with n users."),
+    ("dataset", str, "generated | movielens | lastfm."),
     ("data-path", str, "MovieLens / Last.fm folder."),
-    ("gen-users", int, "Generated data: users [default: 943]."),
-    ("gen-items", int, "Generated data: items [default: 1682]."),
-    ("partition", str, "iid | dirichlet:ALPHA[:ATTR] | natural:ATTR [default: iid]."),
-    ("audit-fraction", float, "Share of users reserved as never-trained audit non-members [default: 0.1]."),
-    ("vae-batch-size", int, "Expected users per DP Mult-VAE step [default: 64]."),
-    ("gan-batch-size", int, "Expected users per DP discriminator step [default: 64]."),
-    ("local-epochs", int, "Mult-VAE epochs per round [default: 1]."),
-    ("discriminator-steps", int, "Discriminator steps per round [default: 10]."),
-    ("statistics-share", float, "Share of ε for the DP item counts + length histogram [default: 0.5]."),
-    ("synthesizers", str, "Comma-separated, headline first: vae, gan [default: vae,gan]."),
-    ("synthetic-users", int, "Synthetic users per synthesizer [default: 2000]."),
-    ("synthesis-temperature", float, "Sampling temperature of synthetic users' items [default: 0.5]."),
-    ("recommenders", str, "Comma-separated: popularity, itemknn, ease, multvae [default: all]."),
-    ("seed", int, "Seed of data, partition, models and synthesis [default: 0]."),
-    ("device", str, "cpu | cuda for the server's central training [default: cpu]."),
+    ("gen-users", int, "Generated data: users."),
+    ("gen-items", int, "Generated data: items."),
+    ("partition", str, "iid | dirichlet:ALPHA[:ATTR] | natural:ATTR."),
+    ("audit-fraction", float, "Share of users reserved as never-trained audit non-members."),
+    ("vae-batch-size", int, "Expected users per DP Mult-VAE step."),
+    ("gan-batch-size", int, "Expected users per DP discriminator step."),
+    ("local-epochs", int, "Mult-VAE epochs per round."),
+    ("discriminator-steps", int, "Discriminator steps per round."),
+    ("statistics-share", float, "Share of ε for the DP item counts + length histogram."),
+    ("synthesizers", str, "Comma-separated, headline first: vae, gan."),
+    ("synthetic-users", int, "Synthetic users per synthesizer."),
+    ("synthesis-temperature", float, "Sampling temperature of synthetic users' items."),
+    ("recommenders", str, "Comma-separated: popularity, itemknn, ease, multvae."),
+    ("seed", int, "Seed of data, partition, models and synthesis."),
+    ("device", str, "cpu | cuda for the server's central training."),
     ("ledger-dir", str, "Clients' privacy ledgers [default: OUT/ledgers]."),
-    ("min-clients", int, "Fewer answering at the start, in the release or in a round: the run fails [default: 2]."),
+    ("min-clients", int, "Fewer answering at the start, in the release or in a round: the run fails."),
     ("allow-degraded", bool, "Leave out nodes that cannot take part; accept rounds below --min-clients."),
 ]
+
+
+def with_default(option: str, text: str) -> str:
+    """``text`` with RunConfig's default for ``option`` appended (unless the text states one itself)."""
+    if "[default:" in text:
+        return text
+    field = "num_server_rounds" if option == "rounds" else option.replace("-", "_")
+    value = getattr(RunConfig(), field)
+    shown = str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else value
+    return f"{text} [default: {shown}]" if shown != "" else text
 
 
 def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The run-config options, ``--clients``, ``--config`` and ``--out``."""
     for name, kind, text in reversed(_RUN_OPTIONS):
+        text = with_default(name, text)
         if kind is bool:
             func = click.option(f"--{name}", is_flag=True, default=None, help=text)(func)
         else:

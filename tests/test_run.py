@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -47,38 +49,34 @@ def test_bad_toml_keys_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not (tmp_path / "out").exists()  # nothing started
 
 
-@pytest.mark.slow
-def test_run_end_to_end_then_resume_without_resetting_the_budget(tmp_path: Path) -> None:
-    config_file = tmp_path / "tiny.toml"
+@dataclass(frozen=True)
+class FinishedRun:
+    """One tiny ``fedsynth run`` shared by the end-to-end tests below (they read it; the last one resumes it)."""
+
+    args: list[str]
+    out: Path
+    output: str
+    metrics: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
+    root = tmp_path_factory.mktemp("e2e")
+    config_file = root / "tiny.toml"
     config_file.write_text(TINY_TOML)
-    out = tmp_path / "run"
-    args = [
-        "run",
-        "--config",
-        str(config_file),
-        "--clients",
-        "2",
-        "--rounds",
-        "2",
-        "--epsilon",
-        "4",
-        "--gen-users",
-        "240",
-        "--gen-items",
-        "300",
-        "--vae-batch-size",
-        "32",
-        "--gan-batch-size",
-        "32",
-        "--discriminator-steps",
-        "2",
-        "--out",
-        str(out),
-    ]
+    out = root / "run"
+    args = ["run", "--config", str(config_file), "--clients", "2", "--rounds", "2", "--epsilon", "4",
+            "--gen-users", "240", "--gen-items", "300", "--vae-batch-size", "32", "--gan-batch-size", "32",
+            "--discriminator-steps", "2", "--out", str(out)]  # fmt: skip
 
-    first = CliRunner().invoke(cli, args)
+    result = CliRunner().invoke(cli, args)
 
-    assert first.exit_code == 0, first.output
+    assert result.exit_code == 0, result.output
+    return FinishedRun(args, out, result.output, json.loads((out / "metrics.json").read_text()))
+
+
+@pytest.mark.slow
+def test_a_run_writes_every_output(finished_run: FinishedRun) -> None:
     for name in (
         "metrics.json",
         "report.md",
@@ -91,11 +89,25 @@ def test_run_end_to_end_then_resume_without_resetting_the_budget(tmp_path: Path)
         "recommenders.png",
         "statistics.npz",
     ):
-        assert (out / name).is_file(), name
-    metrics = json.loads((out / "metrics.json").read_text())
-    privacy = metrics["privacy"]
+        assert (finished_run.out / name).is_file(), name
+    assert pd.read_parquet(finished_run.out / "synthetic.parquet")["user"].nunique() == 120
+    assert "| real/ease |" in (finished_run.out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_reports_its_privacy_per_client(finished_run: FinishedRun) -> None:
+    privacy = finished_run.metrics["privacy"]
+
     assert 3.5 < privacy["epsilon_max"] <= 4.0 + 1e-3 and len(privacy["epsilon_per_client"]) == 2
     assert 0 < privacy["delta"] < 1 / 80
+    assert all(c["cap"] == 4.0 and c["epsilon_before_run"] == 0.0 for c in privacy["epsilon_per_client"])
+    meta = json.loads((finished_run.out / "synthetic_meta.json").read_text())
+    assert meta["synthesizer"] == "vae" and meta["privacy"]["epsilon_max"] == privacy["epsilon_max"]
+
+
+@pytest.mark.slow
+def test_a_run_scores_every_row_on_real_held_out_users(finished_run: FinishedRun) -> None:
+    metrics = finished_run.metrics
     for row in (
         "synthetic/ease",
         "synthetic/multvae",
@@ -112,34 +124,42 @@ def test_run_end_to_end_then_resume_without_resetting_the_budget(tmp_path: Path)
     assert set(metrics["utility_retention"]) == {"metric", "popularity", "ease", "multvae"}
     assert {"popularity_jsd", "dcr_median_synthetic", "identical_share"} <= set(metrics["fidelity"]["synthetic"])
     assert metrics["evaluation"]["real/ease"]["clients"] == 2
-    synthetic = pd.read_parquet(out / "synthetic.parquet")
-    assert synthetic["user"].nunique() == 120
-    meta = json.loads((out / "synthetic_meta.json").read_text())
-    assert meta["synthesizer"] == "vae" and meta["privacy"]["epsilon_max"] == privacy["epsilon_max"]
-    assert "| real/ease |" in (out / "report.md").read_text()
-    baselines = metrics["baselines"]
+
+
+@pytest.mark.slow
+def test_the_dp_baselines_each_spend_the_target_per_client(finished_run: FinishedRun) -> None:
+    baselines = finished_run.metrics["baselines"]
     for name in ("dp-popularity", "dp-ease"):  # each alone at the target epsilon, per client
         assert all(3.5 < e <= 4.0 + 1e-3 for e in baselines[name]["epsilon_per_client"]), name
-    assert "## DP baselines" in (out / "report.md").read_text()
+    assert "## DP baselines" in (finished_run.out / "report.md").read_text()
 
-    again = CliRunner().invoke(cli, args)
+
+@pytest.mark.slow
+def test_a_complete_run_directory_is_never_overwritten(finished_run: FinishedRun) -> None:
+    again = CliRunner().invoke(cli, finished_run.args)
+
     assert again.exit_code != 0 and "already holds a complete run" in str(again.exception)
 
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_without_resetting_the_budget(finished_run: FinishedRun) -> None:
+    """Last in this file: it changes the shared run directory."""
+    out = finished_run.out
     # Interrupt after round 1: the last checkpoint and every final output are gone, the ledgers stay.
     for name in ("metrics.json", "report.md", "synthetic.parquet", "checkpoints/round-2.pt"):
         (out / name).unlink()
-    resumed = CliRunner().invoke(cli, args)
+
+    resumed = CliRunner().invoke(cli, finished_run.args)
 
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output
     train = json.loads((out / "train.json").read_text())
     assert len(train["rounds"]) == 2
     # round 2 was paid for: each node sends its saved reply again (same run key), spending nothing more
-    assert len(train["rounds"][1]["trained"]) == 2 and sorted(train["rounds"][1]["replayed"]) == sorted(
-        train["rounds"][1]["trained"]
-    )
+    assert len(train["rounds"][1]["trained"]) == 2
+    assert sorted(train["rounds"][1]["replayed"]) == sorted(train["rounds"][1]["trained"])
     assert json.loads((out / "metrics.json").read_text())["privacy"]["epsilon_max"] == pytest.approx(
-        privacy["epsilon_max"]
+        finished_run.metrics["privacy"]["epsilon_max"]
     )
 
 
