@@ -218,65 +218,66 @@ def audit_table(summary: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
-def write_sweep_report(out: Path, frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, Any]]) -> None:
-    """Plots under ``out/plots``, then report.md and report.html."""
-    plots = out / "plots"
+Section = tuple[str, str, str | None, pd.DataFrame | None]  # title, text, image under plots/, table
+
+
+def write_plots(plots: Path, frame: pd.DataFrame, summary: pd.DataFrame) -> None:
+    """utility.png, retention.png, audit.png and fidelity.png under ``plots``."""
     plots.mkdir(exist_ok=True)
     grid = grid_columns(frame)
     plot_utility(plots / "utility.png", summary, grid)
-    plot_metric(
-        plots / "retention.png",
-        summary,
-        grid,
-        "retention",
-        "synthetic",
-        "Utility retention (synthetic / real-data recommender)",
-        "retention of NDCG@10",
-    )
+    title, label = "Utility retention (synthetic / real-data recommender)", "retention of NDCG@10"
+    plot_metric(plots / "retention.png", summary, grid, "retention", "synthetic", title, label)
     plot_audit(plots / "audit.png", summary, frame, grid)
     fidelity = summary[summary["row"].str.startswith("fidelity/") & summary["metric"].isin(FIDELITY_METRICS)]
     fidelity = fidelity.assign(row=fidelity["row"] + " " + fidelity["metric"])
     plot_metric(plots / "fidelity.png", fidelity, grid, "", "fidelity/", "Fidelity of the synthetic data", "value")
+
+
+def report_sections(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, Any]]) -> list[Section]:
+    """The report's sections in order: summary, audit verdict, curves, audit, fidelity, cells, failures."""
     violations = [(r["cell"], v) for r in records for v in (r.get("audit") or {}).get("violations", [])]
     failed = [r for r in records if r["status"] != "ok"]
     accountant = frame[(frame["row"] == "accountant") & (frame["metric"] == "relative_difference_max")]["value"]
-    sections: list[tuple[str, str, str | None, pd.DataFrame | None]] = [
-        (
-            "Summary",
-            f"{len(records)} cells, {len(records) - len(failed)} complete, {len(failed)} failed. "
-            "ε is the target per client; 'ε spent' is the largest cumulative ε over clients (Opacus RDP), "
-            "with dp-accounting's ε for the same ledger events beside it"
-            + (f" (largest relative difference {accountant.max():.2%})." if len(accountant) else ".")
-            + " ∞ = the same pipeline without clipping or noise: non-private.",
-            None,
-            None,
-        ),
-        (
-            "AUDIT ABOVE THE DP BOUND: A BUG TO INVESTIGATE" if violations else "Audit against the bound",
-            "\n".join(f"- {cell}: {v}" for cell, v in violations)
-            if violations
-            else "No attack proves more leakage than the spent (ε, δ) allows: every AUC's bootstrap interval "
-            "reaches below the ceiling and every empirical ε lower bound (Clopper-Pearson, 95%) is below ε.",
-            None,
-            None,
-        ),
+    summary_text = (
+        f"{len(records)} cells, {len(records) - len(failed)} complete, {len(failed)} failed. "
+        "ε is the target per client; 'ε spent' is the largest cumulative ε over clients (Opacus RDP), "
+        "with dp-accounting's ε for the same ledger events beside it"
+        + (f" (largest relative difference {accountant.max():.2%})." if len(accountant) else ".")
+        + " ∞ = the same pipeline without clipping or noise: non-private."
+    )
+    audit_verdict = (
+        "\n".join(f"- {cell}: {v}" for cell, v in violations)
+        if violations
+        else "No attack proves more leakage than the spent (ε, δ) allows: every AUC's bootstrap interval "
+        "reaches below the ceiling and every empirical ε lower bound (Clopper-Pearson, 95%) is below ε."
+    )
+    audit_text = (
+        "AUC, TPR at 1% / 10% FPR and the empirical ε lower bound (Clopper-Pearson, 95%) (mean over "
+        "seeds); members = clients' training users, non-members = reserved audit users. The black curve is "
+        "the highest AUC any attack can reach under the spent (ε, δ)."
+    )
+    sections: list[Section] = [
+        ("Summary", summary_text, None, None),
+        ("AUDIT ABOVE THE DP BOUND: A BUG TO INVESTIGATE" if violations else "Audit against the bound", audit_verdict,
+         None, None),
         ("Privacy-utility curve", "NDCG@10 mean [95% t-interval over seeds].", "utility.png", headline_table(summary)),
         ("Utility retention", "Synthetic-trained / real-trained recommender, NDCG@10.", "retention.png", None),
-        (
-            "Membership-inference audit",
-            "AUC, TPR at 1% / 10% FPR and the empirical ε lower bound (Clopper-Pearson, 95%) (mean over "
-            "seeds); members = clients' training users, non-members = reserved audit users. The black curve is "
-            "the highest AUC any attack can reach under the spent (ε, δ).",
-            "audit.png",
-            audit_table(summary),
-        ),
+        ("Membership-inference audit", audit_text, "audit.png", audit_table(summary)),
         ("Fidelity", "Of the synthetic data against the real training users (simulation only).", "fidelity.png", None),
         ("Every cell", "", None, cell_table(frame, records)),
-    ]
+    ]  # fmt: skip
     if failed:
         sections.append(("Failed cells", "\n".join(f"- {r['cell']}: {r.get('error')}" for r in failed), None, None))
+    return sections
+
+
+def write_sweep_report(out: Path, frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, Any]]) -> None:
+    """Plots under ``out/plots``, then report.md and report.html (the same sections, images embedded)."""
+    plots = out / "plots"
+    write_plots(plots, frame, summary)
     md, body = ["# fedsynth sweep report\n"], []
-    for title, text, image, table in sections:
+    for title, text, image, table in report_sections(frame, summary, records):
         md.append(f"## {title}\n\n{text}\n")
         body.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text).replace(chr(10), '<br>')}</p>")
         if image:
