@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.budget import NodeBudget, default_ledger_dir
@@ -47,23 +48,20 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         reply = handle_query(msg.content, data.train, item_ids, config, context.state, node_budget, run)
         return Message(reply, reply_to=msg)
 
-    @app.query(keys.STATISTICS)
-    def statistics(msg: Message, context: Context) -> Message:
-        config = settings(context)
-        rows = node_data(dict(context.node_config), config).train
-        run = run_identity(msg.content, context.run_id)
-        return Message(
-            handle_statistics(msg.content, rows, config, context.state, budget(config, context), run), reply_to=msg
-        )
+    def on_training_rows(handler: Callable[..., RecordDict]) -> Callable[[Message, Context], Message]:
+        """A message handler that runs ``handler`` on this node's training rows, budget and run identity."""
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        config = settings(context)
-        rows = node_data(dict(context.node_config), config).train
-        run = run_identity(msg.content, context.run_id)
-        return Message(
-            handle_train(msg.content, rows, config, context.state, budget(config, context), run), reply_to=msg
-        )
+        def handle(msg: Message, context: Context) -> Message:
+            config = settings(context)
+            rows = node_data(dict(context.node_config), config).train
+            run = run_identity(msg.content, context.run_id)
+            reply = handler(msg.content, rows, config, context.state, budget(config, context), run)
+            return Message(reply, reply_to=msg)
+
+        return handle
+
+    app.query(keys.STATISTICS)(on_training_rows(handle_statistics))
+    app.train()(on_training_rows(handle_train))
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
