@@ -18,7 +18,7 @@ import pandas as pd
 
 from common.audit import max_auc
 from common.io import write_text_atomic
-from common.report import _figure
+from common.report import ROW_KINDS, _figure, row_kind
 from simulations.sweep_results import HEADLINE, grid_columns
 
 UTILITY_SOURCES = ("cell",)
@@ -47,7 +47,29 @@ def _setting_label(row: pd.Series, grid: list[str]) -> str:
     return ", ".join(f"{g}={row[g]}" for g in grid if g in row and pd.notna(row[g]))
 
 
-def _lines(ax: Any, summary: pd.DataFrame, top: float, grid: list[str], label_prefix: str = "") -> None:
+def kind_styles(rows: list[str]) -> dict[str, dict[str, Any]]:
+    """A colour per row from its kind's palette (as in a run's recommenders.png), DP baselines dashed."""
+    import matplotlib
+
+    palettes = dict(zip([kind for kind, _ in ROW_KINDS], ["Blues", "Greens", "Oranges", "Greys"], strict=True))
+    styles: dict[str, dict[str, Any]] = {}
+    for kind, palette in palettes.items():
+        members = [r for r in rows if row_kind(r) == kind]
+        shades = np.linspace(0.85, 0.45, len(members)) if len(members) > 1 else [0.7] * len(members)
+        for row, shade in zip(members, shades, strict=True):
+            dashed = kind == ROW_KINDS[2][0]
+            styles[row] = {"color": matplotlib.colormaps[palette](shade), "linestyle": "--" if dashed else "-"}
+    return styles
+
+
+def _lines(
+    ax: Any,
+    summary: pd.DataFrame,
+    top: float,
+    grid: list[str],
+    label_prefix: str = "",
+    styles: dict[str, dict[str, Any]] | None = None,
+) -> None:
     keys = [g for g in grid if g in summary.columns]
     for name, part in summary.groupby(["row", *keys], sort=False, dropna=False):
         part = part.sort_values("epsilon_requested")
@@ -61,6 +83,7 @@ def _lines(ax: Any, summary: pd.DataFrame, top: float, grid: list[str], label_pr
             marker="o",
             capsize=3,
             label=label,
+            **(styles or {}).get(str(name[0] if isinstance(name, tuple) else name), {}),
         )
 
 
@@ -69,7 +92,8 @@ def plot_utility(path: Path, summary: pd.DataFrame, grid: list[str]) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     headline = summary[summary["metric"] == HEADLINE]
     top = _axis(ax, list(headline["epsilon_requested"].unique()))
-    _lines(ax, headline[headline["source"].isin(UTILITY_SOURCES)], top, grid)
+    curves = headline[headline["source"].isin(UTILITY_SOURCES)]
+    _lines(ax, curves, top, grid, styles=kind_styles(list(curves["row"].unique())))
     reference = headline[headline["source"].str.startswith("reference")]
     styles = iter(["--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1))] * 4)
     for (row, _), part in reference.groupby(["row", "source"], sort=False):
