@@ -80,7 +80,7 @@ def baseline(
     each recommender's Recall/NDCG/HitRate/coverage@K. These are the non-private upper bounds.
     """
     from simulations.console import print_data_report, print_results
-    from simulations.upper_bounds import UpperBoundConfig, run_baseline, save_baseline
+    from simulations.experiments.upper_bounds import UpperBoundConfig, run_baseline, save_baseline
 
     console = Console()
     config = UpperBoundConfig(
@@ -221,8 +221,7 @@ def sweep(
     """
     from common.audit import AuditConfig
     from common.errors import ConfigError
-    from simulations.jobs import resolve_run_config, run_job
-    from simulations.sweep import (
+    from simulations.experiments.sweep import (
         SweepPlan,
         check_sweep_settings,
         finish_sweep,
@@ -232,6 +231,7 @@ def sweep(
         parse_seeds,
         run_sweep,
     )
+    from simulations.jobs import resolve_run_config, run_job
 
     for name in ("epsilon", "seed"):
         if given.get(name) is not None:
@@ -279,7 +279,7 @@ def audit(run_dir: Path, bootstrap: int) -> None:
     and writes RUN/audit.json.
     """
     from common.audit import AuditConfig
-    from simulations.audit import audit_run, run_settings
+    from simulations.experiments.audit import audit_run, run_settings
 
     console = Console()
     with console.status(f"auditing {run_dir}"):
@@ -313,7 +313,7 @@ def deploy() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("deploy/certs"), show_default=True)
 def certs(hosts: tuple[str, ...], days: int, out: Path) -> None:
     """A CA and a SuperLink TLS certificate (subject alternative names = every --host)."""
-    from simulations.deploy_setup import make_certificates
+    from simulations.deployment.setup import make_certificates
 
     paths = make_certificates(out, list(hosts), days)
     click.echo(
@@ -330,7 +330,7 @@ def certs(hosts: tuple[str, ...], days: int, out: Path) -> None:
 def keys(nodes: int | None, names: tuple[str, ...], out: Path) -> None:
     """ECDSA P-384 SuperNode key pairs (OpenSSH format) for node authentication."""
     from common.errors import ConfigError
-    from simulations.deploy_setup import make_node_keys
+    from simulations.deployment.setup import make_node_keys
 
     chosen = list(names) + [f"node-{i}" for i in range(nodes or 0)]
     if not chosen:
@@ -348,7 +348,7 @@ def keys(nodes: int | None, names: tuple[str, ...], out: Path) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("deploy/data"), show_default=True)
 def split_data_command(settings: Any, nodes: int, out: Path, seed: int) -> None:
     """Cut a dataset into one file of disjoint users per node, plus the shared item catalogue (for trials)."""
-    from simulations.deploy_setup import split_data
+    from simulations.deployment.setup import split_data
 
     files = split_data(settings, nodes, out, seed)
     click.echo(f"catalogue (give to every node): {files.catalogue}")
@@ -373,7 +373,7 @@ def local(config_file: Path | None, clients: int, out: Path, node_max_epsilon: f
     submits `flwr run`, streams the progress and stops every process at the end. Outputs land in
     OUT as with `fedsynth run` (the server never reads the data: simulation-reference is off).
     """
-    from simulations.deploy import run_local_deployment
+    from simulations.deployment.local import run_local_deployment
     from simulations.jobs import resolve_run_config
 
     console = Console()

@@ -17,8 +17,8 @@ from common.data.node_file import split_node_file
 from common.errors import FedsynthError
 from common.run_config import RunConfig
 from server.aggregation import ClientReply, client_participation, with_silent
-from simulations.deploy import deployment_run_config
-from simulations.deploy_setup import make_certificates, make_node_keys, split_data
+from simulations.deployment.local import deployment_run_config
+from simulations.deployment.setup import make_certificates, make_node_keys, split_data
 
 
 def test_certificates_are_signed_by_the_ca_for_every_host(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from common.run_config import RunConfig
-from simulations.deploy import LocalDeployment, NodeSettings, deployment_run_config
-from simulations.deploy_setup import make_certificates, make_node_keys, split_data
+from simulations.deployment.local import LocalDeployment, NodeSettings, deployment_run_config
+from simulations.deployment.setup import make_certificates, make_node_keys, split_data
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from common.config import DataConfig, EvalConfig, PreprocessConfig
 from common.data.loaders import load_lastfm, load_movielens
 from common.data.pipeline import DataSettings
 from common.data.preprocess import preprocess
-from simulations.upper_bounds import UpperBoundConfig, run_baseline
+from simulations.experiments.upper_bounds import UpperBoundConfig, run_baseline
 
 
 def test_movielens_latest_small_loads_every_row(real_data_dir: Path) -> None:

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from common.errors import ConfigError
 from simulations.cli import main
-from simulations.sweep import (
+from simulations.experiments.sweep import (
     Cell,
     SweepPlan,
     check_sweep_settings,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from simulations.deploy import run_local_deployment
+from simulations.deployment.local import run_local_deployment
 from simulations.jobs import resolve_run_config, run_job
 
 

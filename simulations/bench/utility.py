@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from simulations.sweep_report import markdown_table
+from simulations.experiments.sweep_report import markdown_table
 
 DATASETS = {"movielens": "ml-latest-small", "lastfm": "lastfm-2k"}
 BASELINES = ("dp-popularity", "dp-ease")

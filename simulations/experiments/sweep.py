@@ -206,7 +206,7 @@ CellRunner = Callable[[Path, int, dict[str, Any]], dict[str, Any]]
 
 def run_cell(plan: SweepPlan, cell: Cell, runner: CellRunner) -> dict[str, Any]:
     """Run one cell from scratch: the pipeline, then the audit and the accountant cross-check."""
-    from simulations.audit import audit_run
+    from simulations.experiments.audit import audit_run
 
     directory = plan.cell_dir(cell)
     if directory.exists():
@@ -238,7 +238,7 @@ def run_cell(plan: SweepPlan, cell: Cell, runner: CellRunner) -> dict[str, Any]:
 
 def reaudit_cell(plan: SweepPlan, cell: Cell) -> dict[str, Any]:
     """Redo a complete cell's audit (after the audit code changed) without retraining; rewrites cell.json."""
-    from simulations.audit import audit_run
+    from simulations.experiments.audit import audit_run
 
     path = plan.cell_dir(cell) / "cell.json"
     record = dict(json.loads(path.read_text()))
@@ -327,8 +327,8 @@ def check_sweep_settings(out: Path, wanted: dict[str, Any]) -> None:
 
 def finish_sweep(plan: SweepPlan, records: list[dict[str, Any]]) -> tuple[Any, Any]:
     """results.csv/.parquet, summary.csv, report.md and report.html from every cell's record."""
-    from simulations.sweep_report import write_sweep_report
-    from simulations.sweep_results import load_references, summarise, tidy_results, write_tables
+    from simulations.experiments.sweep_report import write_sweep_report
+    from simulations.experiments.sweep_results import load_references, summarise, tidy_results, write_tables
 
     keys = [(cell.name, data_key(RunConfig.from_run_config(plan.run_config(cell)))) for cell in plan.cells]
     frame = tidy_results(records, load_references(plan.out, keys), plan.clients)

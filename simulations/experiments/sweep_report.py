@@ -19,7 +19,7 @@ import pandas as pd
 from common.audit import max_auc
 from common.io import write_text_atomic
 from common.report import ROW_KINDS, _figure, row_kind
-from simulations.sweep_results import HEADLINE, grid_columns
+from simulations.experiments.sweep_results import HEADLINE, grid_columns
 
 UTILITY_SOURCES = ("cell",)
 FIDELITY_METRICS = ("popularity_jsd", "length_jsd", "cooccurrence_correlation", "dcr_median_synthetic")

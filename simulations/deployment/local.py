@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FedsynthError
-from simulations.deploy_setup import Certificates, NodeFiles, NodeKey
+from simulations.deployment.setup import Certificates, NodeFiles, NodeKey
 from simulations.runner import (
     check_outcome,
     final_status,
@@ -304,7 +304,7 @@ class LocalDeployment:
 def prepare_local(root: Path, nodes: int, run_config: dict[str, Any]) -> tuple[Certificates, list[NodeKey], NodeFiles]:
     """Certificates, node keys and node data files under ``root`` (reused when already there)."""
     from common.run_config import RunConfig
-    from simulations.deploy_setup import make_certificates, make_node_keys, split_data
+    from simulations.deployment.setup import make_certificates, make_node_keys, split_data
 
     certs_dir, keys_dir = root / "certs", root / "keys"
     if (certs_dir / "ca.crt").is_file():

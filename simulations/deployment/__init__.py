@@ -1,0 +1,1 @@
+"""Real deployments: TLS certificates, node keys, per-node data files, and a SuperLink + SuperNodes launcher."""
