@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,11 +155,12 @@ def start(grid: Grid, config: RunConfig, resumed: ResumePoint) -> Admission:
     admission = admit(grid, nodes, config, request)
     for node, why in sorted(admission.excluded.items()):
         log.warning("fedsynth start: node %d left out (allow-degraded): %s", node, why)
+    caps = Counter(f"{c:g}" for c in admission.caps.values())
     log.info(
-        "fedsynth start: %d node(s) admitted, catalogue of %d items; caps (epsilon, set on the nodes): %s",
+        "fedsynth start: %d node(s) admitted, catalogue of %d items; their caps (epsilon, set on the nodes): %s",
         len(admission.nodes),
         len(admission.item_ids),
-        ", ".join(f"{n}: {c:g}" for n, c in sorted(admission.caps.items())) or "none reported",
+        ", ".join(f"{cap} ({count} node{'s' * (count > 1)})" for cap, count in sorted(caps.items())) or "none",
     )
     return admission
 
