@@ -185,9 +185,26 @@ def check_new_run(out: Path, clients: int) -> None:
         raise FedsynthError(f"{out} already holds a complete run (metrics.json); choose a new --out directory.")
 
 
+def preflight(run_config: dict[str, Any], clients: int) -> None:
+    """Prepare and partition the data in this process, before Flower starts, as every simulated client will.
+
+    Refuses at once what would otherwise fail inside the clients: unreadable data, a client with too
+    few users for the batch size, a configured δ not below 1/n for the smallest client.
+    """
+    from common.data.partition import partition_users
+    from common.data.pipeline import prepare
+
+    config = RunConfig.from_run_config(run_config)
+    prepared = prepare(config.data())
+    partitions = partition_users(prepared.interactions, prepared.split, config.partitioning(clients))
+    smallest = min(len(p.train_users) for p in partitions)
+    config.privacy().delta_for(smallest)
+
+
 def run_job(console: Console, out: Path, clients: int, run_config: dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) the job in ``out``; returns metrics.json (full pipeline) or train.json."""
     check_new_run(out, clients)
+    preflight(run_config, clients)
     saved = out / "run_config.json"
     run_config = {**run_config, "min-clients": min(run_config.get("min-clients", 2), clients)}
     wanted = {"clients": clients, **run_config}

@@ -116,6 +116,8 @@ def test_bad_option_values_are_named(capsys: pytest.CaptureFixture[str]) -> None
         (["--statistics-share", "1.5"], "--statistics-share must be in (0, 1)"),
         (["--dataset", "foo"], "--dataset must be one of"),
         (["--dataset", "movielens", "--data-path", "/nonexistent"], "--data-path /nonexistent: no such file"),
+        (["--delta", "0.5"], "--delta 0.5 is not below 1/n"),
+        (["--clients", "40"], "Use fewer clients (--clients)"),
     ],
 )
 def test_bad_run_values_are_refused_before_flower_starts(
