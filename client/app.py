@@ -42,7 +42,7 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
             data = node_data(dict(context.node_config), config)
             node_budget = budget(config, context)
         except FedsynthError as exc:
-            return Message(refusal(str(exc), {}, 0.0), reply_to=msg)
+            return Message(refusal(str(exc)), reply_to=msg)
         run = run_identity(msg.content, context.run_id)
         item_ids = [str(i) for i in data.item_ids]
         reply = handle_query(msg.content, data.train, item_ids, config, context.state, node_budget, run)

@@ -45,10 +45,10 @@ def run_identity(content: RecordDict, run_id: int) -> RunIdentity:
     return RunIdentity(run_id, str(request.get(keys.RUN_KEY, "")), str(request.get(keys.REQUESTER, "")))
 
 
-def refusal(reason: str, spent: dict[str, float], delta: float) -> RecordDict:
-    metrics = MetricRecord(
-        {keys.REFUSED: 1, keys.NUM_EXAMPLES: 0, keys.EPSILON: spent.get("total", 0.0), keys.DELTA: delta}
-    )
+def refusal(reason: str, ledger: PrivacyLedger | None = None, delta: float = 0.0) -> RecordDict:
+    """A refusal: the reason, and the ε already spent (0 when no ledger could be opened)."""
+    spent = ledger.spent()["total"] if ledger is not None else 0.0
+    metrics = MetricRecord({keys.REFUSED: 1, keys.NUM_EXAMPLES: 0, keys.EPSILON: spent, keys.DELTA: delta})
     return RecordDict({keys.METRICS: metrics, keys.CONFIG: ConfigRecord({keys.REASON: reason})})
 
 
@@ -80,15 +80,12 @@ def handle_query(
     try:
         plan = privacy_plan(state, config, rows.shape[0], planned)
         ledger = open_ledger(budget, rows, plan, config)
-        charged = ledger.charged(run.run_key)
-        rounds = {int(e["round"]) for e in charged if e["release"] == "round"}
-        statistics = bool(request.get(keys.NEEDS_STATISTICS, 1)) and not any(
-            e["release"] == STATISTICS for e in charged
-        )
-        to_spend = plan.run_events(statistics, len(set(range(first, planned + 1)) - rounds))
+        statistics = bool(request.get(keys.NEEDS_STATISTICS, 1)) and not ledger.statistics_charged(run.run_key)
+        rounds_left = set(range(first, planned + 1)) - ledger.charged_rounds(run.run_key)
+        to_spend = plan.run_events(statistics, len(rounds_left))
         ledger.check(to_spend, what=f"this run (it asks to spend epsilon {config.privacy().target_epsilon:g})")
     except FedsynthError as exc:
-        return refusal(str(exc), ledger.spent() if ledger is not None else {}, 0.0)
+        return refusal(str(exc), ledger)
     metrics.update({keys.EPSILON: ledger.spent()["total"], keys.EPSILON_CAP: ledger.max_epsilon})
     return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CONFIG: catalogue})
 
@@ -108,11 +105,11 @@ def handle_statistics(
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
-        if any(e["release"] == STATISTICS for e in ledger.charged(run.run_key)):
+        if ledger.statistics_charged(run.run_key):
             raise PrivacyBudgetExceeded("this run's DP statistics were already released (and charged) once")
         ledger.check(plan.statistics_events(), what="the DP statistics release")
     except FedsynthError as exc:
-        return refusal(str(exc), ledger.spent() if ledger is not None else {}, plan.delta)
+        return refusal(str(exc), ledger, plan.delta)
     released = noisy_statistics(
         rows, privacy.statistics_clip, plan.statistics_noise, rng_for(config.seed, f"statistics-{ledger.fingerprint}")
     )
@@ -160,7 +157,7 @@ def handle_train(
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
-        if any(e["release"] == "round" and e["round"] == server_round for e in ledger.charged(run.run_key)):
+        if server_round in ledger.charged_rounds(run.run_key):
             replay = load_replay(ledger, run, server_round)
             if replay is None:
                 raise PrivacyBudgetExceeded(f"round {server_round} of this run was already charged; its reply is lost")
@@ -168,7 +165,7 @@ def handle_train(
             return RecordDict({keys.ARRAYS: ArrayRecord(replay.arrays), keys.METRICS: MetricRecord(metrics)})
         ledger.check(plan.round_events(), what=f"round {server_round}")
     except FedsynthError as exc:
-        return refusal(str(exc), ledger.spent() if ledger is not None else {}, plan.delta)
+        return refusal(str(exc), ledger, plan.delta)
 
     local = config.local()
     bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)

@@ -62,10 +62,10 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 120.0) -> list[int
 
 
 def query_statistics(
-    grid: Grid, nodes: list[int], config: RunConfig, num_items: int
+    grid: Grid, nodes: list[int], config: RunConfig, num_items: int, identity: dict[str, str]
 ) -> tuple[NoisyStatistics, dict[str, Any]]:
     """Each client's DP item counts and length histogram, summed; and the release's log (ε per client)."""
-    request = ConfigRecord({keys.PLANNED_ROUNDS: config.num_server_rounds, **identity_fields(out_directory(config))})
+    request = ConfigRecord({keys.PLANNED_ROUNDS: config.num_server_rounds, **identity})
     messages = [
         Message(
             RecordDict({keys.CONFIG: request}),
@@ -93,7 +93,7 @@ def query_statistics(
 
 
 def load_or_query_statistics(
-    grid: Grid, nodes: list[int], config: RunConfig, num_items: int
+    grid: Grid, nodes: list[int], config: RunConfig, num_items: int, identity: dict[str, str]
 ) -> tuple[NoisyStatistics, dict[str, Any]]:
     """The saved release of a resumed run, or a fresh one (saved before any round uses it)."""
     path = out_directory(config) / "statistics.npz"
@@ -101,7 +101,7 @@ def load_or_query_statistics(
         with np.load(path) as saved:
             statistics = NoisyStatistics(saved["item_counts"], saved["length_histogram"], float(saved["noise_std"]))
             return statistics, {"round": 0, "resumed": True}
-    statistics, release_log = query_statistics(grid, nodes, config, num_items)
+    statistics, release_log = query_statistics(grid, nodes, config, num_items, identity)
 
     def save(tmp: Path) -> None:
         np.savez(
@@ -142,7 +142,7 @@ def resume_point(out_dir: Path, config: RunConfig) -> ResumePoint:
     return point
 
 
-def start(grid: Grid, config: RunConfig, resumed: ResumePoint) -> Admission:
+def start(grid: Grid, config: RunConfig, resumed: ResumePoint, identity: dict[str, str]) -> Admission:
     """Wait for ``min-clients`` nodes, then admit those whose data, catalogue and budget fit the run."""
     nodes = wait_for_nodes(grid, config.min_clients)
     out_dir = out_directory(config)
@@ -150,7 +150,7 @@ def start(grid: Grid, config: RunConfig, resumed: ResumePoint) -> Admission:
         keys.PLANNED_ROUNDS: config.num_server_rounds,
         keys.FIRST_ROUND: len(resumed.rounds) + 1,
         keys.NEEDS_STATISTICS: int(not (out_dir / "statistics.npz").is_file()),
-        **identity_fields(out_dir),
+        **identity,
     }
     admission = admit(grid, nodes, config, request)
     for node, why in sorted(admission.excluded.items()):
@@ -176,7 +176,12 @@ def initial_bundle(config: RunConfig, num_items: int, statistics: NoisyStatistic
 
 
 def train_round(
-    grid: Grid, config: RunConfig, server_round: int, participants: list[int], arrays: ArrayRecord
+    grid: Grid,
+    config: RunConfig,
+    server_round: int,
+    participants: list[int],
+    arrays: ArrayRecord,
+    identity: dict[str, str],
 ) -> RoundOutcome:
     """Send the global bundle to a sample of the admitted nodes still connected; FedAvg their replies."""
     started = time.perf_counter()
@@ -188,7 +193,7 @@ def train_round(
         {
             keys.SERVER_ROUND: server_round,
             keys.PLANNED_ROUNDS: config.num_server_rounds,
-            **identity_fields(out_directory(config)),
+            **identity,
         }
     )
     messages = [
@@ -221,15 +226,17 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
     """
     out_dir = out_directory(config)
     resumed = resume_point(out_dir, config)
-    admission = start(grid, config, resumed)
-    statistics, release_log = load_or_query_statistics(grid, admission.nodes, config, len(admission.item_ids))
+    identity = identity_fields(out_dir)  # the run key (read or made once) and the requester, sent with every request
+    admission = start(grid, config, resumed, identity)
+    num_items = len(admission.item_ids)
+    statistics, release_log = load_or_query_statistics(grid, admission.nodes, config, num_items, identity)
     bundle = initial_bundle(config, len(admission.item_ids), statistics, resumed)
     server_optimizer = config.federated_strategy().server_optimizer()
     if server_optimizer is not None and resumed.server_optimizer is not None:
         server_optimizer.load_state_dict(resumed.server_optimizer)
     arrays, rounds = ArrayRecord(bundle.state_dict()), resumed.rounds
     for server_round in range(len(rounds) + 1, config.num_server_rounds + 1):
-        outcome = train_round(grid, config, server_round, admission.nodes, arrays)
+        outcome = train_round(grid, config, server_round, admission.nodes, arrays, identity)
         require_quorum(f"round {server_round}", outcome.log, config)
         if outcome.arrays is not None and server_optimizer is not None:
             previous = arrays.to_torch_state_dict()

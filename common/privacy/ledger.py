@@ -33,6 +33,7 @@ import scipy.sparse as sp
 from common.errors import ConfigError, FedsynthError
 from common.io import write_json_atomic
 from common.privacy.accounting import DPEvent, epsilon, epsilon_by_model
+from common.privacy.statistics import STATISTICS
 
 LEDGER_VERSION = 2
 # Calibration bisects σ to 1e-4, so a plan may land a hair above target; this much is tolerated.
@@ -160,6 +161,14 @@ class PrivacyLedger:
     def charged(self, run_key: str) -> list[dict[str, Any]]:
         """History entries of releases made for ``run_key`` (earlier attempts of a resumed run)."""
         return [e for e in self.history if run_key and e.get("run_key") == run_key and "release" in e]
+
+    def charged_rounds(self, run_key: str) -> set[int]:
+        """The rounds already charged to ``run_key``."""
+        return {int(e["round"]) for e in self.charged(run_key) if e["release"] == "round"}
+
+    def statistics_charged(self, run_key: str) -> bool:
+        """Whether ``run_key`` already paid for its DP statistics release."""
+        return any(e["release"] == STATISTICS for e in self.charged(run_key))
 
     def record(self, spent: list[DPEvent], release: str, run: RunIdentity, **details: Any) -> None:
         """Append the events actually spent, with who asked and when, and save the ledger atomically."""
