@@ -14,6 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from common.io import write_text_atomic
+from common.keys import LOSS_KEYS
+from common.round_log import RoundLog
 
 HEADLINE_COLUMNS = ("ndcg@10", "recall@20", "hitrate@10", "coverage@10")
 
@@ -27,7 +29,7 @@ def _figure() -> Any:
     return plt
 
 
-def plot_rounds(path: Path, rounds: list[dict[str, Any]], release: dict[str, Any] | None = None) -> None:
+def plot_rounds(path: Path, rounds: list[RoundLog], release: RoundLog | None = None) -> None:
     """Each model's loss on its own axis; cumulative ε from the statistics release (round 0) on.
 
     ``release``: the statistics release's log (its ε is most of a run's spend), drawn at round 0.
@@ -35,18 +37,21 @@ def plot_rounds(path: Path, rounds: list[dict[str, Any]], release: dict[str, Any
     plt = _figure()
     from matplotlib.ticker import MaxNLocator
 
-    losses = [name for name in ("vae-loss", "gan-d-loss", "gan-g-loss") if any(name in r for r in rounds)]
+    losses = [name for name in LOSS_KEYS if any(name in r.losses for r in rounds)]
     fig, axes = plt.subplots(1, len(losses) + 1, figsize=(3.6 * (len(losses) + 1), 3.4), squeeze=False)
-    numbers = [r["round"] for r in rounds]
+    numbers = [r.round for r in rounds]
     titles = {"vae-loss": "Mult-VAE loss", "gan-d-loss": "GAN discriminator loss", "gan-g-loss": "GAN generator loss"}
     for ax, name in zip(axes[0], losses, strict=False):
-        ax.plot(numbers, [r.get(name, math.nan) for r in rounds], marker="o", color="tab:blue")
+        ax.plot(numbers, [r.losses.get(name, math.nan) for r in rounds], marker="o", color="tab:blue")
         ax.set(xlabel="round", ylabel="mean loss (weighted by users)", title=titles[name])
     eps = axes[0][-1]
-    logs = ([release] if release and not release.get("resumed") else []) + rounds
-    steps = [int(r.get("round", 0)) for r in logs]
-    for key, marker, label in (("epsilon_max", "o", "max over clients"), ("epsilon_min", "x", "min over clients")):
-        eps.plot(steps, [r.get(key) or math.nan for r in logs], marker=marker, label=label)
+    logs = ([release] if release and not release.resumed else []) + rounds
+    steps = [r.round for r in logs]
+    for values, marker, label in (
+        ([r.epsilon_max for r in logs], "o", "max over clients"),
+        ([r.epsilon_min for r in logs], "x", "min over clients"),
+    ):
+        eps.plot(steps, [math.nan if v is None else v for v in values], marker=marker, label=label)
     eps.set(xlabel="round (0 = DP statistics release)", ylabel="cumulative ε", title="Privacy spent")
     eps.set_ylim(bottom=0)
     eps.legend()
@@ -204,12 +209,12 @@ def _clients_section(clients: dict[str, Any] | None) -> list[str]:
 def write_report(
     out: Path,
     metrics: dict[str, Any],
-    training: dict[str, Any],
+    logs: list[RoundLog],
     synthetic: dict[str, sp.csr_matrix],
     real_train: sp.csr_matrix | None,
 ) -> Path:
-    """Write OUT/report.md and its PNGs; returns the report's path."""
-    plot_rounds(out / "rounds.png", training["rounds"], training.get("statistics_release"))
+    """Write OUT/report.md and its PNGs; returns the report's path. ``logs``: the release's, then each round's."""
+    plot_rounds(out / "rounds.png", [r for r in logs if r.round > 0], logs[0] if logs and logs[0].round == 0 else None)
     plot_popularity(
         out / "popularity.png", ({"real training users": real_train} if real_train is not None else {}) | synthetic
     )

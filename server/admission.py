@@ -27,8 +27,9 @@ from flwr.serverapp import Grid
 from common import keys
 from common.errors import FedsynthError
 from common.io import write_text_atomic
+from common.round_log import RoundLog
 from common.run_config import RunConfig
-from server.aggregation import ClientReply, as_client_replies
+from server.aggregation import ClientReply, as_client_replies, reply_problem
 
 
 class RunFailed(FedsynthError):
@@ -62,12 +63,11 @@ class Admission:
 
 
 def _problem(reply: ClientReply) -> str | None:
-    """Why a node cannot take part (None: it can)."""
-    if reply.content is None:
-        return f"failed ({reply.error})"
-    if keys.number(reply.content[keys.METRICS], keys.REFUSED):
-        return f"refused: {reply.content[keys.CONFIG][keys.REASON]!s}"
-    return None
+    """Why a node cannot take part, as the start line says it (None: it can)."""
+    problem = reply_problem(reply)
+    if problem is None:
+        return None
+    return f"failed ({problem.reason})" if problem.epsilon is None else f"refused: {problem.reason}"
 
 
 def admit(grid: Grid, nodes: list[int], config: RunConfig, request: dict[str, Any]) -> Admission:
@@ -116,13 +116,13 @@ def decide_admission(replies: list[ClientReply], config: RunConfig) -> Admission
     return Admission(admitted, list(shared), problems, caps, before)
 
 
-def require_quorum(stage: str, log: dict[str, Any], config: RunConfig) -> None:
+def require_quorum(stage: str, log: RoundLog, config: RunConfig) -> None:
     """Fail the run if fewer than ``min-clients`` answered in ``stage`` (unless ``allow-degraded``)."""
-    answered = len(log["trained"])
+    answered = len(log.trained)
     if answered >= config.min_clients or config.allow_degraded:
         return
-    reasons = [f"node {r['node']} refused: {r['reason']}" for r in log["refused"]]
-    reasons += [f"node {r['node']} failed: {r['reason']}" for r in log["failed"]]
+    reasons = [f"node {p.node} refused: {p.reason}" for p in log.refused]
+    reasons += [f"node {p.node} failed: {p.reason}" for p in log.failed]
     raise RunFailed(
         f"{stage}: only {answered} client(s) answered, min-clients is {config.min_clients} ("
         + ("; ".join(reasons) or "no client was asked")
@@ -130,10 +130,10 @@ def require_quorum(stage: str, log: dict[str, Any], config: RunConfig) -> None:
     )
 
 
-def require_training(rounds: list[dict[str, Any]]) -> None:
+def require_training(rounds: list[RoundLog]) -> None:
     """Fail a run in which no client trained in any round: its models are untrained."""
-    if rounds and not any(r["trained"] for r in rounds):
+    if rounds and not any(r.trained for r in rounds):
         raise RunFailed(
             "no client trained in any round, so the models are untrained and no result is written "
-            f"({'; '.join(str(r['reason']) for r in rounds[-1]['refused'] + rounds[-1]['failed'])})."
+            f"({'; '.join(p.reason for p in rounds[-1].refused + rounds[-1].failed)})."
         )

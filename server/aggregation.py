@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common import keys
+from common.round_log import NodeProblem, RoundLog
 
 
 @dataclass(frozen=True)
@@ -26,15 +27,15 @@ class ClientOutcomes:
     """Replies split into answered (trained / released), refused (budget) and failed, with the ε summary."""
 
     trained: list[ClientReply]
-    log: dict[str, Any] = field(default_factory=dict)
+    log: RoundLog
 
 
 @dataclass
 class RoundOutcome:
-    """What one round's replies amount to."""
+    """What one round's replies amount to: the FedAvg-ed bundle (None: nobody trained) and the log."""
 
     arrays: ArrayRecord | None
-    log: dict[str, Any] = field(default_factory=dict)
+    log: RoundLog
 
 
 def reply_node(reply: Message, sent: list[Message]) -> int:
@@ -70,35 +71,32 @@ def _metric(reply: ClientReply, name: str) -> float:
     return keys.number(reply.content[keys.METRICS], name)
 
 
-def client_outcomes(replies: list[ClientReply]) -> ClientOutcomes:
-    """Split replies; ε is the maximum over the clients that reported one (answered or refused).
+def reply_problem(reply: ClientReply) -> NodeProblem | None:
+    """Why a node did not answer (failed: ``epsilon`` None; refused: its reported ε), or None if it did."""
+    if reply.content is None:
+        return NodeProblem(reply.node, str(reply.error))
+    if keys.number(reply.content[keys.METRICS], keys.REFUSED):
+        return NodeProblem(reply.node, str(reply.content[keys.CONFIG][keys.REASON]), _metric(reply, keys.EPSILON))
+    return None
 
-    A federation's guarantee is only as strong as its weakest client, so ε is never averaged.
-    """
+
+def client_outcomes(replies: list[ClientReply], server_round: int = 0) -> ClientOutcomes:
+    """Split replies into answered / refused / failed; the log's ε is the maximum over the clients
+    that reported one (answered or refused): a federation's guarantee is only as strong as its
+    weakest client, so ε is never averaged."""
     trained: list[ClientReply] = []
-    refused: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
+    log = RoundLog(server_round)
     for reply in replies:
-        if reply.content is None:
-            failed.append({"node": reply.node, "reason": reply.error})
-            continue
-        if keys.number(reply.content[keys.METRICS], keys.REFUSED):
-            reason = str(reply.content[keys.CONFIG][keys.REASON])
-            refused.append({"node": reply.node, "reason": reason, "epsilon": _metric(reply, keys.EPSILON)})
-        else:
+        problem = reply_problem(reply)
+        if problem is None:
             trained.append(reply)
-    epsilons = [_metric(r, keys.EPSILON) for r in trained] + [r["epsilon"] for r in refused]
-    log: dict[str, Any] = {
-        "trained": [r.node for r in trained],
-        "refused": refused,
-        "failed": failed,
-        "epsilon_max": max(epsilons) if epsilons else None,
-        "epsilon_min": min(epsilons) if epsilons else None,
-        "epsilon_by_node": {str(r.node): _metric(r, keys.EPSILON) for r in trained},
-        # a resumed run's round already charged: the node sent its saved reply again (no new ε)
-        "replayed": [r.node for r in trained if r.content and keys.REPLAYED in r.content[keys.METRICS]],
-        "delta_by_node": {str(r.node): _metric(r, keys.DELTA) for r in trained},
-    }
+        else:
+            (log.failed if problem.epsilon is None else log.refused).append(problem)
+    log.trained = [r.node for r in trained]
+    log.epsilon_by_node = {str(r.node): _metric(r, keys.EPSILON) for r in trained}
+    # a resumed run's round already charged: the node sent its saved reply again (no new ε)
+    log.replayed = [r.node for r in trained if r.content and keys.REPLAYED in r.content[keys.METRICS]]
+    log.delta_by_node = {str(r.node): _metric(r, keys.DELTA) for r in trained}
     return ClientOutcomes(trained, log)
 
 
@@ -114,21 +112,20 @@ def aggregate_replies(server_round: int, replies: list[ClientReply]) -> RoundOut
 
     Losses are weighted by users; the bundle is FedAvg-ed weighted by users.
     """
-    outcome = client_outcomes(replies)
-    trained = outcome.trained
-    log = {"round": server_round, **outcome.log}
+    outcome = client_outcomes(replies, server_round)
+    trained, log = outcome.trained, outcome.log
     if not trained:
         return RoundOutcome(None, log)
     weights = np.array([_metric(r, keys.NUM_EXAMPLES) for r in trained])
     for name in keys.LOSS_KEYS:
         if all(r.content is not None and name in r.content[keys.METRICS] for r in trained):  # no GAN: no GAN losses
-            log[name] = float(np.dot([_metric(r, name) for r in trained], weights) / weights.sum())
-    log["users"] = int(weights.sum())
+            log.losses[name] = float(np.dot([_metric(r, name) for r in trained], weights) / weights.sum())
+    log.users = int(weights.sum())
     arrays = aggregate_arrayrecords([r.content for r in trained if r.content is not None], keys.NUM_EXAMPLES)
     return RoundOutcome(arrays, log)
 
 
-def client_participation(logs: list[dict[str, Any]], connected: list[int]) -> dict[str, Any]:
+def client_participation(logs: list[RoundLog], connected: list[int]) -> dict[str, Any]:
     """Who took part, who failed when, and who is missing at the end (for metrics.json and the report).
 
     ``logs``: the statistics release's log and each round's log; ``connected``: nodes online now.
@@ -138,13 +135,11 @@ def client_participation(logs: list[dict[str, Any]], connected: list[int]) -> di
     seen: dict[int, str] = {}
     failures = []
     for entry in logs:
-        for node in entry.get("trained", []):
-            seen[int(node)] = "answered"
-        for item in entry.get("refused", []):
-            seen[int(item["node"])] = "refused"
-        for item in entry.get("failed", []):
-            seen[int(item["node"])] = "failed"
-            failures.append({"round": entry.get("round"), "node": int(item["node"]), "reason": item["reason"]})
+        seen.update({int(node): "answered" for node in entry.trained})
+        seen.update({problem.node: "refused" for problem in entry.refused})
+        for problem in entry.failed:
+            seen[problem.node] = "failed"
+            failures.append({"round": entry.round, "node": problem.node, "reason": problem.reason})
     online = {int(n) for n in connected}
     missing = sorted(n for n, last in seen.items() if n not in online or last == "failed")
     return {"participants": sorted(seen), "connected_at_end": sorted(online), "missing": missing, "failures": failures}

@@ -25,6 +25,7 @@ from common.bundle import ModelBundle
 from common.errors import ConfigError, FedsynthError
 from common.io import to_plain, write_atomic, write_json_atomic
 from common.privacy.statistics import NoisyStatistics, length_bin_edges
+from common.round_log import RoundLog
 from common.run_config import RunConfig
 from common.seeding import seed_for
 from server.admission import Admission, admit, identity_fields, require_quorum, require_training
@@ -40,7 +41,14 @@ class TrainingResult:
     bundle: ModelBundle
     statistics: NoisyStatistics
     item_ids: list[str]
-    summary: dict[str, Any]
+    release: RoundLog  # the DP statistics release (round 0)
+    rounds: list[RoundLog]
+    summary: dict[str, Any]  # train.json
+
+    @property
+    def logs(self) -> list[RoundLog]:
+        """The release's log, then each round's."""
+        return [self.release, *self.rounds]
 
 
 def out_directory(config: RunConfig) -> Path:
@@ -63,7 +71,7 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 120.0) -> list[int
 
 def query_statistics(
     grid: Grid, nodes: list[int], config: RunConfig, num_items: int, identity: dict[str, str]
-) -> tuple[NoisyStatistics, dict[str, Any]]:
+) -> tuple[NoisyStatistics, RoundLog]:
     """Each client's DP item counts and length histogram, summed; and the release's log (ε per client)."""
     request = ConfigRecord({keys.PLANNED_ROUNDS: config.num_server_rounds, **identity})
     messages = [
@@ -75,9 +83,8 @@ def query_statistics(
         for n in nodes
     ]
     replies = list(grid.send_and_receive(messages, timeout=config.reply_timeout))
-    outcome = client_outcomes(as_client_replies(replies, messages, config.reply_timeout))
+    outcome = client_outcomes(as_client_replies(replies, messages, config.reply_timeout), server_round=0)
     released = [r for r in outcome.trained if r.content is not None]
-    outcome.log["round"] = 0
     require_quorum("the DP statistics release", outcome.log, config)
     if not released:  # allow-degraded and nobody released: no prior, no lengths (said in the log)
         log.warning("fedsynth statistics: no client released DP statistics; no popularity prior, lengths 1-10")
@@ -94,13 +101,13 @@ def query_statistics(
 
 def load_or_query_statistics(
     grid: Grid, nodes: list[int], config: RunConfig, num_items: int, identity: dict[str, str]
-) -> tuple[NoisyStatistics, dict[str, Any]]:
+) -> tuple[NoisyStatistics, RoundLog]:
     """The saved release of a resumed run, or a fresh one (saved before any round uses it)."""
     path = out_directory(config) / "statistics.npz"
     if path.is_file():
         with np.load(path) as saved:
             statistics = NoisyStatistics(saved["item_counts"], saved["length_histogram"], float(saved["noise_std"]))
-            return statistics, {"round": 0, "resumed": True}
+            return statistics, RoundLog(0, resumed=True)
     statistics, release_log = query_statistics(grid, nodes, config, num_items, identity)
 
     def save(tmp: Path) -> None:
@@ -120,7 +127,7 @@ class ResumePoint:
     """Where a run directory stands: the last global state, the round logs, the server optimizer's state."""
 
     state: dict[str, torch.Tensor] | None = None
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[RoundLog] = field(default_factory=list)
     server_optimizer: dict[str, Any] | None = None
 
 
@@ -137,7 +144,7 @@ def resume_point(out_dir: Path, config: RunConfig) -> ResumePoint:
                 f"{path} was written by a run with another configuration; resume with the same settings "
                 "or use a new --out directory."
             )
-        point.rounds.append(saved["round"])
+        point.rounds.append(RoundLog.from_plain(saved["round"]))
         point.state, point.server_optimizer = saved["state"], saved.get("server_optimizer")
     return point
 
@@ -202,18 +209,18 @@ def train_round(
     ]
     replies = list(grid.send_and_receive(messages, timeout=config.reply_timeout))
     outcome = aggregate_round(server_round, replies, messages, config.reply_timeout)
-    outcome.log["sampled"] = sampled
-    outcome.log["missing_from_sample"] = sorted(set(participants) - set(nodes))
-    outcome.log["seconds"] = time.perf_counter() - started
+    round_log = outcome.log
+    round_log.sampled, round_log.missing_from_sample = sampled, sorted(set(participants) - set(nodes))
+    round_log.seconds = time.perf_counter() - started
     log.info(
         "fedsynth round %d/%d: trained %d, refused %d, failed %d, epsilon max %s (%.1f s)",
         server_round,
         config.num_server_rounds,
-        len(outcome.log["trained"]),
-        len(outcome.log["refused"]),
-        len(outcome.log["failed"]),
-        "-" if outcome.log["epsilon_max"] is None else f"{outcome.log['epsilon_max']:.3f}",
-        outcome.log["seconds"],
+        len(round_log.trained),
+        len(round_log.refused),
+        len(round_log.failed),
+        "-" if round_log.epsilon_max is None else f"{round_log.epsilon_max:.3f}",
+        round_log.seconds,
     )
     return outcome
 
@@ -252,14 +259,14 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
     bundle.load_state_dict(arrays.to_torch_state_dict())
     summary = training_summary(config, admission, release_log, rounds, set(grid.get_node_ids()))
     write_json_atomic(out_dir / "train.json", summary)
-    return TrainingResult(bundle, statistics, admission.item_ids, summary)
+    return TrainingResult(bundle, statistics, admission.item_ids, release_log, rounds, summary)
 
 
 def training_summary(
     config: RunConfig,
     admission: Admission,
-    release_log: dict[str, Any],
-    rounds: list[dict[str, Any]],
+    release_log: RoundLog,
+    rounds: list[RoundLog],
     connected: set[int],
 ) -> dict[str, Any]:
     """train.json: the config, the admission, the release's and each round's log, ε per client.
@@ -275,20 +282,19 @@ def training_summary(
         "excluded": {str(n): why for n, why in admission.excluded.items()},
         "epsilon_cap_by_client": {str(n): c for n, c in admission.caps.items()},
         "epsilon_before_run_by_client": {str(n): e for n, e in admission.spent_before.items()},
-        "statistics_release": release_log,
-        "rounds": rounds,
-        "epsilon_max": max((r["epsilon_max"] for r in rounds if r["epsilon_max"] is not None), default=None),
+        "statistics_release": release_log.to_plain(),
+        "rounds": [r.to_plain() for r in rounds],
+        "epsilon_max": max((e for r in rounds if (e := r.epsilon_max) is not None), default=None),
         "epsilon_by_client": by_client,
         "missing_at_end": sorted(int(n) for n in by_client if int(n) not in connected),
     }
 
 
-def latest_epsilon(logs: list[dict[str, Any]]) -> dict[str, float]:
+def latest_epsilon(logs: list[RoundLog]) -> dict[str, float]:
     """Each client's last reported cumulative ε (trained or refused), over the release and all rounds."""
     latest: dict[str, float] = {}
     for entry in logs:
-        latest.update(entry.get("epsilon_by_node", {}))
-        latest.update({str(r["node"]): r["epsilon"] for r in entry.get("refused", [])})
+        latest.update(entry.latest_epsilon_by_node())
     return latest
 
 
@@ -296,11 +302,11 @@ def save_checkpoint(
     path: Path,
     arrays: ArrayRecord,
     config: RunConfig,
-    round_log: dict[str, Any],
+    round_log: RoundLog,
     server_optimizer: dict[str, Any] | None = None,
 ) -> None:
     """The global bundle after a round, with the config, the round's privacy numbers and FedAdam's moments (atomic)."""
-    saved = {"state": arrays.to_torch_state_dict(), "config": to_plain(config.__dict__), "round": to_plain(round_log)}
+    saved = {"state": arrays.to_torch_state_dict(), "config": to_plain(config.__dict__), "round": round_log.to_plain()}
     if server_optimizer is not None:
         saved["server_optimizer"] = server_optimizer
     write_atomic(path, lambda tmp: torch.save(saved, tmp))

@@ -82,15 +82,14 @@ def privacy_summary(training: TrainingResult) -> dict[str, Any]:
     ``epsilon_before_run`` what it had spent before this run, ``cap`` the lifetime cap the node
     set itself; ``missing_at_end`` marks nodes that spent ε but were not connected at the end.
     """
-    summary = training.summary
-    logs = [summary["statistics_release"], *summary["rounds"]]
+    summary, logs = training.summary, training.logs
     deltas: dict[str, float] = {}
     for entry in logs:
-        deltas.update(entry.get("delta_by_node", {}))
+        deltas.update(entry.delta_by_node)
     per_client = summary["epsilon_by_client"]
     missing = {str(n) for n in summary.get("missing_at_end", [])}
     caps, before = summary.get("epsilon_cap_by_client", {}), summary.get("epsilon_before_run_by_client", {})
-    reported = [*per_client.values(), *(entry.get("epsilon_max") for entry in logs)]
+    reported = [*per_client.values(), *(entry.epsilon_max for entry in logs)]
     return {
         "epsilon_max": max((e for e in reported if e is not None), default=None),
         "epsilon_per_client": [
@@ -227,13 +226,13 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
     metrics = {
         "privacy": privacy_summary(training),
         "baselines": baselines_summary,
-        "clients": client_participation([training.summary["statistics_release"], *training.summary["rounds"]], nodes),
+        "clients": client_participation(training.logs, nodes),
         "recommenders": results,
         "utility_retention": {"metric": HEADLINE, **utility_retention(config, results)},
         "fidelity": fidelity,
         "evaluation": evaluation,
         "synthesis": {"synthesizers": list(synthetic), **to_plain(synthesis.__dict__)},
-        "rounds": len(training.summary["rounds"]),
+        "rounds": len(training.rounds),
         "seconds": seconds,
     }
     write_outputs(out, config, metrics, training, synthetic, reference)
@@ -258,6 +257,6 @@ def write_outputs(
         "config": to_plain(config.__dict__),
     }
     write_json_atomic(out / "synthetic_meta.json", meta)
-    write_report(out, metrics, training.summary, synthetic, reference.split.train if reference else None)
+    write_report(out, metrics, training.logs, synthetic, reference.split.train if reference else None)
     write_json_atomic(out / "metrics.json", metrics)
     log.info("fedsynth stage: done, wrote %s", out / "metrics.json")

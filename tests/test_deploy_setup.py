@@ -15,6 +15,7 @@ from flwr.app import RecordDict
 
 from common.data.node_file import split_node_file
 from common.errors import FedsynthError
+from common.round_log import NodeProblem, RoundLog
 from common.run_config import RunConfig
 from server.aggregation import ClientReply, client_participation, with_silent
 from simulations.deployment.local import deployment_run_config
@@ -73,10 +74,7 @@ def test_silent_nodes_count_as_failed_and_missing_nodes_are_listed() -> None:
         ClientReply(7, None, "no reply within 60 s (node offline or too slow)"),
         ClientReply(9, None, "no reply within 60 s (node offline or too slow)"),
     ]
-    logs = [
-        {"round": 0, "trained": [7, 8, 9], "refused": [], "failed": []},
-        {"round": 1, "trained": [7, 8], "refused": [], "failed": [{"node": 9, "reason": "no reply"}]},
-    ]
+    logs = [RoundLog(0, trained=[7, 8, 9]), RoundLog(1, trained=[7, 8], failed=[NodeProblem(9, "no reply")])]
     participation = client_participation(logs, connected=[7, 8])
     assert participation["missing"] == [9] and participation["participants"] == [7, 8, 9]
     assert participation["failures"] == [{"round": 1, "node": 9, "reason": "no reply"}]

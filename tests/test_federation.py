@@ -18,6 +18,7 @@ from client.handlers import handle_statistics, handle_train
 from common import keys
 from common.bundle import ModelBundle
 from common.privacy.ledger import RunIdentity
+from common.round_log import RoundLog
 from common.run_config import RunConfig
 from server.aggregation import ClientReply, aggregate_replies
 
@@ -167,12 +168,14 @@ def test_server_reports_max_epsilon_and_fedavg_by_users() -> None:
 
     outcome = aggregate_replies(1, replies)
 
-    assert outcome.log["epsilon_max"] == 7.5  # the refusing client's spend counts; no averaging
-    assert outcome.log["epsilon_min"] == 2.0
-    assert outcome.log["trained"] == [1, 2]
-    assert outcome.log["refused"][0]["node"] == 3 and outcome.log["failed"][0]["node"] == 4
+    assert outcome.log.epsilon_max == 7.5  # the refusing client's spend counts; no averaging
+    assert outcome.log.epsilon_min == 2.0
+    assert outcome.log.trained == [1, 2]
+    assert outcome.log.refused[0].node == 3 and outcome.log.failed[0].node == 4
     assert outcome.arrays is not None
     torch.testing.assert_close(
         outcome.arrays.to_torch_state_dict()["vae.w"], torch.full((2,), 2.0)
     )  # (300·1+100·5)/400
-    assert outcome.log["vae-loss"] == 2.0
+    assert outcome.log.losses["vae-loss"] == 2.0
+    assert RoundLog.from_plain(outcome.log.to_plain()) == outcome.log  # what train.json and checkpoints hold
+    assert outcome.log.to_plain()["epsilon_max"] == 7.5 and outcome.log.to_plain()["vae-loss"] == 2.0

@@ -17,6 +17,7 @@ from common import keys
 from common.errors import ConfigError, FedsynthError
 from common.privacy.accounting import DPEvent
 from common.privacy.ledger import PrivacyLedger, RunIdentity, fingerprint
+from common.round_log import NodeProblem, RoundLog
 from common.run_config import RunConfig
 from server.admission import RunFailed, decide_admission, require_quorum, require_training
 from server.aggregation import ClientReply
@@ -205,14 +206,14 @@ def test_allow_degraded_leaves_bad_nodes_out_but_keeps_min_clients() -> None:
 
 
 def test_a_stage_with_fewer_than_min_clients_fails_unless_degraded_rounds_are_allowed() -> None:
-    log = {"trained": [1], "refused": [{"node": 2, "reason": "budget spent", "epsilon": 8.0}], "failed": []}
+    log = RoundLog(2, trained=[1], refused=[NodeProblem(2, "budget spent", 8.0)])
 
     with pytest.raises(RunFailed, match="round 2: only 1 client\\(s\\) answered, min-clients is 2 \\(node 2 refused"):
         require_quorum("round 2", log, RunConfig(min_clients=2))
     require_quorum("round 2", log, RunConfig(min_clients=2, allow_degraded=True))
     require_quorum("round 2", log, RunConfig(min_clients=1))
     with pytest.raises(RunFailed, match="no client trained in any round"):
-        require_training([{**log, "trained": []}])
+        require_training([RoundLog(1, refused=log.refused)])
 
 
 def test_a_failed_run_is_an_error_whatever_flowers_exit_code(tmp_path: Path) -> None:

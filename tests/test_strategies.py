@@ -15,6 +15,7 @@ from client.training import plan_privacy, train_vae_round
 from common.errors import ConfigError
 from common.models.vae import MultVAE, MultVAEConfig, vae_loss
 from common.privacy.dp import CSRRows, PrivacyConfig, local_sgd, make_private
+from common.round_log import RoundLog
 from common.run_config import LocalTrainingConfig, RunConfig
 from common.strategies import FedAdam, ProximalTerm, StrategyConfig
 from server.federation import resume_point, save_checkpoint
@@ -136,7 +137,7 @@ def test_fedadam_moments_are_checkpointed_and_resumed(tmp_path: Path) -> None:
     optimizer = FedAdam(config.federated_strategy())
     state = optimizer.step(1, arrays(0), arrays(1))
     save_checkpoint(
-        tmp_path / "checkpoints" / "round-1.pt", ArrayRecord(state), config, {"round": 1}, optimizer.state_dict()
+        tmp_path / "checkpoints" / "round-1.pt", ArrayRecord(state), config, RoundLog(1), optimizer.state_dict()
     )
 
     point = resume_point(tmp_path, config)
