@@ -1,0 +1,289 @@
+"""SecAgg (Bonawitz et al., CCS 2017) of integer vectors mod 2^b, as pure client and server steps.
+
+One *aggregation* (a DP statistics release, one round's update) runs four stages among the
+nodes asked, each a message exchange relayed by the server:
+
+1. **keys**: node i makes two fresh X25519 key pairs, c_i (share channel) and s_i (masks),
+   and sends the public halves. U1 = nodes that answered.
+2. **shares**: node i draws a fresh 32-byte self-mask seed b_i, splits b_i and s_i's private
+   key into Shamir shares (threshold t, one per node of U1) and sends node j's two shares
+   encrypted under HKDF(X25519(c_i, c_j)). U2 = nodes that answered; the server routes each
+   ciphertext to its recipient.
+3. **masked input**: node i sends
+       y_i = x_i + PRG(b_i) + Σ_{j ∈ U2, j ≠ i} sign(i, j)·PRG(s_ij)   (mod 2^b),
+   sign(i, j) = +1 if i < j else −1, s_ij = HKDF(X25519(s_i, s_j)): a pairwise seed both ends
+   compute. U3 = nodes whose masked input arrived.
+4. **unmask**: given U3, each node j of U2 sends, for every i ∈ U2, its share of b_i if i ∈ U3
+   and its share of s_i's private key if i ∉ U3 (never both: the state is erased after one
+   answer). With ≥ t answers the server rebuilds every b_i (i ∈ U3) and the private key of
+   every dropped node, removes their masks and gets Σ_{i ∈ U3} x_i exactly (mod 2^b).
+
+Any stage with fewer than t answers fails with :class:`SecAggAborted` and nothing is unmasked.
+Keys are fresh per aggregation, so revealing a dropped node's mask key exposes nothing of
+later aggregations.
+
+Threat model: an honest-but-curious server and at most t − 1 colluding nodes learn nothing
+about any honest node's x_i beyond the sum. The server relays public keys unauthenticated: a
+*malicious* server could substitute keys (man in the middle) or tell nodes different U2/U3
+and learn individual inputs; that needs signed keys (Bell et al., CCS 2020), not built here.
+Every node is a neighbour of every other (SecAgg+'s sparse neighbour graph, which cuts the
+O(K) cost per node, is not used: federations here have tens of silos, not thousands).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.errors import FedsynthError
+from common.secagg import crypto
+
+
+class SecAggAborted(FedsynthError):
+    """A stage of secure aggregation had fewer than ``threshold`` nodes: nothing was unmasked."""
+
+
+@dataclass(frozen=True)
+class SecAggParams:
+    """What every node of one aggregation agrees on (sent by the server with the keys stage).
+
+    ``label``: unique per aggregation (run key and release), bound into every derived key;
+    ``threshold``: t, the fewest nodes that can finish it; ``bits``: b, arithmetic mod 2^b;
+    ``length``: the vector length.
+    """
+
+    label: str
+    threshold: int
+    bits: int
+    length: int
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 64:
+            raise ValueError(f"secure aggregation works mod 2^b with 2 <= b <= 64, got b = {self.bits}")
+        if self.threshold < 2:
+            raise ValueError(f"the secure-aggregation threshold must be at least 2, got {self.threshold}")
+
+    def purpose(self, what: str) -> bytes:
+        return f"fedsynth-secagg/{self.label}/{what}".encode()
+
+
+def require(stage: str, answered: int, params: SecAggParams) -> None:
+    """Abort the aggregation if fewer than t nodes answered ``stage``."""
+    if answered < params.threshold:
+        raise SecAggAborted(
+            f"secure aggregation {params.label}: only {answered} node(s) answered the {stage} stage, the "
+            f"threshold is {params.threshold}; nothing was unmasked. Lower secagg-threshold or bring nodes back."
+        )
+
+
+def encode(values: np.ndarray, bits: int) -> np.ndarray:
+    """Signed integers (int64) as residues mod 2^bits (uint64)."""
+    return np.asarray(values, dtype=np.int64).view(np.uint64) & crypto.modulus_mask(bits)
+
+
+def decode(residues: np.ndarray, bits: int) -> np.ndarray:
+    """Residues mod 2^bits as signed integers in [−2^(bits−1), 2^(bits−1)) (int64)."""
+    residues = np.asarray(residues, dtype=np.uint64) & crypto.modulus_mask(bits)
+    if bits == 64:
+        return residues.view(np.int64)
+    signed = residues.astype(np.int64)
+    return np.where(signed >= 1 << (bits - 1), signed - (1 << bits), signed)
+
+
+def _sign(i: int, j: int) -> int:
+    return 1 if i < j else -1
+
+
+def _pack(payload: dict[str, object]) -> bytes:
+    return json.dumps(payload, sort_keys=True).encode()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+@dataclass
+class SecAggNode:
+    """One node's state through one aggregation (kept in the node's context between stages)."""
+
+    node: int
+    params: SecAggParams
+    channel_key: bytes = field(default_factory=lambda: crypto.private_bytes(crypto.new_private_key()))
+    mask_key: bytes = field(default_factory=lambda: crypto.private_bytes(crypto.new_private_key()))
+    self_seed: bytes = b""
+    peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # U1: node → (channel, mask) public
+    own_shares: tuple[bytes, bytes] = (b"", b"")
+    received: dict[int, bytes] = field(default_factory=dict)  # U2 \ {self}: sender → ciphertext
+    stage: str = "keys"
+
+    # stage 1
+    def advertise(self) -> tuple[bytes, bytes]:
+        """The public channel and mask keys."""
+        self._expect("keys", "shares")
+        return self.public_keys()
+
+    # stage 2
+    def share(self, peers: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
+        """Encrypted shares of b_i and of the mask key for every other node of U1 (``peers``)."""
+        self._expect("shares", "masked-input")
+        if self.node not in peers or peers[self.node] != self.public_keys():
+            raise SecAggAborted(f"secure aggregation {self.params.label}: the key list does not hold this node's keys")
+        require("keys", len(peers), self.params)
+        self.peers = dict(peers)
+        self.self_seed = secrets.token_bytes(crypto.SEED_BYTES)
+        order = sorted(peers)
+        seed_shares = crypto.split_secret(self.self_seed, self.params.threshold, len(order))
+        key_shares = crypto.split_secret(self.mask_key, self.params.threshold, len(order))
+        out: dict[int, bytes] = {}
+        for index, peer in enumerate(order):
+            plaintext = _pack({"seed": _b64(seed_shares[index]), "key": _b64(key_shares[index])})
+            if peer == self.node:
+                self.own_shares = (seed_shares[index], key_shares[index])
+            else:
+                out[peer] = crypto.encrypt(self._channel(peer), plaintext, self._route(self.node, peer))
+        return out
+
+    # stage 3
+    def mask(self, residues: np.ndarray, received: dict[int, bytes]) -> np.ndarray:
+        """y_i = x_i + PRG(b_i) + Σ_j sign(i, j)·PRG(s_ij) mod 2^b over U2 = ``received``'s senders ∪ {i}."""
+        self._expect("masked-input", "unmask")
+        residues = np.asarray(residues, dtype=np.uint64)
+        if residues.shape != (self.params.length,):
+            raise ValueError(f"secure aggregation {self.params.label}: vector of shape {residues.shape}, "
+                             f"expected ({self.params.length},)")  # fmt: skip
+        unknown = set(received) - set(self.peers)
+        if unknown or self.node in received:
+            raise SecAggAborted(f"secure aggregation {self.params.label}: shares from nodes outside the key list")
+        require("shares", len(received) + 1, self.params)
+        self.received = dict(received)
+        masked = residues + crypto.expand_mask(self.self_seed, self.params.length, self.params.bits)
+        mask_key = self._key(self.mask_key)
+        for peer in received:
+            seed = crypto.agree(mask_key, self.peers[peer][1], self.params.purpose("mask"))
+            pairwise = crypto.expand_mask(seed, self.params.length, self.params.bits)
+            masked = masked + pairwise if _sign(self.node, peer) > 0 else masked - pairwise
+        return masked & crypto.modulus_mask(self.params.bits)
+
+    # stage 4
+    def unmask(self, survivors: list[int]) -> dict[int, bytes]:
+        """For each node of U2: its self-seed share if it is in U3 (``survivors``), else its mask-key share."""
+        self._expect("unmask", "done")
+        members = set(self.received) | {self.node}
+        if not set(survivors) <= members:
+            raise SecAggAborted(f"secure aggregation {self.params.label}: survivors outside the nodes that shared")
+        require("masked-input", len(set(survivors)), self.params)
+        out: dict[int, bytes] = {}
+        for sender in sorted(members):
+            if sender == self.node:
+                seed_share, key_share = self.own_shares
+            else:
+                plain = crypto.decrypt(self._channel(sender), self.received[sender], self._route(sender, self.node))
+                shares = json.loads(plain)
+                seed_share, key_share = _unb64(shares["seed"]), _unb64(shares["key"])
+            out[sender] = seed_share if sender in survivors else key_share
+        self.self_seed, self.mask_key, self.channel_key = b"", b"", b""  # one answer only
+        return out
+
+    def public_keys(self) -> tuple[bytes, bytes]:
+        return (crypto.public_bytes(self._key(self.channel_key)), crypto.public_bytes(self._key(self.mask_key)))
+
+    def _expect(self, stage: str, following: str) -> None:
+        if self.stage != stage:
+            raise SecAggAborted(
+                f"secure aggregation {self.params.label}: asked for the {stage} stage while at the {self.stage} stage"
+            )
+        self.stage = following
+
+    def _key(self, raw: bytes) -> crypto.X25519PrivateKey:
+        return crypto.private_from_bytes(raw)
+
+    def _channel(self, peer: int) -> bytes:
+        return crypto.agree(self._key(self.channel_key), self.peers[peer][0], self.params.purpose("channel"))
+
+    def _route(self, sender: int, recipient: int) -> bytes:
+        return self.params.purpose(f"share/{sender}->{recipient}")
+
+
+def route(shares_by_sender: dict[int, dict[int, bytes]]) -> dict[int, dict[int, bytes]]:
+    """The server's relay of stage 2: recipient → {sender: ciphertext}, among the senders (U2) only."""
+    senders = set(shares_by_sender)
+    routed: dict[int, dict[int, bytes]] = {node: {} for node in senders}
+    for sender, outgoing in shares_by_sender.items():
+        for recipient, ciphertext in outgoing.items():
+            if recipient in senders:
+                routed[recipient][sender] = ciphertext
+    return routed
+
+
+def unmasked_sum(
+    params: SecAggParams,
+    peers: dict[int, tuple[bytes, bytes]],
+    shared: list[int],
+    masked: dict[int, np.ndarray],
+    revealed: dict[int, dict[int, bytes]],
+) -> np.ndarray:
+    """Σ_{i ∈ U3} x_i mod 2^b from the masked inputs (U3 = ``masked``) and the revealed shares.
+
+    ``peers``: U1's public keys; ``shared``: U2; ``revealed``: responder → {node: share} (U4).
+    """
+    require("unmask", len(revealed), params)
+    bits, length = params.bits, params.length
+    total = np.zeros(length, dtype=np.uint64)
+    for vector in masked.values():
+        total = total + np.asarray(vector, dtype=np.uint64)
+    for node in sorted(masked):
+        seed = crypto.combine_secret([shares[node] for shares in revealed.values()][: params.threshold])
+        total = total - crypto.expand_mask(seed, length, bits)
+    for dropped in sorted(set(shared) - set(masked)):
+        key = crypto.private_from_bytes(
+            crypto.combine_secret([shares[dropped] for shares in revealed.values()][: params.threshold])
+        )
+        for node in masked:
+            pairwise = crypto.expand_mask(crypto.agree(key, peers[node][1], params.purpose("mask")), length, bits)
+            total = total - pairwise if _sign(node, dropped) > 0 else total + pairwise
+    return total & crypto.modulus_mask(bits)
+
+
+STAGES = ("keys", "shares", "masked-input", "unmask")
+
+
+def aggregate_in_process(
+    params: SecAggParams, inputs: dict[int, np.ndarray], silent_from: dict[int, str] | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """Run all four stages among ``inputs``' nodes in this process; (Σ x_i mod 2^b over U3, U3).
+
+    The same steps as over Flower, for the simulated DP baselines and the tests. ``silent_from``:
+    node → the first stage it does not answer (a dropout).
+    """
+    silent_from = silent_from or {}
+
+    def answers(node: int, stage: str) -> bool:
+        return node not in silent_from or STAGES.index(stage) < STAGES.index(silent_from[node])
+
+    nodes = {n: SecAggNode(n, params) for n in sorted(inputs)}
+    peers = {n: node.advertise() for n, node in nodes.items() if answers(n, "keys")}
+    require("keys", len(peers), params)
+    outgoing = {n: nodes[n].share(peers) for n in peers if answers(n, "shares")}
+    require("shares", len(outgoing), params)
+    routed = route(outgoing)
+    masked = {n: nodes[n].mask(encode_residues(inputs[n]), routed[n]) for n in routed if answers(n, "masked-input")}
+    require("masked-input", len(masked), params)
+    survivors = sorted(masked)
+    revealed = {n: nodes[n].unmask(survivors) for n in routed if answers(n, "unmask")}
+    return unmasked_sum(params, peers, sorted(routed), masked, revealed), survivors
+
+
+def encode_residues(values: np.ndarray) -> np.ndarray:
+    """Already residues (uint64) pass through; anything else must be."""
+    values = np.asarray(values)
+    if values.dtype != np.uint64:
+        raise TypeError(f"secure aggregation takes residues mod 2^b as uint64 (see encode), got {values.dtype}")
+    return values
