@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +33,7 @@ import scipy.sparse as sp
 
 from common.errors import ConfigError, FedsynthError
 from common.io import write_json_atomic
-from common.privacy.accounting import DPEvent, epsilon, epsilon_by_model
+from common.privacy.accounting import Event, epsilon, epsilon_by_model, event_from_plain
 from common.privacy.statistics import STATISTICS
 
 LEDGER_VERSION = 2
@@ -82,8 +83,12 @@ class PrivacyLedger:
     delta: float
     max_epsilon: float
     cap_source: str
-    events: list[DPEvent] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # The same releases as the server would see them if secure aggregation were broken (or the
+    # server colluded with every other silo): each secure sum carrying only this silo's own noise.
+    # Identical to ``events`` for releases sent without secure aggregation.
+    own_noise_events: list[Event] = field(default_factory=list)
 
     @staticmethod
     def path_for(directory: Path, data_fingerprint: str) -> Path:
@@ -123,12 +128,13 @@ class PrivacyLedger:
         """Read one ledger file (version 1 files: their last ``target_epsilon`` becomes the cap)."""
         try:
             payload = json.loads(path.read_text())
-            events = [DPEvent(**event) for event in payload["events"]]
+            events = [event_from_plain(event) for event in payload["events"]]
+            own = [event_from_plain(event) for event in payload.get("own_noise_events", payload["events"])]
             delta = float(payload["delta"])
             cap = float(payload["max_epsilon"] if "max_epsilon" in payload else payload["target_epsilon"])
             history = list(payload.get("history", payload.get("rounds", [])))
             source = str(payload.get("cap_source", "version-1 ledger: its last target epsilon"))
-            return cls(path, str(payload["fingerprint"]), delta, cap, source, events, history)
+            return cls(path, str(payload["fingerprint"]), delta, cap, source, events, history, own)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise FedsynthError(
                 f"{path}: the privacy ledger is unreadable ({exc}). Do not delete it: it records the budget "
@@ -139,15 +145,19 @@ class PrivacyLedger:
         """ε spent so far, per release/model and ``total`` (all events composed)."""
         return epsilon_by_model(self.events, self.delta)
 
+    def spent_own_noise(self) -> float:
+        """Total ε against a server that sees each secure sum with only this silo's noise in it."""
+        return epsilon(self.own_noise_events, self.delta)
+
     def remaining(self) -> float:
         """``max_epsilon − spent``: a guide for operators. The check itself composes the events."""
         return max(0.0, self.max_epsilon - self.spent()["total"])
 
-    def epsilon_after(self, planned: list[DPEvent]) -> float:
+    def epsilon_after(self, planned: Sequence[Event]) -> float:
         """Total ε if ``planned`` were spent on top of the history."""
         return epsilon([*self.events, *planned], self.delta)
 
-    def check(self, planned: list[DPEvent], what: str = "this round") -> float:
+    def check(self, planned: Sequence[Event], what: str = "this round") -> float:
         """Raise PrivacyBudgetExceeded if ``planned`` does not fit the cap; else the ε after it."""
         after = self.epsilon_after(planned)
         if after > self.max_epsilon + EPSILON_TOLERANCE:
@@ -170,11 +180,24 @@ class PrivacyLedger:
         """Whether ``run_key`` already paid for its DP statistics release."""
         return any(e["release"] == STATISTICS for e in self.charged(run_key))
 
-    def record(self, spent: list[DPEvent], release: str, run: RunIdentity, **details: Any) -> None:
-        """Append the events actually spent, with who asked and when, and save the ledger atomically."""
+    def record(
+        self,
+        spent: Sequence[Event],
+        release: str,
+        run: RunIdentity,
+        own_noise: Sequence[Event] | None = None,
+        **details: Any,
+    ) -> None:
+        """Append the events actually spent, with who asked and when, and save the ledger atomically.
+
+        ``own_noise``: the same release accounted with this silo's noise share alone (secure
+        aggregation); None when the release carried the silo's full noise (then it is ``spent``).
+        """
         self.events.extend(spent)
+        self.own_noise_events.extend(spent if own_noise is None else own_noise)
         entry = {"time": utc_now(), "release": release, **asdict(run), **details}
-        self.history.append({**entry, "epsilon_total": self.spent()["total"]})
+        totals = {"epsilon_total": self.spent()["total"], "epsilon_total_own_noise": self.spent_own_noise()}
+        self.history.append({**entry, **totals})
         self.save()
 
     def change_cap(self, max_epsilon: float, why: str) -> None:
@@ -196,6 +219,7 @@ class PrivacyLedger:
                 "cap_source": self.cap_source,
                 "accountant": "opacus rdp",
                 "events": [asdict(e) for e in self.events],
+                "own_noise_events": [asdict(e) for e in self.own_noise_events],
                 "history": self.history,
             },
         )

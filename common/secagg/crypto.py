@@ -35,9 +35,7 @@ def public_bytes(key: X25519PrivateKey) -> bytes:
 
 
 def private_bytes(key: X25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
 def private_from_bytes(raw: bytes) -> X25519PrivateKey:
