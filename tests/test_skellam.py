@@ -20,7 +20,7 @@ from common.privacy.skellam import (
     skellam_rdp,
 )
 
-ORDERS = [2, 3, 5, 8, 16, 32, 63]
+ORDERS = [1.5, 2, 2.5, 3, 4.7, 5, 8, 16, 32, 63]
 
 
 def skellam_logpmf(k: np.ndarray, variance: float) -> np.ndarray:
@@ -29,9 +29,9 @@ def skellam_logpmf(k: np.ndarray, variance: float) -> np.ndarray:
         return np.log(ive(np.abs(k), variance))  # ive(k, x) = I_k(x)·e^{−x}
 
 
-def exact_rdp(order: int, variance: float, shift: int) -> float:
+def exact_rdp(order: float, variance: float, shift: int) -> float:
     """D_α(Sk(V) + shift ‖ Sk(V)) by summation over the integers (1-D, L1 = L2 = shift)."""
-    width = int(40 * math.sqrt(variance)) + (order + 2) * shift
+    width = int(40 * math.sqrt(variance) + (order + 2) * shift)
     k = np.arange(-width, width + 1)
     log_q, log_p = skellam_logpmf(k, variance), skellam_logpmf(k - shift, variance)
     finite = np.isfinite(log_p) & np.isfinite(log_q)
@@ -48,8 +48,11 @@ def test_the_rdp_bound_holds_against_exact_skellam_distributions(variance: float
 
 
 def test_the_bound_is_within_two_percent_where_fedsynth_uses_it() -> None:
-    """s·C = 4096 and a noise multiplier near 2.5: V ≈ 1e8 (see common/privacy/skellam.py)."""
-    for order in ORDERS:
+    """s·C = 4096 and a noise multiplier near 2.5: V ≈ 1e8 (see common/privacy/skellam.py).
+
+    Orders in (1, 2) take the bound at 2 (looser there); they rarely decide ε.
+    """
+    for order in [o for o in ORDERS if o >= 2]:
         exact = exact_rdp(order, 1e8, 4100)
         assert skellam_rdp(order, 1e8, 4100, 4100) <= 1.02 * exact, order
 

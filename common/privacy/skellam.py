@@ -21,14 +21,14 @@ i.e. quantization increases the sensitivity by the factor Δ₂/(sC) (reported; 
 ``distributed_dp/accounting_utils._skellam_rdp``, written in the integer domain): for integer
 order α > 1,
     ε(α) ≤ α Δ₂² / (2V) + min( ((2α − 1) Δ₂² + 6 Δ₁) / (4 V²),  3 Δ₁ / (2V) ).
-RDP grows with α, so a fractional order uses the bound at ⌈α⌉. The tests check the bound
+Fractional orders interpolate between integers (see :func:`skellam_rdp`). The tests check the bound
 against the exact Rényi divergence of Skellam PMFs (``scipy.stats.skellam``).
 
 **Calibration.** fedsynth plans every release as a Gaussian mechanism of noise multiplier σ.
 :func:`calibrate_variance` picks the smallest V ≥ (σΔ₂)² for which the node's whole plan, with
 the Skellam release in place of the Gaussian one, composes to no more ε than the plan, so
 secure aggregation never raises ε above what the node admitted (V is 0.1–4% above (σΔ₂)²:
-the bound's correction terms and the rounding of fractional orders up).
+the bound's correction terms and its interpolation at fractional orders).
 """
 
 from __future__ import annotations
@@ -63,10 +63,24 @@ def rounded_l1_bound(l2: float, dim: int) -> float:
 
 
 def skellam_rdp(order: float, variance: float, l2: float, l1: float) -> float:
-    """The RDP bound of one Skellam release (see the module docstring); integer sensitivities and variance."""
+    """The RDP bound of one Skellam release (see the module docstring); integer sensitivities and variance.
+
+    The theorem is for integer orders. Between integers a < α < a + 1 the bound interpolates
+    (α − 1)·ε(α) linearly, which is valid because (α − 1)·D_α = log E_Q[(P/Q)^α] is convex in α
+    (a cumulant generating function); below 2 it is the bound at 2.
+    """
     if order <= 1:
         raise ValueError(f"RDP orders are > 1, got {order}")
-    alpha = math.ceil(order)
+    if order == int(order) or order < 2:
+        return _integer_order_rdp(max(2, math.ceil(order)), variance, l2, l1)
+    low = math.floor(order)
+    weight = order - low
+    scaled = (1 - weight) * (low - 1) * _integer_order_rdp(low, variance, l2, l1)
+    scaled += weight * low * _integer_order_rdp(low + 1, variance, l2, l1)
+    return scaled / (order - 1)
+
+
+def _integer_order_rdp(alpha: int, variance: float, l2: float, l1: float) -> float:
     correction = min(((2 * alpha - 1) * l2**2 + 6 * l1) / (4 * variance**2), 3 * l1 / (2 * variance))
     return alpha * l2**2 / (2 * variance) + correction
 
