@@ -12,7 +12,15 @@ from flwr.clientapp import ClientApp
 from client.budget import NodeBudget, default_ledger_dir
 from client.data import node_data
 from client.evaluation import handle_evaluate
-from client.handlers import handle_query, handle_statistics, handle_train, refusal, run_identity
+from client.handlers import (
+    handle_query,
+    handle_secagg_keys,
+    handle_statistics,
+    handle_train,
+    refusal,
+    run_identity,
+)
+from client.secure import handle_shares, handle_unmask
 from common import keys
 from common.errors import FedsynthError
 from common.run_config import RunConfig
@@ -61,6 +69,24 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         return handle
 
     app.query(keys.STATISTICS)(on_training_rows(handle_statistics))
+
+    @app.query(keys.SECAGG_KEYS)
+    def secagg_keys(msg: Message, context: Context) -> Message:
+        config = settings(context)
+        rows = node_data(dict(context.node_config), config).train
+        run = run_identity(msg.content, context.run_id)
+        node_budget = budget(config, context)
+        reply = handle_secagg_keys(msg.content, rows, config, context.state, node_budget, run, context.node_id)
+        return Message(reply, reply_to=msg)
+
+    @app.query(keys.SECAGG_SHARES)
+    def secagg_shares(msg: Message, context: Context) -> Message:
+        return Message(handle_shares(msg.content, context.state), reply_to=msg)
+
+    @app.query(keys.SECAGG_UNMASK)
+    def secagg_unmask(msg: Message, context: Context) -> Message:
+        return Message(handle_unmask(msg.content, context.state), reply_to=msg)
+
     app.train()(on_training_rows(handle_train))
 
     @app.evaluate()

@@ -16,6 +16,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.budget import NodeBudget, Replay, load_replay, save_replay
+from client.secure import masked_release, start_secure_release
 from client.training import PrivacyPlan, plan_privacy, train_local_round
 from common import keys
 from common.bundle import ModelBundle
@@ -48,7 +49,10 @@ def run_identity(content: RecordDict, run_id: int) -> RunIdentity:
 def refusal(reason: str, ledger: PrivacyLedger | None = None, delta: float = 0.0) -> RecordDict:
     """A refusal: the reason, and the ε already spent (0 when no ledger could be opened)."""
     spent = ledger.spent()["total"] if ledger is not None else 0.0
-    metrics = MetricRecord({keys.REFUSED: 1, keys.NUM_EXAMPLES: 0, keys.EPSILON: spent, keys.DELTA: delta})
+    own = ledger.spent_own_noise() if ledger is not None else 0.0
+    metrics = MetricRecord(
+        {keys.REFUSED: 1, keys.NUM_EXAMPLES: 0, keys.EPSILON: spent, keys.EPSILON_OWN_NOISE: own, keys.DELTA: delta}
+    )
     return RecordDict({keys.METRICS: metrics, keys.CONFIG: ConfigRecord({keys.REASON: reason})})
 
 
@@ -108,6 +112,8 @@ def handle_statistics(
         if ledger.statistics_charged(run.run_key):
             raise PrivacyBudgetExceeded("this run's DP statistics were already released (and charged) once")
         ledger.check(plan.statistics_events(), what="the DP statistics release")
+        if keys.SECAGG_LABEL in content[keys.CONFIG]:
+            return secure_statistics(content, rows, config, state, ledger, plan, run)
     except FedsynthError as exc:
         return refusal(str(exc), ledger, plan.delta)
     released = noisy_statistics(
@@ -124,6 +130,35 @@ def handle_statistics(
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
 
 
+def secure_statistics(
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger: PrivacyLedger,
+    plan: PrivacyPlan, run: RunIdentity,
+) -> RecordDict:  # fmt: skip
+    """The statistics release under secure aggregation (:mod:`client.secure`): masked, charged both ways."""
+    arrays, central, own, variance = masked_release(content, rows, config, state, ledger)
+    target = config.privacy().target_epsilon
+    ledger.record(central, STATISTICS, run, own_noise=own, round=0, requested_epsilon=target, secure_aggregation=True)
+    metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_VARIANCE: variance}
+    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
+
+
+def handle_secagg_keys(
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
+    run: RunIdentity, node: int,
+) -> RecordDict:  # fmt: skip
+    """Stage 1 of a secure release: fresh keys and this node's noise share, if the release fits its budget."""
+    request = content.config_records[keys.CONFIG]
+    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)))
+    ledger: PrivacyLedger | None = None
+    try:
+        ledger = open_ledger(budget, rows, plan, config)
+        public_keys, variance = start_secure_release(request, node, ledger, plan, config, rows.shape[1], state, run)
+    except FedsynthError as exc:
+        return refusal(str(exc), ledger, plan.delta)
+    metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_VARIANCE: variance}
+    return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CONFIG: public_keys})
+
+
 def spent_metrics(
     ledger: PrivacyLedger, num_users: int, plan: PrivacyPlan
 ) -> dict[str, int | float | list[int] | list[float]]:
@@ -136,6 +171,7 @@ def spent_metrics(
         keys.EPSILON_VAE: spent.get("vae", 0.0),
         keys.EPSILON_GAN: spent.get("gan", 0.0),
         keys.EPSILON_STATISTICS: spent.get(STATISTICS, 0.0),
+        keys.EPSILON_OWN_NOISE: ledger.spent_own_noise(),
         keys.DELTA: plan.delta,
     }
 

@@ -1,5 +1,10 @@
 """Names of the records and metrics that cross the wire, in one place."""
 
+from __future__ import annotations
+
+# What a Flower ConfigRecord holds
+ConfigValue = int | float | str | bytes | bool | list[int] | list[float] | list[str] | list[bytes] | list[bool]
+
 ARRAYS = "arrays"  # ArrayRecord: the whole model bundle, keys prefixed by MODEL_PREFIXES
 CONFIG = "config"  # ConfigRecord: round settings (request) or refusal reason (reply)
 METRICS = "metrics"  # MetricRecord: aggregate numbers only
@@ -40,4 +45,50 @@ def number(record: object, key: str) -> float:
     return float(value)
 
 
+def integers(record: object, key: str) -> list[int]:
+    """A list of ints from a ConfigRecord (node ids); an error names the key otherwise."""
+    value = record[key]  # type: ignore[index]
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise TypeError(f"record value {key!r} should be a list of integers, got {type(value).__name__}")
+    return [int(v) for v in value]
+
+
+def blobs(record: object, key: str) -> list[bytes]:
+    """A list of bytes from a ConfigRecord (keys, shares); an error names the key otherwise."""
+    value = record[key]  # type: ignore[index]
+    if not isinstance(value, list) or not all(isinstance(v, bytes) for v in value):
+        raise TypeError(f"record value {key!r} should be a list of bytes, got {type(value).__name__}")
+    return list(value)
+
+
+def by_node(record: object, key: str) -> dict[int, bytes]:
+    """{node: bytes} from a ConfigRecord's aligned lists SECAGG_NODES and ``key``."""
+    return dict(zip(integers(record, SECAGG_NODES), blobs(record, key), strict=True))
+
+
+def as_lists(values: dict[int, bytes], key: str) -> dict[str, ConfigValue]:
+    """{node: bytes} as the aligned lists SECAGG_NODES and ``key`` (a ConfigRecord holds lists, not maps)."""
+    order = sorted(values)
+    return {SECAGG_NODES: order, key: [values[n] for n in order]}
+
+
+def text(record: object, key: str) -> str:
+    return str(record[key])  # type: ignore[index]
+
+
 SETTING_PREFIX = "setting:"  # evaluate request: ConfigRecord keys holding a packed recommender's settings
+
+# Secure aggregation (see client/secure.py and server/secure_release.py)
+SECAGG_KEYS = "secagg-keys"  # message action: query.secagg-keys (stage 1)
+SECAGG_SHARES = "secagg-shares"  # message action: query.secagg-shares (stage 2)
+SECAGG_UNMASK = "secagg-unmask"  # message action: query.secagg-unmask (stage 4)
+SECAGG_LABEL = "secagg-label"  # which aggregation (run key / release)
+SECAGG_THRESHOLD = "secagg-threshold"
+SECAGG_BITS = "secagg-bits"
+SECAGG_NODES = "secagg-nodes"  # node ids: the key list, share recipients/senders, or survivors
+CHANNEL_KEY = "channel-key"  # X25519 public key(s) for the share channel
+MASK_KEY = "mask-key"  # X25519 public key(s) for the pairwise masks
+SHARES = "shares"  # encrypted (stage 2) or revealed (stage 4) Shamir shares, aligned with SECAGG_NODES
+MASKED = "masked"  # the masked release, residues mod 2^b (uint64)
+NOISE_VARIANCE = "noise-variance"  # the Skellam variance this node adds (public)
+EPSILON_OWN_NOISE = "epsilon-own-noise"  # cumulative ε counting only this node's own noise in secure sums

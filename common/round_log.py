@@ -45,6 +45,8 @@ class RoundLog:
     refused: list[NodeProblem] = field(default_factory=list)
     failed: list[NodeProblem] = field(default_factory=list)
     epsilon_by_node: dict[str, float] = field(default_factory=dict)
+    # ε per node counting only each node's own noise in secure sums (= epsilon_by_node without SecAgg)
+    epsilon_own_noise_by_node: dict[str, float] = field(default_factory=dict)
     delta_by_node: dict[str, float] = field(default_factory=dict)
     replayed: list[int] = field(default_factory=list)
     losses: dict[str, float] = field(default_factory=dict)
@@ -82,6 +84,7 @@ class RoundLog:
             "epsilon_max": self.epsilon_max,
             "epsilon_min": self.epsilon_min,
             "epsilon_by_node": dict(self.epsilon_by_node),
+            "epsilon_own_noise_by_node": dict(self.epsilon_own_noise_by_node),
             "replayed": list(self.replayed),
             "delta_by_node": dict(self.delta_by_node),
             **self.losses,

@@ -56,6 +56,9 @@ class RunConfig:
     fraction_train: float = 1.0
     min_clients: int = 2  # fewer answering at the start, in the statistics release or in a round: the run fails
     allow_degraded: bool = False  # true: leave out nodes that cannot take part, accept rounds below min-clients
+    secure_aggregation: bool = False  # true: the DP statistics release and the DP baselines go through SecAgg
+    secagg_threshold: int = 0  # t: the fewest nodes a secure sum can be unmasked from (0: a majority of the nodes)
+    secagg_bits: int = 0  # b: secure sums are mod 2^b (0: the fewest that cannot wrap, see common/privacy/skellam.py)
     strategy: str = "fedavg"  # fedavg | fedprox (clients add μ/2 ‖w − w_global‖²) | fedadam (server-side Adam)
     proximal_mu: float = 0.01  # FedProx μ (used with strategy = "fedprox")
     server_learning_rate: float = 0.03  # FedAdam η (strategy = "fedadam"; best of 0.01–0.3 on validation users)
@@ -119,8 +122,24 @@ class RunConfig:
         self.data()  # validates the dataset name and its required options
         self.baselines()  # validates the DP baselines' settings
         self.federated_strategy()  # validates the strategy's settings
+        self.check_secure_aggregation()
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}.")
+
+    def check_secure_aggregation(self) -> None:
+        if self.secagg_threshold < 0 or self.secagg_threshold == 1:
+            raise ConfigError(f"secagg-threshold must be 0 (a majority) or at least 2, got {self.secagg_threshold}.")
+        if self.secagg_bits and not 8 <= self.secagg_bits <= 64:
+            raise ConfigError(f"secagg-bits must be 0 (automatic) or in [8, 64], got {self.secagg_bits}.")
+        if self.secure_aggregation and math.isinf(self.privacy().target_epsilon):
+            raise ConfigError("secure-aggregation adds Skellam DP noise; it needs a finite epsilon.")
+
+    def threshold_for(self, nodes: int) -> int:
+        """t for a secure sum over ``nodes`` nodes: ``secagg-threshold``, or a majority (at least 2)."""
+        threshold = self.secagg_threshold or max(2, nodes // 2 + 1)
+        if threshold > nodes:
+            raise ConfigError(f"secagg-threshold {threshold} is more than the {nodes} node(s) taking part.")
+        return threshold
 
     def synthesizer_names(self) -> list[str]:
         return [s.strip() for s in self.synthesizers.split(",") if s.strip()]

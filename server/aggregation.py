@@ -94,6 +94,11 @@ def client_outcomes(replies: list[ClientReply], server_round: int = 0) -> Client
             (log.failed if problem.epsilon is None else log.refused).append(problem)
     log.trained = [r.node for r in trained]
     log.epsilon_by_node = {str(r.node): _metric(r, keys.EPSILON) for r in trained}
+    log.epsilon_own_noise_by_node = {
+        str(r.node): _metric(r, keys.EPSILON_OWN_NOISE if keys.EPSILON_OWN_NOISE in r.content[keys.METRICS] else keys.EPSILON)
+        for r in replies
+        if r.content is not None
+    }  # answered and refused: never smaller than the ε above
     # a resumed run's round already charged: the node sent its saved reply again (no new ε)
     log.replayed = [r.node for r in trained if r.content and keys.REPLAYED in r.content[keys.METRICS]]
     log.delta_by_node = {str(r.node): _metric(r, keys.DELTA) for r in trained}

@@ -29,6 +29,7 @@ from common.round_log import RoundLog
 from common.run_config import RunConfig
 from common.seeding import seed_for
 from server.admission import Admission, admit, identity_fields, require_quorum, require_training
+from server.secure_release import secure_statistics
 from server.aggregation import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
@@ -108,7 +109,8 @@ def load_or_query_statistics(
         with np.load(path) as saved:
             statistics = NoisyStatistics(saved["item_counts"], saved["length_histogram"], float(saved["noise_std"]))
             return statistics, RoundLog(0, resumed=True)
-    statistics, release_log = query_statistics(grid, nodes, config, num_items, identity)
+    release = secure_statistics if config.secure_aggregation else query_statistics
+    statistics, release_log = release(grid, nodes, config, num_items, identity)
 
     def save(tmp: Path) -> None:
         np.savez(

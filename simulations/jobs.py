@@ -57,6 +57,9 @@ _RUN_OPTIONS: list[tuple[str, type, str]] = [
     ("ledger-dir", str, "Clients' privacy ledgers [default: OUT/ledgers]."),
     ("min-clients", int, "Fewer answering at the start, in the release or in a round: the run fails."),
     ("allow-degraded", bool, "Leave out nodes that cannot take part; accept rounds below --min-clients."),
+    ("secure-aggregation", bool, "SecAgg with distributed Skellam noise for the DP statistics and baselines."),
+    ("secagg-threshold", int, "Fewest nodes a secure sum is unmasked from [default: 0 = a majority]."),
+    ("secagg-bits", int, "Secure sums mod 2^b [default: 0 = the fewest that cannot wrap]."),
 ]
 
 

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from common.errors import ConfigError
 from common.privacy.accounting import DPEvent
 from common.privacy.clipped_sums import clipped_counts
+from common.privacy.skellam import SkellamQuantizer
 
 STATISTICS = "statistics"  # the ledger's model name for this mechanism
 
@@ -160,6 +161,34 @@ def noisy_statistics(
         histogram + rng.normal(0.0, std, histogram.shape) if std > 0 else histogram,
         std,
     )
+
+
+def statistics_contributions(rows: sp.csr_matrix, clip: float) -> sp.csr_matrix:
+    """Each user's vector [x·min(1, C/‖x‖₂), onehot(length bin)] as CSR (n_users, n_items + n_bins).
+
+    Row norms are ≤ √(C² + 1); their sum is what :func:`noisy_statistics` releases.
+    """
+    binary = (rows > 0).astype(np.float64).tocsr()
+    lengths = np.diff(binary.indptr)
+    clipped = sp.diags(np.minimum(1.0, clip / np.sqrt(np.maximum(lengths, 1)))) @ binary
+    edges = length_bin_edges(rows.shape[1])
+    bins = np.searchsorted(edges, np.maximum(lengths, 1), side="right") - 1
+    has_items = lengths > 0
+    onehot = sp.csr_matrix(
+        (np.ones(int(has_items.sum())), (np.flatnonzero(has_items), bins[has_items])),
+        shape=(rows.shape[0], len(edges) - 1),
+    )
+    return sp.hstack([clipped, onehot], format="csr")
+
+
+def statistics_quantizer(clip: float, num_items: int) -> SkellamQuantizer:
+    """How a secure release rounds :func:`statistics_contributions` (norm ≤ √(C² + 1)) to integers."""
+    return SkellamQuantizer.for_clip(float(np.sqrt(clip**2 + 1.0)), num_items + len(length_bin_edges(num_items)) - 1)
+
+
+def split_release(total: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """A released vector (n_items + n_bins,) as (item counts, length histogram)."""
+    return total[:num_items], total[num_items:]
 
 
 def statistics_event(noise_multiplier: float) -> DPEvent:

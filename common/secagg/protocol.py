@@ -131,9 +131,14 @@ class SecAggNode:
         return self.public_keys()
 
     # stage 2
-    def share(self, peers: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
-        """Encrypted shares of b_i and of the mask key for every other node of U1 (``peers``)."""
+    def share(self, peers: dict[int, tuple[bytes, bytes]], bits: int | None = None) -> dict[int, bytes]:
+        """Encrypted shares of b_i and of the mask key for every other node of U1 (``peers``).
+
+        ``bits``: b, when the server fixes it only now (from what the nodes said at the keys stage).
+        """
         self._expect("shares", "masked-input")
+        if bits is not None:
+            self.params = SecAggParams(self.params.label, self.params.threshold, bits, self.params.length)
         if self.node not in peers or peers[self.node] != self.public_keys():
             raise SecAggAborted(f"secure aggregation {self.params.label}: the key list does not hold this node's keys")
         require("keys", len(peers), self.params)
@@ -191,6 +196,38 @@ class SecAggNode:
             out[sender] = seed_share if sender in survivors else key_share
         self.self_seed, self.mask_key, self.channel_key = b"", b"", b""  # one answer only
         return out
+
+    def to_bytes(self) -> bytes:
+        """This state for the node's context between stages (it holds private keys: never sent)."""
+        return _pack(
+            {
+                "node": self.node,
+                "params": [self.params.label, self.params.threshold, self.params.bits, self.params.length],
+                "channel_key": _b64(self.channel_key),
+                "mask_key": _b64(self.mask_key),
+                "self_seed": _b64(self.self_seed),
+                "peers": {str(n): [_b64(c), _b64(m)] for n, (c, m) in self.peers.items()},
+                "own_shares": [_b64(x) for x in self.own_shares],
+                "received": {str(n): _b64(c) for n, c in self.received.items()},
+                "stage": self.stage,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SecAggNode:
+        saved = json.loads(raw)
+        label, threshold, bits, length = saved["params"]
+        return cls(
+            int(saved["node"]),
+            SecAggParams(str(label), int(threshold), int(bits), int(length)),
+            _unb64(saved["channel_key"]),
+            _unb64(saved["mask_key"]),
+            _unb64(saved["self_seed"]),
+            {int(n): (_unb64(c), _unb64(m)) for n, (c, m) in saved["peers"].items()},
+            (_unb64(saved["own_shares"][0]), _unb64(saved["own_shares"][1])),
+            {int(n): _unb64(c) for n, c in saved["received"].items()},
+            str(saved["stage"]),
+        )
 
     def public_keys(self) -> tuple[bytes, bytes]:
         return (crypto.public_bytes(self._key(self.channel_key)), crypto.public_bytes(self._key(self.mask_key)))

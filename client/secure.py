@@ -1,0 +1,134 @@
+"""A node's side of a secure DP statistics release: SecAgg stages with distributed Skellam noise.
+
+Stages (see :mod:`common.secagg.protocol`): ``keys`` (the node checks the release fits its
+budget, calibrates its Skellam share and makes fresh keys; nothing is spent), ``shares``,
+then the release itself (quantize, add the node's noise share, mask, *charge the ledger*, send)
+and ``unmask``. The node's SecAgg state (private keys included) lives in its ``context.state``
+between stages and is erased after the unmask answer.
+
+Noise for secure releases is drawn from the OS's entropy, never from a seed the server knows.
+
+Accounting, two threat models, both in the ledger:
+* **with secure aggregation** (honest-but-curious server, fewer than t colluding nodes): the
+  sum carries Skellam noise of variance ≥ t·V/t = V whatever nodes drop out (fewer than t: nothing
+  is unmasked), so the event is Sk(V) at the rounded sensitivities;
+* **own noise** (secure aggregation broken, or the server colluding with every other node):
+  only this node's share V/t protects its users.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import scipy.sparse as sp
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from client.training import PrivacyPlan
+from common import keys
+from common.errors import FedsynthError
+from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
+from common.privacy.skellam import SkellamEvent, SkellamQuantizer, calibrate_variance, skellam_noise
+from common.privacy.statistics import STATISTICS, statistics_contributions, statistics_quantizer
+from common.run_config import RunConfig
+from common.secagg.protocol import SecAggNode, SecAggParams, encode
+
+_STATE = "secagg-state"
+_VARIANCE = "secagg-variance"
+
+
+def release_events(
+    variance: float, threshold: int, quantizer: SkellamQuantizer
+) -> tuple[list[SkellamEvent], list[SkellamEvent]]:
+    """(events with secure aggregation: the central Sk(variance); with this node's share variance/t alone)."""
+    central = SkellamEvent(STATISTICS, variance, quantizer.l2, quantizer.l1)
+    own = SkellamEvent(STATISTICS, variance / threshold, quantizer.l2, quantizer.l1)
+    return [central], [own]
+
+
+def central_release_variance(
+    ledger: PrivacyLedger, plan: PrivacyPlan, quantizer: SkellamQuantizer, rounds_left: int
+) -> float:
+    """The central Skellam variance V whose release, with the rounds still planned, spends no more than the plan."""
+    rounds = plan.run_events(False, rounds_left)
+    allowed = ledger.epsilon_after(plan.run_events(True, rounds_left))
+
+    def fits(variance: float) -> bool:
+        release = SkellamEvent(STATISTICS, variance, quantizer.l2, quantizer.l1)
+        return ledger.epsilon_after([release, *rounds]) <= allowed
+
+    return calibrate_variance(plan.statistics_noise, quantizer.l2, fits)
+
+
+def start_secure_release(
+    request: ConfigRecord, node: int, ledger: PrivacyLedger, plan: PrivacyPlan, config: RunConfig, num_items: int,
+    state: RecordDict, run: RunIdentity,
+) -> tuple[ConfigRecord, float]:  # fmt: skip
+    """The keys stage: check the release fits, calibrate this node's noise share, make fresh keys.
+
+    Returns the public keys and the Skellam variance this node will add (public, like a noise std).
+    """
+    if ledger.statistics_charged(run.run_key):
+        raise PrivacyBudgetExceeded("this run's DP statistics were already released (and charged) once")
+    ledger.check(plan.statistics_events(), what="the DP statistics release")
+    quantizer = statistics_quantizer(config.privacy().statistics_clip, num_items)
+    planned = int(keys.number(request, keys.PLANNED_ROUNDS))
+    variance = central_release_variance(ledger, plan, quantizer, planned - len(ledger.charged_rounds(run.run_key)))
+    threshold = int(keys.number(request, keys.SECAGG_THRESHOLD))
+    params = SecAggParams(keys.text(request, keys.SECAGG_LABEL), threshold, 64, quantizer.dim)
+    secure = SecAggNode(node, params)
+    channel, mask = secure.advertise()
+    _save(state, secure, variance)
+    return ConfigRecord({keys.CHANNEL_KEY: channel, keys.MASK_KEY: mask}), variance / threshold
+
+
+def _load(state: RecordDict, label: str) -> tuple[SecAggNode, float]:
+    if _STATE not in state:
+        raise FedsynthError(f"secure aggregation {label}: this node holds no state for it (restarted mid-release?)")
+    saved = state.config_records[_STATE]
+    secure = SecAggNode.from_bytes(keys.blobs(saved, "node")[0])
+    if secure.params.label != label:
+        raise FedsynthError(f"secure aggregation {label}: this node's state is for {secure.params.label}")
+    return secure, keys.number(saved, _VARIANCE)
+
+
+def _save(state: RecordDict, secure: SecAggNode, variance: float) -> None:
+    state[_STATE] = ConfigRecord({"node": [secure.to_bytes()], _VARIANCE: variance})
+
+
+def handle_shares(content: RecordDict, state: RecordDict) -> RecordDict:
+    """The shares stage: encrypted Shamir shares of this node's secrets for every other node."""
+    request = content.config_records[keys.CONFIG]
+    secure, variance = _load(state, keys.text(request, keys.SECAGG_LABEL))
+    nodes, channels = keys.integers(request, keys.SECAGG_NODES), keys.blobs(request, keys.CHANNEL_KEY)
+    peers = dict(zip(nodes, zip(channels, keys.blobs(request, keys.MASK_KEY), strict=True), strict=True))
+    shares = secure.share(peers, int(keys.number(request, keys.SECAGG_BITS)))
+    _save(state, secure, variance)
+    return RecordDict({keys.CONFIG: ConfigRecord(keys.as_lists(shares, keys.SHARES))})
+
+
+def masked_release(
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger: PrivacyLedger,
+) -> tuple[ArrayRecord, list[SkellamEvent], list[SkellamEvent], float]:  # fmt: skip
+    """The release: Σ rounded contributions + this node's Skellam share, masked; and its two events."""
+    request = content.config_records[keys.CONFIG]
+    secure, variance = _load(state, keys.text(request, keys.SECAGG_LABEL))
+    received = keys.by_node(request, keys.SHARES)
+    quantizer = statistics_quantizer(config.privacy().statistics_clip, rows.shape[1])
+    rng = np.random.default_rng(secrets.randbits(128))  # noise no server can reproduce
+    contributions = statistics_contributions(rows, config.privacy().statistics_clip)
+    threshold = secure.params.threshold
+    values = quantizer.user_sum(contributions, rng) + skellam_noise(variance / threshold, quantizer.dim, rng)
+    masked = secure.mask(encode(values, secure.params.bits), received)
+    _save(state, secure, variance)
+    central, own = release_events(variance, threshold, quantizer)
+    return ArrayRecord({keys.MASKED: Array(masked)}), central, own, variance / threshold
+
+
+def handle_unmask(content: RecordDict, state: RecordDict) -> RecordDict:
+    """The unmask stage: shares of the survivors' self-mask seeds and of the dropped nodes' mask keys."""
+    request = content.config_records[keys.CONFIG]
+    secure, _ = _load(state, keys.text(request, keys.SECAGG_LABEL))
+    shares = secure.unmask(keys.integers(request, keys.SECAGG_NODES))
+    del state[_STATE]
+    return RecordDict({keys.CONFIG: ConfigRecord(keys.as_lists(shares, keys.SHARES))})

@@ -1,0 +1,148 @@
+"""The server's side of a secure DP statistics release: four SecAgg stages over Flower messages.
+
+The server only relays and sums: it sees public keys, encrypted shares, masked vectors (uniform
+residues mod 2^b), and in the end the sum, never one node's vector. Stages and threat model:
+:mod:`common.secagg.protocol`; the nodes' side and the two ε numbers: :mod:`client.secure`.
+
+Dropouts: a node lost after sending its masked vector is unmasked from the others' shares; one
+lost before is left out of the sum (with its noise). Fewer than t nodes at any stage: the release
+fails (:class:`RunFailed`) and nothing is unmasked. The bit width b is fixed after the keys stage
+from what the nodes said (users, noise variance), so the sum cannot wrap except with probability
+≤ 2^-40 (:func:`common.privacy.skellam.required_bits`); a smaller ``secagg-bits`` is refused there,
+before any node has spent anything.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from common import keys
+from common.errors import ConfigError
+from common.privacy.skellam import SkellamQuantizer, required_bits
+from common.privacy.statistics import NoisyStatistics, split_release, statistics_quantizer
+from common.round_log import RoundLog
+from common.run_config import RunConfig
+from common.secagg.protocol import SecAggAborted, SecAggParams, decode, require, route, unmasked_sum
+from server.admission import RunFailed, require_quorum
+from server.aggregation import ClientReply, as_client_replies, client_outcomes
+
+log = logging.getLogger("flwr")
+Request = dict[str, keys.ConfigValue]  # what every stage's request says (label, plan, run identity)
+
+
+def exchange(
+    grid: Grid, action: str, requests: dict[int, ConfigRecord], config: RunConfig
+) -> tuple[dict[int, RecordDict], list[ClientReply]]:
+    """Send each node its request (``query.<action>``); (answered content by node, every reply)."""
+    messages = [
+        Message(RecordDict({keys.CONFIG: request}), dst_node_id=node, message_type=f"{MessageType.QUERY}.{action}")
+        for node, request in requests.items()
+    ]
+    replies = as_client_replies(list(grid.send_and_receive(messages, timeout=config.reply_timeout)), messages)
+    outcome = client_outcomes(replies)
+    return {r.node: r.content for r in outcome.trained if r.content is not None}, replies
+
+
+def secure_statistics(
+    grid: Grid, nodes: list[int], config: RunConfig, num_items: int, identity: dict[str, str]
+) -> tuple[NoisyStatistics, RoundLog]:
+    """The DP item counts and length histogram summed by secure aggregation; the release's log."""
+    quantizer = statistics_quantizer(config.privacy().statistics_clip, num_items)
+    label = f"{identity[keys.RUN_KEY]}/statistics"
+    threshold = config.threshold_for(len(nodes))
+    base: Request = {
+        keys.SECAGG_LABEL: label,
+        keys.PLANNED_ROUNDS: config.num_server_rounds,
+        **identity,
+    }
+    keyed, replies = exchange(
+        grid, keys.SECAGG_KEYS, {n: ConfigRecord({**base, keys.SECAGG_THRESHOLD: threshold}) for n in nodes}, config
+    )
+    early = client_outcomes(replies, server_round=0).log  # refusals (budget) and failures before anything is spent
+    params = SecAggParams(label, threshold, release_bits(keyed, config, quantizer), quantizer.dim)
+    try:
+        require("keys", len(keyed), params)
+        peers = {n: (keys.blobs(c[keys.CONFIG], keys.CHANNEL_KEY)[0], keys.blobs(c[keys.CONFIG], keys.MASK_KEY)[0])
+                 for n, c in keyed.items()}  # fmt: skip
+        shared = share_stage(grid, peers, params, base, config)
+        masked, release_log = masked_stage(grid, shared, base, config)
+        release_log.refused += early.refused
+        release_log.failed += early.failed
+        require_quorum("the DP statistics release", release_log, config)
+        require("masked-input", len(masked), params)
+        survivors = sorted(masked)
+        revealed, _ = exchange(
+            grid, keys.SECAGG_UNMASK, {n: ConfigRecord({**base, keys.SECAGG_NODES: survivors}) for n in shared}, config
+        )
+        shares = {n: keys.by_node(c[keys.CONFIG], keys.SHARES) for n, c in revealed.items()}
+        total = decode(unmasked_sum(params, peers, sorted(shared), masked, shares), params.bits)
+    except SecAggAborted as exc:
+        raise RunFailed(str(exc)) from exc
+    variance = sum(keys.number(keyed[n][keys.METRICS], keys.NOISE_VARIANCE) for n in survivors)
+    counts, histogram = split_release(total / quantizer.scale, num_items)
+    log.info("fedsynth statistics: secure sum of %d node(s) (threshold %d, %d bits)", len(survivors), threshold,
+             params.bits)  # fmt: skip
+    return NoisyStatistics(counts, histogram, float(np.sqrt(variance)) / quantizer.scale), release_log
+
+
+def release_bits(keyed: dict[int, RecordDict], config: RunConfig, quantizer: SkellamQuantizer) -> int:
+    """b for this release: the fewest that hold Σ users·Δ₂ plus the summed noise, or ``secagg-bits`` if enough."""
+    users = sum(keys.number(c[keys.METRICS], keys.NUM_EXAMPLES) for c in keyed.values())
+    variance = sum(keys.number(c[keys.METRICS], keys.NOISE_VARIANCE) for c in keyed.values())
+    needed = required_bits(users * quantizer.l2, variance, quantizer.dim)
+    if needed > 64:
+        raise RunFailed(f"a secure sum of {users:.0f} users needs {needed} bits, more than 64; nothing was spent.")
+    if config.secagg_bits and config.secagg_bits < needed:
+        raise ConfigError(
+            f"secagg-bits {config.secagg_bits} cannot hold this secure sum: {users:.0f} users and the nodes' noise "
+            f"need at least {needed} bits (wrap probability <= 2^-40). Set secagg-bits to 0 (automatic) or >= "
+            f"{needed}; nothing was spent."
+        )
+    return config.secagg_bits or needed
+
+
+def share_stage(
+    grid: Grid,
+    peers: dict[int, tuple[bytes, bytes]],
+    params: SecAggParams,
+    base: Request,
+    config: RunConfig,
+) -> dict[int, dict[int, bytes]]:
+    """Stage 2: send the key list; route the encrypted shares. Returns recipient → {sender: ciphertext} (U2)."""
+    order = sorted(peers)
+    request = ConfigRecord(
+        {
+            **base,
+            keys.SECAGG_BITS: params.bits,
+            keys.SECAGG_NODES: order,
+            keys.CHANNEL_KEY: [peers[n][0] for n in order],
+            keys.MASK_KEY: [peers[n][1] for n in order],
+        }
+    )
+    answered, _ = exchange(grid, keys.SECAGG_SHARES, dict.fromkeys(order, request), config)
+    outgoing = {n: keys.by_node(c[keys.CONFIG], keys.SHARES) for n, c in answered.items()}
+    require("shares", len(outgoing), params)
+    return route(outgoing)
+
+
+def masked_stage(
+    grid: Grid, shared: dict[int, dict[int, bytes]], base: Request, config: RunConfig
+) -> tuple[dict[int, np.ndarray], RoundLog]:
+    """Stage 3: each node of U2 gets the shares addressed to it and releases its masked vector (and pays)."""
+    requests = {n: ConfigRecord({**base, **keys.as_lists(incoming, keys.SHARES)}) for n, incoming in shared.items()}
+    messages = [
+        Message(RecordDict({keys.CONFIG: r}), dst_node_id=n, message_type=f"{MessageType.QUERY}.{keys.STATISTICS}")
+        for n, r in requests.items()
+    ]
+    replies = as_client_replies(list(grid.send_and_receive(messages, timeout=config.reply_timeout)), messages)
+    outcome = client_outcomes(replies, server_round=0)
+    masked = {
+        r.node: r.content.array_records[keys.ARRAYS][keys.MASKED].numpy()
+        for r in outcome.trained
+        if r.content is not None
+    }
+    return masked, outcome.log
