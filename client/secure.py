@@ -9,9 +9,11 @@ between stages and is erased after the unmask answer.
 Noise for secure releases is drawn from the OS's entropy, never from a seed the server knows.
 
 Accounting, two threat models, both in the ledger:
-* **with secure aggregation** (honest-but-curious server, fewer than t colluding nodes): the
-  sum carries Skellam noise of variance ≥ t·V/t = V whatever nodes drop out (fewer than t: nothing
-  is unmasked), so the event is Sk(V) at the rounded sensitivities;
+* **with secure aggregation** (honest-but-curious server, fewer than t colluding nodes): every
+  node adds Sk(V/t), V the largest central variance any node needs (each calibrates its own at
+  the keys stage, :func:`central_release_variance`), so the sum carries at least t·V/t = V whatever
+  nodes drop out (fewer than t: nothing is unmasked), and the event is Sk(V) at the rounded
+  sensitivities;
 * **own noise** (secure aggregation broken, or the server colluding with every other node):
   only this node's share V/t protects its users.
 """
@@ -66,7 +68,8 @@ def start_secure_release(
 ) -> tuple[ConfigRecord, float]:  # fmt: skip
     """The keys stage: check the release fits, calibrate this node's noise share, make fresh keys.
 
-    Returns the public keys and the Skellam variance this node will add (public, like a noise std).
+    Returns the public keys and the central Skellam variance V this node needs (public, like a noise
+    std); the server answers with the largest any node needs, and every node adds that divided by t.
     """
     if ledger.statistics_charged(run.run_key):
         raise PrivacyBudgetExceeded("this run's DP statistics were already released (and charged) once")
@@ -79,7 +82,7 @@ def start_secure_release(
     secure = SecAggNode(node, params)
     channel, mask = secure.advertise()
     _save(state, secure, variance)
-    return ConfigRecord({keys.CHANNEL_KEY: channel, keys.MASK_KEY: mask}), variance / threshold
+    return ConfigRecord({keys.CHANNEL_KEY: channel, keys.MASK_KEY: mask}), variance
 
 
 def _load(state: RecordDict, label: str) -> tuple[SecAggNode, float]:
@@ -99,7 +102,13 @@ def _save(state: RecordDict, secure: SecAggNode, variance: float) -> None:
 def handle_shares(content: RecordDict, state: RecordDict) -> RecordDict:
     """The shares stage: encrypted Shamir shares of this node's secrets for every other node."""
     request = content.config_records[keys.CONFIG]
-    secure, variance = _load(state, keys.text(request, keys.SECAGG_LABEL))
+    secure, needed = _load(state, keys.text(request, keys.SECAGG_LABEL))
+    variance = keys.number(request, keys.SECAGG_VARIANCE)
+    if variance < needed:
+        raise FedsynthError(
+            f"secure aggregation {secure.params.label}: the server asks for noise variance {variance:.6g}, "
+            f"less than the {needed:.6g} this node's budget needs; refused"
+        )
     nodes, channels = keys.integers(request, keys.SECAGG_NODES), keys.blobs(request, keys.CHANNEL_KEY)
     peers = dict(zip(nodes, zip(channels, keys.blobs(request, keys.MASK_KEY), strict=True), strict=True))
     shares = secure.share(peers, int(keys.number(request, keys.SECAGG_BITS)))

@@ -61,6 +61,14 @@ def blobs(record: object, key: str) -> list[bytes]:
     return list(value)
 
 
+def blob(record: object, key: str) -> bytes:
+    """A bytes value from a ConfigRecord (a public key); an error names the key otherwise."""
+    value = record[key]  # type: ignore[index]
+    if not isinstance(value, bytes):
+        raise TypeError(f"record value {key!r} should be bytes, got {type(value).__name__}")
+    return value
+
+
 def by_node(record: object, key: str) -> dict[int, bytes]:
     """{node: bytes} from a ConfigRecord's aligned lists SECAGG_NODES and ``key``."""
     return dict(zip(integers(record, SECAGG_NODES), blobs(record, key), strict=True))
@@ -79,9 +87,9 @@ def text(record: object, key: str) -> str:
 SETTING_PREFIX = "setting:"  # evaluate request: ConfigRecord keys holding a packed recommender's settings
 
 # Secure aggregation (see client/secure.py and server/secure_release.py)
-SECAGG_KEYS = "secagg-keys"  # message action: query.secagg-keys (stage 1)
-SECAGG_SHARES = "secagg-shares"  # message action: query.secagg-shares (stage 2)
-SECAGG_UNMASK = "secagg-unmask"  # message action: query.secagg-unmask (stage 4)
+SECAGG_KEYS = "secagg_keys"  # message action: query.secagg_keys (stage 1)
+SECAGG_SHARES = "secagg_shares"  # message action: query.secagg_shares (stage 2)
+SECAGG_UNMASK = "secagg_unmask"  # message action: query.secagg_unmask (stage 4)
 SECAGG_LABEL = "secagg-label"  # which aggregation (run key / release)
 SECAGG_THRESHOLD = "secagg-threshold"
 SECAGG_BITS = "secagg-bits"
@@ -90,5 +98,6 @@ CHANNEL_KEY = "channel-key"  # X25519 public key(s) for the share channel
 MASK_KEY = "mask-key"  # X25519 public key(s) for the pairwise masks
 SHARES = "shares"  # encrypted (stage 2) or revealed (stage 4) Shamir shares, aligned with SECAGG_NODES
 MASKED = "masked"  # the masked release, residues mod 2^b (uint64)
-NOISE_VARIANCE = "noise-variance"  # the Skellam variance this node adds (public)
+NOISE_VARIANCE = "noise-variance"  # keys stage: the central Skellam variance a node needs; release: what it added
+SECAGG_VARIANCE = "secagg-variance"  # shares stage: the central Skellam variance every node adds 1/t of
 EPSILON_OWN_NOISE = "epsilon-own-noise"  # cumulative ε counting only this node's own noise in secure sums

@@ -71,11 +71,18 @@ def _metric(reply: ClientReply, name: str) -> float:
     return keys.number(reply.content[keys.METRICS], name)
 
 
+def _own_noise_epsilon(reply: ClientReply) -> float:
+    """ε counting only the node's own noise in secure sums (answered or refused; never below its ε)."""
+    assert reply.content is not None
+    own = keys.EPSILON_OWN_NOISE in reply.content[keys.METRICS]
+    return _metric(reply, keys.EPSILON_OWN_NOISE if own else keys.EPSILON)
+
+
 def reply_problem(reply: ClientReply) -> NodeProblem | None:
     """Why a node did not answer (failed: ``epsilon`` None; refused: its reported ε), or None if it did."""
     if reply.content is None:
         return NodeProblem(reply.node, str(reply.error))
-    if keys.number(reply.content[keys.METRICS], keys.REFUSED):
+    if keys.METRICS in reply.content and keys.number(reply.content[keys.METRICS], keys.REFUSED):
         return NodeProblem(reply.node, str(reply.content[keys.CONFIG][keys.REASON]), _metric(reply, keys.EPSILON))
     return None
 
@@ -94,11 +101,7 @@ def client_outcomes(replies: list[ClientReply], server_round: int = 0) -> Client
             (log.failed if problem.epsilon is None else log.refused).append(problem)
     log.trained = [r.node for r in trained]
     log.epsilon_by_node = {str(r.node): _metric(r, keys.EPSILON) for r in trained}
-    log.epsilon_own_noise_by_node = {
-        str(r.node): _metric(r, keys.EPSILON_OWN_NOISE if keys.EPSILON_OWN_NOISE in r.content[keys.METRICS] else keys.EPSILON)
-        for r in replies
-        if r.content is not None
-    }  # answered and refused: never smaller than the ε above
+    log.epsilon_own_noise_by_node = {str(r.node): _own_noise_epsilon(r) for r in replies if r.content is not None}
     # a resumed run's round already charged: the node sent its saved reply again (no new ε)
     log.replayed = [r.node for r in trained if r.content and keys.REPLAYED in r.content[keys.METRICS]]
     log.delta_by_node = {str(r.node): _metric(r, keys.DELTA) for r in trained}

@@ -29,8 +29,8 @@ from common.round_log import RoundLog
 from common.run_config import RunConfig
 from common.seeding import seed_for
 from server.admission import Admission, admit, identity_fields, require_quorum, require_training
-from server.secure_release import secure_statistics
 from server.aggregation import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
+from server.secure_release import secure_statistics
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
 

@@ -112,8 +112,9 @@ def privacy_summary(training: TrainingResult, config: RunConfig) -> dict[str, An
     return {
         "secure_aggregation": secure_aggregation_summary(config),
         "epsilon_max": epsilon_max,
-        "epsilon_max_own_noise": max([*own_noise.values(), *([epsilon_max] if epsilon_max is not None else [])],
-                                     default=None),  # fmt: skip
+        "epsilon_max_own_noise": max(
+            [*own_noise.values(), *([epsilon_max] if epsilon_max is not None else [])], default=None
+        ),
         "epsilon_per_client": [
             {
                 "client": node,

@@ -28,7 +28,7 @@ from common.round_log import RoundLog
 from common.run_config import RunConfig
 from common.secagg.protocol import SecAggAborted, SecAggParams, decode, require, route, unmasked_sum
 from server.admission import RunFailed, require_quorum
-from server.aggregation import ClientReply, as_client_replies, client_outcomes
+from server.aggregation import ClientReply, as_client_replies, client_outcomes, reply_problem
 
 log = logging.getLogger("flwr")
 Request = dict[str, keys.ConfigValue]  # what every stage's request says (label, plan, run identity)
@@ -43,8 +43,7 @@ def exchange(
         for node, request in requests.items()
     ]
     replies = as_client_replies(list(grid.send_and_receive(messages, timeout=config.reply_timeout)), messages)
-    outcome = client_outcomes(replies)
-    return {r.node: r.content for r in outcome.trained if r.content is not None}, replies
+    return {r.node: r.content for r in replies if r.content is not None and reply_problem(r) is None}, replies
 
 
 def secure_statistics(
@@ -63,12 +62,13 @@ def secure_statistics(
         grid, keys.SECAGG_KEYS, {n: ConfigRecord({**base, keys.SECAGG_THRESHOLD: threshold}) for n in nodes}, config
     )
     early = client_outcomes(replies, server_round=0).log  # refusals (budget) and failures before anything is spent
-    params = SecAggParams(label, threshold, release_bits(keyed, config, quantizer), quantizer.dim)
+    variance = max((keys.number(c[keys.METRICS], keys.NOISE_VARIANCE) for c in keyed.values()), default=0.0)
+    params = SecAggParams(label, threshold, release_bits(keyed, variance, config, quantizer), quantizer.dim)
     try:
         require("keys", len(keyed), params)
-        peers = {n: (keys.blobs(c[keys.CONFIG], keys.CHANNEL_KEY)[0], keys.blobs(c[keys.CONFIG], keys.MASK_KEY)[0])
+        peers = {n: (keys.blob(c[keys.CONFIG], keys.CHANNEL_KEY), keys.blob(c[keys.CONFIG], keys.MASK_KEY))
                  for n, c in keyed.items()}  # fmt: skip
-        shared = share_stage(grid, peers, params, base, config)
+        shared = share_stage(grid, peers, params, {**base, keys.SECAGG_VARIANCE: variance}, config)
         masked, release_log = masked_stage(grid, shared, base, config)
         release_log.refused += early.refused
         release_log.failed += early.failed
@@ -82,18 +82,18 @@ def secure_statistics(
         total = decode(unmasked_sum(params, peers, sorted(shared), masked, shares), params.bits)
     except SecAggAborted as exc:
         raise RunFailed(str(exc)) from exc
-    variance = sum(keys.number(keyed[n][keys.METRICS], keys.NOISE_VARIANCE) for n in survivors)
+    noise = len(survivors) * variance / threshold  # in the sum: each survivor's Sk(V/t)
     counts, histogram = split_release(total / quantizer.scale, num_items)
     log.info("fedsynth statistics: secure sum of %d node(s) (threshold %d, %d bits)", len(survivors), threshold,
              params.bits)  # fmt: skip
-    return NoisyStatistics(counts, histogram, float(np.sqrt(variance)) / quantizer.scale), release_log
+    return NoisyStatistics(counts, histogram, float(np.sqrt(noise)) / quantizer.scale), release_log
 
 
-def release_bits(keyed: dict[int, RecordDict], config: RunConfig, quantizer: SkellamQuantizer) -> int:
-    """b for this release: the fewest that hold Σ users·Δ₂ plus the summed noise, or ``secagg-bits`` if enough."""
+def release_bits(keyed: dict[int, RecordDict], variance: float, config: RunConfig, quantizer: SkellamQuantizer) -> int:
+    """b for this release: the fewest that hold Σ users·Δ₂ plus every node's Sk(V/t), or ``secagg-bits`` if enough."""
     users = sum(keys.number(c[keys.METRICS], keys.NUM_EXAMPLES) for c in keyed.values())
-    variance = sum(keys.number(c[keys.METRICS], keys.NOISE_VARIANCE) for c in keyed.values())
-    needed = required_bits(users * quantizer.l2, variance, quantizer.dim)
+    threshold = config.threshold_for(len(keyed)) if len(keyed) >= 2 else 2
+    needed = required_bits(users * quantizer.l2, len(keyed) * variance / threshold, quantizer.dim)
     if needed > 64:
         raise RunFailed(f"a secure sum of {users:.0f} users needs {needed} bits, more than 64; nothing was spent.")
     if config.secagg_bits and config.secagg_bits < needed:

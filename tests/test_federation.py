@@ -38,6 +38,7 @@ ALLOWED_METRICS = {
     keys.EPSILON_VAE,
     keys.EPSILON_GAN,
     keys.EPSILON_STATISTICS,
+    keys.EPSILON_OWN_NOISE,
     keys.DELTA,
     *keys.LOSS_KEYS,
 }

@@ -1,0 +1,174 @@
+"""The secure DP statistics release end to end: the real ClientApp on in-memory nodes, the server's stages.
+
+The grid below delivers each message to the fedsynth ClientApp of an in-memory node (its own
+Context, state and ledger directory): no Flower runtime, but every handler and the server's
+stage logic are the real ones. A node can be made to go silent from a given stage on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, RecordDict
+
+from client.app import build_client_app
+from common import keys
+from common.data.pipeline import prepare
+from common.privacy.accounting import epsilon
+from common.privacy.ledger import ledgers_in
+from common.privacy.statistics import length_histogram, statistics_contributions
+from common.run_config import RunConfig
+from server.admission import RunFailed
+from server.secure_release import secure_statistics
+
+SETTINGS: dict[str, Any] = {
+    "gen-users": 500,
+    "vae-batch-size": 16,
+    "gan-batch-size": 16,
+    "gen-items": 400,
+    "epsilon": 2.0,
+    "num-server-rounds": 2,
+    "secure-aggregation": True,
+}
+
+
+@pytest.fixture(autouse=True)
+def task_identity() -> Any:
+    """Flower's Message needs the process's run id (set by the ServerApp runtime, here by hand)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+class InProcessGrid:
+    """A Grid whose nodes are fedsynth ClientApps in this process; ``silent``: node → first silent action."""
+
+    def __init__(self, run_config: dict[str, Any], nodes: int, tmp_path: Path) -> None:
+        self.app = build_client_app()
+        self.contexts = {
+            100 + k: Context(
+                run_id=1,
+                node_id=100 + k,
+                node_config={"partition-id": k, "num-partitions": nodes},
+                state=RecordDict(),
+                run_config={**run_config, "ledger-dir": str(tmp_path / f"node-{k}")},
+            )
+            for k in range(nodes)
+        }
+        self.silent: dict[int, str] = {}
+        self.sent: list[Message] = []
+        self.replies: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            action = message.metadata.message_type.partition(".")[2] or message.metadata.message_type
+            if self.silent.get(node) == action:
+                self.silent[node] = "*"  # silent from now on
+            if self.silent.get(node) == "*":
+                continue
+            self.sent.append(message)
+            reply = self.app(message, self.contexts[node])
+            self.replies.append(reply)
+            replies.append(reply)
+        return replies
+
+
+def run_release(tmp_path: Path, nodes: int = 4, silent: dict[int, str] | None = None, **extra: Any):
+    config = RunConfig.from_run_config({**SETTINGS, **extra})
+    grid = InProcessGrid({**SETTINGS, **extra}, nodes, tmp_path)
+    grid.silent = dict(silent or {})
+    identity = {keys.RUN_KEY: "k" * 32, keys.REQUESTER: "test"}
+    num_items = prepare(config.data()).interactions.num_items
+    statistics, log = secure_statistics(grid, grid.get_node_ids(), config, num_items, identity)
+    return config, grid, statistics, log
+
+
+def nothing_spent(ledger_dir: Path) -> bool:
+    return all(not json.loads(p.read_text())["events"] for p in ledger_dir.glob("ledger-*.json"))
+
+
+def node_rows(config: RunConfig, nodes: int) -> list[Any]:
+    from client.data import node_data
+
+    return [node_data({"partition-id": k, "num-partitions": nodes}, config).train for k in range(nodes)]
+
+
+def test_the_server_gets_the_sum_with_the_central_noise_and_each_node_pays_both_ways(tmp_path: Path) -> None:
+    config, grid, statistics, log = run_release(tmp_path)
+    rows = node_rows(config, 4)
+    exact = sum(np.asarray(statistics_contributions(r, config.statistics_clip).sum(axis=0)).ravel() for r in rows)
+    released = np.concatenate([statistics.item_counts, statistics.length_histogram])
+    error = released - exact
+    assert abs(error.std() / statistics.noise_std - 1) < 0.1  # the noise the accounting assumes, no more
+    assert statistics.length_histogram.sum() == pytest.approx(
+        sum(r.shape[0] for r in rows), abs=6 * statistics.noise_std * 5
+    )
+    assert log.trained == [100, 101, 102, 103] and log.round == 0
+    for ledger_dir in (tmp_path / f"node-{k}" for k in range(4)):
+        (ledger,) = ledgers_in(ledger_dir)
+        entry = ledger.history[-1]
+        assert entry["secure_aggregation"] is True
+        assert entry["epsilon_total_own_noise"] > entry["epsilon_total"] > 0
+        assert epsilon(ledger.events, ledger.delta) == pytest.approx(entry["epsilon_total"])
+    assert log.epsilon_max is not None and log.epsilon_max < config.epsilon  # the statistics share of ε
+
+
+def test_the_wire_carries_keys_encrypted_shares_and_masked_residues_only(tmp_path: Path) -> None:
+    config, grid, _, _ = run_release(tmp_path, nodes=3)
+    rows = node_rows(config, 3)
+    for reply in grid.replies:
+        assert set(reply.content.array_records) <= {keys.ARRAYS}
+        for record in reply.content.array_records.values():
+            assert list(record) == [keys.MASKED] and record[keys.MASKED].numpy().dtype == np.uint64
+        metrics = set(reply.content.metric_records.get(keys.METRICS, {}))
+        assert metrics <= {keys.NUM_EXAMPLES, keys.REFUSED, keys.EPSILON, keys.EPSILON_VAE, keys.EPSILON_GAN,
+                           keys.EPSILON_STATISTICS, keys.EPSILON_OWN_NOISE, keys.DELTA, keys.NOISE_VARIANCE}  # fmt: skip
+    histograms = [length_histogram(r) for r in rows]
+    masked = [
+        r.content.array_records[keys.ARRAYS][keys.MASKED].numpy() for r in grid.replies if r.content.array_records
+    ]
+    assert len(masked) == 3
+    for vector, histogram in zip(masked, histograms, strict=True):
+        assert not np.isin(histogram[histogram > 3], vector).any()  # no raw count shows through
+
+
+def test_a_node_lost_after_sending_its_vector_is_still_in_the_sum(tmp_path: Path) -> None:
+    config, grid, statistics, log = run_release(tmp_path, nodes=4, silent={103: keys.SECAGG_UNMASK})
+    rows = node_rows(config, 4)
+    assert log.trained == [100, 101, 102, 103]
+    assert statistics.length_histogram.sum() == pytest.approx(sum(r.shape[0] for r in rows), abs=300)
+
+
+def test_a_node_lost_before_its_vector_is_left_out_with_its_noise(tmp_path: Path) -> None:
+    config, grid, statistics, log = run_release(tmp_path, nodes=4, silent={101: keys.STATISTICS})
+    rows = node_rows(config, 4)
+    assert log.trained == [100, 102, 103]
+    kept = sum(rows[k].shape[0] for k in (0, 2, 3))
+    assert statistics.length_histogram.sum() == pytest.approx(kept, abs=300)
+    assert nothing_spent(tmp_path / "node-1")  # it never released, so it paid nothing
+
+
+def test_too_few_survivors_fail_the_release_and_unmask_nothing(tmp_path: Path) -> None:
+    silent = {101: keys.SECAGG_UNMASK, 102: keys.SECAGG_UNMASK, 103: keys.SECAGG_UNMASK}
+    with pytest.raises(RunFailed, match="only 1 node\\(s\\) answered the unmask stage, the threshold is 3"):
+        run_release(tmp_path, nodes=4, silent=silent, **{"min-clients": 1})
+
+
+def test_a_too_small_bit_width_is_refused_before_anything_is_spent(tmp_path: Path) -> None:
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="secagg-bits 12 cannot hold this secure sum: .* at least 2\\d bits"):
+        run_release(tmp_path, nodes=3, **{"secagg-bits": 12})
+    assert all(nothing_spent(tmp_path / f"node-{k}") for k in range(3))
