@@ -47,6 +47,19 @@ def task_identity() -> Any:
     TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
+ALLOWED_METRICS = {
+    keys.NUM_EXAMPLES,
+    keys.REFUSED,
+    keys.EPSILON,
+    keys.EPSILON_VAE,
+    keys.EPSILON_GAN,
+    keys.EPSILON_STATISTICS,
+    keys.EPSILON_OWN_NOISE,
+    keys.DELTA,
+    keys.NOISE_VARIANCE,
+}
+
+
 class InProcessGrid:
     """A Grid whose nodes are fedsynth ClientApps in this process; ``silent``: node → first silent action."""
 
@@ -106,7 +119,7 @@ def node_rows(config: RunConfig, nodes: int) -> list[Any]:
 
 
 def test_the_server_gets_the_sum_with_the_central_noise_and_each_node_pays_both_ways(tmp_path: Path) -> None:
-    config, grid, statistics, log = run_release(tmp_path)
+    config, _, statistics, log = run_release(tmp_path)
     rows = node_rows(config, 4)
     exact = sum(np.asarray(statistics_contributions(r, config.statistics_clip).sum(axis=0)).ravel() for r in rows)
     released = np.concatenate([statistics.item_counts, statistics.length_histogram])
@@ -133,8 +146,7 @@ def test_the_wire_carries_keys_encrypted_shares_and_masked_residues_only(tmp_pat
         for record in reply.content.array_records.values():
             assert list(record) == [keys.MASKED] and record[keys.MASKED].numpy().dtype == np.uint64
         metrics = set(reply.content.metric_records.get(keys.METRICS, {}))
-        assert metrics <= {keys.NUM_EXAMPLES, keys.REFUSED, keys.EPSILON, keys.EPSILON_VAE, keys.EPSILON_GAN,
-                           keys.EPSILON_STATISTICS, keys.EPSILON_OWN_NOISE, keys.DELTA, keys.NOISE_VARIANCE}  # fmt: skip
+        assert metrics <= ALLOWED_METRICS
     histograms = [length_histogram(r) for r in rows]
     masked = [
         r.content.array_records[keys.ARRAYS][keys.MASKED].numpy() for r in grid.replies if r.content.array_records
@@ -145,14 +157,14 @@ def test_the_wire_carries_keys_encrypted_shares_and_masked_residues_only(tmp_pat
 
 
 def test_a_node_lost_after_sending_its_vector_is_still_in_the_sum(tmp_path: Path) -> None:
-    config, grid, statistics, log = run_release(tmp_path, nodes=4, silent={103: keys.SECAGG_UNMASK})
+    config, _, statistics, log = run_release(tmp_path, nodes=4, silent={103: keys.SECAGG_UNMASK})
     rows = node_rows(config, 4)
     assert log.trained == [100, 101, 102, 103]
     assert statistics.length_histogram.sum() == pytest.approx(sum(r.shape[0] for r in rows), abs=300)
 
 
 def test_a_node_lost_before_its_vector_is_left_out_with_its_noise(tmp_path: Path) -> None:
-    config, grid, statistics, log = run_release(tmp_path, nodes=4, silent={101: keys.STATISTICS})
+    config, _, statistics, log = run_release(tmp_path, nodes=4, silent={101: keys.STATISTICS})
     rows = node_rows(config, 4)
     assert log.trained == [100, 102, 103]
     kept = sum(rows[k].shape[0] for k in (0, 2, 3))
@@ -169,6 +181,6 @@ def test_too_few_survivors_fail_the_release_and_unmask_nothing(tmp_path: Path) -
 def test_a_too_small_bit_width_is_refused_before_anything_is_spent(tmp_path: Path) -> None:
     from common.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="secagg-bits 12 cannot hold this secure sum: .* at least 2\\d bits"):
+    with pytest.raises(ConfigError, match=r"secagg-bits 12 cannot hold this secure sum: .* at least 2\d bits"):
         run_release(tmp_path, nodes=3, **{"secagg-bits": 12})
     assert all(nothing_spent(tmp_path / f"node-{k}") for k in range(3))
