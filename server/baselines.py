@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from common.privacy.baselines import dp_gram, dp_popularity
+from common.privacy.secure_baselines import secure_dp_gram, secure_dp_popularity
 from common.recommenders import MostPopular, Recommender
 from common.recommenders.ease import SubsetEASE
 from common.run_config import RunConfig
@@ -28,8 +29,13 @@ def baseline_recommenders(
     ``clients``: each client's binary CSR (n_k, n_items); ``deltas``: each client's δ.
     """
     settings = config.baselines()
-    popularity = dp_popularity(clients, target_epsilon, deltas, settings.popularity_clip, seed)
-    gram, counts = dp_gram(clients, target_epsilon, deltas, settings, seed)
+    if config.secure_aggregation:  # the same aggregation as the run they are compared with
+        threshold = config.threshold_for(len(clients))
+        popularity = secure_dp_popularity(clients, target_epsilon, deltas, settings.popularity_clip, threshold)
+        gram, counts = secure_dp_gram(clients, target_epsilon, deltas, settings, threshold)
+    else:
+        popularity = dp_popularity(clients, target_epsilon, deltas, settings.popularity_clip, seed)
+        gram, counts = dp_gram(clients, target_epsilon, deltas, settings, seed)
     assert gram.items is not None
     l2 = settings.ease_l2 + 2.0 * gram.noise_std * np.sqrt(len(gram.items))
     fallback = counts if counts is not None else np.zeros(clients[0].shape[1])
@@ -40,13 +46,16 @@ def baseline_recommenders(
     summary = {
         "note": "comparison rows: each baseline alone spends the run's target epsilon per client "
         "(an alternative to the synthetic pipeline, not part of its ledgers; simulation only)",
+        "secure_aggregation": config.secure_aggregation,
         "dp-popularity": {
             "epsilon_per_client": popularity.epsilon_per_client(),
+            "epsilon_own_noise_per_client": popularity.epsilon_own_noise_per_client(),
             "noise_std_of_sum": popularity.noise_std,
             "clip": settings.popularity_clip,
         },
         "dp-ease": {
             "epsilon_per_client": gram.epsilon_per_client(),
+            "epsilon_own_noise_per_client": gram.epsilon_own_noise_per_client(),
             "noise_std_of_sum": gram.noise_std,
             "clip": settings.ease_clip,
             "items": len(gram.items),

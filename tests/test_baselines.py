@@ -140,3 +140,26 @@ def test_subset_ease_ranks_outside_items_below_subset_items_by_the_fallback() ->
 def test_baseline_config_rejects_bad_values(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         DPBaselineConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_secure_baselines_spend_the_target_and_carry_the_central_noise_only() -> None:
+    from common.privacy.secure_baselines import secure_dp_gram, secure_dp_popularity
+
+    clients = [_rows(80, 60, seed) for seed in range(5)]
+    deltas = [1e-3] * 5
+    secure = secure_dp_popularity(clients, 2.0, deltas, 4.0, threshold=3)
+    local = dp_popularity(clients, 2.0, deltas, 4.0, seed=0)
+    assert all(1.9 < e <= 2.0 + 1e-9 for e in secure.epsilon_per_client())
+    assert all(e > 3.0 for e in secure.epsilon_own_noise_per_client())  # one node's share alone: weaker
+    assert secure.noise_std == pytest.approx(local.noise_std * np.sqrt(1 / 3), rel=0.05)  # √(5/3) vs √5 σC
+    exact = sum(clipped_counts(rows, 4.0) for rows in clients)
+    assert np.std(secure.value - exact) == pytest.approx(secure.noise_std, rel=0.35)
+
+    config = DPBaselineConfig(ease_items=20)
+    gram, counts = secure_dp_gram(clients, 2.0, deltas, config, threshold=3)
+    assert counts is not None and gram.items is not None and len(gram.items) == 20
+    np.testing.assert_array_equal(gram.value, gram.value.T)
+    assert all(1.9 < e <= 2.0 + 1e-9 for e in gram.epsilon_per_client())
+    truth = sum(clipped_gram(rows, gram.items, config.ease_clip) for rows in clients)
+    upper = np.triu_indices(20)
+    assert np.std((gram.value - truth)[upper]) == pytest.approx(gram.noise_std, rel=0.35)

@@ -184,3 +184,33 @@ def test_a_too_small_bit_width_is_refused_before_anything_is_spent(tmp_path: Pat
     with pytest.raises(ConfigError, match=r"secagg-bits 12 cannot hold this secure sum: .* at least 2\d bits"):
         run_release(tmp_path, nodes=3, **{"secagg-bits": 12})
     assert all(nothing_spent(tmp_path / f"node-{k}") for k in range(3))
+
+
+@pytest.mark.slow
+def test_a_flower_simulation_with_secure_aggregation_reports_both_threat_models(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from simulations.cli import cli
+
+    out = tmp_path / "run"
+    args = ["run", "--clients", "3", "--rounds", "1", "--epsilon", "2", "--gen-users", "360", "--gen-items", "300",
+            "--vae-batch-size", "32", "--gan-batch-size", "32", "--discriminator-steps", "2", "--synthesizers", "vae",
+            "--recommenders", "popularity,ease", "--secure-aggregation", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, [*args, "--config", str(tiny_toml(tmp_path))])
+    assert result.exit_code == 0, result.output
+    privacy = json.loads((out / "metrics.json").read_text())["privacy"]
+    assert privacy["secure_aggregation"]["enabled"] is True
+    assert 1.8 < privacy["epsilon_max"] <= 2.0 + 1e-3 < privacy["epsilon_max_own_noise"]
+    baselines = json.loads((out / "metrics.json").read_text())["baselines"]
+    assert baselines["secure_aggregation"] is True
+    for name in ("dp-popularity", "dp-ease"):
+        assert all(1.9 < e <= 2.0 + 1e-6 for e in baselines[name]["epsilon_per_client"])
+        assert all(e > 2.0 for e in baselines[name]["epsilon_own_noise_per_client"])
+    train = json.loads((out / "train.json").read_text())
+    assert train["statistics_release"]["trained"] and len(train["statistics_release"]["trained"]) == 3
+
+
+def tiny_toml(root: Path) -> Path:
+    path = root / "tiny.toml"
+    path.write_text("central-vae-epochs = 2\nvae-hidden = 32\nvae-latent = 8\nsynthetic-users = 120\n")
+    return path

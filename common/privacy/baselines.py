@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from common.errors import ConfigError
-from common.privacy.accounting import DPEvent, calibrate_noise, epsilon
+from common.privacy.accounting import DPEvent, Event, calibrate_noise, epsilon
 from common.privacy.clipped_sums import clipped_gram, noisy_clipped_counts, symmetric_noise
 from common.seeding import rng_for
 
@@ -71,13 +71,20 @@ class BaselineRelease:
 
     value: np.ndarray
     noise_std: float
-    events_per_client: tuple[tuple[DPEvent, ...], ...]
+    events_per_client: tuple[tuple[Event, ...], ...]
     delta_per_client: tuple[float, ...]
     items: np.ndarray | None = None  # DP-EASE: the M item indices of the Gram matrix
+    # secure aggregation: the same releases with only the client's own noise share (None: = events)
+    own_noise_events_per_client: tuple[tuple[Event, ...], ...] | None = None
 
     def epsilon_per_client(self) -> list[float]:
-        """Each client's ε for its δ, from its recorded events (Opacus RDP)."""
+        """Each client's ε for its δ, from its recorded events (Opacus RDP; Skellam RDP under SecAgg)."""
         return [epsilon(list(e), d) for e, d in zip(self.events_per_client, self.delta_per_client, strict=True)]
+
+    def epsilon_own_noise_per_client(self) -> list[float]:
+        """Each client's ε if its secure sums were seen with only its own noise (= ε without SecAgg)."""
+        events = self.own_noise_events_per_client or self.events_per_client
+        return [epsilon(list(e), d) for e, d in zip(events, self.delta_per_client, strict=True)]
 
 
 def dp_popularity(
