@@ -110,7 +110,9 @@ def load_or_query_statistics(
             statistics = NoisyStatistics(saved["item_counts"], saved["length_histogram"], float(saved["noise_std"]))
             return statistics, RoundLog(0, resumed=True)
     release = secure_statistics if config.secure_aggregation else query_statistics
+    started = time.perf_counter()
     statistics, release_log = release(grid, nodes, config, num_items, identity)
+    release_log.seconds = time.perf_counter() - started
 
     def save(tmp: Path) -> None:
         np.savez(
