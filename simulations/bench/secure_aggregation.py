@@ -8,7 +8,7 @@
 ``overhead``: one secure sum of D coordinates among K silos run in this process, stage by
 stage (keys, shares, masked input, unmask; the server's unmasking apart), seconds and bytes
 sent per silo, against the release without secure aggregation (Gaussian noise, D float64s).
-``flower``: ``fedsynth run --pipeline train --rounds 1`` as a Flower simulation with and without
+``flower``: ``fedsynth train --rounds 1`` as a Flower simulation with and without
 ``--secure-aggregation``; the statistics release's seconds (train.json) and the run's wall time.
 ``utility``: the rows whose releases secure aggregation covers, scored on the **test** users of
 5 IID silos (no tuning: every setting is the default), NDCG@10 mean over seeds, on vs off:
@@ -96,8 +96,8 @@ def flower(clients: int) -> list[dict[str, float]]:
     out = []
     for secure in (False, True):
         with tempfile.TemporaryDirectory() as root:
-            args = [sys.executable, "-m", "simulations.cli", "run", "--clients", str(clients), "--rounds", "1",
-                    "--pipeline", "train", "--epsilon", "2", "--out", f"{root}/run"]  # fmt: skip
+            args = [sys.executable, "-c", "from simulations.cli import main; main()", "train", "--clients",
+                    str(clients), "--rounds", "1", "--epsilon", "2", "--out", f"{root}/run"]  # fmt: skip
             clock = time.perf_counter()
             subprocess.run([*args, *(["--secure-aggregation"] if secure else [])], check=True, capture_output=True)
             wall = time.perf_counter() - clock
