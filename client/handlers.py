@@ -9,8 +9,10 @@ the node's own cap, and a request that does not fit is refused with the reason, 
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -24,7 +26,7 @@ from common.errors import FedsynthError
 from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
 from common.privacy.statistics import STATISTICS, noisy_statistics
 from common.run_config import RunConfig
-from common.seeding import rng_for, seed_for
+from common.seeding import seed_for
 
 _PLAN = "privacy-plan"
 
@@ -44,6 +46,17 @@ def run_identity(content: RecordDict, run_id: int) -> RunIdentity:
     """Who asks: Flower's run id (the node's own SuperLink says it) and what the server sent."""
     request = content[keys.CONFIG] if keys.CONFIG in content else ConfigRecord()
     return RunIdentity(run_id, str(request.get(keys.RUN_KEY, "")), str(request.get(keys.REQUESTER, "")))
+
+
+def release_seed(config: RunConfig, purpose: str) -> int:
+    """The seed of a release's DP randomness (noise, Poisson sampling, rounding): fresh OS entropy.
+
+    Anyone who knows the seed can regenerate the noise and subtract it, and the run config (which
+    holds ``seed``) comes from the server; so the noise is never derived from it, unless the run
+    asks for ``reproducible-noise`` (simulation studies only: DP then does not hold against whoever
+    knows the run config, which metrics.json states).
+    """
+    return seed_for(config.seed, purpose) if config.reproducible_noise else secrets.randbits(63)
 
 
 def refusal(reason: str, ledger: PrivacyLedger | None = None, delta: float = 0.0) -> RecordDict:
@@ -117,7 +130,7 @@ def handle_statistics(
     except FedsynthError as exc:
         return refusal(str(exc), ledger, plan.delta)
     released = noisy_statistics(
-        rows, privacy.statistics_clip, plan.statistics_noise, rng_for(config.seed, f"statistics-{ledger.fingerprint}")
+        rows, privacy.statistics_clip, plan.statistics_noise, np.random.default_rng(release_seed(config, "statistics"))
     )
     ledger.record(plan.statistics_events(), STATISTICS, run, round=0, requested_epsilon=privacy.target_epsilon)
     arrays = ArrayRecord(
@@ -206,7 +219,7 @@ def handle_train(
     local = config.local()
     bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)
     bundle.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
-    seed = seed_for(config.seed, f"local-round-{server_round}")
+    seed = release_seed(config, f"local-round-{server_round}")
     vae, gan = train_local_round(bundle, rows, plan, privacy, local, server_round, seed)
     # Opacus counts the private steps it ran; without DP the plan's noise-free events (ε = ∞) are recorded.
     spent = vae.events + gan.events if plan.private else plan.round_events()

@@ -111,6 +111,10 @@ def privacy_summary(training: TrainingResult, config: RunConfig) -> dict[str, An
     epsilon_max = max((e for e in reported if e is not None), default=None)
     return {
         "secure_aggregation": secure_aggregation_summary(config),
+        "noise_source": "derived from the run seed (reproducible-noise): DP does NOT hold against anyone who "
+        "knows the run config, the server included"
+        if config.reproducible_noise
+        else "fresh OS entropy on each node, per release",
         "epsilon_max": epsilon_max,
         "epsilon_max_own_noise": max(
             [*own_noise.values(), *([epsilon_max] if epsilon_max is not None else [])], default=None

@@ -3,7 +3,7 @@
     python -m simulations.bench.secure_aggregation overhead [--silos 5,20] [--dims 1500,20000]
     python -m simulations.bench.secure_aggregation flower [--clients 5]
     python -m simulations.bench.secure_aggregation utility --data-root ../shared/data \\
-        [--datasets movielens,lastfm] [--epsilons 1,2,4,8] [--seeds 0,1,2] [--clients 5]
+        [--datasets movielens,lastfm] [--epsilons 1,2,4,8] [--seeds 0,1,2] [--clients 5] [--threshold T]
 
 ``overhead``: one secure sum of D coordinates among K silos run in this process, stage by
 stage (keys, shares, masked input, unmask; the server's unmasking apart), seconds and bytes
@@ -152,11 +152,11 @@ def utility_rows(config: RunConfig, clients: int) -> dict[str, float]:
 
 
 def utility(
-    data_root: Path, datasets: list[str], epsilons: list[float], seeds: list[int], clients: int
+    data_root: Path, datasets: list[str], epsilons: list[float], seeds: list[int], clients: int, threshold: int = 0
 ) -> pd.DataFrame:
     records = []
     for dataset in datasets:
-        base = RunConfig(dataset=dataset, data_path=str(data_root / DATASETS[dataset]))
+        base = RunConfig(dataset=dataset, data_path=str(data_root / DATASETS[dataset]), secagg_threshold=threshold)
         for epsilon, seed, secure in ((e, s, on) for e in epsilons for s in seeds for on in (False, True)):
             config = replace(base, epsilon=epsilon, seed=seed, secure_aggregation=secure)
             for row, value in utility_rows(config, clients).items():
@@ -176,6 +176,7 @@ def main() -> None:
     parser.add_argument("--datasets", default="movielens,lastfm")
     parser.add_argument("--epsilons", default="1,2,4,8")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--threshold", type=int, default=0, help="secagg-threshold (0: a majority)")
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     if args.part == "overhead":
@@ -185,7 +186,7 @@ def main() -> None:
         print(pd.DataFrame(flower(args.clients)).to_string(index=False))
     else:
         table = utility(args.data_root, args.datasets.split(","), [float(e) for e in args.epsilons.split(",")],
-                        [int(s) for s in args.seeds.split(",")], args.clients)  # fmt: skip
+                        [int(s) for s in args.seeds.split(",")], args.clients, args.threshold)  # fmt: skip
         print(table.round(4).to_string())
 
 
