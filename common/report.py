@@ -206,6 +206,20 @@ def _clients_section(clients: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _secure_aggregation_lines(privacy: dict[str, Any]) -> list[str]:
+    """The second threat model's ε and what secure aggregation covered (nothing when it was off)."""
+    secure = privacy.get("secure_aggregation") or {}
+    if not secure.get("enabled"):
+        return []
+    return [
+        f"Secure aggregation ({secure['protocol']}) for: {', '.join(secure['applies_to'])}; not for "
+        f"{secure['not_applied_to']}. ε above: {secure['threat_model'].split(';')[0].split(': ', 1)[1]}. "
+        f"Counting only each client's own noise share in the secure sums: ε ≤ "
+        f"{_fmt(privacy.get('epsilon_max_own_noise'))}.",
+        "",
+    ]
+
+
 def write_report(
     out: Path,
     metrics: dict[str, Any],
@@ -226,6 +240,7 @@ def write_report(
         f"Rounds: {metrics['rounds']}. Privacy: ε ≤ {_fmt(privacy['epsilon_max'])} per client (max over clients), "
         f"δ ≤ {_fmt(privacy['delta'])}, {privacy['accountant']}.",
         "",
+        *_secure_aggregation_lines(privacy),
         "## Recommenders (real held-out users, federated evaluation)",
         "",
         "`synthetic*/…` trained on synthetic data only; `fedvae` is the federated DP Mult-VAE; `fedsynth-prior` "

@@ -131,7 +131,8 @@ def privacy_summary(training: TrainingResult, config: RunConfig) -> dict[str, An
         ],
         "delta": max(deltas.values(), default=None),
         "delta_per_client": [{"client": node, "delta": value} for node, value in deltas.items()],
-        "accountant": "opacus rdp, all releases and both models of all rounds composed per client",
+        "accountant": "opacus rdp (Skellam RDP bound for secure sums), all releases and both models of all "
+        "rounds composed per client",
     }
 
 

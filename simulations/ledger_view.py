@@ -20,6 +20,12 @@ def _released(entry: dict[str, object]) -> str:
     return f"{entry.get('release', '?')}{where}"
 
 
+def _own_noise(entry: dict[str, object]) -> str:
+    """ε total after the entry counting only the node's own noise in secure sums (blank: no entry or the same)."""
+    own, total = entry.get("epsilon_total_own_noise"), entry.get("epsilon_total")
+    return "" if own is None or own == total else f"{float(str(own)):.3f}"
+
+
 def ledger_table(ledger: PrivacyLedger) -> Table:
     """One ledger's history: when, which run asked, what was released, the composed ε after it."""
     spent = ledger.spent()["total"]
@@ -27,8 +33,12 @@ def ledger_table(ledger: PrivacyLedger) -> Table:
         f"{ledger.path.name}  data {ledger.fingerprint[:12]}…  cap ε {ledger.max_epsilon:g} at δ {ledger.delta:.3g} "
         f"({ledger.cap_source})  spent {spent:.3f}  remaining ≈ {ledger.remaining():.3f}"
     )
+    own = ledger.spent_own_noise()
+    if own != spent:  # some releases went through secure aggregation
+        title += f"  (spent counting only this node's own noise in secure sums: {own:.3f})"
     table = Table(title=title, title_justify="left")
-    for column in ("time (UTC)", "run id", "run key", "requester", "release", "ε asked", "ε total after"):
+    columns = ("time (UTC)", "run id", "run key", "requester", "release", "ε asked", "ε total after", "own noise")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for entry in ledger.history:
         asked = entry.get("requested_epsilon")
@@ -41,6 +51,7 @@ def ledger_table(ledger: PrivacyLedger) -> Table:
             _released(entry),
             "" if asked is None else f"{float(str(asked)):g}",
             "" if total is None else f"{float(str(total)):.3f}",
+            _own_noise(entry),
         )
     return table
 

@@ -214,3 +214,23 @@ def tiny_toml(root: Path) -> Path:
     path = root / "tiny.toml"
     path.write_text("central-vae-epochs = 2\nvae-hidden = 32\nvae-latent = 8\nsynthetic-users = 120\n")
     return path
+
+
+def test_the_ledger_keeps_both_threat_models_and_reads_older_files(tmp_path: Path) -> None:
+    from common.privacy.ledger import PrivacyLedger
+    from simulations.ledger_view import ledger_table
+
+    run_release(tmp_path, nodes=3)
+    (ledger,) = ledgers_in(tmp_path / "node-0")
+    assert len(ledger.own_noise_events) == len(ledger.events) == 1
+    assert ledger.spent_own_noise() > ledger.spent()["total"]
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(ledger_table(ledger))
+    assert "counting only this node's own noise" in console.export_text()
+    payload = json.loads(ledger.path.read_text())
+    del payload["own_noise_events"]  # a ledger written before secure aggregation existed
+    ledger.path.write_text(json.dumps(payload))
+    older = PrivacyLedger.load(ledger.path)
+    assert older.own_noise_events == older.events

@@ -111,3 +111,16 @@ def test_length_fit_stays_sensible_when_noise_swamps_the_histogram() -> None:
 
     assert 35 < lengths.mean() < 140
     assert naive_mean > 3 * lengths.mean()
+
+
+@pytest.mark.parametrize("reproducible", [False, True])
+def test_release_noise_comes_from_the_node_not_from_the_run_seed(tmp_path: Path, reproducible: bool) -> None:
+    """The server sends the run config (and its seed): noise derived from it could be subtracted."""
+    config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 2, "reproducible-noise": reproducible})
+    content = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
+    releases = [
+        handle_statistics(content, rows(), config, RecordDict(), NodeBudget(tmp_path / str(k)), RunIdentity())
+        for k in range(2)
+    ]
+    counts = [r[keys.ARRAYS].to_torch_state_dict()[keys.ITEM_COUNTS].numpy() for r in releases]  # type: ignore[union-attr]
+    assert np.array_equal(counts[0], counts[1]) == reproducible
