@@ -225,3 +225,13 @@ def test_the_ledger_keeps_both_threat_models_and_reads_older_files(tmp_path: Pat
     ledger.path.write_text(json.dumps(payload))
     older = PrivacyLedger.load(ledger.path)
     assert older.own_noise_events == older.events
+
+
+def test_the_accountant_crosscheck_says_which_ledgers_hold_skellam_events(tmp_path: Path) -> None:
+    import math
+
+    from common.privacy.crosscheck import crosscheck_ledgers
+
+    run_release(tmp_path, nodes=3)
+    (row,) = crosscheck_ledgers(tmp_path / "node-0")
+    assert row["skellam_events"] == 1 and math.isnan(row["epsilon_dp_accounting"]) and row["epsilon_opacus"] > 0

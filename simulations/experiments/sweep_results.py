@@ -71,7 +71,11 @@ def _rows_of_cell(record: dict[str, Any], reference: dict[str, dict[str, float]]
             "accountant",
             {
                 "epsilon_opacus_max": max(r["epsilon_opacus"] for r in accountant),
-                "epsilon_dp_accounting_max": max(r["epsilon_dp_accounting"] for r in accountant),
+                # nan where a ledger holds Skellam (secure-aggregation) events, which dp-accounting cannot take
+                "epsilon_dp_accounting_max": max(
+                    (r["epsilon_dp_accounting"] for r in accountant if not math.isnan(r["epsilon_dp_accounting"])),
+                    default=math.nan,
+                ),
                 "relative_difference_max": max(r["relative_difference"] for r in accountant),
             },
         )
