@@ -24,7 +24,7 @@ from common import keys
 from common.errors import ConfigError
 from common.privacy.skellam import SkellamQuantizer, required_bits
 from common.privacy.statistics import NoisyStatistics, split_release, statistics_quantizer
-from common.round_log import RoundLog
+from common.round_log import NodeProblem, RoundLog
 from common.run_config import RunConfig
 from common.secagg.protocol import SecAggAborted, SecAggParams, decode, require, route, unmasked_sum
 from server.admission import RunFailed, require_quorum
@@ -75,6 +75,7 @@ def secure_statistics(
         require_quorum("the DP statistics release", release_log, config)
         require("masked-input", len(masked), params)
         survivors = sorted(masked)
+        log.info("fedsynth statistics: %d masked vector(s) in; unmasking", len(survivors))
         revealed, _ = exchange(
             grid, keys.SECAGG_UNMASK, {n: ConfigRecord({**base, keys.SECAGG_NODES: survivors}) for n in shared}, config
         )
@@ -82,6 +83,9 @@ def secure_statistics(
         total = decode(unmasked_sum(params, peers, sorted(shared), masked, shares), params.bits)
     except SecAggAborted as exc:
         raise RunFailed(str(exc)) from exc
+    for node in sorted(set(shared) - set(revealed)):  # lost at the unmask stage
+        why = "its masked vector is in the sum, unmasked from the others' shares" if node in masked else "left out"
+        release_log.failed.append(NodeProblem(node, f"no answer at the unmask stage ({why})"))
     noise = len(survivors) * variance / threshold  # in the sum: each survivor's Sk(V/t)
     counts, histogram = split_release(total / quantizer.scale, num_items)
     log.info("fedsynth statistics: secure sum of %d node(s) (threshold %d, %d bits)", len(survivors), threshold,

@@ -16,8 +16,10 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from common.data.node_file import split_node_file
 from common.run_config import RunConfig
 from simulations.deployment.local import LocalDeployment, NodeSettings, deployment_run_config
 from simulations.deployment.setup import make_certificates, make_node_keys, split_data
@@ -141,3 +143,51 @@ def test_deployment_over_real_processes(tmp_path: Path) -> None:
         deployment.stop()
     assert not any(p.alive() for p in deployment.processes.values())
     print(f"deployment test: {time.perf_counter() - started:.0f} s")
+
+
+def test_secure_aggregation_over_real_processes_survives_a_node_lost_after_masking(tmp_path: Path) -> None:
+    """TLS + node auth, three SuperNodes, secure statistics release; node 2 is SIGKILLed as soon as the server
+    says the masked vectors are in (its unmask answer is then several seconds away: a fresh ClientApp
+    process per message), so the server must unmask node 2's vector from the other two nodes' shares."""
+    certificates = make_certificates(tmp_path / "certs", ["localhost", "127.0.0.1"])
+    keys = make_node_keys(tmp_path / "keys", ["node-0", "node-1", "node-2"])
+    data = split_data(RunConfig(gen_users=360, gen_items=300).data(), 3, tmp_path / "data", seed=0)
+    settings = {"num-server-rounds": 1, "pipeline": "train", "vae-batch-size": 32, "gan-batch-size": 32,
+                "discriminator-steps": 2, "reply-timeout": 60.0, "secure-aggregation": True,
+                "allow-degraded": True}  # fmt: skip
+    out = tmp_path / "out"
+    deployment = LocalDeployment(tmp_path / "deployment", certificates, data)
+    try:
+        deployment.start_superlink()
+        node_ids = [deployment.register(key) for key in keys]
+        nodes = [deployment.start_supernode(i, key, node_settings=NodeSettings(max_epsilon=8.0)) for i, key in
+                 enumerate(keys)]  # fmt: skip
+        deployment.wait_for(
+            lambda: sum(n["status"] == "online" for n in deployment.registered_nodes()) == 3, 120, "3 SuperNodes"
+        )
+        killed: list[str] = []
+
+        def kill_once_masked(line: str) -> None:
+            if "masked vector(s) in; unmasking" in line and not killed:
+                nodes[2].kill()
+                killed.append(line)
+
+        submission = deployment.submit(deployment_run_config(settings, out, nodes=3), on_line=kill_once_masked,
+                                       timeout=420)  # fmt: skip
+        assert killed, submission.log.read_text()[-3000:]
+        train = json.loads((out / "train.json").read_text())
+        release = train["statistics_release"]
+        assert sorted(release["trained"]) == sorted(node_ids), "node 2's vector is in the sum"
+        assert [f["node"] for f in release["failed"]] == [node_ids[2]]
+        assert "unmasked from the others' shares" in release["failed"][0]["reason"]
+        users = sum(split_node_file(path, data.catalogue, seed=0)[1].train.shape[0] for path in data.data)
+        with np.load(out / "statistics.npz") as saved:
+            bins = len(saved["length_histogram"])
+            noise = float(saved["noise_std"]) * np.sqrt(bins)  # of the histogram's total
+            assert abs(float(saved["length_histogram"].sum()) - users) < 6 * noise  # all three nodes' users
+        assert train["rounds"][0]["trained"] and node_ids[2] not in train["rounds"][0]["trained"]
+        ledger = json.loads(next((deployment.node_dir(2) / "ledgers").glob("ledger-*.json")).read_text())
+        assert ledger["history"][0]["secure_aggregation"] is True  # it paid for the release it sent
+    finally:
+        deployment.stop()
+    assert not any(p.alive() for p in deployment.processes.values())

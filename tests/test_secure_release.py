@@ -151,6 +151,7 @@ def test_a_node_lost_after_sending_its_vector_is_still_in_the_sum(tmp_path: Path
     config, _, statistics, log = run_release(tmp_path, nodes=4, silent={103: keys.SECAGG_UNMASK})
     rows = node_rows(config, 4)
     assert log.trained == [100, 101, 102, 103]
+    assert [(p.node, "is in the sum" in p.reason) for p in log.failed] == [(103, True)]
     assert statistics.length_histogram.sum() == pytest.approx(sum(r.shape[0] for r in rows), abs=300)
 
 
