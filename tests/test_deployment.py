@@ -152,8 +152,8 @@ def test_secure_aggregation_over_real_processes_survives_a_node_lost_after_maski
     certificates = make_certificates(tmp_path / "certs", ["localhost", "127.0.0.1"])
     keys = make_node_keys(tmp_path / "keys", ["node-0", "node-1", "node-2"])
     data = split_data(RunConfig(gen_users=360, gen_items=300).data(), 3, tmp_path / "data", seed=0)
-    settings = {"num-server-rounds": 1, "pipeline": "train", "vae-batch-size": 32, "gan-batch-size": 32,
-                "discriminator-steps": 2, "reply-timeout": 60.0, "secure-aggregation": True,
+    settings = {"num-server-rounds": 1, "synthesizers": "vae", "recommenders": "popularity", "vae-batch-size": 32,
+                "gan-batch-size": 32, "synthetic-users": 200, "reply-timeout": 45.0, "secure-aggregation": True,
                 "allow-degraded": True}  # fmt: skip
     out = tmp_path / "out"
     deployment = LocalDeployment(tmp_path / "deployment", certificates, data)
