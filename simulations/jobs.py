@@ -192,7 +192,8 @@ def preflight(run_config: dict[str, Any], clients: int) -> None:
     """Prepare and partition the data in this process, before Flower starts, as every simulated client will.
 
     Refuses at once what would otherwise fail inside the clients: unreadable data, a client with too
-    few users for the batch size, a configured δ not below 1/n for the smallest client.
+    few users for the batch size, a configured δ not below 1/n for the smallest client, a
+    secure-aggregation threshold above the number of clients.
     """
     from common.data.partition import partition_users
     from common.data.pipeline import prepare
@@ -202,6 +203,8 @@ def preflight(run_config: dict[str, Any], clients: int) -> None:
     partitions = partition_users(prepared.interactions, prepared.split, config.partitioning(clients))
     smallest = min(len(p.train_users) for p in partitions)
     config.privacy().delta_for(smallest)
+    if config.secure_aggregation:
+        config.threshold_for(clients)  # secagg-threshold above the number of clients: refused now
 
 
 def run_job(console: Console, out: Path, clients: int, run_config: dict[str, Any]) -> dict[str, Any]:

@@ -118,6 +118,10 @@ def test_bad_option_values_are_named(capsys: pytest.CaptureFixture[str]) -> None
         (["--dataset", "movielens", "--data-path", "/nonexistent"], "--data-path /nonexistent: no such file"),
         (["--delta", "0.5"], "--delta 0.5 is not below 1/n"),
         (["--clients", "40"], "Use fewer clients (--clients)"),
+        (["--secure-aggregation", "--secagg-threshold", "9"], "secagg-threshold 9 is more than the 5 node(s)"),
+        (["--secagg-threshold", "1"], "secagg-threshold must be 0 (a majority) or at least 2"),
+        (["--secagg-bits", "4"], "secagg-bits must be 0 (automatic) or in [8, 64]"),
+        (["--secure-aggregation", "--epsilon", "inf"], "secure-aggregation adds Skellam DP noise"),
     ],
 )
 def test_bad_run_values_are_refused_before_flower_starts(
