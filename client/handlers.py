@@ -122,9 +122,7 @@ def handle_statistics(
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
-        if ledger.statistics_charged(run.run_key):
-            raise PrivacyBudgetExceeded("this run's DP statistics were already released (and charged) once")
-        ledger.check(plan.statistics_events(), what="the DP statistics release")
+        check_statistics_release(ledger, plan, run)
         if keys.SECAGG_LABEL in content[keys.CONFIG]:
             return secure_statistics(content, rows, config, state, ledger, plan, run)
     except FedsynthError as exc:
@@ -141,6 +139,13 @@ def handle_statistics(
     )
     metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_STD: released.noise_std}
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
+
+
+def check_statistics_release(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity) -> None:
+    """Refuse a second statistics release for one run, or one that does not fit the node's cap."""
+    if ledger.statistics_charged(run.run_key):
+        raise PrivacyBudgetExceeded("this run's DP statistics were already released (and charged) once")
+    ledger.check(plan.statistics_events(), what="the DP statistics release")
 
 
 def secure_statistics(
@@ -165,6 +170,7 @@ def handle_secagg_keys(
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
+        check_statistics_release(ledger, plan, run)
         public_keys, variance = start_secure_release(request, node, ledger, plan, config, rows.shape[1], state, run)
     except FedsynthError as exc:
         return refusal(str(exc), ledger, plan.delta)

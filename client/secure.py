@@ -29,7 +29,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from client.training import PrivacyPlan
 from common import keys
 from common.errors import FedsynthError
-from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
+from common.privacy.ledger import PrivacyLedger, RunIdentity
 from common.privacy.skellam import SkellamEvent, SkellamQuantizer, calibrate_variance, skellam_noise
 from common.privacy.statistics import STATISTICS, statistics_contributions, statistics_quantizer
 from common.run_config import RunConfig
@@ -66,14 +66,12 @@ def start_secure_release(
     request: ConfigRecord, node: int, ledger: PrivacyLedger, plan: PrivacyPlan, config: RunConfig, num_items: int,
     state: RecordDict, run: RunIdentity,
 ) -> tuple[ConfigRecord, float]:  # fmt: skip
-    """The keys stage: check the release fits, calibrate this node's noise share, make fresh keys.
+    """The keys stage (the release already checked against the ledger): calibrate this node's noise share,
+    make fresh keys.
 
     Returns the public keys and the central Skellam variance V this node needs (public, like a noise
     std); the server answers with the largest any node needs, and every node adds that divided by t.
     """
-    if ledger.statistics_charged(run.run_key):
-        raise PrivacyBudgetExceeded("this run's DP statistics were already released (and charged) once")
-    ledger.check(plan.statistics_events(), what="the DP statistics release")
     quantizer = statistics_quantizer(config.privacy().statistics_clip, num_items)
     planned = int(keys.number(request, keys.PLANNED_ROUNDS))
     variance = central_release_variance(ledger, plan, quantizer, planned - len(ledger.charged_rounds(run.run_key)))
@@ -89,14 +87,14 @@ def _load(state: RecordDict, label: str) -> tuple[SecAggNode, float]:
     if _STATE not in state:
         raise FedsynthError(f"secure aggregation {label}: this node holds no state for it (restarted mid-release?)")
     saved = state.config_records[_STATE]
-    secure = SecAggNode.from_bytes(keys.blobs(saved, "node")[0])
+    secure = SecAggNode.from_bytes(keys.blob(saved, "node"))
     if secure.params.label != label:
         raise FedsynthError(f"secure aggregation {label}: this node's state is for {secure.params.label}")
     return secure, keys.number(saved, _VARIANCE)
 
 
 def _save(state: RecordDict, secure: SecAggNode, variance: float) -> None:
-    state[_STATE] = ConfigRecord({"node": [secure.to_bytes()], _VARIANCE: variance})
+    state[_STATE] = ConfigRecord({"node": secure.to_bytes(), _VARIANCE: variance})
 
 
 def handle_shares(content: RecordDict, state: RecordDict) -> RecordDict:

@@ -58,8 +58,8 @@ class RunConfig:
     allow_degraded: bool = False  # true: leave out nodes that cannot take part, accept rounds below min-clients
     secure_aggregation: bool = False  # true: the DP statistics release and the DP baselines go through SecAgg
     secagg_threshold: int = 0  # t: the fewest nodes a secure sum can be unmasked from (0: a majority of the nodes)
-    reproducible_noise: bool = False  # true (studies only): DP noise from the run seed, so NOT private vs the server
     secagg_bits: int = 0  # b: secure sums are mod 2^b (0: the fewest that cannot wrap, see common/privacy/skellam.py)
+    reproducible_noise: bool = False  # true (studies only): DP noise from the run seed, so NOT private vs the server
     strategy: str = "fedavg"  # fedavg | fedprox (clients add μ/2 ‖w − w_global‖²) | fedadam (server-side Adam)
     proximal_mu: float = 0.01  # FedProx μ (used with strategy = "fedprox")
     server_learning_rate: float = 0.03  # FedAdam η (strategy = "fedadam"; best of 0.01–0.3 on validation users)

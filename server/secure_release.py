@@ -63,7 +63,7 @@ def secure_statistics(
     )
     early = client_outcomes(replies, server_round=0).log  # refusals (budget) and failures before anything is spent
     variance = max((keys.number(c[keys.METRICS], keys.NOISE_VARIANCE) for c in keyed.values()), default=0.0)
-    params = SecAggParams(label, threshold, release_bits(keyed, variance, config, quantizer), quantizer.dim)
+    params = SecAggParams(label, threshold, release_bits(keyed, variance, threshold, config, quantizer), quantizer.dim)
     try:
         require("keys", len(keyed), params)
         peers = {n: (keys.blob(c[keys.CONFIG], keys.CHANNEL_KEY), keys.blob(c[keys.CONFIG], keys.MASK_KEY))
@@ -93,10 +93,11 @@ def secure_statistics(
     return NoisyStatistics(counts, histogram, float(np.sqrt(noise)) / quantizer.scale), release_log
 
 
-def release_bits(keyed: dict[int, RecordDict], variance: float, config: RunConfig, quantizer: SkellamQuantizer) -> int:
+def release_bits(
+    keyed: dict[int, RecordDict], variance: float, threshold: int, config: RunConfig, quantizer: SkellamQuantizer
+) -> int:
     """b for this release: the fewest that hold Σ users·Δ₂ plus every node's Sk(V/t), or ``secagg-bits`` if enough."""
     users = sum(keys.number(c[keys.METRICS], keys.NUM_EXAMPLES) for c in keyed.values())
-    threshold = config.threshold_for(len(keyed)) if len(keyed) >= 2 else 2
     needed = required_bits(users * quantizer.l2, len(keyed) * variance / threshold, quantizer.dim)
     if needed > 64:
         raise RunFailed(f"a secure sum of {users:.0f} users needs {needed} bits, more than 64; nothing was spent.")
@@ -138,11 +139,7 @@ def masked_stage(
 ) -> tuple[dict[int, np.ndarray], RoundLog]:
     """Stage 3: each node of U2 gets the shares addressed to it and releases its masked vector (and pays)."""
     requests = {n: ConfigRecord({**base, **keys.as_lists(incoming, keys.SHARES)}) for n, incoming in shared.items()}
-    messages = [
-        Message(RecordDict({keys.CONFIG: r}), dst_node_id=n, message_type=f"{MessageType.QUERY}.{keys.STATISTICS}")
-        for n, r in requests.items()
-    ]
-    replies = as_client_replies(list(grid.send_and_receive(messages, timeout=config.reply_timeout)), messages)
+    _, replies = exchange(grid, keys.STATISTICS, requests, config)
     outcome = client_outcomes(replies, server_round=0)
     masked = {
         r.node: r.content.array_records[keys.ARRAYS][keys.MASKED].numpy()
