@@ -13,6 +13,7 @@ from client.budget import NodeBudget, default_ledger_dir
 from client.data import node_data
 from client.evaluation import handle_evaluate
 from client.handlers import (
+    handle_cooccurrence,
     handle_query,
     handle_secagg_keys,
     handle_statistics,
@@ -69,6 +70,7 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         return handle
 
     app.query(keys.STATISTICS)(on_training_rows(handle_statistics))
+    app.query(keys.COOCCURRENCE)(on_training_rows(handle_cooccurrence))
 
     @app.query(keys.SECAGG_KEYS)
     def secagg_keys(msg: Message, context: Context) -> Message:

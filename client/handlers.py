@@ -18,11 +18,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.budget import NodeBudget, Replay, load_replay, save_replay
-from client.secure import masked_release, start_secure_release
+from client.secure import masked_release, secure_release_of, start_secure_release
 from client.training import PrivacyPlan, plan_privacy, train_local_round
 from common import keys
 from common.bundle import ModelBundle
-from common.errors import FedsynthError
+from common.errors import ConfigError, FedsynthError
+from common.privacy.cooccurrence import COOCCURRENCE, check_items, noisy_cooccurrence, upper
 from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
 from common.privacy.statistics import STATISTICS, noisy_statistics
 from common.run_config import RunConfig
@@ -36,6 +37,7 @@ def privacy_plan(state: RecordDict, config: RunConfig, num_users: int, planned_r
     if _PLAN in state:
         stored: Any = dict(state[_PLAN])
         stored["private"] = bool(stored["private"])
+        stored["cooccurrence"] = bool(stored.get("cooccurrence", False))
         return PrivacyPlan(**stored)
     plan = plan_privacy(config.privacy(), num_users, config.local(), planned_rounds)
     state[_PLAN] = ConfigRecord(dict(plan.__dict__))
@@ -98,8 +100,11 @@ def handle_query(
         plan = privacy_plan(state, config, rows.shape[0], planned)
         ledger = open_ledger(budget, rows, plan, config)
         statistics = bool(request.get(keys.NEEDS_STATISTICS, 1)) and not ledger.statistics_charged(run.run_key)
+        second = bool(request.get(keys.NEEDS_COOCCURRENCE, 1)) and not ledger.statistics_charged(
+            run.run_key, COOCCURRENCE
+        )
         rounds_left = set(range(first, planned + 1)) - ledger.charged_rounds(run.run_key)
-        to_spend = plan.run_events(statistics, len(rounds_left))
+        to_spend = plan.run_events(statistics, len(rounds_left), second)
         ledger.check(to_spend, what=f"this run (it asks to spend epsilon {config.privacy().target_epsilon:g})")
     except FedsynthError as exc:
         return refusal(str(exc), ledger)
@@ -122,9 +127,9 @@ def handle_statistics(
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
-        check_statistics_release(ledger, plan, run)
+        check_release(ledger, plan, run, STATISTICS)
         if keys.SECAGG_LABEL in content[keys.CONFIG]:
-            return secure_statistics(content, rows, config, state, ledger, plan, run)
+            return secure_release_reply(content, rows, config, state, ledger, plan, run)
     except FedsynthError as exc:
         return refusal(str(exc), ledger, plan.delta)
     released = noisy_statistics(
@@ -141,21 +146,56 @@ def handle_statistics(
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
 
 
-def check_statistics_release(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity) -> None:
-    """Refuse a second statistics release for one run, or one that does not fit the node's cap."""
-    if ledger.statistics_charged(run.run_key):
-        raise PrivacyBudgetExceeded("this run's DP statistics were already released (and charged) once")
-    ledger.check(plan.statistics_events(), what="the DP statistics release")
+def handle_cooccurrence(
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
+    run: RunIdentity,
+) -> RecordDict:  # fmt: skip
+    """Release this client's co-occurrence over the items the server chose (from the released counts), once.
+
+    Planned with the statistics (``cooccurrence-share`` of their share), checked against the
+    ledger and recorded in it; refused when the run planned no such release or already made it.
+    """
+    request = content[keys.CONFIG]
+    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)))
+    ledger: PrivacyLedger | None = None
+    try:
+        ledger = open_ledger(budget, rows, plan, config)
+        check_release(ledger, plan, run, COOCCURRENCE)
+        items = check_items(np.asarray(keys.integers(request, keys.MARGINAL_ITEMS)), rows.shape[1])
+        if keys.SECAGG_LABEL in request:
+            return secure_release_reply(content, rows, config, state, ledger, plan, run)
+    except (FedsynthError, TypeError) as exc:
+        return refusal(str(exc), ledger, plan.delta)
+    noise = plan.cooccurrence_noise if plan.private else 0.0
+    released = noisy_cooccurrence(rows, items, noise, np.random.default_rng(release_seed(config, COOCCURRENCE)))
+    ledger.record(
+        plan.cooccurrence_events(), COOCCURRENCE, run, round=0, requested_epsilon=config.privacy().target_epsilon
+    )
+    arrays = ArrayRecord({keys.COOCCURRENCE: torch.from_numpy(upper(released.matrix))})
+    metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_STD: released.noise_std}
+    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
 
 
-def secure_statistics(
+def check_release(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, release: str) -> None:
+    """Refuse a one-off release (``statistics`` or ``cooccurrence``) the run did not plan, made twice for one
+    run, or one that does not fit the node's cap."""
+    if release == COOCCURRENCE and not plan.cooccurrence:
+        raise ConfigError("this run planned no co-occurrence release (marginal-items = 0); nothing released")
+    if ledger.statistics_charged(run.run_key, release):
+        raise PrivacyBudgetExceeded(f"this run's DP {release} were already released (and charged) once")
+    events = plan.statistics_events() if release == STATISTICS else plan.cooccurrence_events()
+    ledger.check(events, what=f"the DP {release} release")
+
+
+def secure_release_reply(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger: PrivacyLedger,
     plan: PrivacyPlan, run: RunIdentity,
 ) -> RecordDict:  # fmt: skip
-    """The statistics release under secure aggregation (:mod:`client.secure`): masked, charged both ways."""
-    arrays, central, own, variance = masked_release(content, rows, config, state, ledger)
+    """A release under secure aggregation (:mod:`client.secure`): masked, charged both ways."""
+    release = secure_release_of(content.config_records[keys.CONFIG], plan, config, rows.shape[1])
+    arrays, central, own, variance = masked_release(content, rows, release, state)
     target = config.privacy().target_epsilon
-    ledger.record(central, STATISTICS, run, own_noise=own, round=0, requested_epsilon=target, secure_aggregation=True)
+    ledger.record(central, release.name, run, own_noise=own, round=0, requested_epsilon=target, secure_aggregation=True)
     metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_VARIANCE: variance}
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
 
@@ -170,9 +210,10 @@ def handle_secagg_keys(
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
-        check_statistics_release(ledger, plan, run)
-        public_keys, variance = start_secure_release(request, node, ledger, plan, config, rows.shape[1], state, run)
-    except FedsynthError as exc:
+        release = secure_release_of(request, plan, config, rows.shape[1])
+        check_release(ledger, plan, run, release.name)
+        public_keys, variance = start_secure_release(request, node, ledger, release, plan, state, run)
+    except (FedsynthError, TypeError) as exc:
         return refusal(str(exc), ledger, plan.delta)
     metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_VARIANCE: variance}
     return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CONFIG: public_keys})
@@ -190,6 +231,7 @@ def spent_metrics(
         keys.EPSILON_VAE: spent.get("vae", 0.0),
         keys.EPSILON_GAN: spent.get("gan", 0.0),
         keys.EPSILON_STATISTICS: spent.get(STATISTICS, 0.0),
+        keys.EPSILON_COOCCURRENCE: spent.get(COOCCURRENCE, 0.0),
         keys.EPSILON_OWN_NOISE: ledger.spent_own_noise(),
         keys.DELTA: plan.delta,
     }

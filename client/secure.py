@@ -1,4 +1,4 @@
-"""A node's side of a secure DP statistics release: SecAgg stages with distributed Skellam noise.
+"""A node's side of a secure DP release (statistics or co-occurrence): SecAgg stages, distributed Skellam noise.
 
 Stages (see :mod:`common.secagg.protocol`): ``keys`` (the node checks the release fits its
 budget, calibrates its Skellam share and makes fresh keys; nothing is spent), ``shares``,
@@ -21,6 +21,8 @@ Accounting, two threat models, both in the ledger:
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,6 +31,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from client.training import PrivacyPlan
 from common import keys
 from common.errors import FedsynthError
+from common.privacy.accounting import DPEvent
+from common.privacy.cooccurrence import (
+    COOCCURRENCE,
+    check_items,
+    cooccurrence_contributions,
+    cooccurrence_quantizer,
+)
 from common.privacy.ledger import PrivacyLedger, RunIdentity
 from common.privacy.skellam import SkellamEvent, SkellamQuantizer, calibrate_variance, skellam_noise
 from common.privacy.statistics import STATISTICS, statistics_contributions, statistics_quantizer
@@ -39,31 +48,62 @@ _STATE = "secagg-state"
 _VARIANCE = "secagg-variance"
 
 
+@dataclass(frozen=True)
+class SecureRelease:
+    """What one secure release sums: its name (ledger and message action), rounding, the plan's Gaussian
+    release it replaces, and each user's contribution (CSR rows of norm ≤ the quantizer's clip)."""
+
+    name: str
+    quantizer: SkellamQuantizer
+    noise_multiplier: float
+    planned: list[DPEvent]
+    contributions: Callable[[sp.csr_matrix], sp.csr_matrix]
+
+
+def secure_release_of(request: ConfigRecord, plan: PrivacyPlan, config: RunConfig, num_items: int) -> SecureRelease:
+    """The release a request is for: the statistics, or (``marginal-items`` in it) the co-occurrence."""
+    if keys.MARGINAL_ITEMS not in request:
+        clip = config.privacy().statistics_clip
+        quantizer = statistics_quantizer(clip, num_items)
+        return SecureRelease(
+            STATISTICS, quantizer, plan.statistics_noise, plan.statistics_events(),
+            lambda rows: statistics_contributions(rows, clip),
+        )  # fmt: skip
+    items = check_items(np.asarray(keys.integers(request, keys.MARGINAL_ITEMS)), num_items)
+    return SecureRelease(
+        COOCCURRENCE, cooccurrence_quantizer(len(items)), plan.cooccurrence_noise, plan.cooccurrence_events(),
+        lambda rows: cooccurrence_contributions(rows, items),
+    )  # fmt: skip
+
+
 def release_events(
-    variance: float, threshold: int, quantizer: SkellamQuantizer
+    variance: float, threshold: int, release: SecureRelease
 ) -> tuple[list[SkellamEvent], list[SkellamEvent]]:
     """(events with secure aggregation: the central Sk(variance); with this node's share variance/t alone)."""
-    central = SkellamEvent(STATISTICS, variance, quantizer.l2, quantizer.l1)
-    own = SkellamEvent(STATISTICS, variance / threshold, quantizer.l2, quantizer.l1)
+    quantizer = release.quantizer
+    central = SkellamEvent(release.name, variance, quantizer.l2, quantizer.l1)
+    own = SkellamEvent(release.name, variance / threshold, quantizer.l2, quantizer.l1)
     return [central], [own]
 
 
 def central_release_variance(
-    ledger: PrivacyLedger, plan: PrivacyPlan, quantizer: SkellamQuantizer, rounds_left: int
+    ledger: PrivacyLedger, plan: PrivacyPlan, release: SecureRelease, rounds_left: int
 ) -> float:
-    """The central Skellam variance V whose release, with the rounds still planned, spends no more than the plan."""
-    rounds = plan.run_events(False, rounds_left)
-    allowed = ledger.epsilon_after(plan.run_events(True, rounds_left))
+    """The central Skellam variance V whose release, with what the run still plans after it, spends no more
+    than the plan (the statistics are followed by the co-occurrence release when planned, then the rounds)."""
+    later = plan.run_events(False, rounds_left, cooccurrence=release.name == STATISTICS and plan.cooccurrence)
+    allowed = ledger.epsilon_after([*release.planned, *later])
+    quantizer = release.quantizer
 
     def fits(variance: float) -> bool:
-        release = SkellamEvent(STATISTICS, variance, quantizer.l2, quantizer.l1)
-        return ledger.epsilon_after([release, *rounds]) <= allowed
+        skellam = SkellamEvent(release.name, variance, quantizer.l2, quantizer.l1)
+        return ledger.epsilon_after([skellam, *later]) <= allowed
 
-    return calibrate_variance(plan.statistics_noise, quantizer.l2, fits)
+    return calibrate_variance(release.noise_multiplier, quantizer.l2, fits)
 
 
 def start_secure_release(
-    request: ConfigRecord, node: int, ledger: PrivacyLedger, plan: PrivacyPlan, config: RunConfig, num_items: int,
+    request: ConfigRecord, node: int, ledger: PrivacyLedger, release: SecureRelease, plan: PrivacyPlan,
     state: RecordDict, run: RunIdentity,
 ) -> tuple[ConfigRecord, float]:  # fmt: skip
     """The keys stage (the release already checked against the ledger): calibrate this node's noise share,
@@ -72,11 +112,10 @@ def start_secure_release(
     Returns the public keys and the central Skellam variance V this node needs (public, like a noise
     std); the server answers with the largest any node needs, and every node adds that divided by t.
     """
-    quantizer = statistics_quantizer(config.privacy().statistics_clip, num_items)
     planned = int(keys.number(request, keys.PLANNED_ROUNDS))
-    variance = central_release_variance(ledger, plan, quantizer, planned - len(ledger.charged_rounds(run.run_key)))
+    variance = central_release_variance(ledger, plan, release, planned - len(ledger.charged_rounds(run.run_key)))
     threshold = int(keys.number(request, keys.SECAGG_THRESHOLD))
-    params = SecAggParams(keys.text(request, keys.SECAGG_LABEL), threshold, 64, quantizer.dim)
+    params = SecAggParams(keys.text(request, keys.SECAGG_LABEL), threshold, 64, release.quantizer.dim)
     secure = SecAggNode(node, params)
     channel, mask = secure.advertise()
     _save(state, secure, variance)
@@ -115,20 +154,22 @@ def handle_shares(content: RecordDict, state: RecordDict) -> RecordDict:
 
 
 def masked_release(
-    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger: PrivacyLedger,
+    content: RecordDict, rows: sp.csr_matrix, release: SecureRelease, state: RecordDict
 ) -> tuple[ArrayRecord, list[SkellamEvent], list[SkellamEvent], float]:  # fmt: skip
     """The release: Σ rounded contributions + this node's Skellam share, masked; and its two events."""
     request = content.config_records[keys.CONFIG]
     secure, variance = _load(state, keys.text(request, keys.SECAGG_LABEL))
     received = keys.by_node(request, keys.SHARES)
-    quantizer = statistics_quantizer(config.privacy().statistics_clip, rows.shape[1])
+    quantizer = release.quantizer
+    if quantizer.dim != secure.params.length:
+        raise FedsynthError(f"secure aggregation {secure.params.label}: the request is for another release")
     rng = np.random.default_rng(secrets.randbits(128))  # noise no server can reproduce
-    contributions = statistics_contributions(rows, config.privacy().statistics_clip)
     threshold = secure.params.threshold
-    values = quantizer.user_sum(contributions, rng) + skellam_noise(variance / threshold, quantizer.dim, rng)
+    values = quantizer.user_sum(release.contributions(rows), rng)
+    values += skellam_noise(variance / threshold, quantizer.dim, rng)
     masked = secure.mask(encode(values, secure.params.bits), received)
     _save(state, secure, variance)
-    central, own = release_events(variance, threshold, quantizer)
+    central, own = release_events(variance, threshold, release)
     return ArrayRecord({keys.MASKED: Array(masked)}), central, own, variance / threshold
 
 

@@ -16,8 +16,10 @@ from common.config import DataConfig, GeneratedDataConfig, PartitionConfig, Prep
 from common.data.pipeline import DataSettings
 from common.errors import ConfigError
 from common.models.gan import GANConfig
+from common.models.marginal_fit import MarginalFitConfig
 from common.models.vae import MultVAEConfig
 from common.privacy.baselines import DPBaselineConfig
+from common.privacy.cooccurrence import MAX_MARGINAL_ITEMS
 from common.privacy.dp import PrivacyConfig
 from common.recommenders.registry import RECOMMENDER_NAMES, check_recommender_names
 from common.strategies import StrategyConfig
@@ -70,6 +72,9 @@ class RunConfig:
     vae_share: float = 0.5
     statistics_share: float = 0.5
     statistics_clip: float = 4.0
+    marginal_items: int = 500  # M items of the second-order DP release the models are fitted to (0: none)
+    cooccurrence_share: float = 0.5  # of the statistics' share of ε, the part for that second-order release
+    marginal_fit_steps: int = 300  # Adam steps fitting the generator and the VAE decoder to the DP marginals
     local_epochs: int = 1
     discriminator_steps: int = 10
     generator_steps: int = 1
@@ -124,6 +129,7 @@ class RunConfig:
         self.baselines()  # validates the DP baselines' settings
         self.federated_strategy()  # validates the strategy's settings
         self.check_secure_aggregation()
+        self.check_marginals()
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}.")
 
@@ -134,6 +140,14 @@ class RunConfig:
             raise ConfigError(f"secagg-bits must be 0 (automatic) or in [8, 64], got {self.secagg_bits}.")
         if self.secure_aggregation and math.isinf(self.privacy().target_epsilon):
             raise ConfigError("secure-aggregation adds Skellam DP noise; it needs a finite epsilon.")
+
+    def check_marginals(self) -> None:
+        if not 0 <= self.marginal_items <= MAX_MARGINAL_ITEMS or self.marginal_items == 1:
+            raise ConfigError(
+                f"marginal-items must be 0 (no second-order release) or in [2, {MAX_MARGINAL_ITEMS:,}] (a dense "
+                f"items x items matrix per node), got {self.marginal_items}."
+            )
+        self.marginal_fit()
 
     def threshold_for(self, nodes: int) -> int:
         """t for a secure sum over ``nodes`` nodes: ``secagg-threshold``, or a majority (at least 2)."""
@@ -155,8 +169,17 @@ class RunConfig:
     def privacy(self) -> PrivacyConfig:
         target = math.inf if self.epsilon >= NO_DP_EPSILON else self.epsilon
         return PrivacyConfig(
-            target, self.delta or None, self.max_grad_norm, self.vae_share, self.statistics_share, self.statistics_clip
+            target,
+            self.delta or None,
+            self.max_grad_norm,
+            self.vae_share,
+            self.statistics_share,
+            self.statistics_clip,
+            self.cooccurrence_share if self.marginal_items > 0 else 0.0,
         )
+
+    def marginal_fit(self) -> MarginalFitConfig:
+        return MarginalFitConfig(steps=self.marginal_fit_steps, temperature=self.synthesis_temperature)
 
     def federated_strategy(self) -> StrategyConfig:
         return StrategyConfig(self.strategy, self.proximal_mu, self.server_learning_rate, tau=self.server_tau)

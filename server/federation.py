@@ -7,10 +7,12 @@ training continues after the last one, with the DP statistics saved in ``OUT/sta
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,15 @@ from common import keys
 from common.bundle import ModelBundle
 from common.errors import ConfigError, FedsynthError
 from common.io import to_plain, write_atomic, write_json_atomic
+from common.models.marginal_fit import MarginalTargets, fit_bundle
+from common.privacy.cooccurrence import NoisyCooccurrence, from_upper, marginal_items
 from common.privacy.statistics import NoisyStatistics, length_bin_edges
 from common.round_log import RoundLog
 from common.run_config import RunConfig
 from common.seeding import seed_for
 from server.admission import Admission, admit, identity_fields, require_quorum, require_training
 from server.aggregation import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
-from server.secure_release import secure_statistics
+from server.secure_release import secure_cooccurrence, secure_statistics
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
 
@@ -45,11 +49,15 @@ class TrainingResult:
     release: RoundLog  # the DP statistics release (round 0)
     rounds: list[RoundLog]
     summary: dict[str, Any]  # train.json
+    cooccurrence: NoisyCooccurrence | None = None
+    cooccurrence_release: RoundLog | None = None
+    fitted: ModelBundle | None = None  # the bundle fitted to the DP marginals, before any round refined it
 
     @property
     def logs(self) -> list[RoundLog]:
-        """The release's log, then each round's."""
-        return [self.release, *self.rounds]
+        """The releases' logs, then each round's."""
+        releases = [self.release] + ([self.cooccurrence_release] if self.cooccurrence_release else [])
+        return [*releases, *self.rounds]
 
 
 def out_directory(config: RunConfig) -> Path:
@@ -70,34 +78,79 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 120.0) -> list[int
         time.sleep(1.0)
 
 
-def query_statistics(
-    grid: Grid, nodes: list[int], config: RunConfig, num_items: int, identity: dict[str, str]
-) -> tuple[NoisyStatistics, RoundLog]:
-    """Each client's DP item counts and length histogram, summed; and the release's log (ε per client)."""
-    request = ConfigRecord({keys.PLANNED_ROUNDS: config.num_server_rounds, **identity})
+def query_release(
+    grid: Grid, nodes: list[int], config: RunConfig, action: str, request: Mapping[str, keys.ConfigValue], what: str
+) -> tuple[list[RecordDict], RoundLog]:
+    """One plain (not secure) DP release ``query.<action>`` from every node: the released contents and the log."""
+    record = ConfigRecord({keys.PLANNED_ROUNDS: config.num_server_rounds, **request})
     messages = [
-        Message(
-            RecordDict({keys.CONFIG: request}),
-            dst_node_id=n,
-            message_type=f"{MessageType.QUERY}.{keys.STATISTICS}",
-        )
+        Message(RecordDict({keys.CONFIG: record}), dst_node_id=n, message_type=f"{MessageType.QUERY}.{action}")
         for n in nodes
     ]
     replies = list(grid.send_and_receive(messages, timeout=config.reply_timeout))
     outcome = client_outcomes(as_client_replies(replies, messages, config.reply_timeout), server_round=0)
-    released = [r for r in outcome.trained if r.content is not None]
-    require_quorum("the DP statistics release", outcome.log, config)
+    require_quorum(what, outcome.log, config)
+    return [r.content for r in outcome.trained if r.content is not None], outcome.log
+
+
+def query_statistics(
+    grid: Grid, nodes: list[int], config: RunConfig, num_items: int, identity: dict[str, str]
+) -> tuple[NoisyStatistics, RoundLog]:
+    """Each client's DP item counts and length histogram, summed; and the release's log (ε per client)."""
+    released, release_log = query_release(grid, nodes, config, keys.STATISTICS, identity, "the DP statistics release")
     if not released:  # allow-degraded and nobody released: no prior, no lengths (said in the log)
         log.warning("fedsynth statistics: no client released DP statistics; no popularity prior, lengths 1-10")
-        return NoisyStatistics(np.zeros(num_items), np.zeros(len(length_bin_edges(num_items)) - 1)), outcome.log
+        return NoisyStatistics(np.zeros(num_items), np.zeros(len(length_bin_edges(num_items)) - 1)), release_log
     total: NoisyStatistics | None = None
-    for reply in released:
-        arrays = reply.content[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr, index]
-        noise_std = keys.number(reply.content[keys.METRICS], keys.NOISE_STD)  # type: ignore[index]
+    for content in released:
+        arrays = content[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+        noise_std = keys.number(content[keys.METRICS], keys.NOISE_STD)
         part = NoisyStatistics(arrays[keys.ITEM_COUNTS].numpy(), arrays[keys.LENGTH_HISTOGRAM].numpy(), noise_std)
         total = part if total is None else total + part
     assert total is not None
-    return total, outcome.log
+    return total, release_log
+
+
+def query_cooccurrence(
+    grid: Grid, nodes: list[int], config: RunConfig, items: np.ndarray, identity: dict[str, str]
+) -> tuple[NoisyCooccurrence | None, RoundLog]:
+    """Each client's DP co-occurrence over ``items``, summed (None if nobody released, allow-degraded)."""
+    request: dict[str, keys.ConfigValue] = {keys.MARGINAL_ITEMS: [int(i) for i in items], **identity}
+    released, release_log = query_release(
+        grid, nodes, config, keys.COOCCURRENCE, request, "the DP co-occurrence release"
+    )
+    total: NoisyCooccurrence | None = None
+    for content in released:
+        values = content[keys.ARRAYS][keys.COOCCURRENCE].numpy()  # type: ignore[union-attr]
+        noise_std = keys.number(content[keys.METRICS], keys.NOISE_STD)
+        part = NoisyCooccurrence(items, from_upper(values, len(items)), noise_std)
+        total = part if total is None else total + part
+    return total, release_log
+
+
+def load_or_query_cooccurrence(
+    grid: Grid, nodes: list[int], config: RunConfig, statistics: NoisyStatistics, identity: dict[str, str]
+) -> tuple[NoisyCooccurrence | None, RoundLog | None]:
+    """The saved co-occurrence of a resumed run, or a fresh release over the top ``marginal-items`` by DP counts."""
+    if config.marginal_items == 0:
+        return None, None
+    path = out_directory(config) / "cooccurrence.npz"
+    if path.is_file():
+        with np.load(path) as saved:
+            return NoisyCooccurrence(saved["items"], saved["matrix"], float(saved["noise_std"])), RoundLog(
+                0, resumed=True
+            )
+    items = marginal_items(statistics.item_counts, config.marginal_items)
+    started = time.perf_counter()
+    release = secure_cooccurrence if config.secure_aggregation else query_cooccurrence
+    cooccurrence, release_log = release(grid, nodes, config, items, identity)
+    release_log.seconds = time.perf_counter() - started
+    if cooccurrence is None:
+        log.warning("fedsynth co-occurrence: no client released it; the models are fitted to first-order statistics")
+        return None, release_log
+    saved = {"items": cooccurrence.items, "matrix": cooccurrence.matrix, "noise_std": cooccurrence.noise_std}
+    write_atomic(path, lambda tmp: np.savez(tmp, **saved))
+    return cooccurrence, release_log
 
 
 def load_or_query_statistics(
@@ -161,6 +214,7 @@ def start(grid: Grid, config: RunConfig, resumed: ResumePoint, identity: dict[st
         keys.PLANNED_ROUNDS: config.num_server_rounds,
         keys.FIRST_ROUND: len(resumed.rounds) + 1,
         keys.NEEDS_STATISTICS: int(not (out_dir / "statistics.npz").is_file()),
+        keys.NEEDS_COOCCURRENCE: int(config.marginal_items > 0 and not (out_dir / "cooccurrence.npz").is_file()),
         **identity,
     }
     admission = admit(grid, nodes, config, request)
@@ -176,10 +230,32 @@ def start(grid: Grid, config: RunConfig, resumed: ResumePoint, identity: dict[st
     return admission
 
 
-def initial_bundle(config: RunConfig, num_items: int, statistics: NoisyStatistics, resumed: ResumePoint) -> ModelBundle:
-    """The global bundle before the next round: the prior from the DP statistics, or the last checkpoint."""
+def fitted_bundle(
+    config: RunConfig, num_items: int, statistics: NoisyStatistics, cooccurrence: NoisyCooccurrence | None
+) -> ModelBundle:
+    """A fresh bundle with the DP popularity prior, its generator and VAE decoder fitted to the DP marginals.
+
+    Post-processing of the releases (no ε); deterministic for a seed, so a resumed run fits the same
+    bundle again. With ``marginal-items = 0`` the bundle is returned unfitted (today's start).
+    """
     bundle = ModelBundle.create(num_items, config.local(), seed=config.seed)
     bundle.set_prior(torch.from_numpy(statistics.prior_logits()))
+    if config.marginal_items == 0:
+        return bundle
+    started = time.perf_counter()
+    targets = MarginalTargets.from_releases(statistics, cooccurrence, config.statistics_clip)
+    losses = fit_bundle(bundle, targets, statistics.length_sampler(num_items), config.marginal_fit(), config.seed)
+    log.info(
+        "fedsynth marginal fit: generator and VAE decoder fitted to the DP marginals (%s; %.1f s)",
+        ", ".join(f"{name} loss {first:.4g} -> {last:.4g}" for name, (first, last) in losses.items()),
+        time.perf_counter() - started,
+    )
+    return bundle
+
+
+def initial_bundle(config: RunConfig, fitted: ModelBundle, resumed: ResumePoint) -> ModelBundle:
+    """The global bundle before the next round: the fitted start, or the last checkpoint."""
+    bundle = copy.deepcopy(fitted)
     if resumed.state is not None:
         bundle.load_state_dict(resumed.state)
         log.info("fedsynth resuming after round %d", len(resumed.rounds))
@@ -241,7 +317,9 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
     admission = start(grid, config, resumed, identity)
     num_items = len(admission.item_ids)
     statistics, release_log = load_or_query_statistics(grid, admission.nodes, config, num_items, identity)
-    bundle = initial_bundle(config, len(admission.item_ids), statistics, resumed)
+    cooccurrence, cooccurrence_log = load_or_query_cooccurrence(grid, admission.nodes, config, statistics, identity)
+    fitted = fitted_bundle(config, num_items, statistics, cooccurrence)
+    bundle = initial_bundle(config, fitted, resumed)
     server_optimizer = config.federated_strategy().server_optimizer()
     if server_optimizer is not None and resumed.server_optimizer is not None:
         server_optimizer.load_state_dict(resumed.server_optimizer)
@@ -261,15 +339,27 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
         )
     require_training(rounds)
     bundle.load_state_dict(arrays.to_torch_state_dict())
-    summary = training_summary(config, admission, release_log, rounds, set(grid.get_node_ids()))
+    releases = [release_log] + ([cooccurrence_log] if cooccurrence_log else [])
+    summary = training_summary(config, admission, releases, rounds, set(grid.get_node_ids()))
     write_json_atomic(out_dir / "train.json", summary)
-    return TrainingResult(bundle, statistics, admission.item_ids, release_log, rounds, summary)
+    fitted_start = fitted if config.marginal_items else None
+    return TrainingResult(
+        bundle,
+        statistics,
+        admission.item_ids,
+        release_log,
+        rounds,
+        summary,
+        cooccurrence,
+        cooccurrence_log,
+        fitted_start,
+    )
 
 
 def training_summary(
     config: RunConfig,
     admission: Admission,
-    release_log: RoundLog,
+    releases: list[RoundLog],
     rounds: list[RoundLog],
     connected: set[int],
 ) -> dict[str, Any]:
@@ -278,7 +368,7 @@ def training_summary(
     ``epsilon_by_client`` holds every node that reported a spend in this run, connected at the
     end or not (``missing_at_end`` lists the latter: their ledgers still hold what they spent).
     """
-    by_client = latest_epsilon([release_log, *rounds])
+    by_client = latest_epsilon([*releases, *rounds])
     return {
         "config": to_plain(config.__dict__),
         "num_items": len(admission.item_ids),
@@ -286,7 +376,8 @@ def training_summary(
         "excluded": {str(n): why for n, why in admission.excluded.items()},
         "epsilon_cap_by_client": {str(n): c for n, c in admission.caps.items()},
         "epsilon_before_run_by_client": {str(n): e for n, e in admission.spent_before.items()},
-        "statistics_release": release_log.to_plain(),
+        "statistics_release": releases[0].to_plain(),
+        **({"cooccurrence_release": releases[1].to_plain()} if len(releases) > 1 else {}),
         "rounds": [r.to_plain() for r in rounds],
         "epsilon_max": max((e for r in rounds if (e := r.epsilon_max) is not None), default=None),
         "epsilon_by_client": by_client,

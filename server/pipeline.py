@@ -3,7 +3,8 @@
 Rows of the results (all scored by federated evaluation on the same real held-out users):
 
 * ``synthetic/<rec>``: trained on the headline synthesizer's data only (``synthetic-<name>/<rec>``
-  for the others);
+  for the others); ``synthetic-fitted-<name>/<rec>`` on data from the headline model as fitted to
+  the DP marginals, before the federated DP-SGD rounds refined it (``marginal-items`` > 0);
 * ``fedvae``: the federated DP Mult-VAE used directly as the recommender;
 * ``fedsynth-prior``: items ranked by the pipeline's own DP item counts (its popularity prior,
   a share of the same ε);
@@ -158,15 +159,19 @@ def load_reference(config: RunConfig, num_items: int) -> PreparedData | None:
 
 
 def synthesize_all(config: RunConfig, training: TrainingResult, out: Path) -> dict[str, sp.csr_matrix]:
-    """Synthetic users from each synthesizer (headline first), written to OUT/<label>.parquet."""
+    """Synthetic users from each synthesizer (headline first), then from the headline's marginal-fitted start
+    (``synthetic-fitted-<name>``, before the rounds refined it), each written to OUT/<label>.parquet."""
     num_items = len(training.item_ids)
     synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
     lengths = training.statistics.length_sampler(num_items)
+    names = config.synthesizer_names()
+    sources = [(synthetic_label(i, name), training.bundle, name) for i, name in enumerate(names)]
+    if training.fitted is not None:
+        sources.append((f"synthetic-fitted-{names[0]}", training.fitted, names[0]))
     synthetic: dict[str, sp.csr_matrix] = {}
-    for index, name in enumerate(config.synthesizer_names()):
-        label = synthetic_label(index, name)
+    for label, bundle, name in sources:
         log.info("fedsynth stage: synthesis (%s, %d users from the %s)", label, synthesis.num_users, name)
-        synthetic[label] = synthesize(training.bundle, name, lengths, synthesis, config.seed)
+        synthetic[label] = synthesize(bundle, name, lengths, synthesis, config.seed)
         write_synthetic(out / f"{label}.parquet", synthetic[label], training.item_ids)
     return synthetic
 

@@ -1,4 +1,4 @@
-"""The server's side of a secure DP statistics release: four SecAgg stages over Flower messages.
+"""The server's side of a secure DP release (statistics, co-occurrence): four SecAgg stages over Flower messages.
 
 The server only relays and sums: it sees public keys, encrypted shares, masked vectors (uniform
 residues mod 2^b), and in the end the sum, never one node's vector. Stages and threat model:
@@ -22,8 +22,9 @@ from flwr.serverapp import Grid
 
 from common import keys
 from common.errors import ConfigError
+from common.privacy.cooccurrence import COOCCURRENCE, NoisyCooccurrence, cooccurrence_quantizer, from_upper
 from common.privacy.skellam import SkellamQuantizer, required_bits
-from common.privacy.statistics import NoisyStatistics, split_release, statistics_quantizer
+from common.privacy.statistics import STATISTICS, NoisyStatistics, split_release, statistics_quantizer
 from common.round_log import NodeProblem, RoundLog
 from common.run_config import RunConfig
 from common.secagg.protocol import SecAggAborted, SecAggParams, decode, require, route, unmasked_sum
@@ -51,13 +52,30 @@ def secure_statistics(
 ) -> tuple[NoisyStatistics, RoundLog]:
     """The DP item counts and length histogram summed by secure aggregation; the release's log."""
     quantizer = statistics_quantizer(config.privacy().statistics_clip, num_items)
-    label = f"{identity[keys.RUN_KEY]}/statistics"
+    total, noise_std, release_log = secure_sum(grid, nodes, config, STATISTICS, quantizer, identity, {})
+    counts, histogram = split_release(total, num_items)
+    return NoisyStatistics(counts, histogram, noise_std), release_log
+
+
+def secure_cooccurrence(
+    grid: Grid, nodes: list[int], config: RunConfig, items: np.ndarray, identity: dict[str, str]
+) -> tuple[NoisyCooccurrence | None, RoundLog]:
+    """The DP co-occurrence over ``items`` summed by secure aggregation; the release's log."""
+    request: Request = {keys.MARGINAL_ITEMS: [int(i) for i in items]}
+    quantizer = cooccurrence_quantizer(len(items))
+    total, noise_std, release_log = secure_sum(grid, nodes, config, COOCCURRENCE, quantizer, identity, request)
+    return NoisyCooccurrence(items, from_upper(total, len(items)), noise_std), release_log
+
+
+def secure_sum(
+    grid: Grid, nodes: list[int], config: RunConfig, release: str, quantizer: SkellamQuantizer,
+    identity: dict[str, str], request: Request,
+) -> tuple[np.ndarray, float, RoundLog]:  # fmt: skip
+    """One release (``query.<release>`` at stage 3, ``request`` in every stage) summed by SecAgg:
+    (sum / scale, its noise std, the log)."""
+    label = f"{identity[keys.RUN_KEY]}/{release}"
     threshold = config.threshold_for(len(nodes))
-    base: Request = {
-        keys.SECAGG_LABEL: label,
-        keys.PLANNED_ROUNDS: config.num_server_rounds,
-        **identity,
-    }
+    base: Request = {keys.SECAGG_LABEL: label, keys.PLANNED_ROUNDS: config.num_server_rounds, **identity, **request}
     keyed, replies = exchange(
         grid, keys.SECAGG_KEYS, {n: ConfigRecord({**base, keys.SECAGG_THRESHOLD: threshold}) for n in nodes}, config
     )
@@ -69,13 +87,13 @@ def secure_statistics(
         peers = {n: (keys.blob(c[keys.CONFIG], keys.CHANNEL_KEY), keys.blob(c[keys.CONFIG], keys.MASK_KEY))
                  for n, c in keyed.items()}  # fmt: skip
         shared = share_stage(grid, peers, params, {**base, keys.SECAGG_VARIANCE: variance}, config)
-        masked, release_log = masked_stage(grid, shared, base, config)
+        masked, release_log = masked_stage(grid, shared, base, config, release)
         release_log.refused += early.refused
         release_log.failed += early.failed
-        require_quorum("the DP statistics release", release_log, config)
+        require_quorum(f"the DP {release} release", release_log, config)
         require("masked-input", len(masked), params)
         survivors = sorted(masked)
-        log.info("fedsynth statistics: %d masked vector(s) in; unmasking", len(survivors))
+        log.info("fedsynth %s: %d masked vector(s) in; unmasking", release, len(survivors))
         revealed, _ = exchange(
             grid, keys.SECAGG_UNMASK, {n: ConfigRecord({**base, keys.SECAGG_NODES: survivors}) for n in shared}, config
         )
@@ -87,10 +105,9 @@ def secure_statistics(
         why = "its masked vector is in the sum, unmasked from the others' shares" if node in masked else "left out"
         release_log.failed.append(NodeProblem(node, f"no answer at the unmask stage ({why})"))
     noise = len(survivors) * variance / threshold  # in the sum: each survivor's Sk(V/t)
-    counts, histogram = split_release(total / quantizer.scale, num_items)
-    log.info("fedsynth statistics: secure sum of %d node(s) (threshold %d, %d bits)", len(survivors), threshold,
+    log.info("fedsynth %s: secure sum of %d node(s) (threshold %d, %d bits)", release, len(survivors), threshold,
              params.bits)  # fmt: skip
-    return NoisyStatistics(counts, histogram, float(np.sqrt(noise)) / quantizer.scale), release_log
+    return total / quantizer.scale, float(np.sqrt(noise)) / quantizer.scale, release_log
 
 
 def release_bits(
@@ -135,11 +152,11 @@ def share_stage(
 
 
 def masked_stage(
-    grid: Grid, shared: dict[int, dict[int, bytes]], base: Request, config: RunConfig
+    grid: Grid, shared: dict[int, dict[int, bytes]], base: Request, config: RunConfig, release: str
 ) -> tuple[dict[int, np.ndarray], RoundLog]:
     """Stage 3: each node of U2 gets the shares addressed to it and releases its masked vector (and pays)."""
     requests = {n: ConfigRecord({**base, **keys.as_lists(incoming, keys.SHARES)}) for n, incoming in shared.items()}
-    _, replies = exchange(grid, keys.STATISTICS, requests, config)
+    _, replies = exchange(grid, release, requests, config)
     outcome = client_outcomes(replies, server_round=0)
     masked = {
         r.node: r.content.array_records[keys.ARRAYS][keys.MASKED].numpy()

@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.budget import NodeBudget
-from client.handlers import handle_statistics, handle_train
+from client.handlers import handle_cooccurrence, handle_statistics, handle_train
 from common import keys
 from common.bundle import ModelBundle
 from common.privacy.ledger import RunIdentity
@@ -38,6 +38,7 @@ ALLOWED_METRICS = {
     keys.EPSILON_VAE,
     keys.EPSILON_GAN,
     keys.EPSILON_STATISTICS,
+    keys.EPSILON_COOCCURRENCE,
     keys.EPSILON_OWN_NOISE,
     keys.DELTA,
     *keys.LOSS_KEYS,
@@ -87,6 +88,9 @@ def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path)
         handle_statistics(release, data, config, state, NodeBudget(tmp_path), RunIdentity())[keys.METRICS][keys.REFUSED]
         == 0
     )  # type: ignore[index]
+    second = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2, keys.MARGINAL_ITEMS: list(range(10))})})
+    released = handle_cooccurrence(second, data, config, state, NodeBudget(tmp_path), RunIdentity())
+    assert released[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
     for server_round in (1, 2):
         reply = handle_train(
             request(config, 50, server_round), data, config, state, NodeBudget(tmp_path), RunIdentity()
@@ -102,7 +106,12 @@ def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path)
     assert "above this silo's cap 2" in str(refused[keys.CONFIG][keys.REASON])  # type: ignore[index]
     assert keys.ARRAYS not in refused
     ledger = json.loads(next(tmp_path.glob("ledger-*.json")).read_text())
-    assert [r["round"] for r in ledger["history"]] == [0, 1, 2]
+    assert [(r["release"], r["round"]) for r in ledger["history"]] == [
+        ("statistics", 0),
+        ("cooccurrence", 0),
+        ("round", 1),
+        ("round", 2),
+    ]
 
 
 @pytest.mark.slow

@@ -49,9 +49,11 @@ def test_plan_composes_the_release_and_every_round_within_the_target() -> None:
     config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 3, "epsilon": 3.0})
     plan = plan_privacy(config.privacy(), 200, config.local(), 3)
 
-    events = plan.statistics_events() + [
-        DPEvent(e.model, e.noise_multiplier, e.sample_rate, e.steps * 3) for e in plan.round_events()
-    ]
+    events = (
+        plan.statistics_events()
+        + plan.cooccurrence_events()
+        + [DPEvent(e.model, e.noise_multiplier, e.sample_rate, e.steps * 3) for e in plan.round_events()]
+    )
     total = epsilon(events, plan.delta)
     assert 2.85 < total <= 3.0 + 1e-3
     assert plan.statistics_events() == [DPEvent("statistics", plan.statistics_noise, 1.0, 1)]

@@ -34,7 +34,9 @@ class PrivacyConfig:
     ``delta=None`` uses 0.1 / n for a client with n users (always below 1/n). The budget is
     split explicitly: ``statistics_share`` of ε for the DP item counts and length histogram
     (:mod:`common.privacy.statistics`, clipped per user to ``statistics_clip``), and of the
-    rest, ``vae_share`` for the Mult-VAE and the remainder for the GAN's discriminator.
+    rest, ``vae_share`` for the Mult-VAE and the remainder for the GAN's discriminator. Of the
+    statistics' share, ``cooccurrence_share`` goes to the second-order release
+    (:mod:`common.privacy.cooccurrence`; 0: not released) and the rest to the first-order one.
     ``target_epsilon=inf`` turns DP off (no clipping, no noise) and is reported as non-private.
     """
 
@@ -44,6 +46,7 @@ class PrivacyConfig:
     vae_share: float = 0.5
     statistics_share: float = 0.5
     statistics_clip: float = 4.0
+    cooccurrence_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.target_epsilon > 0:
@@ -56,6 +59,8 @@ class PrivacyConfig:
             raise ConfigError(f"--vae-share must be in (0, 1), got {self.vae_share}.")
         if not 0 < self.statistics_share < 1:
             raise ConfigError(f"--statistics-share must be in (0, 1), got {self.statistics_share}.")
+        if not 0 <= self.cooccurrence_share < 1:
+            raise ConfigError(f"--cooccurrence-share must be in [0, 1), got {self.cooccurrence_share}.")
         if not self.statistics_clip > 0:
             raise ConfigError(f"--statistics-clip must be positive, got {self.statistics_clip}.")
 

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from flwr.app import ConfigRecord
 
-from client.secure import central_release_variance
+from client.secure import central_release_variance, secure_release_of
 from client.training import plan_privacy
 from common.config import EvalConfig
 from common.data.partition import partition_users
@@ -121,7 +122,8 @@ def secure_prior(rows: list[sp.csr_matrix], config: RunConfig) -> np.ndarray:
     for r in rows:
         plan = plan_privacy(privacy, r.shape[0], local, config.num_server_rounds)
         ledger = PrivacyLedger(Path("unsaved"), "bench", plan.delta, privacy.target_epsilon, "bench")
-        variances.append(central_release_variance(ledger, plan, quantizer, config.num_server_rounds))
+        release = secure_release_of(ConfigRecord(), plan, config, r.shape[1])
+        variances.append(central_release_variance(ledger, plan, release, config.num_server_rounds))
     blocks = [iter([statistics_contributions(r, privacy.statistics_clip)]) for r in rows]
     total, _ = secure_release(blocks, quantizer, max(variances), config.threshold_for(len(rows)), "bench-prior")
     return total[: rows[0].shape[1]]
