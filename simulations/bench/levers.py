@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 
 from client.training import PrivacyPlan, plan_privacy, train_local_round
 from common.bundle import ModelBundle
@@ -37,12 +36,14 @@ from common.data.partition import partition_users
 from common.data.pipeline import PreparedData, prepare
 from common.data.split import HeldOutUsers
 from common.evaluation import evaluate
+from common.privacy.cooccurrence import NoisyCooccurrence, marginal_items, noisy_cooccurrence
 from common.privacy.statistics import NoisyStatistics, noisy_statistics
 from common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
 from common.run_config import RunConfig
 from common.seeding import rng_for
 from common.synthesis import SynthesisConfig, synthesize
 from server.baselines import baseline_recommenders
+from server.federation import fitted_bundle
 
 EVAL = EvalConfig(ks=(10,))
 
@@ -102,15 +103,37 @@ def train(config: RunConfig, seed: int, num_clients: int) -> Federation:
     num_items = rows[0].shape[1]
     privacy, local = config.privacy(), config.local()
     plans = [plan_privacy(privacy, r.shape[0], local, config.num_server_rounds) for r in rows]
-    statistics: NoisyStatistics | None = None
-    for index, (r, plan) in enumerate(zip(rows, plans, strict=True)):
-        release = noisy_statistics(
-            r, privacy.statistics_clip, plan.statistics_noise if plan.private else 0.0, rng_for(seed, f"stats-{index}")
-        )
-        statistics = release if statistics is None else statistics + release
-    assert statistics is not None
-    bundle = ModelBundle.create(num_items, local, seed=seed)
-    bundle.set_prior(torch.from_numpy(statistics.prior_logits()))
+    statistics, pairs = plain_releases(rows, plans, config, seed)
+    bundle = fitted_bundle(config, num_items, statistics, pairs)
+    federated_rounds(bundle, rows, plans, config, seed)
+    return Federation(prepared, rows, plans, statistics, bundle)
+
+
+def plain_releases(
+    rows: list[sp.csr_matrix], plans: list[PrivacyPlan], config: RunConfig, seed: int
+) -> tuple[NoisyStatistics, NoisyCooccurrence | None]:
+    """Each client's Gaussian releases, summed: the statistics, then the co-occurrence when planned."""
+    clip = config.privacy().statistics_clip
+    parts = [
+        noisy_statistics(r, clip, p.statistics_noise if p.private else 0.0, rng_for(seed, f"stats-{k}"))
+        for k, (r, p) in enumerate(zip(rows, plans, strict=True))
+    ]
+    statistics = sum(parts[1:], parts[0])
+    if not config.marginal_items:
+        return statistics, None
+    items = marginal_items(statistics.item_counts, config.marginal_items)
+    pairs = [
+        noisy_cooccurrence(r, items, p.cooccurrence_noise if p.private else 0.0, rng_for(seed, f"pairs-{k}"))
+        for k, (r, p) in enumerate(zip(rows, plans, strict=True))
+    ]
+    return statistics, sum(pairs[1:], pairs[0])
+
+
+def federated_rounds(
+    bundle: ModelBundle, rows: list[sp.csr_matrix], plans: list[PrivacyPlan], config: RunConfig, seed: int
+) -> None:
+    """``num-server-rounds`` rounds of every client's local DP-SGD round from ``bundle``, FedAvg by users (in place)."""
+    num_items, privacy, local = rows[0].shape[1], config.privacy(), config.local()
     weights = np.array([r.shape[0] for r in rows], dtype=np.float64)
     server_optimizer = config.federated_strategy().server_optimizer()
     for server_round in range(1, config.num_server_rounds + 1):
@@ -127,7 +150,6 @@ def train(config: RunConfig, seed: int, num_clients: int) -> Federation:
         if server_optimizer is not None:
             average = server_optimizer.step(server_round, bundle.state_dict(), average)
         bundle.load_state_dict(average)
-    return Federation(prepared, rows, plans, statistics, bundle)
 
 
 def parse_settings(values: list[str]) -> list[dict[str, str]]:

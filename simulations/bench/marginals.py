@@ -1,0 +1,155 @@
+"""Synthesis fitted to DP marginals, stage by stage, against the simple DP baselines (issue: second order).
+
+    python -m simulations.bench.marginals --dataset movielens --data-path ../shared/data/ml-latest-small \\
+        --epsilons 1,2,4,8 --seeds 0,1,2 [--secure-aggregation] [--held-out test] [--set marginal-items=0,500]
+
+An in-process federation over the clients' own code path (no Flower transport): each client
+calibrates its plan (``plan_privacy``) and makes the pipeline's two releases, first-order
+statistics, then the co-occurrence over the top ``marginal-items`` by the summed counts, with
+its own Gaussian noise, or (``--secure-aggregation``) rounded, with its Skellam share, summed by
+SecAgg in process (``common.privacy.secure_baselines.secure_release``), each node's variance
+calibrated by ``client.secure.central_release_variance`` as its ClientApp does. The server then
+fits the generator and VAE decoder exactly as ``server.federation.fitted_bundle`` does, and the
+rounds refine them (``simulations.bench.levers.federated_rounds``).
+
+Rows (NDCG@10 on the ``--held-out`` users: ``validation`` for choosing settings, ``test`` to
+report): ``synthetic-fitted-gan/ease`` and ``synthetic-fitted-vae/ease`` (the fitted start alone),
+``synthetic/ease`` and ``synthetic-gan/ease`` (after the DP-SGD rounds), ``fedsynth-prior``,
+the DP baselines at the full ε under the same aggregation, ``popularity`` and ``real/ease``
+(non-private); and ``pairs-corr``, the fitted VAE's synthetic pair co-occurrence correlation with
+the real training users (``common.fidelity``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from flwr.app import ConfigRecord
+
+from client.secure import central_release_variance, secure_release_of
+from client.training import PrivacyPlan, plan_privacy
+from common import keys
+from common.config import EvalConfig
+from common.data.partition import partition_users
+from common.data.pipeline import prepare
+from common.evaluation import evaluate
+from common.fidelity import cooccurrence_correlation
+from common.privacy.cooccurrence import NoisyCooccurrence, from_upper, marginal_items
+from common.privacy.ledger import PrivacyLedger
+from common.privacy.secure_baselines import secure_release
+from common.privacy.statistics import NoisyStatistics, split_release
+from common.recommenders import EASE, MostPopular, Recommender
+from common.run_config import RunConfig
+from common.synthesis import SynthesisConfig, synthesize
+from server.baselines import baseline_recommenders
+from server.federation import fitted_bundle
+from simulations.bench.levers import federated_rounds, parse_settings, plain_releases
+
+EVAL = EvalConfig(ks=(10,))
+
+
+def secure_sum(rows: list[sp.csr_matrix], plans: list[PrivacyPlan], config: RunConfig, request: ConfigRecord,
+               label: str) -> tuple[np.ndarray, float]:  # fmt: skip
+    """One release summed by SecAgg with each node's Skellam share (variance: the largest any node needs)."""
+    num_items, variances = rows[0].shape[1], []
+    for plan in plans:
+        ledger = PrivacyLedger(Path("unsaved"), "bench", plan.delta, config.privacy().target_epsilon, "bench")
+        variances.append(central_release_variance(ledger, plan, secure_release_of(request, plan, config, num_items),
+                                                  config.num_server_rounds))  # fmt: skip
+    release = secure_release_of(request, plans[0], config, num_items)
+    blocks = [iter([release.contributions(r)]) for r in rows]
+    return secure_release(blocks, release.quantizer, max(variances), config.threshold_for(len(rows)), label)
+
+
+def secure_releases(
+    rows: list[sp.csr_matrix], plans: list[PrivacyPlan], config: RunConfig
+) -> tuple[NoisyStatistics, NoisyCooccurrence | None]:
+    """The same two releases under secure aggregation with distributed Skellam noise."""
+    num_items = rows[0].shape[1]
+    total, std = secure_sum(rows, plans, config, ConfigRecord(), "bench-statistics")
+    statistics = NoisyStatistics(*split_release(total, num_items), std)
+    if not config.marginal_items:
+        return statistics, None
+    items = marginal_items(statistics.item_counts, config.marginal_items)
+    request = ConfigRecord({keys.MARGINAL_ITEMS: [int(i) for i in items]})
+    total, std = secure_sum(rows, plans, config, request, "bench-cooccurrence")
+    return statistics, NoisyCooccurrence(items, from_upper(total, len(items)), std)
+
+
+def score(config: RunConfig, seed: int, num_clients: int, held_out_name: str) -> dict[str, float]:
+    """One (config, seed): releases, fit, rounds; NDCG@10 of every row on the held-out users."""
+    prepared = prepare(config.data())
+    clients = partition_users(prepared.interactions, prepared.split, config.partitioning(num_clients))
+    rows = [prepared.interactions.matrix[c.train_users] for c in clients]
+    num_items, privacy = rows[0].shape[1], config.privacy()
+    plans = [plan_privacy(privacy, r.shape[0], config.local(), config.num_server_rounds) for r in rows]
+    secure = config.secure_aggregation
+    statistics, pairs = secure_releases(rows, plans, config) if secure else plain_releases(rows, plans, config, seed)
+    fitted = fitted_bundle(config, num_items, statistics, pairs)
+    refined = copy.deepcopy(fitted)
+    federated_rounds(refined, rows, plans, config, seed)
+    lengths = statistics.length_sampler(num_items)
+    synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
+    data = {
+        f"synthetic-fitted-{name}/ease": synthesize(fitted, name, lengths, synthesis, seed) for name in ("gan", "vae")
+    }
+    data.update({"synthetic/ease": synthesize(refined, "vae", lengths, synthesis, seed),
+                 "synthetic-gan/ease": synthesize(refined, "gan", lengths, synthesis, seed)})  # fmt: skip
+    candidates: dict[str, Recommender] = {k: EASE(config.synthetic_ease_l2).fit(m) for k, m in data.items()}
+    candidates["fedsynth-prior"] = MostPopular.from_counts(statistics.item_counts)
+    deltas = [privacy.delta_for(r.shape[0]) for r in rows]
+    if privacy.private:
+        candidates.update(baseline_recommenders(rows, privacy.target_epsilon, deltas, config, seed)[0])
+    real = prepared.split.train
+    candidates.update({"popularity": MostPopular().fit(real), "real/ease": EASE(config.ease_l2).fit(real)})
+    held_out = getattr(prepared.split, held_out_name)
+    scores = {label: evaluate(model, held_out, EVAL)["ndcg@10"] for label, model in candidates.items()}
+    scores["pairs-corr"] = cooccurrence_correlation(real, data["synthetic-fitted-vae/ease"])
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="generated")
+    parser.add_argument("--data-path", default="")
+    parser.add_argument("--epsilons", default="1,8")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--held-out", choices=("validation", "test"), default="validation")
+    parser.add_argument("--secure-aggregation", action="store_true")
+    parser.add_argument("--set", action="append", default=[], help="KEY=V1,V2 run-config values to compare")
+    parser.add_argument("--base", action="append", default=[], help="KEY=VALUE fixed run-config values")
+    args = parser.parse_args()
+    base: dict[str, Any] = {"dataset": args.dataset, "data-path": args.data_path,
+                            "secure-aggregation": args.secure_aggregation}  # fmt: skip
+    base.update(dict(v.partition("=")[::2] for v in args.base))
+    results = []
+    for setting in parse_settings(args.set):
+        for epsilon in (float(e) for e in args.epsilons.split(",")):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                started = time.perf_counter()
+                config = replace(RunConfig.from_run_config({**base, **setting, "epsilon": epsilon}), seed=seed)
+                row: dict[str, Any] = {**setting, "epsilon": epsilon, "seed": seed,
+                                       **score(config, seed, args.clients, args.held_out)}  # fmt: skip
+                row["seconds"] = time.perf_counter() - started
+                results.append(row)
+                print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    frame = pd.DataFrame(results)
+    groups = [*parse_settings(args.set)[0], "epsilon"]
+    summary = frame.drop(columns=["seed"]).groupby(groups, sort=False).agg(["mean", "std"])
+    aggregation = "secure aggregation" if args.secure_aggregation else "each client's own noise"
+    print(f"NDCG@10 on {args.held_out} users, {args.clients} clients, {aggregation}, seeds {args.seeds}:")
+    with pd.option_context("display.width", 250, "display.max_columns", 40):
+        print(summary.round(4).to_string())
+
+
+if __name__ == "__main__":
+    main()
