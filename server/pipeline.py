@@ -83,11 +83,27 @@ def secure_aggregation_summary(config: RunConfig) -> dict[str, Any]:
     return {
         "enabled": True,
         "protocol": "SecAgg (X25519, ChaCha20 masks, Shamir dropout recovery), distributed Skellam noise",
-        "applies_to": ["dp statistics release", "dp baselines (simulated)"],
+        "applies_to": ["dp statistics release", "dp co-occurrence release", "dp baselines (simulated)"],
         "not_applied_to": "training rounds: each node's model update carries its full DP-SGD noise",
         "threshold": config.secagg_threshold or "majority of the admitted nodes",
         "threat_model": "epsilon_max: honest-but-curious server, fewer than threshold colluding nodes; "
         "epsilon_max_own_noise: each secure sum protected by the node's own noise share alone",
+    }
+
+
+def marginals_summary(config: RunConfig, training: TrainingResult) -> dict[str, Any]:
+    """What second-order statistics were released and what the models were fitted to before the rounds."""
+    if config.marginal_items == 0:
+        return {"marginal_items": 0, "fitted": False}
+    released = training.cooccurrence
+    return {
+        "marginal_items": config.marginal_items,
+        "cooccurrence_share_of_statistics": config.cooccurrence_share,
+        "released": released is not None,
+        "noise_std_of_sum": released.noise_std if released is not None else None,
+        "fitted": True,
+        "fit_steps": config.marginal_fit_steps,
+        "fitted_row": f"synthetic-fitted-{config.synthesizer_names()[0]}",
     }
 
 
@@ -265,6 +281,7 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
         "fidelity": fidelity,
         "evaluation": evaluation,
         "synthesis": {"synthesizers": list(synthetic), **to_plain(synthesis.__dict__)},
+        "marginals": marginals_summary(config, training),
         "rounds": len(training.rounds),
         "seconds": seconds,
     }
