@@ -202,7 +202,7 @@ def test_inclusion_probabilities_sum_to_each_users_length() -> None:
 
     p = inclusion_probabilities(logits, lengths, temperature=0.5)
 
-    assert torch.allclose(p.sum(dim=1), lengths, atol=0.02)
+    assert torch.allclose(p.sum(dim=1), lengths, rtol=0.006, atol=0.02)  # the solve stops within 0.5%
     assert float(p.min()) >= 0 and float(p.max()) <= 1
 
 
