@@ -253,7 +253,7 @@ def fitted_bundle(
     return bundle
 
 
-def initial_bundle(config: RunConfig, fitted: ModelBundle, resumed: ResumePoint) -> ModelBundle:
+def initial_bundle(fitted: ModelBundle, resumed: ResumePoint) -> ModelBundle:
     """The global bundle before the next round: the fitted start, or the last checkpoint."""
     bundle = copy.deepcopy(fitted)
     if resumed.state is not None:
@@ -308,7 +308,8 @@ def train_round(
 def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
     """Run (or resume) ``config.num_server_rounds`` rounds; writes checkpoints and OUT/train.json.
 
-    Stages: admission (nothing spent) → DP statistics → rounds → summary. A stage in which fewer
+    Stages: admission (nothing spent) → DP statistics → DP co-occurrence → fit to the marginals
+    (server, no ε) → rounds from the fitted start → summary. A stage in which fewer
     than ``min-clients`` answered raises :class:`RunFailed` (see :mod:`server.admission`).
     """
     out_dir = out_directory(config)
@@ -319,7 +320,7 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
     statistics, release_log = load_or_query_statistics(grid, admission.nodes, config, num_items, identity)
     cooccurrence, cooccurrence_log = load_or_query_cooccurrence(grid, admission.nodes, config, statistics, identity)
     fitted = fitted_bundle(config, num_items, statistics, cooccurrence)
-    bundle = initial_bundle(config, fitted, resumed)
+    bundle = initial_bundle(fitted, resumed)
     server_optimizer = config.federated_strategy().server_optimizer()
     if server_optimizer is not None and resumed.server_optimizer is not None:
         server_optimizer.load_state_dict(resumed.server_optimizer)

@@ -92,15 +92,19 @@ def test_the_noise_on_each_entry_has_the_planned_std_and_the_matrix_stays_symmet
     assert released.noise_std == 2.5
 
 
-def test_denoising_keeps_a_strong_direction_and_removes_most_noise() -> None:
-    signal = 40.0 * np.outer(np.ones(100), np.ones(100)) / 100  # one eigenvalue of 40
-    noisy = signal + from_upper(np.random.default_rng(1).normal(0, 0.5, 5050), 100)
-    release = NoisyCooccurrence(np.arange(100), noisy, 0.5)
+def test_the_signal_subspace_holds_the_strong_directions_and_none_of_pure_noise() -> None:
+    """Semicircle law: symmetric noise has eigenvalues below 2σ√M; a direction of 40 ≫ 2·0.5·10 sticks out."""
+    direction = np.ones(100) / 10.0
+    noise = from_upper(np.random.default_rng(1).normal(0, 0.5, 5050), 100)
 
-    denoised = release.denoised()
+    basis, values = NoisyCooccurrence(
+        np.arange(100), 40.0 * np.outer(direction, direction) + noise, 0.5
+    ).signal_subspace()
+    empty, _ = NoisyCooccurrence(np.arange(100), noise, 0.5).signal_subspace()
 
-    assert np.linalg.norm(denoised - signal) < 0.7 * np.linalg.norm(noisy - signal)
-    assert np.linalg.eigvalsh(denoised)[-1] == pytest.approx(40.0, rel=0.05)
+    assert basis.shape == (100, 1) and values[0] == pytest.approx(40.0, rel=0.05)
+    assert abs(float(basis[:, 0] @ direction)) > 0.99
+    assert empty.shape == (100, 0)
 
 
 @pytest.mark.parametrize("items", [[1], [2, 2, 3], [0, 99]])
@@ -223,7 +227,9 @@ def test_fitting_to_exact_marginals_recovers_the_cooccurrence_structure() -> Non
     items = np.arange(40)
     lengths = LogNormalLengths(float(np.log(6)), 0.05, 40)
     counts = clipped_counts(rows, 4.0)
-    targets = MarginalTargets(counts, 0.0, 4.0, 400.0, normalised_cooccurrence(rows, items), 0.0, items)
+    exact = normalised_cooccurrence(rows, items)
+    basis = np.linalg.eigh(exact)[1]  # exact marginals: every direction is signal
+    targets = MarginalTargets(counts, 0.0, 4.0, 400.0, exact, 0.0, items, basis)
     config = RunConfig.from_run_config(SMALL)
     bundle = ModelBundle.create(40, config.local(), seed=0)
     bundle.set_prior(torch.log(torch.as_tensor(counts / counts.sum(), dtype=torch.float32)))

@@ -16,10 +16,16 @@ histogram) to the two releases are, scaled to the N̂ users the noisy histogram 
 
 and the loss is the Gaussian log-likelihood of the measurements, each weighted by its noise:
 
-    L = ‖ĉ − c̃‖² / σ_c² + ‖triu(Ŝ − S̃)‖² / σ_S²
+    L = ‖ĉ − c̃‖² / σ_c² + ‖triu(Vᵀ (Ŝ − S̃) V)‖² / σ_S²
 
-with c̃ the summed noisy counts and S̃ the denoised co-occurrence
-(:meth:`NoisyCooccurrence.denoised`). Only the model's parameters move (the log-popularity
+with c̃ the summed noisy counts, S̃ the summed noisy co-occurrence and V (M, r) its eigen-
+directions above the noise's spectral edge 2σ_S√M (:meth:`NoisyCooccurrence.signal_subspace`).
+Vᵀ N V of a symmetric Gaussian noise matrix N with i.i.d. N(0, σ²) entries has i.i.d. N(0, σ²)
+upper entries again (V orthonormal), so the weighting stays the likelihood's; the directions
+below the edge, where the release cannot tell signal from noise, are left free rather than
+fitted to noise or forced to 0 (measured on validation users, 1,000 users per silo, ε = 8: EASE
+on the fitted synthesis 0.279 vs 0.236 fitting the eigenvalue-thresholded matrix; r = 0 on
+small silos, which then fall back to the first-order fit). Only the model's parameters move (the log-popularity
 prior stays fixed); Adam, a fresh batch of z and lengths each step. Everything here reads
 released statistics only, so it costs no ε.
 """
@@ -52,15 +58,16 @@ class MarginalTargets:
     counts_std: float
     clip: float  # C, the first-order release's per-user L2 bound
     num_users: float  # N̂: the noisy length histogram's total
-    cooccurrence: np.ndarray | None = None  # (M, M) denoised Σ x_M x_Mᵀ / ℓ, or None (first order only)
+    cooccurrence: np.ndarray | None = None  # (M, M) noisy Σ x_M x_Mᵀ / ℓ, or None (first order only)
     cooccurrence_std: float = 0.0
     items: np.ndarray | None = None  # (M,) catalogue indices of ``cooccurrence``
+    basis: np.ndarray | None = None  # (M, r) its signal directions V: only Vᵀ S V is fitted (r = 0: nothing)
 
     @classmethod
     def from_releases(
         cls, statistics: NoisyStatistics, cooccurrence: NoisyCooccurrence | None, clip: float
     ) -> MarginalTargets:
-        """The targets of the summed releases (the co-occurrence denoised first; None: first order only)."""
+        """The targets of the summed releases (the co-occurrence on its signal subspace; None: first order only)."""
         users = float(max(statistics.length_histogram.sum(), 1.0))
         if cooccurrence is None:
             return cls(statistics.item_counts, statistics.noise_std, clip, users)
@@ -69,9 +76,10 @@ class MarginalTargets:
             statistics.noise_std,
             clip,
             users,
-            cooccurrence.denoised(),
+            cooccurrence.matrix,
             cooccurrence.noise_std,
             cooccurrence.items,
+            cooccurrence.signal_subspace()[0],
         )
 
 
@@ -121,13 +129,15 @@ def expected_marginals(
 
 
 def marginal_loss(p: torch.Tensor, lengths: torch.Tensor, targets: MarginalTargets) -> torch.Tensor:
-    """L = ‖ĉ − c̃‖²/σ_c² + ‖triu(Ŝ − S̃)‖²/σ_S² (noise stds floored at 1e-3 for exact, non-private targets)."""
+    """L = ‖ĉ − c̃‖²/σ_c² + ‖triu(Vᵀ(Ŝ − S̃)V)‖²/σ_S² (noise stds floored at 1e-3 for exact, non-private targets)."""
     counts, pairs = expected_marginals(p, lengths, targets)
     observed = torch.as_tensor(targets.item_counts, dtype=p.dtype)
     loss = ((counts - observed) ** 2).sum() / max(targets.counts_std, 1e-3) ** 2
-    if pairs is not None and targets.cooccurrence is not None:
-        rows, cols = torch.triu_indices(pairs.shape[0], pairs.shape[0])
-        difference = pairs[rows, cols] - torch.as_tensor(targets.cooccurrence, dtype=p.dtype)[rows, cols]
+    if pairs is not None and targets.basis is not None and targets.cooccurrence is not None and targets.basis.size:
+        basis = torch.as_tensor(targets.basis, dtype=p.dtype)
+        measured = basis.T @ torch.as_tensor(targets.cooccurrence, dtype=p.dtype) @ basis
+        rows, cols = torch.triu_indices(basis.shape[1], basis.shape[1])
+        difference = (basis.T @ pairs @ basis - measured)[rows, cols]
         loss = loss + (difference**2).sum() / max(targets.cooccurrence_std, 1e-3) ** 2
     return loss
 
