@@ -27,6 +27,23 @@ def test_in_process_federation_scores_every_row_on_validation_users() -> None:
     assert scores["real/ease"] > 0.1  # the generated data has structure a real-data EASE finds
 
 
+@pytest.mark.parametrize("secure", [False, True])
+def test_the_marginals_bench_scores_every_stage_under_either_aggregation(secure: bool) -> None:
+    from simulations.bench.marginals import score
+
+    config = RunConfig.from_run_config(
+        {"epsilon": 4.0, "gen-users": 300, "gen-items": 300, "vae-batch-size": 16, "gan-batch-size": 16,
+         "synthetic-users": 100, "num-server-rounds": 1, "dp-ease-items": 100, "marginal-items": 50,
+         "marginal-fit-steps": 20, "secure-aggregation": secure}
+    )  # fmt: skip
+
+    scores = score(config, seed=0, num_clients=2, held_out_name="validation")
+
+    stages = {"synthetic-fitted-gan/ease", "synthetic-fitted-vae/ease", "synthetic/ease", "synthetic-gan/ease"}
+    assert stages | {"fedsynth-prior", "dp-popularity", "dp-ease", "real/ease", "pairs-corr"} <= set(scores)
+    assert all(0.0 <= scores[row] <= 1.0 for row in stages)
+
+
 def test_parse_settings_makes_every_combination() -> None:
     assert parse_settings(["a=1,2", "b=x"]) == [{"a": "1", "b": "x"}, {"a": "2", "b": "x"}]
     assert parse_settings([]) == [{}]
