@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.budget import NodeBudget
-from client.handlers import handle_cooccurrence, handle_statistics, handle_train
+from client.handlers import handle_statistics, handle_train
 from common import keys
 from common.bundle import ModelBundle
 from common.privacy.ledger import RunIdentity
@@ -88,9 +88,6 @@ def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path)
         handle_statistics(release, data, config, state, NodeBudget(tmp_path), RunIdentity())[keys.METRICS][keys.REFUSED]
         == 0
     )  # type: ignore[index]
-    second = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2, keys.MARGINAL_ITEMS: list(range(10))})})
-    released = handle_cooccurrence(second, data, config, state, NodeBudget(tmp_path), RunIdentity())
-    assert released[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
     for server_round in (1, 2):
         reply = handle_train(
             request(config, 50, server_round), data, config, state, NodeBudget(tmp_path), RunIdentity()
@@ -106,12 +103,7 @@ def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path)
     assert "above this silo's cap 2" in str(refused[keys.CONFIG][keys.REASON])  # type: ignore[index]
     assert keys.ARRAYS not in refused
     ledger = json.loads(next(tmp_path.glob("ledger-*.json")).read_text())
-    assert [(r["release"], r["round"]) for r in ledger["history"]] == [
-        ("statistics", 0),
-        ("cooccurrence", 0),
-        ("round", 1),
-        ("round", 2),
-    ]
+    assert [r["round"] for r in ledger["history"]] == [0, 1, 2]
 
 
 @pytest.mark.slow

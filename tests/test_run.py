@@ -67,7 +67,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
     out = root / "run"
     args = ["run", "--config", str(config_file), "--clients", "2", "--rounds", "2", "--epsilon", "4",
             "--gen-users", "240", "--gen-items", "300", "--vae-batch-size", "32", "--gan-batch-size", "32",
-            "--discriminator-steps", "2", "--out", str(out)]  # fmt: skip
+            "--discriminator-steps", "2", "--marginal-items", "50", "--out", str(out)]  # fmt: skip
 
     result = CliRunner().invoke(cli, args)
 
@@ -88,6 +88,8 @@ def test_a_run_writes_every_output(finished_run: FinishedRun) -> None:
         "popularity.png",
         "recommenders.png",
         "statistics.npz",
+        "cooccurrence.npz",
+        "synthetic-fitted-vae.parquet",
     ):
         assert (finished_run.out / name).is_file(), name
     assert pd.read_parquet(finished_run.out / "synthetic.parquet")["user"].nunique() == 120
@@ -112,6 +114,7 @@ def test_a_run_scores_every_row_on_real_held_out_users(finished_run: FinishedRun
         "synthetic/ease",
         "synthetic/multvae",
         "synthetic-gan/ease",
+        "synthetic-fitted-vae/ease",
         "fedvae",
         "popularity",
         "fedsynth-prior",
@@ -124,6 +127,8 @@ def test_a_run_scores_every_row_on_real_held_out_users(finished_run: FinishedRun
     assert set(metrics["utility_retention"]) == {"metric", "popularity", "ease", "multvae"}
     assert {"popularity_jsd", "dcr_median_synthetic", "identical_share"} <= set(metrics["fidelity"]["synthetic"])
     assert metrics["evaluation"]["real/ease"]["clients"] == 2
+    assert metrics["marginals"]["released"] and metrics["marginals"]["fitted_row"] == "synthetic-fitted-vae"
+    assert -1 <= metrics["fidelity"]["synthetic-fitted-vae"]["cooccurrence_correlation"] <= 1
 
 
 @pytest.mark.slow
