@@ -83,7 +83,9 @@ def secure_aggregation_summary(config: RunConfig) -> dict[str, Any]:
     return {
         "enabled": True,
         "protocol": "SecAgg (X25519, ChaCha20 masks, Shamir dropout recovery), distributed Skellam noise",
-        "applies_to": ["dp statistics release", "dp co-occurrence release", "dp baselines (simulated)"],
+        "applies_to": ["dp statistics release"]
+        + (["dp co-occurrence release"] if config.marginal_items else [])
+        + ["dp baselines (simulated)"],
         "not_applied_to": "training rounds: each node's model update carries its full DP-SGD noise",
         "threshold": config.secagg_threshold or "majority of the admitted nodes",
         "threat_model": "epsilon_max: honest-but-curious server, fewer than threshold colluding nodes; "
