@@ -99,10 +99,8 @@ def handle_query(
     try:
         plan = privacy_plan(state, config, rows.shape[0], planned)
         ledger = open_ledger(budget, rows, plan, config)
-        statistics = bool(request.get(keys.NEEDS_STATISTICS, 1)) and not ledger.statistics_charged(run.run_key)
-        second = bool(request.get(keys.NEEDS_COOCCURRENCE, 1)) and not ledger.statistics_charged(
-            run.run_key, COOCCURRENCE
-        )
+        statistics = bool(request.get(keys.NEEDS_STATISTICS, 1)) and not ledger.release_charged(run.run_key)
+        second = bool(request.get(keys.NEEDS_COOCCURRENCE, 1)) and not ledger.release_charged(run.run_key, COOCCURRENCE)
         rounds_left = set(range(first, planned + 1)) - ledger.charged_rounds(run.run_key)
         to_spend = plan.run_events(statistics, len(rounds_left), second)
         ledger.check(to_spend, what=f"this run (it asks to spend epsilon {config.privacy().target_epsilon:g})")
@@ -181,7 +179,7 @@ def check_release(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, re
     run, or one that does not fit the node's cap."""
     if release == COOCCURRENCE and not plan.cooccurrence:
         raise ConfigError("this run planned no co-occurrence release (marginal-items = 0); nothing released")
-    if ledger.statistics_charged(run.run_key, release):
+    if ledger.release_charged(run.run_key, release):
         raise PrivacyBudgetExceeded(f"this run's DP {release} were already released (and charged) once")
     events = plan.statistics_events() if release == STATISTICS else plan.cooccurrence_events()
     ledger.check(events, what=f"the DP {release} release")

@@ -28,6 +28,7 @@ import scipy.sparse as sp
 
 from common.errors import ConfigError
 from common.privacy.accounting import DPEvent
+from common.privacy.clipped_sums import symmetric_noise
 from common.privacy.skellam import SkellamQuantizer
 
 COOCCURRENCE = "cooccurrence"  # the ledger's name for this release, and its message action
@@ -107,8 +108,7 @@ def noisy_cooccurrence(
     exact = normalised_cooccurrence(rows, items)
     if noise_multiplier <= 0:
         return NoisyCooccurrence(items, exact, 0.0)
-    noise = from_upper(rng.normal(0.0, noise_multiplier, len(items) * (len(items) + 1) // 2), len(items))
-    return NoisyCooccurrence(items, exact + noise, float(noise_multiplier))
+    return NoisyCooccurrence(items, exact + symmetric_noise(len(items), noise_multiplier, rng), float(noise_multiplier))
 
 
 def cooccurrence_contributions(rows: sp.csr_matrix, items: np.ndarray) -> sp.csr_matrix:

@@ -176,8 +176,8 @@ class PrivacyLedger:
         """The rounds already charged to ``run_key``."""
         return {int(e["round"]) for e in self.charged(run_key) if e["release"] == "round"}
 
-    def statistics_charged(self, run_key: str, release: str = STATISTICS) -> bool:
-        """Whether ``run_key`` already paid for its DP statistics release (or the one-off ``release`` named)."""
+    def release_charged(self, run_key: str, release: str = STATISTICS) -> bool:
+        """Whether ``run_key`` already paid for the one-off ``release`` (the DP statistics by default)."""
         return any(e["release"] == release for e in self.charged(run_key))
 
     def record(

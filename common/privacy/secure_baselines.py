@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from common.privacy.accounting import DPEvent, Event, calibrate_noise, epsilon
 from common.privacy.baselines import BaselineRelease, DPBaselineConfig
+from common.privacy.cooccurrence import from_upper
 from common.privacy.skellam import (
     SkellamEvent,
     SkellamQuantizer,
@@ -61,13 +62,6 @@ def gram_contributions(rows: sp.csr_matrix, items: np.ndarray, clip: float) -> I
             (np.concatenate(data), np.concatenate(columns), np.asarray(pointers)),
             shape=(block.shape[0], size * (size + 1) // 2),
         )
-
-
-def symmetric_from_upper(upper: np.ndarray, size: int) -> np.ndarray:
-    """The (size, size) symmetric matrix whose row-major upper triangle is ``upper``."""
-    matrix = np.zeros((size, size))
-    matrix[np.triu_indices(size)] = upper
-    return matrix + np.triu(matrix, 1).T
 
 
 def secure_release(
@@ -162,6 +156,6 @@ def secure_dp_gram(
     variances.append(gram_variance)
     central = tuple(_events("dp-ease", quantizers, variances, 1.0) for _ in clients)
     own = tuple(_events("dp-ease", quantizers, variances, 1 / threshold) for _ in clients)
-    gram = symmetric_from_upper(upper, len(items))
+    gram = from_upper(upper, len(items))
     release = BaselineRelease(gram, noise_std, central, tuple(deltas), items, own_noise_events_per_client=own)
     return release, counts
