@@ -9,6 +9,7 @@ from typing import Any
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.attack import tampered_statistics_reply, tampered_train_reply
 from client.budget import NodeBudget, default_ledger_dir
 from client.data import node_data
 from client.evaluation import handle_evaluate
@@ -57,19 +58,24 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         reply = handle_query(msg.content, data.train, item_ids, config, context.state, node_budget, run)
         return Message(reply, reply_to=msg)
 
-    def on_training_rows(handler: Callable[..., RecordDict]) -> Callable[[Message, Context], Message]:
-        """A message handler that runs ``handler`` on this node's training rows, budget and run identity."""
+    def on_training_rows(
+        handler: Callable[..., RecordDict], tamper: Callable[..., RecordDict] | None = None
+    ) -> Callable[[Message, Context], Message]:
+        """A message handler that runs ``handler`` on this node's training rows, budget and run identity;
+        ``tamper`` (simulation) then alters the reply if this silo cheats (:mod:`client.attack`)."""
 
         def handle(msg: Message, context: Context) -> Message:
             config = settings(context)
-            rows = node_data(dict(context.node_config), config).train
+            data = node_data(dict(context.node_config), config)
             run = run_identity(msg.content, context.run_id)
-            reply = handler(msg.content, rows, config, context.state, budget(config, context), run)
+            reply = handler(msg.content, data.train, config, context.state, budget(config, context), run)
+            if tamper is not None:
+                reply = tamper(reply, msg.content, data.malicious)
             return Message(reply, reply_to=msg)
 
         return handle
 
-    app.query(keys.STATISTICS)(on_training_rows(handle_statistics))
+    app.query(keys.STATISTICS)(on_training_rows(handle_statistics, tampered_statistics_reply))
     app.query(keys.COOCCURRENCE)(on_training_rows(handle_cooccurrence))
 
     @app.query(keys.SECAGG_KEYS)
@@ -89,7 +95,7 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     def secagg_unmask(msg: Message, context: Context) -> Message:
         return Message(handle_unmask(msg.content, context.state), reply_to=msg)
 
-    app.train()(on_training_rows(handle_train))
+    app.train()(on_training_rows(handle_train, tampered_train_reply))
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

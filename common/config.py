@@ -188,6 +188,7 @@ class EvalConfig:
 
     ks: tuple[int, ...] = (10, 20, 50, 100)
     batch_size: int = 512
+    targets: tuple[int, ...] = ()  # items whose appearance in each top K is counted (attack studies)
 
     def __post_init__(self) -> None:
         _check(len(self.ks) > 0 and all(k >= 1 for k in self.ks), f"cut-offs K must be positive, got {self.ks}.")

@@ -15,7 +15,7 @@ def evaluate(recommender: Recommender, held_out: HeldOutUsers, config: EvalConfi
 
 def accumulate(recommender: Recommender, held_out: HeldOutUsers, config: EvalConfig) -> RankingMetrics:
     """The mergeable metric sums (for federated evaluation, where each client adds its own users)."""
-    metrics = RankingMetrics(config.ks, held_out.fold_in.shape[1])
+    metrics = RankingMetrics(config.ks, held_out.fold_in.shape[1], targets=config.targets)
     for start in range(0, len(held_out), config.batch_size):
         batch = slice(start, start + config.batch_size)
         fold_in, target = held_out.fold_in[batch], held_out.target[batch]

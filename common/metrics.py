@@ -10,7 +10,9 @@ Assumptions (as in Liang et al.'s Mult-VAE evaluation):
 * NDCG@K = DCG@K / IDCG@K with DCG = Σ_{rank r < K} rel_r / log2(r + 2) and IDCG the DCG of
   min(K, |target|) hits at the top;
 * HitRate@K = 1 if any target item is in the top K;
-* Coverage@K = |⋃ users' top K| / n_items over all users added.
+* Coverage@K = |⋃ users' top K| / n_items over all users added;
+* TargetHitRate@K (only given ``targets``, an attack study's target items) = 1 if any target
+  item is in the user's top K: the promotion an attack achieved among real users.
 
 Results are sums and counts that can be merged across batches (and, later, across clients).
 """
@@ -50,10 +52,12 @@ class RankingMetrics:
     users_without_target: int = 0
     sums: dict[str, float] = field(default_factory=dict)
     recommended: dict[int, np.ndarray] = field(default_factory=dict)
+    targets: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        names = ("recall", "ndcg", "hitrate") + (("target-hitrate",) if self.targets else ())
         for k in self.ks:
-            for name in ("recall", "ndcg", "hitrate"):
+            for name in names:
                 self.sums.setdefault(f"{name}@{k}", 0.0)
             self.recommended.setdefault(k, np.zeros(self.num_items, dtype=bool))
 
@@ -77,12 +81,14 @@ class RankingMetrics:
             self.sums[f"recall@{k}"] += float((n_hits / ideal).sum())
             self.sums[f"ndcg@{k}"] += float(((hits_k * discounts[:k]).sum(axis=1) / idcg).sum())
             self.sums[f"hitrate@{k}"] += float((n_hits > 0).sum())
+            if self.targets:
+                self.sums[f"target-hitrate@{k}"] += float(np.isin(ranked[:, :k], self.targets).any(axis=1).sum())
             self.recommended[k][ranked[:, :k].ravel()] = True
         self.users += int(keep.sum())
 
     def merge(self, other: RankingMetrics) -> None:
         """Add another accumulator's sums (same ks and catalogue)."""
-        assert self.ks == other.ks and self.num_items == other.num_items
+        assert self.ks == other.ks and self.num_items == other.num_items and self.targets == other.targets
         self.users += other.users
         self.users_without_target += other.users_without_target
         for name, value in other.sums.items():
@@ -101,9 +107,12 @@ class RankingMetrics:
         return out
 
     @classmethod
-    def from_numbers(cls, numbers: dict[str, object], ks: tuple[int, ...], num_items: int) -> RankingMetrics:
+    def from_numbers(
+        cls, numbers: dict[str, object], ks: tuple[int, ...], num_items: int, targets: tuple[int, ...] = ()
+    ) -> RankingMetrics:
         """The accumulator :meth:`to_numbers` described."""
-        metrics = cls(ks, num_items, int(numbers["users"]), int(numbers["users-without-target"]))  # type: ignore[call-overload]
+        users, without = int(numbers["users"]), int(numbers["users-without-target"])  # type: ignore[call-overload]
+        metrics = cls(ks, num_items, users, without, targets=targets)
         for name in metrics.sums:
             metrics.sums[name] = float(numbers[f"sum:{name}"])  # type: ignore[arg-type]
         for k in ks:

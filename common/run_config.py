@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.attacks import AttackConfig
 from common.config import DataConfig, GeneratedDataConfig, PartitionConfig, PreprocessConfig, SplitConfig, from_mapping
 from common.data.pipeline import DataSettings
 from common.errors import ConfigError
@@ -22,6 +23,7 @@ from common.privacy.baselines import DPBaselineConfig
 from common.privacy.cooccurrence import MAX_MARGINAL_ITEMS
 from common.privacy.dp import PrivacyConfig
 from common.recommenders.registry import RECOMMENDER_NAMES, check_recommender_names
+from common.robust import RobustConfig
 from common.strategies import StrategyConfig
 
 NO_DP_EPSILON = 1e9  # the run config's ε for "no DP" (any value at least this large means ∞)
@@ -108,6 +110,13 @@ class RunConfig:
     dp_ease_clip: float = 1.0  # per-user Frobenius bound of x xᵀ in DP-EASE (1 = x / ‖x‖: best of 1–64 on validation)
     reply_timeout: float = 600.0  # seconds the server waits for a round's replies; silent clients count as failed
     device: str = "cpu"  # central training on the server (clients train on CPU)
+    attack: str = "none"  # simulation only: none | scaled-update | random-update | target-items | inflated-counts
+    attack_clients: int = 1  # silos with partition-id below this cheat
+    attack_targets: int = 0  # target items measured (metrics.json -> attack) and promoted by the targeted attacks
+    attack_scale: float = 10.0  # update attacks: the update's scale (scaled-update) or the random update's norm ratio
+    attack_fake_users: float = 0.25  # target-items: fake users as a share of the silo's users
+    robust_aggregation: str = "none"  # none | norm-bound | median | trimmed-mean | krum | multikrum | bulyan
+    robust_malicious: int = 1  # f: the silos the robust rule must withstand
 
     def __post_init__(self) -> None:
         if self.num_server_rounds < 1:
@@ -130,6 +139,7 @@ class RunConfig:
         self.federated_strategy()  # validates the strategy's settings
         self.check_secure_aggregation()
         self.check_marginals()
+        self.check_attack()
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}.")
 
@@ -148,6 +158,20 @@ class RunConfig:
                 f"items x items matrix per node), got {self.marginal_items}."
             )
         self.marginal_fit()
+
+    def check_attack(self) -> None:
+        """Attacks and defences: valid settings, and no defence that would need what secure aggregation hides."""
+        attack, robust = self.attacks(), self.robust()
+        if robust.active and self.secure_aggregation:
+            raise ConfigError(
+                f"robust-aggregation {robust.kind} reads each silo's update and release, which secure-aggregation "
+                "hides from the server: choose one of the two (docs/attacks.md explains the trade-off)."
+            )
+        if attack.kind == "inflated-counts" and self.secure_aggregation:
+            raise ConfigError("attack inflated-counts is simulated on the plain statistics release only: "
+                              "turn off secure-aggregation.")  # fmt: skip
+        if (attack.active or attack.targets) and not self.simulation_reference:
+            raise ConfigError("attack and attack-targets are for simulations: they need simulation-reference = true.")
 
     def threshold_for(self, nodes: int) -> int:
         """t for a secure sum over ``nodes`` nodes: ``secagg-threshold``, or a majority (at least 2)."""
@@ -177,6 +201,14 @@ class RunConfig:
             self.statistics_clip,
             self.cooccurrence_share if self.marginal_items > 0 else 0.0,
         )
+
+    def attacks(self) -> AttackConfig:
+        return AttackConfig(
+            self.attack, self.attack_clients, self.attack_targets, self.attack_scale, self.attack_fake_users
+        )
+
+    def robust(self) -> RobustConfig:
+        return RobustConfig(self.robust_aggregation, self.robust_malicious)
 
     def marginal_fit(self) -> MarginalFitConfig:
         return MarginalFitConfig(steps=self.marginal_fit_steps, temperature=self.synthesis_temperature)

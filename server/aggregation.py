@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common import keys
+from common.robust import RobustConfig, robust_arrays
 from common.round_log import NodeProblem, RoundLog
 
 
@@ -109,16 +109,27 @@ def client_outcomes(replies: list[ClientReply], server_round: int = 0) -> Client
 
 
 def aggregate_round(
-    server_round: int, replies: list[Message], sent: list[Message] | None = None, timeout: float = 0.0
+    server_round: int,
+    replies: list[Message],
+    sent: list[Message] | None = None,
+    timeout: float = 0.0,
+    current: ArrayRecord | None = None,
+    robust: RobustConfig | None = None,
 ) -> RoundOutcome:
     """Aggregate Flower reply messages (see :func:`aggregate_replies`); silent recipients of ``sent`` fail."""
-    return aggregate_replies(server_round, as_client_replies(replies, sent, timeout))
+    return aggregate_replies(server_round, as_client_replies(replies, sent, timeout), current, robust)
 
 
-def aggregate_replies(server_round: int, replies: list[ClientReply]) -> RoundOutcome:
-    """Split replies into trained / refused / failed, FedAvg the trained ones, summarise metrics.
+def aggregate_replies(
+    server_round: int,
+    replies: list[ClientReply],
+    current: ArrayRecord | None = None,
+    robust: RobustConfig | None = None,
+) -> RoundOutcome:
+    """Split replies into trained / refused / failed, aggregate the trained ones, summarise metrics.
 
-    Losses are weighted by users; the bundle is FedAvg-ed weighted by users.
+    Losses are weighted by users; the bundle is FedAvg-ed weighted by users, or aggregated by the
+    ``robust`` rule (:mod:`common.robust`; ``norm-bound`` needs the ``current`` global arrays).
     """
     outcome = client_outcomes(replies, server_round)
     trained, log = outcome.trained, outcome.log
@@ -129,8 +140,10 @@ def aggregate_replies(server_round: int, replies: list[ClientReply]) -> RoundOut
         if all(r.content is not None and name in r.content[keys.METRICS] for r in trained):  # no GAN: no GAN losses
             log.losses[name] = float(np.dot([_metric(r, name) for r in trained], weights) / weights.sum())
     log.users = int(weights.sum())
-    arrays = aggregate_arrayrecords([r.content for r in trained if r.content is not None], keys.NUM_EXAMPLES)
-    return RoundOutcome(arrays, log)
+    contents = [r.content for r in trained if r.content is not None]
+    rule = robust or RobustConfig()
+    assert current is not None or rule.kind != "norm-bound", "norm-bound needs the current global arrays"
+    return RoundOutcome(robust_arrays(contents, current or ArrayRecord(), rule), log)
 
 
 def client_participation(logs: list[RoundLog], connected: list[int]) -> dict[str, Any]:

@@ -22,16 +22,21 @@ def evaluation_request(recommender: Recommender, config: EvalConfig) -> RecordDi
     """The evaluate message's content for ``recommender``."""
     kind, tensors, settings = pack(recommender)
     request = ConfigRecord(
-        {"kind": kind, "ks": list(config.ks), **{keys.SETTING_PREFIX + k: v for k, v in settings.items()}}
+        {
+            "kind": kind,
+            "ks": list(config.ks),
+            "targets": list(config.targets),
+            **{keys.SETTING_PREFIX + k: v for k, v in settings.items()},
+        }
     )
     return RecordDict({keys.ARRAYS: ArrayRecord(tensors), keys.CONFIG: request})
 
 
 def merge_evaluations(replies: list[RecordDict], config: EvalConfig, num_items: int) -> RankingMetrics:
     """Sum of the clients' metric accumulators."""
-    total = RankingMetrics(config.ks, num_items)
+    total = RankingMetrics(config.ks, num_items, targets=config.targets)
     for content in replies:
-        total.merge(RankingMetrics.from_numbers(dict(content[keys.METRICS]), config.ks, num_items))
+        total.merge(RankingMetrics.from_numbers(dict(content[keys.METRICS]), config.ks, num_items, config.targets))
     return total
 
 

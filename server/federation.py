@@ -29,6 +29,7 @@ from common.io import to_plain, write_atomic, write_json_atomic
 from common.models.marginal_fit import MarginalTargets, fit_bundle
 from common.privacy.cooccurrence import NoisyCooccurrence, from_upper, marginal_items
 from common.privacy.statistics import NoisyStatistics, length_bin_edges
+from common.robust import robust_total
 from common.round_log import RoundLog
 from common.run_config import RunConfig
 from common.seeding import seed_for
@@ -101,14 +102,17 @@ def query_statistics(
     if not released:  # allow-degraded and nobody released: no prior, no lengths (said in the log)
         log.warning("fedsynth statistics: no client released DP statistics; no popularity prior, lengths 1-10")
         return NoisyStatistics(np.zeros(num_items), np.zeros(len(length_bin_edges(num_items)) - 1)), release_log
-    total: NoisyStatistics | None = None
-    for content in released:
-        arrays = content[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
-        noise_std = keys.number(content[keys.METRICS], keys.NOISE_STD)
-        part = NoisyStatistics(arrays[keys.ITEM_COUNTS].numpy(), arrays[keys.LENGTH_HISTOGRAM].numpy(), noise_std)
-        total = part if total is None else total + part
-    assert total is not None
-    return total, release_log
+    parts = [content[keys.ARRAYS].to_torch_state_dict() for content in released]  # type: ignore[union-attr]
+    users, noise = released_users_and_noise(released)
+    counts, noise_std = robust_total([p[keys.ITEM_COUNTS].numpy() for p in parts], users, noise, config.robust())
+    lengths, _ = robust_total([p[keys.LENGTH_HISTOGRAM].numpy() for p in parts], users, noise, config.robust())
+    return NoisyStatistics(counts, lengths, noise_std), release_log
+
+
+def released_users_and_noise(released: list[RecordDict]) -> tuple[list[int], list[float]]:
+    """Each plain release's user count and noise std per coordinate, as its node reported them."""
+    users = [int(keys.number(c[keys.METRICS], keys.NUM_EXAMPLES)) for c in released]
+    return users, [keys.number(c[keys.METRICS], keys.NOISE_STD) for c in released]
 
 
 def query_cooccurrence(
@@ -119,13 +123,12 @@ def query_cooccurrence(
     released, release_log = query_release(
         grid, nodes, config, keys.COOCCURRENCE, request, "the DP co-occurrence release"
     )
-    total: NoisyCooccurrence | None = None
-    for content in released:
-        values = content[keys.ARRAYS][keys.COOCCURRENCE].numpy()  # type: ignore[union-attr]
-        noise_std = keys.number(content[keys.METRICS], keys.NOISE_STD)
-        part = NoisyCooccurrence(items, from_upper(values, len(items)), noise_std)
-        total = part if total is None else total + part
-    return total, release_log
+    if not released:
+        return None, release_log
+    users, noise = released_users_and_noise(released)
+    values = [content[keys.ARRAYS][keys.COOCCURRENCE].numpy() for content in released]  # type: ignore[union-attr]
+    total, noise_std = robust_total(values, users, noise, config.robust())
+    return NoisyCooccurrence(items, from_upper(total, len(items)), noise_std), release_log
 
 
 def load_or_query_cooccurrence(
@@ -288,7 +291,7 @@ def train_round(
         for n in sampled
     ]
     replies = list(grid.send_and_receive(messages, timeout=config.reply_timeout))
-    outcome = aggregate_round(server_round, replies, messages, config.reply_timeout)
+    outcome = aggregate_round(server_round, replies, messages, config.reply_timeout, arrays, config.robust())
     round_log = outcome.log
     round_log.sampled, round_log.missing_from_sample = sampled, sorted(set(participants) - set(nodes))
     round_log.seconds = time.perf_counter() - started

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from common.attacks import UPDATE_ATTACKS, target_items, target_share
 from common.config import EvalConfig
 from common.data.partition import partition_users
 from common.data.pipeline import PreparedData, prepare
@@ -225,12 +226,18 @@ def train_candidates(
 
 
 def evaluate_all(
-    grid: Any, config: RunConfig, candidates: list[tuple[str, Recommender]], nodes: list[int], num_items: int
+    grid: Any,
+    config: RunConfig,
+    candidates: list[tuple[str, Recommender]],
+    nodes: list[int],
+    num_items: int,
+    targets: np.ndarray | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Federated evaluation of every candidate small enough to send; the results and who evaluated what."""
     results: dict[str, dict[str, float]] = {}
     evaluation: dict[str, Any] = {"users": "each client's real held-out test users (fold-in 80% → target 20%)"}
     skipped: dict[str, str] = {}
+    settings = EvalConfig(ks=EVAL.ks, targets=tuple(int(i) for i in targets) if targets is not None else ())
     for label, recommender in candidates:
         size = num_values(pack(recommender)[1])
         if size > config.eval_max_values:
@@ -238,7 +245,7 @@ def evaluate_all(
             log.info("fedsynth stage: %s is too large to send for evaluation (%s)", label, skipped[label])
             continue
         log.info("fedsynth stage: federated evaluation of %s", label)
-        results[label], who = federated_evaluate(grid, nodes, recommender, EVAL, num_items, config.reply_timeout)
+        results[label], who = federated_evaluate(grid, nodes, recommender, settings, num_items, config.reply_timeout)
         evaluation[label] = who
     evaluation["skipped"] = skipped
     return results, evaluation
@@ -254,6 +261,41 @@ def utility_retention(config: RunConfig, results: dict[str, dict[str, float]]) -
     return retention
 
 
+def attack_targets(config: RunConfig, reference: PreparedData | None) -> np.ndarray | None:
+    """Simulation with ``attack-targets``: the target items the malicious silos promote (the same draw)."""
+    if not config.attacks().targets:
+        return None
+    assert reference is not None, "the run config requires simulation-reference for attack-targets"
+    return target_items(reference.interactions.matrix, config.attacks().targets, config.seed)
+
+
+def attack_summary(
+    config: RunConfig,
+    targets: np.ndarray,
+    synthetic: dict[str, sp.csr_matrix],
+    results: dict[str, dict[str, float]],
+    item_ids: list[str],
+    real: sp.csr_matrix,
+) -> dict[str, Any]:
+    """metrics.json → attack: what was simulated, the defence, and how far the target items were promoted."""
+    attack, headline = config.attacks(), f"synthetic/{config.recommender_names()[0]}"
+    ease = "synthetic/ease" if "synthetic/ease" in results else headline
+    return {
+        "note": "SIMULATED malicious silos (partition ids below `clients`); the others are honest",
+        "kind": attack.kind,
+        "clients": attack.clients if attack.active else 0,
+        "scale": attack.scale if attack.kind in UPDATE_ATTACKS else None,
+        "fake_users_share": attack.fake_users if attack.kind == "target-items" else None,
+        "robust_aggregation": config.robust_aggregation,
+        "robust_malicious": config.robust_malicious if config.robust().active else None,
+        "target_items": [item_ids[i] for i in targets],
+        "target_share_synthetic": target_share(synthetic["synthetic"], targets),
+        "target_share_real_training": target_share(real, targets),
+        "target_hit_rate@10": results.get(ease, {}).get("target-hitrate@10"),
+        "target_hit_rate_row": ease,
+    }
+
+
 def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict[str, Any]:
     """Synthesize, train centrally, evaluate federatedly; writes synthetic data, metrics.json and report.md."""
     out = out_directory(config)
@@ -266,7 +308,8 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
     nodes = list(grid.get_node_ids())
     candidates, baselines_summary = train_candidates(config, training, synthetic, reference, len(nodes))
     seconds["central_training"] = time.perf_counter() - clock - seconds["synthesis"]
-    results, evaluation = evaluate_all(grid, config, candidates, nodes, num_items)
+    targets = attack_targets(config, reference)
+    results, evaluation = evaluate_all(grid, config, candidates, nodes, num_items, targets)
     seconds["evaluation"] = time.perf_counter() - clock - seconds["synthesis"] - seconds["central_training"]
     fidelity: dict[str, Any] = {}
     if reference is not None:
@@ -284,6 +327,11 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
         "evaluation": evaluation,
         "synthesis": {"synthesizers": list(synthetic), **to_plain(synthesis.__dict__)},
         "marginals": marginals_summary(config, training),
+        **(
+            {"attack": attack_summary(config, targets, synthetic, results, training.item_ids, reference.split.train)}
+            if targets is not None and reference is not None
+            else {}
+        ),
         "rounds": len(training.rounds),
         "seconds": seconds,
     }

@@ -62,6 +62,13 @@ _RUN_OPTIONS: list[tuple[str, type, str]] = [
     ("secure-aggregation", bool, "SecAgg with distributed Skellam noise for the DP statistics and baselines."),
     ("secagg-threshold", int, "Fewest nodes a secure sum is unmasked from [default: 0 = a majority]."),
     ("secagg-bits", int, "Secure sums mod 2^b [default: 0 = the fewest that cannot wrap]."),
+    ("attack", str, "Simulated bad silos: none | scaled-update | random-update | target-items | inflated-counts."),
+    ("attack-clients", int, "How many silos cheat (partition ids 0 … N-1)."),
+    ("attack-targets", int, "Target items (unpopular, from the seed) measured in metrics.json -> attack."),
+    ("attack-scale", float, "Update attacks: the factor on the update (or the random update's norm)."),
+    ("attack-fake-users", float, "target-items: fake users as a share of the silo's users."),
+    ("robust-aggregation", str, "none | norm-bound | median | trimmed-mean | krum | multikrum | bulyan."),
+    ("robust-malicious", int, "f: how many malicious silos the robust rule must withstand."),
 ]
 
 
@@ -207,6 +214,22 @@ def preflight(run_config: dict[str, Any], clients: int) -> None:
     config.privacy().delta_for(smallest)
     if config.secure_aggregation:
         config.threshold_for(clients)  # secagg-threshold above the number of clients: refused now
+    check_attack_setup(config, prepared.interactions.matrix, clients)
+
+
+def check_attack_setup(config: RunConfig, matrix: Any, clients: int) -> None:
+    """Refuse now an attack or defence the simulated federation cannot hold (too few silos, too few targets)."""
+    from common.attacks import target_items
+
+    attack = config.attacks()
+    if attack.active and attack.clients >= clients:
+        raise ConfigError(
+            f"--attack-clients {attack.clients}: at least one of the {clients} silos must be honest; "
+            "lower --attack-clients or add --clients."
+        )
+    config.robust().check_silos(clients, "--clients")
+    if attack.targets:
+        target_items(matrix, attack.targets, config.seed)
 
 
 def run_job(console: Console, out: Path, clients: int, run_config: dict[str, Any]) -> dict[str, Any]:

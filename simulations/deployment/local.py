@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.errors import FedsynthError
+from common.errors import ConfigError, FedsynthError
 from simulations.deployment.setup import Certificates, NodeFiles, NodeKey
 from simulations.runner import (
     check_outcome,
@@ -349,6 +349,11 @@ def run_local_deployment(
     from simulations.jobs import RunProgress, check_new_run
 
     check_new_run(out, nodes)
+    if run_config.get("attack", "none") != "none" or run_config.get("attack-targets", 0):
+        raise ConfigError(
+            "--attack and --attack-targets simulate malicious silos in `fedsynth run` only; a deployment's nodes "
+            "are real processes with their own data (robust-aggregation works in both)."
+        )
     root = out / "deploy"
     database = root / "superlink" / "state.db"
     if database.exists():

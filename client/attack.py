@@ -1,0 +1,53 @@
+"""A simulated malicious silo's side (simulation only; see :mod:`common.attacks`): what it sends instead.
+
+The honest handlers run unchanged; a silo that cheats then alters its reply: its trained bundle
+(``scaled-update``, ``random-update``) or its DP item counts (``inflated-counts``). The
+``target-items`` attack is in its data (:mod:`client.data` adds the fake users before anything
+is computed), so every reply of that silo is honest about poisoned data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, RecordDict
+
+from common import keys
+from common.attacks import UPDATE_ATTACKS, AttackConfig, inflate_counts, tampered_state
+from common.seeding import rng_for
+
+
+@dataclass(frozen=True)
+class MaliciousSilo:
+    """A cheating silo: the attack it runs, the target items, and its partition (for its random streams)."""
+
+    attack: AttackConfig
+    targets: np.ndarray
+    partition_id: int
+    seed: int
+
+
+def tampered_train_reply(reply: RecordDict, request: RecordDict, silo: MaliciousSilo | None) -> RecordDict:
+    """``reply`` to a train request, its bundle replaced by the update attack's (unchanged otherwise)."""
+    if silo is None or silo.attack.kind not in UPDATE_ATTACKS or keys.ARRAYS not in reply:
+        return reply
+    server_round = int(keys.number(request[keys.CONFIG], keys.SERVER_ROUND))
+    rng = rng_for(silo.seed, f"attack-update-{silo.partition_id}-{server_round}")
+    current = request[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    trained = reply[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    sent = tampered_state(silo.attack.kind, current, trained, silo.attack.scale, rng)
+    return RecordDict({keys.ARRAYS: ArrayRecord(sent), keys.METRICS: reply[keys.METRICS]})
+
+
+def tampered_statistics_reply(reply: RecordDict, request: RecordDict, silo: MaliciousSilo | None) -> RecordDict:
+    """``reply`` of the DP statistics release with the target items' counts inflated by the silo's users."""
+    if silo is None or silo.attack.kind != "inflated-counts" or keys.ARRAYS not in reply:
+        return reply
+    arrays = reply[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    if keys.ITEM_COUNTS not in arrays:  # a masked (secure) release: not simulated, refused by the run config
+        return reply
+    users = int(keys.number(reply[keys.METRICS], keys.NUM_EXAMPLES))
+    arrays[keys.ITEM_COUNTS] = torch.from_numpy(inflate_counts(arrays[keys.ITEM_COUNTS].numpy(), silo.targets, users))
+    return RecordDict({keys.ARRAYS: ArrayRecord(arrays), keys.METRICS: reply[keys.METRICS]})
