@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
 from common import keys
-from common.attacks import UPDATE_ATTACKS, AttackConfig, inflate_counts, tampered_state
+from common.attacks import UPDATE_ATTACKS, AttackConfig, inflate_counts, poison_rows, tampered_state
 from common.seeding import rng_for
 
 
@@ -27,6 +28,23 @@ class MaliciousSilo:
     targets: np.ndarray
     partition_id: int
     seed: int
+
+
+def malicious_silo(
+    attack: AttackConfig, targets: np.ndarray | None, partition_id: int, seed: int
+) -> MaliciousSilo | None:
+    """The simulated silo ``partition_id`` as a cheat, or None if it is honest."""
+    if targets is None or not attack.malicious(partition_id):
+        return None
+    return MaliciousSilo(attack, targets, partition_id, seed)
+
+
+def silo_rows(rows: sp.csr_matrix, silo: MaliciousSilo | None) -> sp.csr_matrix:
+    """The rows the silo computes everything from: its users, plus fake ones under ``target-items``."""
+    if silo is None or silo.attack.kind != "target-items":
+        return rows
+    rng = rng_for(silo.seed, f"attack-fake-users-{silo.partition_id}")
+    return poison_rows(rows, silo.targets, silo.attack.fake_users, rng)
 
 
 def tampered_train_reply(reply: RecordDict, request: RecordDict, silo: MaliciousSilo | None) -> RecordDict:

@@ -19,15 +19,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from client.attack import MaliciousSilo
-from common.attacks import poison_rows, target_items
+from client.attack import MaliciousSilo, malicious_silo, silo_rows
+from common.attacks import target_items
 from common.data.node_file import split_node_file
 from common.data.partition import partition_users
 from common.data.pipeline import prepare
 from common.data.split import HeldOutUsers
 from common.errors import ConfigError
 from common.run_config import RunConfig
-from common.seeding import rng_for
 
 
 @dataclass(frozen=True)
@@ -49,11 +48,8 @@ def _partitioned(config: RunConfig, num_partitions: int) -> tuple[NodeData, ...]
     targets = target_items(prepared.interactions.matrix, attack.targets, config.seed) if attack.active else None
     nodes = []
     for index, c in enumerate(clients):
-        rows, silo = prepared.interactions.matrix[c.train_users], None
-        if targets is not None and attack.malicious(index):
-            silo = MaliciousSilo(attack, targets, index, config.seed)
-            if attack.kind == "target-items":
-                rows = poison_rows(rows, targets, attack.fake_users, rng_for(config.seed, f"attack-fake-users-{index}"))
+        silo = malicious_silo(attack, targets, index, config.seed)
+        rows = silo_rows(prepared.interactions.matrix[c.train_users], silo)
         test_users = test.subset(np.flatnonzero(np.isin(test.users, c.test_users)))
         nodes.append(NodeData(rows, test_users, prepared.interactions.item_ids, silo))
     return tuple(nodes)

@@ -44,8 +44,8 @@ class AttackConfig:
     kind: str = "none"
     clients: int = 1  # silos with partition-id < clients cheat
     targets: int = 0  # target items measured (and promoted by the targeted attacks)
-    scale: float = 10.0  # s of the update attacks
-    fake_users: float = 0.25  # target-items: fake users as a share of the silo's real users
+    scale: float = 1000.0  # s of the update attacks (DP-SGD updates are small: ×10 is invisible, see docs)
+    fake_users: float = 2.0  # target-items: fake users as a share of the silo's real users (1.0: no top-10 hit yet)
 
     def __post_init__(self) -> None:
         if self.kind not in ATTACKS:

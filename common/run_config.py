@@ -113,8 +113,8 @@ class RunConfig:
     attack: str = "none"  # simulation only: none | scaled-update | random-update | target-items | inflated-counts
     attack_clients: int = 1  # silos with partition-id below this cheat
     attack_targets: int = 0  # target items measured (metrics.json -> attack) and promoted by the targeted attacks
-    attack_scale: float = 10.0  # update attacks: the update's scale (scaled-update) or the random update's norm ratio
-    attack_fake_users: float = 0.25  # target-items: fake users as a share of the silo's users
+    attack_scale: float = 1000.0  # update attacks: the update's scale (scaled-update) or the random update's norm ratio
+    attack_fake_users: float = 2.0  # target-items: fake users as a share of the silo's users
     robust_aggregation: str = "none"  # none | norm-bound | median | trimmed-mean | krum | multikrum | bulyan
     robust_malicious: int = 1  # f: the silos the robust rule must withstand
 

@@ -22,14 +22,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from client.attack import MaliciousSilo, malicious_silo, silo_rows, tampered_train_reply
 from client.training import PrivacyPlan, plan_privacy, train_local_round
+from common import keys
+from common.attacks import inflate_counts, target_items, target_share
 from common.bundle import ModelBundle
 from common.config import EvalConfig
 from common.data.partition import partition_users
@@ -39,6 +44,7 @@ from common.evaluation import evaluate
 from common.privacy.cooccurrence import NoisyCooccurrence, marginal_items, noisy_cooccurrence
 from common.privacy.statistics import NoisyStatistics, noisy_statistics
 from common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
+from common.robust import robust_arrays, robust_total
 from common.run_config import RunConfig
 from common.seeding import rng_for
 from common.synthesis import SynthesisConfig, synthesize
@@ -68,6 +74,14 @@ def federate(config: RunConfig, seed: int, num_clients: int) -> dict[str, float]
 
 def score_rows(federation: Federation, config: RunConfig, held_out: HeldOutUsers, seed: int) -> dict[str, float]:
     """NDCG@10 on ``held_out`` of synthetic/ease (VAE synthesizer), fedvae, the DP baselines, MostPopular, real/ease."""
+    return {label: metrics["ndcg@10"] for label, metrics in row_metrics(federation, config, held_out, seed).items()}
+
+
+def row_metrics(
+    federation: Federation, config: RunConfig, held_out: HeldOutUsers, seed: int, targets: tuple[int, ...] = ()
+) -> dict[str, dict[str, float]]:
+    """Every row's metrics @10 on ``held_out`` (with ``targets``: their hit rate too, and the target items' share
+    of the synthetic data as row ``synthetic data``)."""
     rows, statistics, bundle = federation.rows, federation.statistics, federation.bundle
     num_items = rows[0].shape[1]
     privacy = config.privacy()
@@ -92,33 +106,54 @@ def score_rows(federation: Federation, config: RunConfig, held_out: HeldOutUsers
     if privacy.private:
         deltas = [privacy.delta_for(r.shape[0]) for r in rows]
         candidates.update(baseline_recommenders(rows, privacy.target_epsilon, deltas, config, seed)[0])
-    return {label: evaluate(model, held_out, EVAL)["ndcg@10"] for label, model in candidates.items()}
+    settings = EvalConfig(ks=EVAL.ks, targets=targets)
+    scored = {label: evaluate(model, held_out, settings) for label, model in candidates.items()}
+    if targets:
+        scored["synthetic data"] = {"target-share": target_share(synthetic, np.asarray(targets))}
+    return scored
 
 
 def train(config: RunConfig, seed: int, num_clients: int) -> Federation:
-    """The clients' statistics release and ``num-server-rounds`` rounds of DP Mult-VAE training with FedAvg."""
+    """The clients' statistics release and ``num-server-rounds`` rounds of DP Mult-VAE training, aggregated as
+    the server does; silos ``partition-id < attack-clients`` cheat when the config names an ``attack``."""
     prepared = prepare(config.data())
     clients = partition_users(prepared.interactions, prepared.split, config.partitioning(num_clients))
-    rows = [prepared.interactions.matrix[c.train_users] for c in clients]
+    attack = config.attacks()
+    targets = target_items(prepared.interactions.matrix, attack.targets, seed) if attack.active else None
+    silos = [malicious_silo(attack, targets, k, seed) for k in range(len(clients))]  # simulated cheats (attack)
+    rows = [silo_rows(prepared.interactions.matrix[c.train_users], s) for c, s in zip(clients, silos, strict=True)]
     num_items = rows[0].shape[1]
     privacy, local = config.privacy(), config.local()
     plans = [plan_privacy(privacy, r.shape[0], local, config.num_server_rounds) for r in rows]
-    statistics, pairs = plain_releases(rows, plans, config, seed)
+    statistics, pairs = plain_releases(rows, plans, config, seed, silos)
     bundle = fitted_bundle(config, num_items, statistics, pairs)
-    federated_rounds(bundle, rows, plans, config, seed)
+    federated_rounds(bundle, rows, plans, config, seed, silos)
     return Federation(prepared, rows, plans, statistics, bundle)
 
 
 def plain_releases(
-    rows: list[sp.csr_matrix], plans: list[PrivacyPlan], config: RunConfig, seed: int
+    rows: list[sp.csr_matrix],
+    plans: list[PrivacyPlan],
+    config: RunConfig,
+    seed: int,
+    silos: Sequence[MaliciousSilo | None] = (),
 ) -> tuple[NoisyStatistics, NoisyCooccurrence | None]:
-    """Each client's Gaussian releases, summed: the statistics, then the co-occurrence when planned."""
-    clip = config.privacy().statistics_clip
+    """Each client's Gaussian releases, totalled as the server does (``robust-aggregation``): the statistics,
+    then the co-occurrence when planned. A cheating silo in ``silos`` lies as the ClientApp's would."""
+    clip, robust = config.privacy().statistics_clip, config.robust()
+    users = [r.shape[0] for r in rows]
     parts = [
         noisy_statistics(r, clip, p.statistics_noise if p.private else 0.0, rng_for(seed, f"stats-{k}"))
         for k, (r, p) in enumerate(zip(rows, plans, strict=True))
     ]
-    statistics = sum(parts[1:], parts[0])
+    for k, silo in enumerate(silos):
+        if silo is not None and silo.attack.kind == "inflated-counts":
+            counts = inflate_counts(parts[k].item_counts, silo.targets, users[k])
+            parts[k] = NoisyStatistics(counts, parts[k].length_histogram, parts[k].noise_std)
+    noise = [p.noise_std for p in parts]
+    counts, noise_std = robust_total([p.item_counts for p in parts], users, noise, robust)
+    lengths, _ = robust_total([p.length_histogram for p in parts], users, noise, robust)
+    statistics = NoisyStatistics(counts, lengths, noise_std)
     if not config.marginal_items:
         return statistics, None
     items = marginal_items(statistics.item_counts, config.marginal_items)
@@ -126,27 +161,40 @@ def plain_releases(
         noisy_cooccurrence(r, items, p.cooccurrence_noise if p.private else 0.0, rng_for(seed, f"pairs-{k}"))
         for k, (r, p) in enumerate(zip(rows, plans, strict=True))
     ]
-    return statistics, sum(pairs[1:], pairs[0])
+    matrix, pair_noise = robust_total([p.matrix for p in pairs], users, [p.noise_std for p in pairs], robust)
+    return statistics, NoisyCooccurrence(items, matrix, pair_noise)
 
 
 def federated_rounds(
-    bundle: ModelBundle, rows: list[sp.csr_matrix], plans: list[PrivacyPlan], config: RunConfig, seed: int
+    bundle: ModelBundle,
+    rows: list[sp.csr_matrix],
+    plans: list[PrivacyPlan],
+    config: RunConfig,
+    seed: int,
+    silos: Sequence[MaliciousSilo | None] = (),
 ) -> None:
-    """``num-server-rounds`` rounds of every client's local DP-SGD round from ``bundle``, FedAvg by users (in place)."""
+    """``num-server-rounds`` rounds of every client's local DP-SGD round from ``bundle``, aggregated as the
+    server does (FedAvg by users, or ``robust-aggregation``), in place; cheating ``silos`` tamper as the
+    ClientApp's would."""
     num_items, privacy, local = rows[0].shape[1], config.privacy(), config.local()
-    weights = np.array([r.shape[0] for r in rows], dtype=np.float64)
     server_optimizer = config.federated_strategy().server_optimizer()
+    cheats = list(silos) + [None] * (len(rows) - len(silos))
     for server_round in range(1, config.num_server_rounds + 1):
-        states = []
-        for r, plan in zip(rows, plans, strict=True):
+        current = ArrayRecord(bundle.state_dict())
+        request = RecordDict({keys.ARRAYS: current, keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round})})
+        contents = []
+        for r, plan, silo in zip(rows, plans, cheats, strict=True):
             local_bundle = ModelBundle.create(num_items, local, seed=seed)
             local_bundle.load_state_dict(bundle.state_dict())
             train_local_round(local_bundle, r, plan, privacy, local, server_round, seed + server_round)
-            states.append(local_bundle.state_dict())
-        average = {
-            key: sum(w * s[key].double() for w, s in zip(weights / weights.sum(), states, strict=True)).float()
-            for key in states[0]
-        }
+            reply = RecordDict(
+                {
+                    keys.ARRAYS: ArrayRecord(local_bundle.state_dict()),
+                    keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: r.shape[0]}),
+                }
+            )
+            contents.append(tampered_train_reply(reply, request, silo))
+        average = dict(robust_arrays(contents, current, config.robust()).to_torch_state_dict())
         if server_optimizer is not None:
             average = server_optimizer.step(server_round, bundle.state_dict(), average)
         bundle.load_state_dict(average)
