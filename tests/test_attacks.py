@@ -203,3 +203,39 @@ def test_the_evaluation_request_carries_the_targets_to_the_clients() -> None:
 
     assert merged["target-hitrate@2"] == pytest.approx(0.5)  # user 1 holds item 0 already
     assert merged == accumulate(recommender, held_out, config).result()
+
+
+@pytest.mark.slow
+def test_a_flower_run_with_a_lying_silo_shows_the_promotion_and_the_median_undoes_it(tmp_path: Path) -> None:
+    """Through the real ServerApp and ClientApps: silo 0 of 3 inflates its target counts."""
+    import json
+
+    from click.testing import CliRunner
+
+    from simulations.cli import cli
+
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(
+        'central-vae-epochs = 2\nvae-hidden = 32\nvae-latent = 8\nrecommenders = "popularity,ease"\n'
+    )
+    attack = {}
+    for defence in ("none", "median"):
+        out = tmp_path / defence
+        args = ["run", "--config", str(config_file), "--clients", "3", "--rounds", "1", "--epsilon", "4",
+                "--gen-users", "300", "--gen-items", "300", "--vae-batch-size", "32", "--synthesizers", "vae",
+                "--synthetic-users", "200", "--attack", "inflated-counts", "--attack-targets", "3",
+                "--robust-aggregation", defence, "--out", str(out)]  # fmt: skip
+
+        result = CliRunner().invoke(cli, args)
+
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((out / "metrics.json").read_text())
+        attack[defence] = metrics["attack"]
+        assert "target-hitrate@10" in metrics["recommenders"]["synthetic/ease"]
+    assert attack["none"]["kind"] == "inflated-counts" and attack["none"]["clients"] == 1
+    assert (
+        attack["none"]["target_items"] == attack["median"]["target_items"] and len(attack["none"]["target_items"]) == 3
+    )
+    real_share = attack["none"]["target_share_real_training"]
+    assert attack["none"]["target_share_synthetic"] > 5 * real_share
+    assert attack["median"]["target_share_synthetic"] < attack["none"]["target_share_synthetic"] / 3
