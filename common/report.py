@@ -206,6 +206,23 @@ def _clients_section(clients: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _attack_lines(attack: dict[str, Any] | None) -> list[str]:
+    """A simulated attack's summary, loudly labelled (nothing when the run simulated none)."""
+    if not attack:
+        return []
+    hit = attack.get("target_hit_rate@10")
+    return [
+        "## SIMULATED malicious silos",
+        "",
+        f"Attack `{attack['kind']}` by {attack['clients']} silo(s); defence `{attack['robust_aggregation']}`. "
+        f"Target items {', '.join(attack['target_items'])}: {_fmt(attack['target_share_synthetic'])} of the synthetic "
+        f"interactions ({_fmt(attack['target_share_real_training'])} of the real ones); at least one in the top-10 "
+        f"of {_fmt(hit) if hit is not None else '-'} of real test users from `{attack['target_hit_rate_row']}` "
+        "(every row's `target-hitrate@K` is in metrics.json). See docs/attacks.md.",
+        "",
+    ]
+
+
 def _secure_aggregation_lines(privacy: dict[str, Any]) -> list[str]:
     """The second threat model's ε and what secure aggregation covered (nothing when it was off)."""
     secure = privacy.get("secure_aggregation") or {}
@@ -241,6 +258,7 @@ def write_report(
         f"δ ≤ {_fmt(privacy['delta'])}, {privacy['accountant']}.",
         "",
         *_secure_aggregation_lines(privacy),
+        *_attack_lines(metrics.get("attack")),
         "## Recommenders (real held-out users, federated evaluation)",
         "",
         "`synthetic*/…` trained on synthetic data only; `fedvae` is the federated DP Mult-VAE; `fedsynth-prior` "

@@ -167,6 +167,15 @@ def run(config_file: Path | None, clients: int, out: Path, **given: Any) -> None
             f"  with secure aggregation (honest-but-curious server); counting only each client's own noise share: "
             f"{privacy['epsilon_max_own_noise']:.3f}"
         )
+    if "attack" in metrics:
+        attack = metrics["attack"]
+        hit = attack["target_hit_rate@10"]
+        console.print(
+            f"SIMULATED attack {attack['kind']} ({attack['clients']} silo(s)), defence {attack['robust_aggregation']}: "
+            f"target items {attack['target_share_synthetic']:.2%} of synthetic interactions "
+            f"({attack['target_share_real_training']:.2%} of real), in the top-10 of "
+            f"{'-' if hit is None else f'{hit:.1%}'} of real test users ({attack['target_hit_rate_row']})"
+        )
     console.print(f"wrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'synthetic.parquet'}")
 
 

@@ -232,6 +232,8 @@ def test_a_flower_run_with_a_lying_silo_shows_the_promotion_and_the_median_undoe
         metrics = json.loads((out / "metrics.json").read_text())
         attack[defence] = metrics["attack"]
         assert "target-hitrate@10" in metrics["recommenders"]["synthetic/ease"]
+        assert "SIMULATED attack inflated-counts (1 silo(s))" in result.output
+        assert "## SIMULATED malicious silos" in (out / "report.md").read_text()
     assert attack["none"]["kind"] == "inflated-counts" and attack["none"]["clients"] == 1
     assert (
         attack["none"]["target_items"] == attack["median"]["target_items"] and len(attack["none"]["target_items"]) == 3
