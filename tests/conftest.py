@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,17 @@ def shared_data_dir() -> Path:
     if os.environ.get("FEDSYNTH_SHARED_DATA"):
         return Path(os.environ["FEDSYNTH_SHARED_DATA"])
     return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def flower_task_identity() -> Iterator[None]:
+    """Flower's Message needs the process's run id (set by the ServerApp runtime, here by hand)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 @pytest.fixture

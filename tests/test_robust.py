@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,16 +13,7 @@ from common.errors import ConfigError
 from common.robust import RobustConfig, robust_arrays, robust_total
 from server.aggregation import ClientReply, aggregate_replies
 
-
-@pytest.fixture(autouse=True)
-def task_identity() -> Any:
-    """Flower's Message needs the process's run id (set by the ServerApp runtime, here by hand)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def reply(values: list[float], users: int = 10, bias: float = 0.0) -> RecordDict:

@@ -37,15 +37,7 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def task_identity() -> Any:
-    """Flower's Message needs the process's run id (set by the ServerApp runtime, here by hand)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 ALLOWED_METRICS = {*PLAIN_METRICS, keys.NOISE_VARIANCE}  # a secure release also says its noise variance
