@@ -43,7 +43,7 @@ from common.privacy.cooccurrence import (
 from common.privacy.ledger import RunIdentity
 from common.privacy.statistics import LogNormalLengths
 from common.run_config import RunConfig
-from tests.test_secure_release import InProcessGrid, node_rows, task_identity  # noqa: F401  (fixture)
+from tests.test_secure_release import InProcessGrid, node_rows
 
 SMALL = {"gen-users": 500, "gen-items": 400, "vae-batch-size": 16, "gan-batch-size": 16, "marginal-items": 20}
 
@@ -173,6 +173,7 @@ def test_unplanned_or_malformed_cooccurrence_requests_are_refused_and_spend_noth
     assert all(not json.loads(p.read_text())["events"] for p in tmp_path.glob("ledger-*.json"))
 
 
+@pytest.mark.usefixtures("flower_task_identity")
 def test_the_secure_cooccurrence_is_the_exact_sum_plus_the_central_noise_and_each_node_pays_both_ways(
     tmp_path: Path,
 ) -> None:
