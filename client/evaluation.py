@@ -26,6 +26,6 @@ def handle_evaluate(content: RecordDict, held_out: HeldOutUsers) -> RecordDict:
         content[keys.ARRAYS].to_torch_state_dict(),  # type: ignore[union-attr]
         settings,  # type: ignore[arg-type]
     )
-    targets = tuple(int(i) for i in request.get("targets", []))  # type: ignore[union-attr]
+    targets = tuple(int(i) for i in request.get(keys.TARGETS, []))  # type: ignore[union-attr]
     metrics = accumulate(recommender, held_out, EvalConfig(ks=ks, targets=targets))
     return RecordDict({keys.METRICS: MetricRecord(metrics.to_numbers())})  # type: ignore[arg-type]

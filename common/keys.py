@@ -89,6 +89,7 @@ def text(record: object, key: str) -> str:
 
 
 SETTING_PREFIX = "setting:"  # evaluate request: ConfigRecord keys holding a packed recommender's settings
+TARGETS = "targets"  # evaluate request: an attack study's target items (their top-K hit rate is counted)
 
 # Secure aggregation (see client/secure.py and server/secure_release.py)
 SECAGG_KEYS = "secagg_keys"  # message action: query.secagg_keys (stage 1)

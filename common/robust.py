@@ -42,6 +42,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common import keys
 from common.errors import ConfigError
+from common.privacy.statistics import NoisyStatistics
 
 ROBUST_AGGREGATIONS = ("none", "norm-bound", "median", "trimmed-mean", "krum", "multikrum", "bulyan")
 
@@ -162,3 +163,11 @@ def robust_total(
         trimmed = trim_mean(rates, trim_fraction(config.malicious, len(vectors)))
         return total * trimmed, total * rate_noise / math.sqrt(kept)
     return total * np.median(rates, axis=0), total * rate_noise * math.sqrt(math.pi / (2 * len(vectors)))
+
+
+def robust_statistics(parts: list[NoisyStatistics], users: list[int], config: RobustConfig) -> NoisyStatistics:
+    """The federation's DP statistics from each silo's release (counts and length histogram by :func:`robust_total`)."""
+    noise = [p.noise_std for p in parts]
+    counts, noise_std = robust_total([p.item_counts for p in parts], users, noise, config)
+    lengths, _ = robust_total([p.length_histogram for p in parts], users, noise, config)
+    return NoisyStatistics(counts, lengths, noise_std)

@@ -25,7 +25,7 @@ def evaluation_request(recommender: Recommender, config: EvalConfig) -> RecordDi
         {
             "kind": kind,
             "ks": list(config.ks),
-            "targets": list(config.targets),
+            keys.TARGETS: list(config.targets),
             **{keys.SETTING_PREFIX + k: v for k, v in settings.items()},
         }
     )

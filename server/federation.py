@@ -29,7 +29,7 @@ from common.io import to_plain, write_atomic, write_json_atomic
 from common.models.marginal_fit import MarginalTargets, fit_bundle
 from common.privacy.cooccurrence import NoisyCooccurrence, from_upper, marginal_items
 from common.privacy.statistics import NoisyStatistics, length_bin_edges
-from common.robust import robust_total
+from common.robust import robust_statistics, robust_total
 from common.round_log import RoundLog
 from common.run_config import RunConfig
 from common.seeding import seed_for
@@ -102,11 +102,13 @@ def query_statistics(
     if not released:  # allow-degraded and nobody released: no prior, no lengths (said in the log)
         log.warning("fedsynth statistics: no client released DP statistics; no popularity prior, lengths 1-10")
         return NoisyStatistics(np.zeros(num_items), np.zeros(len(length_bin_edges(num_items)) - 1)), release_log
-    parts = [content[keys.ARRAYS].to_torch_state_dict() for content in released]  # type: ignore[union-attr]
     users, noise = released_users_and_noise(released)
-    counts, noise_std = robust_total([p[keys.ITEM_COUNTS].numpy() for p in parts], users, noise, config.robust())
-    lengths, _ = robust_total([p[keys.LENGTH_HISTOGRAM].numpy() for p in parts], users, noise, config.robust())
-    return NoisyStatistics(counts, lengths, noise_std), release_log
+    parts = []
+    for content, noise_std in zip(released, noise, strict=True):
+        arrays = content[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+        counts, lengths = arrays[keys.ITEM_COUNTS].numpy(), arrays[keys.LENGTH_HISTOGRAM].numpy()
+        parts.append(NoisyStatistics(counts, lengths, noise_std))
+    return robust_statistics(parts, users, config.robust()), release_log
 
 
 def released_users_and_noise(released: list[RecordDict]) -> tuple[list[int], list[float]]:

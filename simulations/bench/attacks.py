@@ -20,18 +20,17 @@ attack × defence, averaged over seeds, on the **test** users (a measurement, no
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
-from common.attacks import ATTACKS, target_items
+from common.attacks import ATTACKS
 from common.errors import ConfigError
 from common.robust import ROBUST_AGGREGATIONS
 from common.run_config import RunConfig, epsilon_setting
-from simulations.bench.levers import row_metrics, train
+from simulations.bench.levers import federation_parser, row_metrics, train
 
 ROWS = ("synthetic/ease", "fedvae", "dp-ease")
 
@@ -40,7 +39,8 @@ def cell(config: RunConfig, seed: int, clients: int) -> dict[str, float]:
     """One attack × defence × seed: utility and promotion numbers on the test users."""
     config = replace(config, seed=seed)
     federation = train(config, seed, clients)
-    targets = tuple(int(i) for i in target_items(federation.prepared.interactions.matrix, config.attack_targets, seed))
+    assert federation.targets is not None, "the bench always names attack-targets"
+    targets = tuple(int(i) for i in federation.targets)
     scored = row_metrics(federation, config, federation.prepared.split.test, seed, targets)
     out = {f"{row} ndcg@10": scored[row]["ndcg@10"] for row in ROWS if row in scored}
     out["target_share"] = scored["synthetic data"]["target-share"]
@@ -67,15 +67,9 @@ def check_names(values: list[str], allowed: tuple[str, ...], option: str) -> lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="generated")
-    parser.add_argument("--data-path", default="")
-    parser.add_argument("--epsilon", type=float, default=8.0)
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--clients", type=int, default=5)
+    parser = federation_parser(__doc__)
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--defences", default="none,norm-bound,median,trimmed-mean,krum,multikrum")
-    parser.add_argument("--base", action="append", default=[], help="KEY=VALUE fixed run-config values")
     args = parser.parse_args()
     attacks = check_names(args.attacks.split(","), ATTACKS, "--attacks")
     defences = check_names(args.defences.split(","), ROBUST_AGGREGATIONS, "--defences")

@@ -44,7 +44,7 @@ from common.evaluation import evaluate
 from common.privacy.cooccurrence import NoisyCooccurrence, marginal_items, noisy_cooccurrence
 from common.privacy.statistics import NoisyStatistics, noisy_statistics
 from common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
-from common.robust import robust_arrays, robust_total
+from common.robust import robust_arrays, robust_statistics, robust_total
 from common.run_config import RunConfig
 from common.seeding import rng_for
 from common.synthesis import SynthesisConfig, synthesize
@@ -63,6 +63,7 @@ class Federation:
     plans: list[PrivacyPlan]
     statistics: NoisyStatistics
     bundle: ModelBundle
+    targets: np.ndarray | None = None  # an attack's target items (``attack`` set), as the cheating silos hold them
 
 
 def federate(config: RunConfig, seed: int, num_clients: int) -> dict[str, float]:
@@ -119,7 +120,7 @@ def train(config: RunConfig, seed: int, num_clients: int) -> Federation:
     prepared = prepare(config.data())
     clients = partition_users(prepared.interactions, prepared.split, config.partitioning(num_clients))
     attack = config.attacks()
-    targets = target_items(prepared.interactions.matrix, attack.targets, seed) if attack.active else None
+    targets = target_items(prepared.interactions.matrix, attack.targets, seed) if attack.targets else None
     silos = [malicious_silo(attack, targets, k, seed) for k in range(len(clients))]  # simulated cheats (attack)
     rows = [silo_rows(prepared.interactions.matrix[c.train_users], s) for c, s in zip(clients, silos, strict=True)]
     num_items = rows[0].shape[1]
@@ -128,7 +129,7 @@ def train(config: RunConfig, seed: int, num_clients: int) -> Federation:
     statistics, pairs = plain_releases(rows, plans, config, seed, silos)
     bundle = fitted_bundle(config, num_items, statistics, pairs)
     federated_rounds(bundle, rows, plans, config, seed, silos)
-    return Federation(prepared, rows, plans, statistics, bundle)
+    return Federation(prepared, rows, plans, statistics, bundle, targets)
 
 
 def plain_releases(
@@ -150,10 +151,7 @@ def plain_releases(
         if silo is not None and silo.attack.kind == "inflated-counts":
             counts = inflate_counts(parts[k].item_counts, silo.targets, users[k])
             parts[k] = NoisyStatistics(counts, parts[k].length_histogram, parts[k].noise_std)
-    noise = [p.noise_std for p in parts]
-    counts, noise_std = robust_total([p.item_counts for p in parts], users, noise, robust)
-    lengths, _ = robust_total([p.length_histogram for p in parts], users, noise, robust)
-    statistics = NoisyStatistics(counts, lengths, noise_std)
+    statistics = robust_statistics(parts, users, robust)
     if not config.marginal_items:
         return statistics, None
     items = marginal_items(statistics.item_counts, config.marginal_items)
@@ -209,15 +207,21 @@ def parse_settings(values: list[str]) -> list[dict[str, str]]:
     return [dict(combination) for combination in itertools.product(*axes)] if axes else [{}]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def federation_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options every in-process federation bench takes: data, ε, seeds, clients, fixed run-config values."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="generated")
     parser.add_argument("--data-path", default="")
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--clients", type=int, default=5)
-    parser.add_argument("--set", action="append", default=[], help="KEY=V1,V2 run-config values to compare")
     parser.add_argument("--base", action="append", default=[], help="KEY=VALUE fixed run-config values")
+    return parser
+
+
+def main() -> None:
+    parser = federation_parser(__doc__)
+    parser.add_argument("--set", action="append", default=[], help="KEY=V1,V2 run-config values to compare")
     args = parser.parse_args()
     base: dict[str, Any] = {"dataset": args.dataset, "data-path": args.data_path, "epsilon": args.epsilon}
     base.update(dict(v.partition("=")[::2] for v in args.base))
