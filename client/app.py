@@ -15,6 +15,7 @@ from client.data import node_data
 from client.evaluation import handle_evaluate
 from client.handlers import (
     handle_cooccurrence,
+    handle_fedsgd,
     handle_query,
     handle_secagg_keys,
     handle_statistics,
@@ -77,6 +78,7 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
 
     app.query(keys.STATISTICS)(on_training_rows(handle_statistics, tampered_statistics_reply))
     app.query(keys.COOCCURRENCE)(on_training_rows(handle_cooccurrence))
+    app.query(keys.FEDSGD)(on_training_rows(handle_fedsgd))
 
     @app.query(keys.SECAGG_KEYS)
     def secagg_keys(msg: Message, context: Context) -> Message:

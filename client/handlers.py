@@ -185,6 +185,40 @@ def check_release(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, re
     ledger.check(events, what=f"the DP {release} release")
 
 
+def check_step(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, server_round: int) -> None:
+    """Refuse a FedSGD step of a run not in that mode, one already charged (a masked step cannot be
+    replayed: its keys are gone) or one that does not fit the node's cap."""
+    if plan.gan_steps or plan.vae_steps != 1:
+        raise ConfigError("this node's plan is not for round-mode fedsgd; nothing released")
+    if server_round in ledger.charged_rounds(run.run_key):
+        raise PrivacyBudgetExceeded(f"FedSGD step {server_round} of this run was already charged once")
+    ledger.check(plan.round_events(), what=f"FedSGD step {server_round}")
+
+
+def handle_fedsgd(
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
+    run: RunIdentity,
+) -> RecordDict:  # fmt: skip
+    """The masked stage of a FedSGD step (:mod:`common.privacy.fedsgd`): this node's Poisson sample's clipped
+    gradient sum at the global weights, rounded, with its Skellam share, masked; charged as round N."""
+    request = content.config_records[keys.CONFIG]
+    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)))
+    server_round = int(keys.number(request, keys.SERVER_ROUND))
+    ledger: PrivacyLedger | None = None
+    try:
+        ledger = open_ledger(budget, rows, plan, config)
+        check_step(ledger, plan, run, server_round)
+        release = secure_release_of(request, plan, config, rows.shape[1], content)
+        arrays, central, own, variance = masked_release(content, rows, release, state)
+    except (FedsynthError, TypeError) as exc:
+        return refusal(str(exc), ledger, plan.delta)
+    target = config.privacy().target_epsilon
+    ledger.record(central, "round", run, own_noise=own, round=server_round, requested_epsilon=target,
+                  secure_aggregation=True, mode="fedsgd")  # fmt: skip
+    metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_VARIANCE: variance}
+    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
+
+
 def secure_release_reply(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger: PrivacyLedger,
     plan: PrivacyPlan, run: RunIdentity,
@@ -209,7 +243,10 @@ def handle_secagg_keys(
     try:
         ledger = open_ledger(budget, rows, plan, config)
         release = secure_release_of(request, plan, config, rows.shape[1])
-        check_release(ledger, plan, run, release.name)
+        if release.repeated:
+            check_step(ledger, plan, run, int(keys.number(request, keys.SERVER_ROUND)))
+        else:
+            check_release(ledger, plan, run, release.name)
         public_keys, variance = start_secure_release(request, node, ledger, release, plan, state, run)
     except (FedsynthError, TypeError) as exc:
         return refusal(str(exc), ledger, plan.delta)

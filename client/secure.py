@@ -26,11 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from client.training import PrivacyPlan
 from common import keys
 from common.errors import FedsynthError
+from common.models.vae import MultVAE
 from common.privacy.accounting import DPEvent
 from common.privacy.cooccurrence import (
     COOCCURRENCE,
@@ -38,6 +40,7 @@ from common.privacy.cooccurrence import (
     cooccurrence_contributions,
     cooccurrence_quantizer,
 )
+from common.privacy.fedsgd import FEDSGD, clipped_gradient_sum, gradient_quantizer, poisson_sample
 from common.privacy.ledger import PrivacyLedger, RunIdentity
 from common.privacy.skellam import SkellamEvent, SkellamQuantizer, calibrate_variance, skellam_noise
 from common.privacy.statistics import STATISTICS, statistics_contributions, statistics_quantizer
@@ -46,22 +49,44 @@ from common.secagg.protocol import SecAggNode, SecAggParams, encode
 
 _STATE = "secagg-state"
 _VARIANCE = "secagg-variance"
+_STEP_VARIANCE = "fedsgd-step-variance"
 
 
 @dataclass(frozen=True)
 class SecureRelease:
-    """What one secure release sums: its name (ledger and message action), rounding, the plan's Gaussian
-    release it replaces, and each user's contribution (CSR rows of norm ≤ the quantizer's clip)."""
+    """What one secure release sums: its name (ledger model and message action), rounding, the plan's
+    Gaussian release it replaces, and what a node sums: each user's contribution (CSR rows of norm ≤ the
+    quantizer's clip, rounded per user) for a one-off release, or for a FedSGD step (``sample_rate`` < 1)
+    the rounded clipped gradient sum of a Poisson sample, from the rows and a fresh random generator."""
 
     name: str
     quantizer: SkellamQuantizer
     noise_multiplier: float
     planned: list[DPEvent]
-    contributions: Callable[[sp.csr_matrix], sp.csr_matrix]
+    contributions: Callable[[sp.csr_matrix], sp.csr_matrix] | None = None
+    step: Callable[[sp.csr_matrix, np.random.Generator], np.ndarray] | None = None
+    sample_rate: float = 1.0
+
+    def integer_sum(self, rows: sp.csr_matrix, rng: np.random.Generator) -> np.ndarray:
+        """This node's integer sum, (dim,) int64, before noise and masking."""
+        if self.step is not None:
+            return self.step(rows, rng)
+        assert self.contributions is not None
+        return self.quantizer.user_sum(self.contributions(rows), rng)
+
+    @property
+    def repeated(self) -> bool:
+        """Whether every round left is this release again (FedSGD steps), with the same noise."""
+        return self.sample_rate < 1
 
 
-def secure_release_of(request: ConfigRecord, plan: PrivacyPlan, config: RunConfig, num_items: int) -> SecureRelease:
-    """The release a request is for: the statistics, or (``marginal-items`` in it) the co-occurrence."""
+def secure_release_of(
+    request: ConfigRecord, plan: PrivacyPlan, config: RunConfig, num_items: int, content: RecordDict | None = None
+) -> SecureRelease:
+    """The release a request is for: a FedSGD step (``server-round`` in it; the global weights in ``content``
+    at the masked stage), the co-occurrence (``marginal-items`` in it) or the statistics."""
+    if keys.SERVER_ROUND in request:
+        return fedsgd_release(request, plan, config, num_items, content)
     if keys.MARGINAL_ITEMS not in request:
         clip = config.privacy().statistics_clip
         quantizer = statistics_quantizer(clip, num_items)
@@ -76,13 +101,34 @@ def secure_release_of(request: ConfigRecord, plan: PrivacyPlan, config: RunConfi
     )  # fmt: skip
 
 
+def fedsgd_release(
+    request: ConfigRecord, plan: PrivacyPlan, config: RunConfig, num_items: int, content: RecordDict | None
+) -> SecureRelease:
+    """One FedSGD step (:mod:`common.privacy.fedsgd`): this node's Poisson sample's clipped gradient sum."""
+    server_round, vae = int(keys.number(request, keys.SERVER_ROUND)), config.local().vae
+    clip = config.privacy().max_grad_norm
+    quantizer = gradient_quantizer(num_items, vae, clip)
+
+    def step(rows: sp.csr_matrix, rng: np.random.Generator) -> np.ndarray:
+        if content is None or keys.ARRAYS not in content:
+            raise FedsynthError("a FedSGD step needs the global weights in the request")
+        model = MultVAE.from_config(num_items, vae)
+        model.load_state_dict(content.array_records[keys.ARRAYS].to_torch_state_dict())
+        torch.manual_seed(int(rng.integers(2**62)))  # dropout and the reparameterisation draw
+        batch = poisson_sample(rows, plan.vae_rate, rng)
+        return quantizer.round_sum(clipped_gradient_sum(model, batch, clip, vae, server_round))
+
+    events = [DPEvent(FEDSGD, plan.vae_noise, plan.vae_rate, 1)]
+    return SecureRelease(FEDSGD, quantizer, plan.vae_noise, events, step=step, sample_rate=plan.vae_rate)
+
+
 def release_events(
     variance: float, threshold: int, release: SecureRelease
 ) -> tuple[list[SkellamEvent], list[SkellamEvent]]:
     """(events with secure aggregation: the central Sk(variance); with this node's share variance/t alone)."""
-    quantizer = release.quantizer
-    central = SkellamEvent(release.name, variance, quantizer.l2, quantizer.l1)
-    own = SkellamEvent(release.name, variance / threshold, quantizer.l2, quantizer.l1)
+    quantizer, rate = release.quantizer, release.sample_rate
+    central = SkellamEvent(release.name, variance, quantizer.l2, quantizer.l1, sample_rate=rate)
+    own = SkellamEvent(release.name, variance / threshold, quantizer.l2, quantizer.l1, sample_rate=rate)
     return [central], [own]
 
 
@@ -90,13 +136,21 @@ def central_release_variance(
     ledger: PrivacyLedger, plan: PrivacyPlan, release: SecureRelease, rounds_left: int
 ) -> float:
     """The central Skellam variance V whose release, with what the run still plans after it, spends no more
-    than the plan (the statistics are followed by the co-occurrence release when planned, then the rounds)."""
-    later = plan.run_events(False, rounds_left, cooccurrence=release.name == STATISTICS and plan.cooccurrence)
-    allowed = ledger.epsilon_after([*release.planned, *later])
+    than the plan (the statistics are followed by the co-occurrence release when planned, then the rounds).
+
+    A FedSGD step: V for which all ``rounds_left`` steps (this one included) as Skellam releases spend no
+    more than they would as the planned Gaussian steps.
+    """
     quantizer = release.quantizer
+    if release.repeated:
+        allowed = ledger.epsilon_after(plan.run_events(False, rounds_left, cooccurrence=False))
+        repeats, later = rounds_left, []
+    else:
+        later = plan.run_events(False, rounds_left, cooccurrence=release.name == STATISTICS and plan.cooccurrence)
+        allowed, repeats = ledger.epsilon_after([*release.planned, *later]), 1
 
     def fits(variance: float) -> bool:
-        skellam = SkellamEvent(release.name, variance, quantizer.l2, quantizer.l1)
+        skellam = SkellamEvent(release.name, variance, quantizer.l2, quantizer.l1, repeats, release.sample_rate)
         return ledger.epsilon_after([skellam, *later]) <= allowed
 
     return calibrate_variance(release.noise_multiplier, quantizer.l2, fits)
@@ -113,13 +167,28 @@ def start_secure_release(
     std); the server answers with the largest any node needs, and every node adds that divided by t.
     """
     planned = int(keys.number(request, keys.PLANNED_ROUNDS))
-    variance = central_release_variance(ledger, plan, release, planned - len(ledger.charged_rounds(run.run_key)))
+    rounds_left = planned - len(ledger.charged_rounds(run.run_key))
+    variance = step_variance(state, run, lambda: central_release_variance(ledger, plan, release, rounds_left)) if (
+        release.repeated
+    ) else central_release_variance(ledger, plan, release, rounds_left)  # fmt: skip
     threshold = int(keys.number(request, keys.SECAGG_THRESHOLD))
     params = SecAggParams(keys.text(request, keys.SECAGG_LABEL), threshold, 64, release.quantizer.dim)
     secure = SecAggNode(node, params)
     channel, mask = secure.advertise()
     _save(state, secure, variance)
     return ConfigRecord({keys.CHANNEL_KEY: channel, keys.MASK_KEY: mask}), variance
+
+
+def step_variance(state: RecordDict, run: RunIdentity, calibrate: Callable[[], float]) -> float:
+    """The FedSGD steps' central variance: calibrated at this run's first step for all its steps, then kept
+    in the node's state, so every step of the run carries the same noise and the whole run spends no more
+    than its plan (a node that lost its state calibrates again for the steps left)."""
+    saved = state.config_records.get(_STEP_VARIANCE)
+    if saved is not None and keys.text(saved, keys.RUN_KEY) == run.run_key:
+        return keys.number(saved, _VARIANCE)
+    variance = calibrate()
+    state[_STEP_VARIANCE] = ConfigRecord({keys.RUN_KEY: run.run_key, _VARIANCE: variance})
+    return variance
 
 
 def _load(state: RecordDict, label: str) -> tuple[SecAggNode, float]:
@@ -165,7 +234,7 @@ def masked_release(
         raise FedsynthError(f"secure aggregation {secure.params.label}: the request is for another release")
     rng = np.random.default_rng(secrets.randbits(128))  # noise no server can reproduce
     threshold = secure.params.threshold
-    values = quantizer.user_sum(release.contributions(rows), rng)
+    values = release.integer_sum(rows, rng)
     values += skellam_noise(variance / threshold, quantizer.dim, rng)
     masked = secure.mask(encode(values, secure.params.bits), received)
     _save(state, secure, variance)

@@ -84,6 +84,10 @@ class PrivacyPlan:
 def plan_privacy(privacy: PrivacyConfig, num_users: int, local: LocalTrainingConfig, rounds: int) -> PrivacyPlan:
     """Calibrate σ for the statistics release and each model so that everything planned composes to ≤ the target.
 
+    In round-mode fedsgd a round is one Mult-VAE step at ``local.fedsgd_rate`` (every silo's rate) and
+    no GAN step; under secure aggregation each planned Gaussian event is then replaced, node by node,
+    by a Skellam event of no more ε (:mod:`client.secure`).
+
     The statistics' σ is calibrated for ``statistics_share`` of a budget (less the co-occurrence
     release's ``cooccurrence_share`` of it, when that release is planned), the VAE's for
     ``vae_share`` of the rest and the GAN's for the remainder; that budget is then scaled
@@ -91,7 +95,7 @@ def plan_privacy(privacy: PrivacyConfig, num_users: int, local: LocalTrainingCon
     event of every round is as close to the target as possible without exceeding it.
     """
     batches = [("Mult-VAE", local.vae.batch_size)] + ([("GAN", local.gan.batch_size)] if local.train_gan else [])
-    for name, batch in batches:
+    for name, batch in batches if local.fedsgd_rate == 0 else []:
         if batch > num_users:
             raise ConfigError(
                 f"the {name} batch size {batch} is larger than this client's {num_users} users; "
@@ -101,6 +105,8 @@ def plan_privacy(privacy: PrivacyConfig, num_users: int, local: LocalTrainingCon
     vae_rate, gan_rate = sample_rate(num_users, local.vae.batch_size), sample_rate(num_users, local.gan.batch_size)
     vae_steps = local.local_epochs * steps_per_epoch(num_users, local.vae.batch_size)
     gan_steps = local.discriminator_steps if local.train_gan else 0
+    if local.fedsgd_rate > 0:  # round-mode fedsgd: one step of the Mult-VAE per round, at the run's common rate
+        vae_rate, vae_steps, gan_steps = local.fedsgd_rate, 1, 0
     second = privacy.cooccurrence_share > 0
     if not privacy.private:
         return PrivacyPlan(

@@ -95,6 +95,7 @@ TARGETS = "targets"  # evaluate request: an attack study's target items (their t
 SECAGG_KEYS = "secagg_keys"  # message action: query.secagg_keys (stage 1)
 SECAGG_SHARES = "secagg_shares"  # message action: query.secagg_shares (stage 2)
 SECAGG_UNMASK = "secagg_unmask"  # message action: query.secagg_unmask (stage 4)
+FEDSGD = "fedsgd"  # message action: query.fedsgd, the masked stage of a secure FedSGD step (round-mode fedsgd)
 SECAGG_LABEL = "secagg-label"  # which aggregation (run key / release)
 SECAGG_THRESHOLD = "secagg-threshold"
 SECAGG_BITS = "secagg-bits"

@@ -44,6 +44,7 @@ class LocalTrainingConfig:
     discriminator_steps: int = 10  # GAN discriminator steps per round
     train_gan: bool = True  # False when the GAN is not a synthesizer: no GAN steps, its ε share goes to the VAE
     proximal_mu: float = 0.0  # FedProx: μ/2 ‖w − w_global‖² added to every local objective (0: plain local SGD)
+    fedsgd_rate: float = 0.0  # > 0: round-mode fedsgd, one Mult-VAE step per round at this Poisson rate (no GAN)
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1 or self.discriminator_steps < 1:
@@ -63,6 +64,8 @@ class RunConfig:
     secure_aggregation: bool = False  # true: the DP statistics release and the DP baselines go through SecAgg
     secagg_threshold: int = 0  # t: the fewest nodes a secure sum can be unmasked from (0: a majority of the nodes)
     secagg_bits: int = 0  # b: secure sums are mod 2^b (0: the fewest that cannot wrap, see common/privacy/skellam.py)
+    round_mode: str = "local"  # local: local DP-SGD epochs per round | fedsgd: one secure-aggregated step per round
+    fedsgd_sample_rate: float = 0.05  # fedsgd: the Poisson rate at which every silo samples its users each step
     reproducible_noise: bool = False  # true (studies only): DP noise from the run seed, so NOT private vs the server
     strategy: str = "fedavg"  # fedavg | fedprox (clients add μ/2 ‖w − w_global‖²) | fedadam (server-side Adam)
     proximal_mu: float = 0.01  # FedProx μ (used with strategy = "fedprox")
@@ -150,6 +153,27 @@ class RunConfig:
             raise ConfigError(f"secagg-bits must be 0 (automatic) or in [8, 64], got {self.secagg_bits}.")
         if self.secure_aggregation and math.isinf(self.privacy().target_epsilon):
             raise ConfigError("secure-aggregation adds Skellam DP noise; it needs a finite epsilon.")
+        self.check_round_mode()
+
+    def check_round_mode(self) -> None:
+        """fedsgd: one DP-SGD step of the Mult-VAE over every silo's users per round, under secure aggregation."""
+        if self.round_mode not in ("local", "fedsgd"):
+            raise ConfigError(f"round-mode must be 'local' or 'fedsgd', got {self.round_mode!r}.")
+        if not 0 < self.fedsgd_sample_rate <= 1:
+            raise ConfigError(f"fedsgd-sample-rate must be in (0, 1], got {self.fedsgd_sample_rate}.")
+        if self.round_mode == "local":
+            return
+        problems = [
+            (not self.secure_aggregation, "secure-aggregation = true (without it each silo would add the full noise)"),
+            ("gan" in self.synthesizer_names(), 'synthesizers = "vae" (fedsgd trains the Mult-VAE only)'),
+            (self.strategy != "fedavg", 'strategy = "fedavg" (the server applies Adam to the summed gradient)'),
+            (self.fraction_train < 1, "fraction-train = 1 (every silo samples its users instead)"),
+            (self.attack in ("scaled-update", "random-update"), "no update attack (fedsgd sends no model update)"),
+            (math.isinf(self.privacy().target_epsilon), "a finite epsilon"),
+        ]
+        needed = [what for bad, what in problems if bad]
+        if needed:
+            raise ConfigError("round-mode fedsgd needs " + "; ".join(needed) + ".")
 
     def check_marginals(self) -> None:
         if not 0 <= self.marginal_items <= MAX_MARGINAL_ITEMS or self.marginal_items == 1:
@@ -234,6 +258,7 @@ class RunConfig:
             self.discriminator_steps,
             train_gan="gan" in self.synthesizer_names(),
             proximal_mu=self.federated_strategy().client_proximal_mu,
+            fedsgd_rate=self.fedsgd_sample_rate if self.round_mode == "fedsgd" else 0.0,
         )
 
     def data(self) -> DataSettings:

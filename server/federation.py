@@ -35,6 +35,7 @@ from common.run_config import RunConfig
 from common.seeding import seed_for
 from server.admission import Admission, admit, identity_fields, require_quorum, require_training
 from server.aggregation import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
+from server.fedsgd import Checkpoint, fedsgd_rounds
 from server.secure_release import secure_cooccurrence, secure_statistics
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
@@ -326,23 +327,17 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
     cooccurrence, cooccurrence_log = load_or_query_cooccurrence(grid, admission.nodes, config, statistics, identity)
     fitted = fitted_bundle(config, num_items, statistics, cooccurrence)
     bundle = initial_bundle(fitted, resumed)
-    server_optimizer = config.federated_strategy().server_optimizer()
-    if server_optimizer is not None and resumed.server_optimizer is not None:
-        server_optimizer.load_state_dict(resumed.server_optimizer)
-    arrays, rounds = ArrayRecord(bundle.state_dict()), resumed.rounds
-    for server_round in range(len(rounds) + 1, config.num_server_rounds + 1):
-        outcome = train_round(grid, config, server_round, admission.nodes, arrays, identity)
-        require_quorum(f"round {server_round}", outcome.log, config)
-        if outcome.arrays is not None and server_optimizer is not None:
-            previous = arrays.to_torch_state_dict()
-            arrays = ArrayRecord(server_optimizer.step(server_round, previous, outcome.arrays.to_torch_state_dict()))
-        elif outcome.arrays is not None:
-            arrays = outcome.arrays
-        rounds.append(outcome.log)
-        optimizer_state = server_optimizer.state_dict() if server_optimizer is not None else None
-        save_checkpoint(
-            out_dir / "checkpoints" / f"round-{server_round}.pt", arrays, config, outcome.log, optimizer_state
+
+    def checkpoint(server_round: int, state: ArrayRecord, round_log: RoundLog, optimizer: Any) -> None:
+        save_checkpoint(out_dir / "checkpoints" / f"round-{server_round}.pt", state, config, round_log, optimizer)
+
+    if config.round_mode == "fedsgd":
+        rounds = fedsgd_rounds(
+            grid, config, admission.nodes, bundle, resumed.rounds, resumed.server_optimizer, identity, checkpoint
         )
+        arrays = ArrayRecord(bundle.state_dict())
+    else:
+        arrays, rounds = local_rounds(grid, config, admission.nodes, bundle, resumed, identity, checkpoint)
     require_training(rounds)
     bundle.load_state_dict(arrays.to_torch_state_dict())
     releases = [release_log] + ([cooccurrence_log] if cooccurrence_log else [])
@@ -360,6 +355,29 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
         cooccurrence_log,
         fitted_start,
     )
+
+
+def local_rounds(
+    grid: Grid, config: RunConfig, participants: list[int], bundle: ModelBundle, resumed: ResumePoint,
+    identity: dict[str, str], checkpoint: Checkpoint,
+) -> tuple[ArrayRecord, list[RoundLog]]:  # fmt: skip
+    """round-mode local: the rounds after the resumed ones, each silo training locally, then FedAvg (or the
+    strategy's server step); each round checkpointed. (the global state, every round's log)."""
+    server_optimizer = config.federated_strategy().server_optimizer()
+    if server_optimizer is not None and resumed.server_optimizer is not None:
+        server_optimizer.load_state_dict(resumed.server_optimizer)
+    arrays, rounds = ArrayRecord(bundle.state_dict()), resumed.rounds
+    for server_round in range(len(rounds) + 1, config.num_server_rounds + 1):
+        outcome = train_round(grid, config, server_round, participants, arrays, identity)
+        require_quorum(f"round {server_round}", outcome.log, config)
+        if outcome.arrays is not None and server_optimizer is not None:
+            previous = arrays.to_torch_state_dict()
+            arrays = ArrayRecord(server_optimizer.step(server_round, previous, outcome.arrays.to_torch_state_dict()))
+        elif outcome.arrays is not None:
+            arrays = outcome.arrays
+        rounds.append(outcome.log)
+        checkpoint(server_round, arrays, outcome.log, server_optimizer.state_dict() if server_optimizer else None)
+    return arrays, rounds
 
 
 def training_summary(

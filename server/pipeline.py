@@ -80,14 +80,23 @@ def write_synthetic(path: Path, matrix: sp.csr_matrix, item_ids: list[str]) -> N
 def secure_aggregation_summary(config: RunConfig) -> dict[str, Any]:
     """Which vectors went through secure aggregation, and the threat model ``epsilon_max`` assumes."""
     if not config.secure_aggregation:
-        return {"enabled": False, "threat_model": "the server sees each node's noisy release (local noise only)"}
+        return {
+            "enabled": False,
+            "round_mode": config.round_mode,
+            "threat_model": "the server sees each node's noisy release (local noise only)",
+        }
+    fedsgd = config.round_mode == "fedsgd"
     return {
         "enabled": True,
+        "round_mode": config.round_mode,
         "protocol": "SecAgg (X25519, ChaCha20 masks, Shamir dropout recovery), distributed Skellam noise",
         "applies_to": ["dp statistics release"]
         + (["dp co-occurrence release"] if config.marginal_items else [])
+        + (["every training round (fedsgd: one Mult-VAE DP-SGD step of all silos' users)"] if fedsgd else [])
         + ["dp baselines (simulated)"],
-        "not_applied_to": "training rounds: each node's model update carries its full DP-SGD noise",
+        "not_applied_to": "federated evaluation (metric sums only)"
+        if fedsgd
+        else "training rounds (round-mode local): each node's model update carries its full DP-SGD noise",
         "threshold": config.secagg_threshold or "majority of the admitted nodes",
         "threat_model": "epsilon_max: honest-but-curious server, fewer than threshold colluding nodes; "
         "epsilon_max_own_noise: each secure sum protected by the node's own noise share alone",

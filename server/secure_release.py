@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from common import keys
@@ -36,11 +36,16 @@ Request = dict[str, keys.ConfigValue]  # what every stage's request says (label,
 
 
 def exchange(
-    grid: Grid, action: str, requests: dict[int, ConfigRecord], config: RunConfig
+    grid: Grid, action: str, requests: dict[int, ConfigRecord], config: RunConfig, arrays: ArrayRecord | None = None
 ) -> tuple[dict[int, RecordDict], list[ClientReply]]:
-    """Send each node its request (``query.<action>``); (answered content by node, every reply)."""
+    """Send each node its request (``query.<action>``, with ``arrays`` if given); (answered content by node,
+    every reply)."""
     messages = [
-        Message(RecordDict({keys.CONFIG: request}), dst_node_id=node, message_type=f"{MessageType.QUERY}.{action}")
+        Message(
+            RecordDict({keys.CONFIG: request, **({keys.ARRAYS: arrays} if arrays is not None else {})}),
+            dst_node_id=node,
+            message_type=f"{MessageType.QUERY}.{action}",
+        )
         for node, request in requests.items()
     ]
     replies = as_client_replies(list(grid.send_and_receive(messages, timeout=config.reply_timeout)), messages)
@@ -69,11 +74,13 @@ def secure_cooccurrence(
 
 def secure_sum(
     grid: Grid, nodes: list[int], config: RunConfig, release: str, quantizer: SkellamQuantizer,
-    identity: dict[str, str], request: Request,
+    identity: dict[str, str], request: Request, arrays: ArrayRecord | None = None, server_round: int = 0,
 ) -> tuple[np.ndarray, float, RoundLog]:  # fmt: skip
-    """One release (``query.<release>`` at stage 3, ``request`` in every stage) summed by SecAgg:
-    (sum / scale, its noise std, the log)."""
-    label = f"{identity[keys.RUN_KEY]}/{release}"
+    """One release (``query.<release>`` at stage 3, ``request`` in every stage, ``arrays`` with stage 3) summed
+    by SecAgg: (sum / scale, its noise std, the log; its ``users``: the users of the nodes in the sum).
+
+    ``server_round`` > 0: a FedSGD step, labelled and logged as that round."""
+    label = f"{identity[keys.RUN_KEY]}/{release}" + (f"/{server_round}" if server_round else "")
     threshold = config.threshold_for(len(nodes))
     base: Request = {keys.SECAGG_LABEL: label, keys.PLANNED_ROUNDS: config.num_server_rounds, **identity, **request}
     keyed, replies = exchange(
@@ -87,7 +94,7 @@ def secure_sum(
         peers = {n: (keys.blob(c[keys.CONFIG], keys.CHANNEL_KEY), keys.blob(c[keys.CONFIG], keys.MASK_KEY))
                  for n, c in keyed.items()}  # fmt: skip
         shared = share_stage(grid, peers, params, {**base, keys.SECAGG_VARIANCE: variance}, config)
-        masked, release_log = masked_stage(grid, shared, base, config, release)
+        masked, release_log = masked_stage(grid, shared, base, config, release, arrays, server_round)
         release_log.refused += early.refused
         release_log.failed += early.failed
         require_quorum(f"the DP {release} release", release_log, config)
@@ -152,15 +159,15 @@ def share_stage(
 
 
 def masked_stage(
-    grid: Grid, shared: dict[int, dict[int, bytes]], base: Request, config: RunConfig, release: str
-) -> tuple[dict[int, np.ndarray], RoundLog]:
+    grid: Grid, shared: dict[int, dict[int, bytes]], base: Request, config: RunConfig, release: str,
+    arrays: ArrayRecord | None = None, server_round: int = 0,
+) -> tuple[dict[int, np.ndarray], RoundLog]:  # fmt: skip
     """Stage 3: each node of U2 gets the shares addressed to it and releases its masked vector (and pays)."""
     requests = {n: ConfigRecord({**base, **keys.as_lists(incoming, keys.SHARES)}) for n, incoming in shared.items()}
-    _, replies = exchange(grid, release, requests, config)
-    outcome = client_outcomes(replies, server_round=0)
-    masked = {
-        r.node: r.content.array_records[keys.ARRAYS][keys.MASKED].numpy()
-        for r in outcome.trained
-        if r.content is not None
-    }
+    _, replies = exchange(grid, release, requests, config, arrays)
+    outcome = client_outcomes(replies, server_round=server_round)
+    answered = [r for r in outcome.trained if r.content is not None]
+    masked = {r.node: r.content.array_records[keys.ARRAYS][keys.MASKED].numpy() for r in answered}  # type: ignore[union-attr]
+    users = [keys.number(r.content[keys.METRICS], keys.NUM_EXAMPLES) for r in answered if r.content is not None]
+    outcome.log.users = int(sum(users))
     return masked, outcome.log

@@ -62,6 +62,8 @@ _RUN_OPTIONS: list[tuple[str, type, str]] = [
     ("secure-aggregation", bool, "SecAgg with distributed Skellam noise for the DP statistics and baselines."),
     ("secagg-threshold", int, "Fewest nodes a secure sum is unmasked from [default: 0 = a majority]."),
     ("secagg-bits", int, "Secure sums mod 2^b [default: 0 = the fewest that cannot wrap]."),
+    ("round-mode", str, "local (DP-SGD epochs per silo) | fedsgd (one secure-aggregated step of all silos' users)."),
+    ("fedsgd-sample-rate", float, "fedsgd: Poisson rate at which every silo samples its users each step."),
     ("attack", str, "Simulated bad silos: none | scaled-update | random-update | target-items | inflated-counts."),
     ("attack-clients", int, "How many silos cheat (partition ids 0 … N-1)."),
     ("attack-targets", int, "Target items (unpopular, from the seed) measured in metrics.json -> attack."),
