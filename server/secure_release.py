@@ -89,6 +89,8 @@ def secure_sum(
     early = client_outcomes(replies, server_round=0).log  # refusals (budget) and failures before anything is spent
     variance = max((keys.number(c[keys.METRICS], keys.NOISE_VARIANCE) for c in keyed.values()), default=0.0)
     params = SecAggParams(label, threshold, release_bits(keyed, variance, threshold, config, quantizer), quantizer.dim)
+    what = f"FedSGD step {server_round}" if server_round else f"the DP {release} release"
+    require_quorum(what, early, config)  # too few at the keys stage: the nodes' own reasons, nothing spent
     try:
         require("keys", len(keyed), params)
         peers = {n: (keys.blob(c[keys.CONFIG], keys.CHANNEL_KEY), keys.blob(c[keys.CONFIG], keys.MASK_KEY))
@@ -97,7 +99,7 @@ def secure_sum(
         masked, release_log = masked_stage(grid, shared, base, config, release, arrays, server_round)
         release_log.refused += early.refused
         release_log.failed += early.failed
-        require_quorum(f"the DP {release} release", release_log, config)
+        require_quorum(what, release_log, config)
         require("masked-input", len(masked), params)
         survivors = sorted(masked)
         log.info("fedsynth %s: %d masked vector(s) in; unmasking", release, len(survivors))

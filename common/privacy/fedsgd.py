@@ -77,11 +77,12 @@ def apply_gradient(
 ) -> None:
     """One optimizer step with ĝ = ``gradient_sum`` / ``expected_batch`` (the noisy summed clipped gradients)."""
     mean = torch.from_numpy(np.asarray(gradient_sum, dtype=np.float64) / max(expected_batch, 1e-12))
+    params = trainable(model)
+    if sum(p.numel() for p in params) != mean.numel():
+        raise ValueError(f"the gradient has {mean.numel()} entries, the model {sum(p.numel() for p in params)}")
     offset = 0
-    for p in trainable(model):
+    for p in params:
         p.grad = mean[offset : offset + p.numel()].reshape(p.shape).to(p.dtype)
         offset += p.numel()
-    if offset != mean.numel():
-        raise ValueError(f"the gradient has {mean.numel()} entries, the model {offset}")
     optimizer.step()
     optimizer.zero_grad()

@@ -65,7 +65,9 @@ def secure_sum(rows: list[sp.csr_matrix], plans: list[PrivacyPlan], config: RunC
         variances.append(central_release_variance(ledger, plan, secure_release_of(request, plan, config, num_items),
                                                   config.num_server_rounds))  # fmt: skip
     release = secure_release_of(request, plans[0], config, num_items)
-    blocks = [iter([release.contributions(r)]) for r in rows]
+    contributions = release.contributions
+    assert contributions is not None  # a one-off release
+    blocks = [iter([contributions(r)]) for r in rows]
     return secure_release(blocks, release.quantizer, max(variances), config.threshold_for(len(rows)), label)
 
 
