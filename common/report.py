@@ -226,9 +226,19 @@ def _attack_lines(attack: dict[str, Any] | None) -> list[str]:
 def _secure_aggregation_lines(privacy: dict[str, Any]) -> list[str]:
     """The second threat model's ε and what secure aggregation covered (nothing when it was off)."""
     secure = privacy.get("secure_aggregation") or {}
+    mode = (
+        "Training rounds: round-mode **fedsgd**, each round one FedSGD step: one DP-SGD step of the Mult-VAE over "
+        "every silo's Poisson-sampled users, the silos' clipped gradient sums secure-aggregated with distributed "
+        "Skellam noise (central DP-SGD)."
+        if secure.get("round_mode") == "fedsgd"
+        else "Training rounds: round-mode **local**, each silo runs DP-SGD on its own users and sends its "
+        "update carrying its full noise."
+    )
     if not secure.get("enabled"):
-        return []
+        return [mode, ""] if "round_mode" in secure else []
     return [
+        mode,
+        "",
         f"Secure aggregation ({secure['protocol']}) for: {', '.join(secure['applies_to'])}; not for "
         f"{secure['not_applied_to']}. ε above: {secure['threat_model'].split(';')[0].split(': ', 1)[1]}. "
         f"Counting only each client's own noise share in the secure sums: ε ≤ "

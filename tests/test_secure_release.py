@@ -177,14 +177,16 @@ def test_a_flower_simulation_with_secure_aggregation_reports_both_threat_models(
     from simulations.cli import cli
 
     out = tmp_path / "run"
-    args = ["run", "--clients", "3", "--rounds", "1", "--epsilon", "2", "--gen-users", "360", "--gen-items", "300",
+    args = ["run", "--clients", "3", "--rounds", "2", "--epsilon", "2", "--gen-users", "360", "--gen-items", "300",
             "--vae-batch-size", "32", "--gan-batch-size", "32", "--discriminator-steps", "2", "--synthesizers", "vae",
-            "--recommenders", "popularity,ease", "--secure-aggregation", "--out", str(out)]  # fmt: skip
+            "--recommenders", "popularity,ease", "--secure-aggregation", "--round-mode", "fedsgd",
+            "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(cli, [*args, "--config", str(tiny_toml(tmp_path))])
     assert result.exit_code == 0, result.output
     privacy = json.loads((out / "metrics.json").read_text())["privacy"]
-    assert privacy["secure_aggregation"]["enabled"] is True
-    assert 1.8 < privacy["epsilon_max"] <= 2.0 + 1e-3 < privacy["epsilon_max_own_noise"]
+    assert privacy["secure_aggregation"]["enabled"] is True and privacy["secure_aggregation"]["round_mode"] == "fedsgd"
+    assert any("every training round" in part for part in privacy["secure_aggregation"]["applies_to"])
+    assert 1.5 < privacy["epsilon_max"] <= 2.0 + 1e-3 < privacy["epsilon_max_own_noise"]
     baselines = json.loads((out / "metrics.json").read_text())["baselines"]
     assert baselines["secure_aggregation"] is True
     for name in ("dp-popularity", "dp-ease"):
@@ -192,6 +194,8 @@ def test_a_flower_simulation_with_secure_aggregation_reports_both_threat_models(
         assert all(e > 2.0 for e in baselines[name]["epsilon_own_noise_per_client"])
     train = json.loads((out / "train.json").read_text())
     assert train["statistics_release"]["trained"] and len(train["statistics_release"]["trained"]) == 3
+    assert [len(r["trained"]) for r in train["rounds"]] == [3, 3]  # two FedSGD steps, every silo in each sum
+    assert "FedSGD" in (out / "report.md").read_text()
 
 
 def tiny_toml(root: Path) -> Path:
