@@ -24,14 +24,17 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.attack import MaliciousSilo, malicious_silo, silo_rows, tampered_train_reply
+from client.secure import central_release_variance, fedsgd_release
 from client.training import PrivacyPlan, plan_privacy, train_local_round
 from common import keys
 from common.attacks import inflate_counts, target_items, target_share
@@ -42,6 +45,9 @@ from common.data.pipeline import PreparedData, prepare
 from common.data.split import HeldOutUsers
 from common.evaluation import evaluate
 from common.privacy.cooccurrence import NoisyCooccurrence, marginal_items, noisy_cooccurrence
+from common.privacy.fedsgd import apply_gradient, clipped_gradient_sum, gradient_quantizer, poisson_sample
+from common.privacy.ledger import PrivacyLedger
+from common.privacy.skellam import skellam_noise
 from common.privacy.statistics import NoisyStatistics, noisy_statistics
 from common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
 from common.robust import robust_arrays, robust_statistics, robust_total
@@ -50,6 +56,7 @@ from common.seeding import rng_for
 from common.synthesis import SynthesisConfig, synthesize
 from server.baselines import baseline_recommenders
 from server.federation import fitted_bundle
+from server.fedsgd import fedsgd_optimizer
 
 EVAL = EvalConfig(ks=(10,))
 
@@ -174,6 +181,9 @@ def federated_rounds(
     """``num-server-rounds`` rounds of every client's local DP-SGD round from ``bundle``, aggregated as the
     server does (FedAvg by users, or ``robust-aggregation``), in place; cheating ``silos`` tamper as the
     ClientApp's would."""
+    if config.round_mode == "fedsgd":
+        federated_steps(bundle, rows, plans, config, seed)
+        return
     num_items, privacy, local = rows[0].shape[1], config.privacy(), config.local()
     server_optimizer = config.federated_strategy().server_optimizer()
     cheats = list(silos) + [None] * (len(rows) - len(silos))
@@ -196,6 +206,36 @@ def federated_rounds(
         if server_optimizer is not None:
             average = server_optimizer.step(server_round, bundle.state_dict(), average)
         bundle.load_state_dict(average)
+
+
+def federated_steps(
+    bundle: ModelBundle, rows: list[sp.csr_matrix], plans: list[PrivacyPlan], config: RunConfig, seed: int
+) -> None:
+    """round-mode fedsgd in process: per round, every client's rounded clipped gradient sum of its Poisson sample
+    plus its Skellam share Sk(V/t), summed (what the secure sum unmasks: the masks cancel exactly, see
+    tests/test_fedsgd.py), then the server's Adam step, in place. Each client's V is calibrated by the
+    ClientApp's own ``central_release_variance`` (here from an empty ledger), the largest taken."""
+    num_items, vae, clip = rows[0].shape[1], config.local().vae, config.max_grad_norm
+    steps, threshold = config.num_server_rounds, config.threshold_for(len(rows))
+    request = ConfigRecord({keys.SERVER_ROUND: 1})
+    variance = max(
+        central_release_variance(
+            PrivacyLedger(Path("unsaved"), "bench", p.delta, config.privacy().target_epsilon, "bench"),
+            p, fedsgd_release(request, p, config, num_items, None), steps,
+        )
+        for p in plans
+    )  # fmt: skip
+    quantizer = gradient_quantizer(num_items, vae, clip)
+    optimizer = fedsgd_optimizer(bundle, config, None)
+    rng, users = rng_for(seed, "fedsgd-steps"), sum(r.shape[0] for r in rows)
+    for server_round in range(1, steps + 1):
+        total = np.zeros(quantizer.dim, dtype=np.int64)
+        for r in rows:
+            torch.manual_seed(int(rng.integers(2**62)))
+            batch = poisson_sample(r, config.fedsgd_sample_rate, rng)
+            total += quantizer.round_sum(clipped_gradient_sum(bundle.vae, batch, clip, vae, server_round))
+            total += skellam_noise(variance / threshold, quantizer.dim, rng)
+        apply_gradient(bundle.vae, optimizer, total / quantizer.scale, config.fedsgd_sample_rate * users)
 
 
 def parse_settings(values: list[str]) -> list[dict[str, str]]:
