@@ -1,15 +1,16 @@
 """Secure aggregation: its cost per silo, and what distributed noise buys, side by side with it off.
 
     python -m simulations.bench.secure_aggregation overhead [--silos 5,20] [--dims 1500,20000]
-    python -m simulations.bench.secure_aggregation flower [--clients 5]
+    python -m simulations.bench.secure_aggregation flower [--clients 5] [--rounds 1]
     python -m simulations.bench.secure_aggregation utility --data-root ../shared/data \\
         [--datasets movielens,lastfm] [--epsilons 1,2,4,8] [--seeds 0,1,2] [--clients 5] [--threshold T]
 
 ``overhead``: one secure sum of D coordinates among K silos run in this process, stage by
 stage (keys, shares, masked input, unmask; the server's unmasking apart), seconds and bytes
 sent per silo, against the release without secure aggregation (Gaussian noise, D float64s).
-``flower``: ``fedsynth train --rounds 1`` as a Flower simulation with and without
-``--secure-aggregation``; the statistics release's seconds (train.json) and the run's wall time.
+``flower``: ``fedsynth train --rounds R`` as a Flower simulation without secure aggregation, with it
+(local rounds) and with it in ``round-mode fedsgd`` (R FedSGD steps); the statistics release's and the
+mean round's seconds (train.json) and the run's wall time.
 ``utility``: the rows whose releases secure aggregation covers, scored on the **test** users of
 5 IID silos (no tuning: every setting is the default), NDCG@10 mean over seeds, on vs off:
 ``fedsynth-prior`` (the pipeline's DP item counts, at its statistics share of ε, the same node
@@ -92,22 +93,31 @@ def overhead(silos: int, dim: int, repeats: int = 3) -> dict[str, float]:
     return {"silos": silos, "dim": dim, **result, **sent, "bytes_off": 8 * dim}
 
 
-def flower(clients: int) -> list[dict[str, float]]:
-    """The statistics release and whole-run seconds of one Flower simulation, SecAgg off and on."""
-    out = []
-    for secure in (False, True):
+FLOWER_MODES: dict[str, list[str]] = {
+    "off": [],
+    "on": ["--secure-aggregation"],
+    "on, fedsgd": ["--secure-aggregation", "--round-mode", "fedsgd", "--synthesizers", "vae"],
+}
+
+
+def flower(clients: int, rounds: int = 1) -> list[dict[str, float | str]]:
+    """The statistics release, mean round and whole-run seconds of one Flower simulation (``fedsynth train``
+    on the built-in data) per mode: SecAgg off, on (local rounds), on with FedSGD rounds."""
+    out: list[dict[str, float | str]] = []
+    for mode, flags in FLOWER_MODES.items():
         with tempfile.TemporaryDirectory() as root:
             args = [sys.executable, "-c", "from simulations.cli import main; main()", "train", "--clients",
-                    str(clients), "--rounds", "1", "--epsilon", "2", "--out", f"{root}/run"]  # fmt: skip
+                    str(clients), "--rounds", str(rounds), "--epsilon", "2", "--out", f"{root}/run"]  # fmt: skip
             clock = time.perf_counter()
-            subprocess.run([*args, *(["--secure-aggregation"] if secure else [])], check=True, capture_output=True)
+            subprocess.run([*args, *flags], check=True, capture_output=True)
             wall = time.perf_counter() - clock
             train = json.loads(Path(f"{root}/run/train.json").read_text())
+            seconds = [r["seconds"] for r in train["rounds"]]
             out.append(
                 {
-                    "secure_aggregation": secure,
+                    "secure_aggregation": mode,
                     "statistics_release_seconds": train["statistics_release"].get("seconds", math.nan),
-                    "round_seconds": train["rounds"][0]["seconds"],
+                    "round_seconds": sum(seconds) / len(seconds),
                     "run_wall_seconds": wall,
                 }
             )
@@ -174,6 +184,7 @@ def main() -> None:
     parser.add_argument("--silos", default="5,20")
     parser.add_argument("--dims", default="1500,20000")
     parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1, help="flower: rounds (FedSGD steps) per run")
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     parser.add_argument("--datasets", default="movielens,lastfm")
     parser.add_argument("--epsilons", default="1,2,4,8")
@@ -185,7 +196,7 @@ def main() -> None:
         grid = [(int(k), int(d)) for k in args.silos.split(",") for d in args.dims.split(",")]
         print(pd.DataFrame([overhead(k, d) for k, d in grid]).to_string(index=False))
     elif args.part == "flower":
-        print(pd.DataFrame(flower(args.clients)).to_string(index=False))
+        print(pd.DataFrame(flower(args.clients, args.rounds)).to_string(index=False))
     else:
         table = utility(args.data_root, args.datasets.split(","), [float(e) for e in args.epsilons.split(",")],
                         [int(s) for s in args.seeds.split(",")], args.clients, args.threshold)  # fmt: skip
