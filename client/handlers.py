@@ -185,11 +185,13 @@ def check_release(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, re
     ledger.check(events, what=f"the DP {release} release")
 
 
-def check_step(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, server_round: int) -> None:
+def check_step(
+    ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, server_round: int, config: RunConfig
+) -> None:
     """Refuse a FedSGD step of a run not in that mode, one already charged (a masked step cannot be
     replayed: its keys are gone) or one that does not fit the node's cap."""
-    if plan.gan_steps or plan.vae_steps != 1:
-        raise ConfigError("this node's plan is not for round-mode fedsgd; nothing released")
+    if config.round_mode != "fedsgd":
+        raise ConfigError("this run is not in round-mode fedsgd; no FedSGD step released")
     if server_round in ledger.charged_rounds(run.run_key):
         raise PrivacyBudgetExceeded(f"FedSGD step {server_round} of this run was already charged once")
     ledger.check(plan.round_events(), what=f"FedSGD step {server_round}")
@@ -207,7 +209,7 @@ def handle_fedsgd(
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
-        check_step(ledger, plan, run, server_round)
+        check_step(ledger, plan, run, server_round, config)
         release = secure_release_of(request, plan, config, rows.shape[1], content)
         arrays, central, own, variance = masked_release(content, rows, release, state)
     except (FedsynthError, TypeError) as exc:
@@ -244,7 +246,7 @@ def handle_secagg_keys(
         ledger = open_ledger(budget, rows, plan, config)
         release = secure_release_of(request, plan, config, rows.shape[1])
         if release.repeated:
-            check_step(ledger, plan, run, int(keys.number(request, keys.SERVER_ROUND)))
+            check_step(ledger, plan, run, int(keys.number(request, keys.SERVER_ROUND)), config)
         else:
             check_release(ledger, plan, run, release.name)
         public_keys, variance = start_secure_release(request, node, ledger, release, plan, state, run)

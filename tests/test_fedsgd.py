@@ -223,3 +223,14 @@ def ledger_users(tmp_path: Path, k: int, config: RunConfig) -> int:
     from client.data import node_data
 
     return node_data({"partition-id": k, "num-partitions": 3}, config).train.shape[0]
+
+
+def test_a_node_not_in_fedsgd_mode_refuses_a_step_and_spends_nothing(tmp_path: Path) -> None:
+    local = {**SETTINGS, "round-mode": "local"}
+    config = RunConfig.from_run_config(local)
+    grid = InProcessGrid(local, 3, tmp_path)
+    quantizer = gradient_quantizer(300, config.local().vae, config.max_grad_norm)
+    with pytest.raises(RunFailed, match="not in round-mode fedsgd"):
+        secure_sum(grid, grid.get_node_ids(), config, keys.FEDSGD, quantizer, IDENTITY, {keys.SERVER_ROUND: 1})
+    assert all(not ledgers_in(tmp_path / f"node-{k}")[0].events for k in range(3) if (tmp_path / f"node-{k}").exists()
+               and list((tmp_path / f"node-{k}").glob("ledger-*.json")))  # fmt: skip
