@@ -102,12 +102,14 @@ FLOWER_MODES: dict[str, list[str]] = {
 
 def flower(clients: int, rounds: int = 1) -> list[dict[str, float | str]]:
     """The statistics release, mean round and whole-run seconds of one Flower simulation (``fedsynth train``
-    on the built-in data) per mode: SecAgg off, on (local rounds), on with FedSGD rounds."""
+    on the built-in data, 150 users per client from 7 clients on) per mode: SecAgg off, on (local rounds),
+    on with FedSGD rounds."""
     out: list[dict[str, float | str]] = []
     for mode, flags in FLOWER_MODES.items():
         with tempfile.TemporaryDirectory() as root:
             args = [sys.executable, "-c", "from simulations.cli import main; main()", "train", "--clients",
-                    str(clients), "--rounds", str(rounds), "--epsilon", "2", "--out", f"{root}/run"]  # fmt: skip
+                    str(clients), "--rounds", str(rounds), "--epsilon", "2", "--out", f"{root}/run",
+                    "--gen-users", str(max(943, 150 * clients))]  # fmt: skip
             clock = time.perf_counter()
             subprocess.run([*args, *flags], check=True, capture_output=True)
             wall = time.perf_counter() - clock
