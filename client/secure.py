@@ -56,8 +56,9 @@ _STEP_VARIANCE = "fedsgd-step-variance"
 class SecureRelease:
     """What one secure release sums: its name (ledger model and message action), rounding, the plan's
     Gaussian release it replaces, and what a node sums: each user's contribution (CSR rows of norm ≤ the
-    quantizer's clip, rounded per user) for a one-off release, or for a FedSGD step (``sample_rate`` < 1)
-    the rounded clipped gradient sum of a Poisson sample, from the rows and a fresh random generator."""
+    quantizer's clip, rounded per user) for a one-off release, or for a FedSGD step (``step``, at Poisson
+    rate ``sample_rate``) the rounded clipped gradient sum of a Poisson sample, from the rows and a fresh
+    random generator."""
 
     name: str
     quantizer: SkellamQuantizer
@@ -76,8 +77,8 @@ class SecureRelease:
 
     @property
     def repeated(self) -> bool:
-        """Whether every round left is this release again (FedSGD steps), with the same noise."""
-        return self.sample_rate < 1
+        """Whether every round left is this release again (FedSGD steps, at any sampling rate), same noise."""
+        return self.step is not None
 
 
 def secure_release_of(
@@ -168,9 +169,11 @@ def start_secure_release(
     """
     planned = int(keys.number(request, keys.PLANNED_ROUNDS))
     rounds_left = planned - len(ledger.charged_rounds(run.run_key))
-    variance = step_variance(state, run, lambda: central_release_variance(ledger, plan, release, rounds_left)) if (
-        release.repeated
-    ) else central_release_variance(ledger, plan, release, rounds_left)  # fmt: skip
+
+    def calibrate() -> float:
+        return central_release_variance(ledger, plan, release, rounds_left)
+
+    variance = step_variance(state, run, calibrate) if release.repeated else calibrate()
     threshold = int(keys.number(request, keys.SECAGG_THRESHOLD))
     params = SecAggParams(keys.text(request, keys.SECAGG_LABEL), threshold, 64, release.quantizer.dim)
     secure = SecAggNode(node, params)

@@ -22,6 +22,8 @@ prior buffer is not trained); rows are CSR (users × items).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -40,8 +42,13 @@ def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def gradient_quantizer(num_items: int, config: MultVAEConfig, clip: float) -> SumRoundingQuantizer:
     """Rounding of a silo's clipped gradient sum of the Mult-VAE this run trains."""
-    dim = sum(p.numel() for p in trainable(MultVAE.from_config(num_items, config)))
-    return SumRoundingQuantizer.for_sum(clip, dim)
+    return SumRoundingQuantizer.for_sum(clip, parameter_count(num_items, config))
+
+
+@lru_cache(maxsize=16)
+def parameter_count(num_items: int, config: MultVAEConfig) -> int:
+    """D, the Mult-VAE's trainable parameters (built once per shape: every stage and round asks)."""
+    return sum(p.numel() for p in trainable(MultVAE.from_config(num_items, config)))
 
 
 def poisson_sample(rows: sp.csr_matrix, rate: float, rng: np.random.Generator) -> sp.csr_matrix:
