@@ -7,8 +7,9 @@ the run ``finished:failed``; wrappers read the file to say why (see :mod:`simula
 
 from __future__ import annotations
 
+import faulthandler
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -20,11 +21,31 @@ from server.federation import log, out_directory, run_federation
 from server.pipeline import run_pipeline
 
 FAILED = "failed.json"
+CRASH = "logs/serverapp-crash.log"
 
 
 def failure_path(out_dir: Path) -> Path:
     """Where a failed run's reason is written (absent after a run that succeeded)."""
     return out_dir / FAILED
+
+
+def crash_path(out_dir: Path) -> Path:
+    """Where the Python stacks of a ServerApp killed by a fatal signal (SIGSEGV, SIGABRT …) are written.
+
+    Flower starts the simulation process with its output discarded, so without this file a
+    crash in native code (BLAS, torch) ends the run as ``finished:failed`` with no trace at all.
+    """
+    return out_dir / CRASH
+
+
+def trace_fatal_signals(out_dir: Path) -> TextIO:
+    """Have :mod:`faulthandler` write every thread's stack to :func:`crash_path` on a fatal signal."""
+    path = crash_path(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    handle = path.open("w", encoding="utf-8")
+    faulthandler.enable(file=handle, all_threads=True)
+    return handle
 
 
 def build_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
@@ -36,6 +57,7 @@ def build_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
         config = RunConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
         failed = failure_path(out_directory(config))
         failed.unlink(missing_ok=True)
+        crash_log = trace_fatal_signals(out_directory(config))
         try:
             training = run_federation(grid, config)
             if config.pipeline == "full":
@@ -44,6 +66,11 @@ def build_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
             write_json_atomic(failed, {"reason": str(exc), "run_id": context.run_id})
             log.error("fedsynth FAILED: %s", exc)
             raise
+        finally:
+            faulthandler.disable()
+            crash_log.close()
+            if crash_log.name and Path(crash_log.name).stat().st_size == 0:
+                Path(crash_log.name).unlink(missing_ok=True)
 
     return app
 

@@ -184,12 +184,15 @@ def check_outcome(out_dir: Path, code: int, status: str | None, log: Path) -> No
 
     ``status``: the SuperLink's status of the run (None if the run never started).
     """
-    from server.app import failure_path
+    from server.app import crash_path, failure_path
 
-    failed = failure_path(out_dir)
+    failed, crashed = failure_path(out_dir), crash_path(out_dir)
     if failed.is_file():
         reason = json.loads(failed.read_text())["reason"]
         raise FedsynthError(f"the federated run failed: {reason} (log: {log})")
+    if crashed.is_file() and crashed.stat().st_size:
+        first = crashed.read_text(errors="replace").splitlines()[0]
+        raise FedsynthError(f"the ServerApp crashed ({first.strip()}); its stacks are in {crashed}, the log in {log}.")
     if status is None:
         raise FedsynthError(f"the federated run did not start (exit {code}); see {log}.")
     if status != "finished:completed" or code != 0:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -13,6 +16,7 @@ from common.errors import ConfigError
 from common.evaluation import evaluate
 from common.models.vae import MultVAE, MultVAEConfig, kl_beta, vae_loss
 from common.recommenders import EASE, ItemKNN, MostPopular, MultVAERecommender
+from common.recommenders import ease as ease_module
 
 
 def random_binary(n_users: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:
@@ -49,6 +53,51 @@ def test_ease_matches_the_closed_form() -> None:
 def test_ease_refuses_catalogues_above_its_limit() -> None:
     with pytest.raises(ConfigError, match="limit of 10 items"):
         EASE(max_items=10).fit(random_binary(5, 11, 0.5, seed=0))
+
+
+def test_ease_built_block_by_block_matches_the_closed_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ease_module, "BLOCK", 5)  # 3 column blocks over 13 items, the last one short
+    x = random_binary(80, 13, 0.3, seed=4)
+    dense = x.toarray().astype(np.float64)
+    np.testing.assert_array_equal(ease_module.dense_gram(x), dense.T @ dense)
+    p = np.linalg.inv(dense.T @ dense + 7.0 * np.eye(13))
+    np.testing.assert_allclose(EASE(7.0).fit(x).weights, np.eye(13) - p / np.diag(p)[None, :], atol=1e-5)
+
+
+def test_ease_refuses_a_catalogue_that_does_not_fit_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ease_module.available_memory_bytes() > 0
+    monkeypatch.setattr(ease_module, "available_memory_bytes", lambda: 2**30)
+    with pytest.raises(ConfigError, match=r"EASE needs a dense 20,000 × 20,000 .*3\.4 GiB.*only 1\.0 GiB"):
+        EASE().fit(sp.csr_matrix((3, 20_000), dtype=np.float32))
+
+
+def test_ease_names_a_gram_that_is_not_positive_definite() -> None:
+    with pytest.raises(ConfigError, match="not positive definite"):
+        ease_module.ease_weights(-np.eye(4, dtype=np.float32), 0.5)
+
+
+def test_the_ease_inversion_lets_other_threads_run() -> None:
+    """Flower's ServerApp heartbeat is a Python thread: a factorisation that held the GIL for a minute got the run
+    revoked by the SuperLink (module docstring of common.recommenders.ease)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3000, 3000)).astype(np.float32)
+    matrix = a @ a.T + 3000 * np.eye(3000, dtype=np.float32)
+    ticks: list[float] = []
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.005)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    started = time.perf_counter()
+    ease_module.spd_inverse(matrix)
+    elapsed = time.perf_counter() - started
+    done.set()
+    ticker.join()
+    assert max(np.diff(ticks)) < 0.5 * elapsed
 
 
 def test_itemknn_matches_brute_force_cosine() -> None:
