@@ -30,6 +30,7 @@ from common.io import write_text_atomic
 from common.round_log import RoundLog
 from common.run_config import RunConfig
 from server.aggregation import ClientReply, as_client_replies, reply_problem
+from server.exchange import send_and_receive
 
 
 class RunFailed(FedsynthError):
@@ -76,7 +77,7 @@ def admit(grid: Grid, nodes: list[int], config: RunConfig, request: dict[str, An
         Message(RecordDict({keys.CONFIG: ConfigRecord(request)}), dst_node_id=n, message_type=MessageType.QUERY)
         for n in nodes
     ]
-    replies = as_client_replies(list(grid.send_and_receive(messages, timeout=config.reply_timeout)), messages)
+    replies = as_client_replies(send_and_receive(grid, messages, config.reply_timeout), messages)
     return decide_admission(replies, config)
 
 

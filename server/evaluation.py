@@ -16,6 +16,7 @@ from common.metrics import RankingMetrics
 from common.recommenders.base import Recommender
 from common.recommenders.transfer import pack
 from server.aggregation import as_client_replies
+from server.exchange import send_and_receive
 
 
 def evaluation_request(recommender: Recommender, config: EvalConfig) -> RecordDict:
@@ -51,7 +52,7 @@ def federated_evaluate(
     """Metrics of ``recommender`` over every responding client's held-out users; and who answered."""
     content = evaluation_request(recommender, config)
     messages = [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies = send_and_receive(grid, messages, timeout)
     answered = [r.content for r in replies if not r.has_error()]
     failed = [
         {"node": reply.node, "reason": reply.error}

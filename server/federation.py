@@ -35,6 +35,7 @@ from common.run_config import RunConfig
 from common.seeding import seed_for
 from server.admission import Admission, admit, identity_fields, require_quorum, require_training
 from server.aggregation import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
+from server.exchange import send_and_receive
 from server.fedsgd import Checkpoint, fedsgd_rounds
 from server.secure_release import secure_cooccurrence, secure_statistics
 
@@ -89,7 +90,7 @@ def query_release(
         Message(RecordDict({keys.CONFIG: record}), dst_node_id=n, message_type=f"{MessageType.QUERY}.{action}")
         for n in nodes
     ]
-    replies = list(grid.send_and_receive(messages, timeout=config.reply_timeout))
+    replies = send_and_receive(grid, messages, config.reply_timeout)
     outcome = client_outcomes(as_client_replies(replies, messages, config.reply_timeout), server_round=0)
     require_quorum(what, outcome.log, config)
     return [r.content for r in outcome.trained if r.content is not None], outcome.log
@@ -293,7 +294,7 @@ def train_round(
         Message(RecordDict({keys.ARRAYS: arrays, keys.CONFIG: request}), dst_node_id=n, message_type=MessageType.TRAIN)
         for n in sampled
     ]
-    replies = list(grid.send_and_receive(messages, timeout=config.reply_timeout))
+    replies = send_and_receive(grid, messages, config.reply_timeout)
     outcome = aggregate_round(server_round, replies, messages, config.reply_timeout, arrays, config.robust())
     round_log = outcome.log
     round_log.sampled, round_log.missing_from_sample = sampled, sorted(set(participants) - set(nodes))

@@ -30,6 +30,7 @@ from common.run_config import RunConfig
 from common.secagg.protocol import SecAggAborted, SecAggParams, decode, require, route, unmasked_sum
 from server.admission import RunFailed, require_quorum
 from server.aggregation import ClientReply, as_client_replies, client_outcomes, reply_problem
+from server.exchange import send_and_receive
 
 log = logging.getLogger("flwr")
 Request = dict[str, keys.ConfigValue]  # what every stage's request says (label, plan, run identity)
@@ -48,7 +49,7 @@ def exchange(
         )
         for node, request in requests.items()
     ]
-    replies = as_client_replies(list(grid.send_and_receive(messages, timeout=config.reply_timeout)), messages)
+    replies = as_client_replies(send_and_receive(grid, messages, config.reply_timeout), messages)
     return {r.node: r.content for r in replies if r.content is not None and reply_problem(r) is None}, replies
 
 

@@ -8,6 +8,7 @@ stage logic are the real ones. A node can be made to go silent from a given stag
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ SETTINGS: dict[str, Any] = {
     "epsilon": 2.0,
     "num-server-rounds": 2,
     "secure-aggregation": True,
+    "reply-timeout": 2.0,  # in-process replies arrive at once; only a silent node waits this long
 }
 
 
@@ -61,13 +63,17 @@ class InProcessGrid:
         self.silent: dict[int, str] = {}
         self.sent: list[Message] = []
         self.replies: list[Message] = []
+        self.unpulled: list[Message] = []
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
-    def send_and_receive(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
-        replies = []
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Deliver each message now (as Flower's grids do, give it its id first); keep the replies for the pull."""
+        ids = []
         for message in messages:
+            message.metadata.__dict__["_message_id"] = message.object_id
+            ids.append(message.metadata.message_id)
             node = message.metadata.dst_node_id
             action = message.metadata.message_type.partition(".")[2] or message.metadata.message_type
             if self.silent.get(node) == action:
@@ -77,8 +83,14 @@ class InProcessGrid:
             self.sent.append(message)
             reply = self.app(message, self.contexts[node])
             self.replies.append(reply)
-            replies.append(reply)
-        return replies
+            self.unpulled.append(reply)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        wanted = set(message_ids)
+        pulled = [r for r in self.unpulled if r.metadata.reply_to_message_id in wanted]
+        self.unpulled = [r for r in self.unpulled if r not in pulled]
+        return pulled
 
 
 def run_release(tmp_path: Path, nodes: int = 4, silent: dict[int, str] | None = None, **extra: Any):

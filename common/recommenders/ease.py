@@ -55,12 +55,12 @@ def check_dense_fits(n_items: int, what: str, copies: float = 2.25) -> None:
         )
 
 
-def dense_gram(rows: sp.spmatrix) -> np.ndarray:
+def dense_gram(rows: sp.csr_matrix) -> np.ndarray:
     """XᵀX of the binarised ``rows`` (users, M) as a dense (M, M) float32, built block by block.
 
     Never forms the sparse product as a whole (its nnz can approach M², at 12 bytes each).
     """
-    binary = sp.csc_matrix(rows > 0, dtype=np.float32)
+    binary = sp.csc_matrix((rows > 0).astype(np.float32))
     n_items = binary.shape[1]
     gram = np.empty((n_items, n_items), dtype=np.float32)
     transposed = binary.T.tocsr()
