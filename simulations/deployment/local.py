@@ -113,6 +113,7 @@ class LocalDeployment:
     data: NodeFiles
     port: int = field(default_factory=free_port)
     processes: dict[str, Process] = field(default_factory=dict)
+    warm_nodes: bool = True  # SuperNodes through fedsynth-node (warm forked ClientApps); False: plain flower-supernode
 
     @property
     def flwr_home(self) -> Path:
@@ -227,7 +228,8 @@ class LocalDeployment:
         )
         if settings.max_epsilon is not None:
             node_config += f" max-epsilon={settings.max_epsilon!r}"
-        command = [_binary("flower-supernode"), "--superlink", self.address, "--port", str(free_port())]
+        launcher = "fedsynth-node" if self.warm_nodes else "flower-supernode"  # client/warm_node.py
+        command = [_binary(launcher), "--superlink", self.address, "--port", str(free_port())]
         if with_ca:
             command += ["--root-certificates", str(self.certificates.ca_certificate.resolve())]
         if key is not None:
@@ -340,11 +342,17 @@ def deployment_run_config(run_config: dict[str, Any], out: Path, nodes: int) -> 
 
 
 def run_local_deployment(
-    console: Any, out: Path, nodes: int, run_config: dict[str, Any], node_max_epsilon: float | None = None
+    console: Any,
+    out: Path,
+    nodes: int,
+    run_config: dict[str, Any],
+    node_max_epsilon: float | None = None,
+    warm_nodes: bool = True,
 ) -> dict[str, Any]:
     """``fedsynth deploy local``: prepare, start everything, submit, stream progress, stop everything.
 
-    Each node's cap (node config ``max-epsilon``) is ``node_max_epsilon``, by default the run's ε.
+    Each node's cap (node config ``max-epsilon``) is ``node_max_epsilon``, by default the run's ε;
+    ``warm_nodes``: SuperNodes through ``fedsynth-node`` (:mod:`client.warm_node`), else plain ``flower-supernode``.
     """
     from simulations.jobs import RunProgress, check_new_run
 
@@ -361,7 +369,7 @@ def run_local_deployment(
     certificates, keys, data = prepare_local(root, nodes, run_config)
     settings = deployment_run_config(run_config, out, nodes)
     cap = node_max_epsilon if node_max_epsilon is not None else float(settings.get("epsilon", 8.0))
-    with LocalDeployment(root, certificates, data) as deployment:
+    with LocalDeployment(root, certificates, data, warm_nodes=warm_nodes) as deployment:
         console.print(f"SuperLink on {deployment.address} (TLS, node authentication, database {database})")
         deployment.start_superlink()
         for index, key in enumerate(keys):
