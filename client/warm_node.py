@@ -22,7 +22,9 @@ not preloaded, so the ClientApp code that runs is always the FAB's.
 Fork safety: the parent imports modules but runs no torch operation and starts no thread pool
 before forking (torch creates its intra-op threads on first use, in the child); the logging
 module re-creates its locks in the child. The SuperNode and this process share one process
-group, so stopping or killing the node stops both; exited children are reaped on every poll.
+group, so stopping or killing the node stops both; when the SuperNode exits on its own (it
+could not connect, its key was refused) this process exits with its status; exited task
+children are reaped on every poll.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import importlib
 import os
 import subprocess
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 
@@ -148,6 +151,18 @@ def runtime_address(arguments: Sequence[str]) -> str:
     return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{option(arguments, '--port') or DEFAULT_RUNTIME_PORT}"
 
 
+def exit_with(supernode: subprocess.Popen[bytes]) -> None:
+    """Wait for the SuperNode and end this process with its exit status (a signal ``s`` as 128 + s).
+
+    Flower's parent monitor cannot do this: the SuperNode is this process's child, and an
+    exited child that has not been waited for still "exists" to it.
+    """
+    code = supernode.wait()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if code >= 0 else 128 - code)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Start ``flower-supernode`` (``--isolation process``) and serve its tasks from warm forks."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -160,11 +175,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     address = runtime_address(arguments)
     binary = os.path.join(os.path.dirname(sys.executable), "flower-supernode")
     supernode = subprocess.Popen([binary, *arguments, "--isolation", "process"])
+    threading.Thread(target=exit_with, args=(supernode,), name="supernode-exit", daemon=True).start()
     preload()
     os.environ.setdefault(POLL_ENV, POLL_SECONDS)
     superexec.get_executor = lambda *args, **kwargs: ForkingExecutor()  # the one change to Flower's loop
     try:
-        superexec.run_superexec(runtime_api_address=address, insecure=True, parent_pid=supernode.pid)
+        superexec.run_superexec(runtime_api_address=address, insecure=True)
     finally:
         if supernode.poll() is None:
             supernode.terminate()

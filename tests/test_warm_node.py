@@ -98,3 +98,20 @@ def test_arguments_it_cannot_honour_are_refused_before_anything_starts(
     with pytest.raises(SystemExit, match=f"does not take {refused[0].partition('=')[0]}"):
         warm_node.main(["--superlink", "127.0.0.1:9092", *refused])
     assert not started
+
+
+def test_the_launcher_exits_with_the_supernodes_status_when_the_supernode_gives_up(tmp_path: Path) -> None:
+    """A SuperNode that cannot connect exits; its launcher must not linger as a SuperExec without a node."""
+    import subprocess
+    import sys
+
+    script = (
+        "import subprocess, sys, threading, time\n"
+        "from client.warm_node import exit_with\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import sys; sys.exit(3)'])\n"
+        "threading.Thread(target=exit_with, args=(child,), daemon=True).start()\n"
+        "time.sleep(60)\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], timeout=60)
+    assert done.returncode == 3 and time.monotonic() - started < 30
