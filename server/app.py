@@ -7,9 +7,11 @@ the run ``finished:failed``; wrappers read the file to say why (see :mod:`simula
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -38,14 +40,25 @@ def crash_path(out_dir: Path) -> Path:
     return out_dir / CRASH
 
 
-def trace_fatal_signals(out_dir: Path) -> TextIO:
-    """Have :mod:`faulthandler` write every thread's stack to :func:`crash_path` on a fatal signal."""
+@contextlib.contextmanager
+def fatal_signal_trace(out_dir: Path) -> Iterator[None]:
+    """Inside, :mod:`faulthandler` writes every thread's stack to :func:`crash_path` on a fatal signal.
+
+    On leaving, the handler is switched off and the file removed if nothing was written (a run
+    that ends normally, or by a Python exception, leaves no crash log).
+    """
     path = crash_path(out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    handle = path.open("w", encoding="utf-8")
-    faulthandler.enable(file=handle, all_threads=True)
-    return handle
+    try:
+        with path.open("w", encoding="utf-8") as handle:
+            faulthandler.enable(file=handle, all_threads=True)
+            try:
+                yield
+            finally:
+                faulthandler.disable()
+    finally:
+        if path.stat().st_size == 0:
+            path.unlink()
 
 
 def build_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
@@ -55,22 +68,18 @@ def build_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = RunConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
-        failed = failure_path(out_directory(config))
+        out = out_directory(config)
+        failed = failure_path(out)
         failed.unlink(missing_ok=True)
-        crash_log = trace_fatal_signals(out_directory(config))
-        try:
-            training = run_federation(grid, config)
-            if config.pipeline == "full":
-                run_pipeline(grid, config, training)
-        except FedsynthError as exc:
-            write_json_atomic(failed, {"reason": str(exc), "run_id": context.run_id})
-            log.error("fedsynth FAILED: %s", exc)
-            raise
-        finally:
-            faulthandler.disable()
-            crash_log.close()
-            if crash_log.name and Path(crash_log.name).stat().st_size == 0:
-                Path(crash_log.name).unlink(missing_ok=True)
+        with fatal_signal_trace(out):
+            try:
+                training = run_federation(grid, config)
+                if config.pipeline == "full":
+                    run_pipeline(grid, config, training)
+            except FedsynthError as exc:
+                write_json_atomic(failed, {"reason": str(exc), "run_id": context.run_id})
+                log.error("fedsynth FAILED: %s", exc)
+                raise
 
     return app
 

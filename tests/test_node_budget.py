@@ -229,3 +229,33 @@ def test_a_failed_run_is_an_error_whatever_flowers_exit_code(tmp_path: Path) -> 
         check_outcome(tmp_path, 1, None, log)
     check_outcome(tmp_path, 0, "finished:completed", log)
     assert started_run_id("\x1b[92mSuccessfully started run 1234567\x1b[0m") == 1234567
+
+
+def test_a_serverapp_killed_by_a_fatal_signal_leaves_its_stacks_and_the_cli_names_them(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from server.app import crash_path
+
+    script = (
+        "import ctypes, sys\n"
+        "from pathlib import Path\n"
+        "from server.app import fatal_signal_trace\n"
+        "with fatal_signal_trace(Path(sys.argv[1])):\n"
+        "    ctypes.string_at(0)\n"  # SIGSEGV in native code, as a BLAS crash would be
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=Path(__file__).parents[1], timeout=120)
+    assert done.returncode != 0
+    assert "Fatal Python error: Segmentation fault" in crash_path(tmp_path).read_text()
+    with pytest.raises(FedsynthError, match=r"the ServerApp crashed \(Fatal Python error: Segmentation fault\)"):
+        check_outcome(tmp_path, 0, "finished:failed", tmp_path / "run.log")
+
+
+def test_a_run_without_a_fatal_signal_leaves_no_crash_log(tmp_path: Path) -> None:
+    from server.app import crash_path, fatal_signal_trace
+
+    with fatal_signal_trace(tmp_path):
+        pass
+    with pytest.raises(ValueError), fatal_signal_trace(tmp_path):
+        raise ValueError("a Python error is not a crash")
+    assert not crash_path(tmp_path).exists()

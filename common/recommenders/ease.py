@@ -73,7 +73,7 @@ def dense_gram(rows: sp.csr_matrix) -> np.ndarray:
 def spd_inverse(matrix: np.ndarray) -> np.ndarray:
     """Inverse of a symmetric positive-definite float32 C-ordered (M, M) matrix, **overwriting** it.
 
-    Cholesky factor and inverse by torch (``linalg.cholesky`` then ``cholesky_inverse``, both
+    Cholesky factor and inverse by torch (``linalg.cholesky_ex`` then ``cholesky_inverse``, both
     with ``out`` the same buffer; torch takes one more M × M temporary inside). torch releases
     the GIL during the factorisation, which scipy's LAPACK wrappers do not: a ServerApp that
     holds the GIL for a minute starves Flower's heartbeat thread and the SuperLink ends the run
