@@ -22,6 +22,7 @@ from client.secure import masked_release, secure_release_of, start_secure_releas
 from client.training import PrivacyPlan, plan_privacy, train_local_round
 from common import keys
 from common.bundle import ModelBundle
+from common.device import training_device
 from common.errors import ConfigError, FedsynthError
 from common.privacy.cooccurrence import COOCCURRENCE, check_items, noisy_cooccurrence, upper
 from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
@@ -305,7 +306,7 @@ def handle_train(
     bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)
     bundle.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
     seed = release_seed(config, f"local-round-{server_round}")
-    vae, gan = train_local_round(bundle, rows, plan, privacy, local, server_round, seed)
+    vae, gan = train_local_round(bundle, rows, plan, privacy, local, server_round, seed, training_device(config.device))
     # Opacus counts the private steps it ran; without DP the plan's noise-free events (ε = ∞) are recorded.
     spent = vae.events + gan.events if plan.private else plan.round_events()
     losses = {**vae.losses, **gan.losses}

@@ -31,6 +31,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from client.training import PrivacyPlan
 from common import keys
+from common.device import training_device
 from common.errors import FedsynthError
 from common.models.vae import MultVAE
 from common.privacy.accounting import DPEvent
@@ -115,6 +116,7 @@ def fedsgd_release(
             raise FedsynthError("a FedSGD step needs the global weights in the request")
         model = MultVAE.from_config(num_items, vae)
         model.load_state_dict(content.array_records[keys.ARRAYS].to_torch_state_dict())
+        model.to(training_device(config.device))
         torch.manual_seed(int(rng.integers(2**62)))  # dropout and the reparameterisation draw
         batch = poisson_sample(rows, plan.vae_rate, rng)
         return quantizer.round_sum(clipped_gradient_sum(model, batch, clip, vae, server_round))

@@ -170,7 +170,9 @@ def train_vae_round(
     """One round of (DP-)SGD on ``model`` in place. KL β follows the global step ``first_step + i``.
 
     ``proximal_mu`` > 0: FedProx, the gradient of μ/2 ‖w − w_start‖² joins every step (after the noise).
+    Runs on the model's device: each batch (B, n_items) is densified on the CPU and copied there.
     """
+    device = next(model.parameters()).device
     torch.manual_seed(seed)
     sgd = local_sgd(
         plan.private,
@@ -188,6 +190,7 @@ def train_vae_round(
         for x in sgd.batches:
             if x.shape[0] == 0:  # an empty Poisson batch (probability (1-q)^n): nothing trained, nothing counted
                 continue
+            x = x.to(device, non_blocking=True)
             logits, mu, logvar = model(x)
             per_user = vae_loss(logits, x, mu, logvar, kl_beta(step, config.anneal_steps, config.beta_cap), "none")
             sgd.backward(per_user)
@@ -213,9 +216,11 @@ def train_gan_round(
     ``proximal_mu`` > 0: FedProx's term on both the discriminator and the generator.
 
     With ``plan.gan_steps == 0`` (the GAN is not a synthesizer) nothing is trained and nothing spent.
+    Runs on the discriminator's device (the generator must be on the same one).
     """
     if plan.gan_steps == 0:
         return RoundResult([], {})
+    device = next(discriminator.parameters()).device
     torch.manual_seed(seed)
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
     sgd = local_sgd(
@@ -234,9 +239,10 @@ def train_gan_round(
         for x in sgd.batches:
             if done == plan.gan_steps:
                 break
+            x = x.to(device, non_blocking=True)
             fake = generator.sample(config.batch_size).detach()
             inputs = torch.cat([as_distribution(x), fake])
-            labels = torch.cat([torch.ones(x.shape[0]), torch.zeros(fake.shape[0])])
+            labels = torch.cat([torch.ones(x.shape[0], device=device), torch.zeros(fake.shape[0], device=device)])
             per_row = discriminator_loss(discriminator(inputs), labels, reduction="none")
             sgd.backward(per_row)
             sgd.step()
@@ -280,9 +286,16 @@ def train_local_round(
     local: LocalTrainingConfig,
     server_round: int,
     seed: int,
+    device: torch.device | None = None,
 ) -> tuple[RoundResult, RoundResult]:
-    """A client's round on ``bundle`` in place: the Mult-VAE, then the GAN (FedProx's term when ``local`` has μ > 0)."""
+    """A client's round on ``bundle`` in place: the Mult-VAE, then the GAN (FedProx's term when ``local`` has μ > 0).
+
+    ``device``: where to train (the bundle is moved there and back to the CPU afterwards); ``None``: where it is.
+    """
     first_step, mu = (server_round - 1) * plan.vae_steps, local.proximal_mu
+    home = next(bundle.vae.parameters()).device
+    bundle.to(device or home)
     vae = train_vae_round(bundle.vae, data, plan, privacy, local.vae, first_step, seed, mu)
     gan = train_gan_round(bundle.generator, bundle.discriminator, data, plan, privacy, local.gan, seed, mu)
+    bundle.to(home)
     return vae, gan

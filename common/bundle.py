@@ -35,6 +35,12 @@ class ModelBundle:
         self.vae.prior.copy_(logits)
         self.generator.prior.copy_(logits)
 
+    def to(self, device: torch.device | str) -> ModelBundle:
+        """Move all three models to ``device`` in place (their optimisers must be made afterwards)."""
+        for _, module in self._parts():
+            module.to(device)
+        return self
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """All parameters with prefixed keys (detached CPU tensors)."""
         out: dict[str, torch.Tensor] = {}

@@ -15,6 +15,7 @@ from typing import Any
 from common.attacks import AttackConfig
 from common.config import DataConfig, GeneratedDataConfig, PartitionConfig, PreprocessConfig, SplitConfig, from_mapping
 from common.data.pipeline import DataSettings
+from common.device import parse_device
 from common.errors import ConfigError
 from common.models.gan import GANConfig
 from common.models.marginal_fit import MarginalFitConfig
@@ -112,7 +113,7 @@ class RunConfig:
     dp_ease_items: int = 500  # DP-EASE's Gram matrix over the top items by DP counts (at most 10,000)
     dp_ease_clip: float = 1.0  # per-user Frobenius bound of x xᵀ in DP-EASE (1 = x / ‖x‖: best of 1–64 on validation)
     reply_timeout: float = 600.0  # seconds the server waits for a round's replies; silent clients count as failed
-    device: str = "cpu"  # central training on the server (clients train on CPU)
+    device: str = "cpu"  # cpu | cuda[:N]: the clients' DP-SGD and the server's central training
     attack: str = "none"  # simulation only: none | scaled-update | random-update | target-items | inflated-counts
     attack_clients: int = 1  # silos with partition-id below this cheat
     attack_targets: int = 0  # target items measured (metrics.json -> attack) and promoted by the targeted attacks
@@ -143,8 +144,7 @@ class RunConfig:
         self.check_secure_aggregation()
         self.check_marginals()
         self.check_attack()
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}.")
+        parse_device(self.device)
 
     def check_secure_aggregation(self) -> None:
         if self.secagg_threshold < 0 or self.secagg_threshold == 1:

@@ -23,6 +23,7 @@ import tomllib
 from rich.console import Console
 
 from common.config import from_mapping
+from common.device import check_device_available
 from common.errors import ConfigError, FedsynthError
 from common.io import write_json_atomic
 from common.run_config import RunConfig, epsilon_setting
@@ -55,7 +56,7 @@ _RUN_OPTIONS: list[tuple[str, type, str]] = [
     ("synthesis-temperature", float, "Sampling temperature of synthetic users' items."),
     ("recommenders", str, "Comma-separated: popularity, itemknn, ease, multvae."),
     ("seed", int, "Seed of data, partition, models and synthesis."),
-    ("device", str, "cpu | cuda for the server's central training."),
+    ("device", str, "cpu | cuda[:N]: the clients' DP-SGD and the server's central training."),
     ("ledger-dir", str, "Clients' privacy ledgers [default: OUT/ledgers]."),
     ("min-clients", int, "Fewer answering at the start, in the release or in a round: the run fails."),
     ("allow-degraded", bool, "Leave out nodes that cannot take part; accept rounds below --min-clients."),
@@ -126,6 +127,7 @@ def resolve_run_config(config_file: Path | None, given: dict[str, Any], out: Pat
         settings["epsilon"] = epsilon_setting(float(settings["epsilon"]))
     settings.setdefault("ledger-dir", str((out / "ledgers").resolve()))
     RunConfig.from_run_config(settings)
+    check_device_available(str(settings.get("device", "cpu")))  # every process of a local run trains here
     if settings.get("data-path") and not Path(settings["data-path"]).exists():
         raise ConfigError(f"--data-path {settings['data-path']}: no such file or directory.")
     return settings

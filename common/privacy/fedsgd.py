@@ -62,7 +62,7 @@ def clipped_gradient_sum(
     """Σ_i clip_C(∇ℓ_i) over the rows of ``batch`` at the model's weights, flattened (D,) float64.
 
     An empty batch gives zeros (the node still sends its noise share). The model is left with
-    those gradients in ``.grad``; its weights do not move.
+    those gradients in ``.grad``; its weights do not move. Computed on the model's device.
     """
     params = trainable(model)
     if batch.shape[0] == 0:
@@ -70,13 +70,13 @@ def clipped_gradient_sum(
     clipper = LinearClipper(model, clip)
     try:
         model.train()
-        x = torch.from_numpy(batch.astype(np.float32).toarray())
+        x = torch.from_numpy(batch.astype(np.float32).toarray()).to(params[0].device)
         logits, mu, logvar = model(x)
         beta = kl_beta(server_round - 1, config.anneal_steps, config.beta_cap)
         clipper.backward(vae_loss(logits, x, mu, logvar, beta, "none"))
     finally:
         clipper.remove()
-    return torch.cat([p.grad.reshape(-1) for p in params]).double().numpy()  # type: ignore[union-attr]
+    return torch.cat([p.grad.reshape(-1) for p in params]).double().cpu().numpy()  # type: ignore[union-attr]
 
 
 def apply_gradient(

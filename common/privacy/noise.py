@@ -37,12 +37,15 @@ class ParallelNoiseDPOptimizer(DPOptimizerFastGradientClipping):
 
     ``seed`` seeds worker k's generator with ``seed + k``. ``p.grad`` must hold the sum of the
     per-user clipped gradients (see :class:`~common.privacy.linear_clipping.LinearClipper`).
+    Parameters on a CUDA device get one CUDA generator (``workers`` is then 1).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, seed: int, workers: int | None = None, **kwargs: Any):
         super().__init__(optimizer, **kwargs)
-        self.workers = workers or default_workers()
-        self.noise_generators = [torch.Generator().manual_seed(seed + k) for k in range(self.workers)]
+        device = self.params[0].device if self.params else torch.device("cpu")
+        # On a GPU one generator fills each gradient in one kernel; threads would only serialise on the stream.
+        self.workers = 1 if device.type != "cpu" else workers or default_workers()
+        self.noise_generators = [torch.Generator(device=device).manual_seed(seed + k) for k in range(self.workers)]
         self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
 
     def accumulate(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from common.config import EvalConfig
 from common.data.pipeline import DataSettings, PreparedData, prepare
-from common.errors import ConfigError
+from common.device import check_device_available
 from common.evaluation import evaluate
 from common.io import to_plain, write_json_atomic
 from common.models.vae import MultVAEConfig
@@ -41,8 +41,7 @@ class UpperBoundConfig:
 
     def __post_init__(self) -> None:
         check_recommender_names(self.recommenders)
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"--device must be cpu or cuda[:N], got {self.device!r}.")
+        check_device_available(self.device)  # the baseline trains here: refuse a GPU torch cannot see
 
 
 def build_recommender(name: str, config: UpperBoundConfig) -> Recommender:
