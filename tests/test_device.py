@@ -96,7 +96,8 @@ def test_a_dp_round_on_cuda_counts_the_same_steps_and_returns_cpu_weights() -> N
     assert all(v.device.type == "cpu" for v in bundle.state_dict().values())
     assert all(math.isfinite(v) for v in losses.values())
     before = ModelBundle.create(40, LocalTrainingConfig(MultVAEConfig(hidden_dims=(16,), latent_dim=4)), seed=0)
-    assert any(not torch.equal(v, before.state_dict()[k]) for k, v in bundle.state_dict().items())  # trained (with other noise draws than the CPU's)
+    # trained (with other noise draws than the CPU's)
+    assert any(not torch.equal(v, before.state_dict()[k]) for k, v in bundle.state_dict().items())
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA"))])
