@@ -42,6 +42,8 @@ from flwr.supercore.superexec import run_superexec as superexec
 from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
 
+from common.openmp import with_short_openmp_spin
+
 PRELOADED = (
     "numpy",
     "scipy.sparse",
@@ -174,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(f"error: fedsynth-node does not take {refused}: {why}; remove it from the arguments.")
     address = runtime_address(arguments)
     binary = os.path.join(os.path.dirname(sys.executable), "flower-supernode")
+    os.environ.update(with_short_openmp_spin(os.environ))  # before torch loads libgomp (common/openmp.py)
     supernode = subprocess.Popen([binary, *arguments, "--isolation", "process"])
     threading.Thread(target=exit_with, args=(supernode,), name="supernode-exit", daemon=True).start()
     preload()

@@ -22,6 +22,7 @@ from typing import Any
 
 import server
 from common.errors import FedsynthError
+from common.openmp import with_short_openmp_spin
 
 
 def project_root() -> Path:
@@ -53,10 +54,10 @@ def flower_environment(flwr_home: Path) -> dict[str, str]:
     """This process's environment with a private ``FLWR_HOME`` and this venv's bin first on PATH.
 
     `flwr run` starts `flower-superlink` by name: this finds the environment's own even when it
-    is not activated.
+    is not activated. OpenMP's idle spin is shortened for DP-SGD's noise threads (:mod:`common.openmp`).
     """
     return {
-        **os.environ,
+        **with_short_openmp_spin(os.environ),
         "FLWR_HOME": str(flwr_home),
         "PYTHONWARNINGS": "ignore",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),

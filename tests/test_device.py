@@ -109,10 +109,25 @@ def test_the_noise_has_the_planned_standard_deviation_on_the_parameters_device(d
         torch.optim.SGD([param], lr=1.0), seed=0, workers=2, noise_multiplier=2.0, max_grad_norm=0.5,
         expected_batch_size=1,
     )  # fmt: skip
-    assert all(g.device.type == device for g in optimizer.noise_generators)
-    assert optimizer.workers == (2 if device == "cpu" else 1)
-    param.grad = torch.zeros_like(param)
-    param.summed_grad = None
-    optimizer.accumulate()
-    optimizer.add_noise()
-    assert float(param.grad.std()) == pytest.approx(1.0, rel=0.01)  # σ·C = 2 · 0.5
+    assert all(g.device.type == device for g in optimizer.noise.generators)
+    assert optimizer.noise.workers == (2 if device == "cpu" else 1)
+    optimizer.noise.draw()
+    param.grad = optimizer.noise.add_sum(param, torch.zeros_like(param))
+    optimizer.step()
+    assert float(param.grad.std()) == pytest.approx(1.0, rel=0.01)  # σ·C = 2 · 0.5, B = 1
+
+
+def test_the_short_openmp_spin_is_added_unless_the_user_chose_how_threads_wait() -> None:
+    from common.openmp import with_short_openmp_spin
+
+    assert with_short_openmp_spin({"A": "1"}) == {"A": "1", "GOMP_SPINCOUNT": "10000"}
+    assert with_short_openmp_spin({"GOMP_SPINCOUNT": "5"})["GOMP_SPINCOUNT"] == "5"
+    assert "GOMP_SPINCOUNT" not in with_short_openmp_spin({"OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def test_flower_processes_inherit_the_short_spin(tmp_path, monkeypatch) -> None:
+    from simulations.runner import flower_environment
+
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert flower_environment(tmp_path)["GOMP_SPINCOUNT"] == "10000"

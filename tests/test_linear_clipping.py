@@ -14,6 +14,7 @@ from common.models.gan import Discriminator, discriminator_loss
 from common.models.vae import MultVAE, vae_loss
 from common.privacy.dp import make_private
 from common.privacy.linear_clipping import LinearClipper
+from common.privacy.noise import ParallelNoiseDPOptimizer
 
 
 def batch(users: int = 12, items: int = 20, seed: int = 0) -> torch.Tensor:
@@ -148,20 +149,18 @@ def test_paused_forward_passes_are_not_recorded_and_remove_detaches() -> None:
     assert clipper.records == []
 
 
-def test_parallel_noise_has_the_configured_std_and_independent_slices() -> None:
-    from common.privacy.noise import ParallelNoiseDPOptimizer
+def noised_optimizer(weight: nn.Parameter, workers: int = 2, seed: int = 3) -> ParallelNoiseDPOptimizer:
+    return ParallelNoiseDPOptimizer(
+        torch.optim.SGD([weight], lr=0.0), seed=seed, workers=workers, noise_multiplier=1.5, max_grad_norm=2.0,
+        expected_batch_size=10, loss_reduction="mean",
+    )  # fmt: skip
 
+
+def test_parallel_noise_has_the_configured_std_and_independent_slices() -> None:
     weight = nn.Parameter(torch.zeros(400, 500))
-    optimizer = ParallelNoiseDPOptimizer(
-        torch.optim.SGD([weight], lr=0.0),
-        seed=3,
-        workers=2,
-        noise_multiplier=1.5,
-        max_grad_norm=2.0,
-        expected_batch_size=10,
-        loss_reduction="mean",
-    )
-    weight.grad = torch.zeros_like(weight)  # a clipped sum of zero: what remains is the noise / B
+    optimizer = noised_optimizer(weight)
+    optimizer.noise.draw()  # a clipped sum of zero: what remains is the noise / B
+    weight.grad = optimizer.noise.add_sum(weight, torch.zeros_like(weight))
     optimizer.step()
     noise = weight.grad.flatten() * 10
     optimizer.close()
@@ -173,3 +172,46 @@ def test_parallel_noise_has_the_configured_std_and_independent_slices() -> None:
     with pytest.raises(RuntimeError, match="accumulation"):
         weight.summed_grad = torch.zeros_like(weight)
         optimizer.accumulate()
+
+
+def test_the_noised_product_is_the_clipped_sum_plus_the_noise_over_b() -> None:
+    """addmm_ into the drawn noise equals Opacus' order: sum, then + σC·z, then / B (same draws)."""
+    weight = nn.Parameter(torch.zeros(30, 20))
+    left, right = torch.randn(30, 7), torch.randn(7, 20)
+    noise = noised_optimizer(weight).noise
+    noise.draw()
+    drawn = noise.buffers[id(weight)].clone()  # N(0, (σC/B)²)
+    fused = noise.add_product(weight, left, right)
+
+    torch.testing.assert_close(fused, (left @ right + drawn * 10) / 10)
+    assert float((drawn * 10).std()) == pytest.approx(3.0, rel=0.1)
+
+
+def test_a_step_whose_gradient_is_not_the_noised_sum_is_refused() -> None:
+    weight = nn.Parameter(torch.zeros(8, 4))
+    optimizer = noised_optimizer(weight, workers=1)
+    weight.grad = torch.ones_like(weight)  # a gradient formed without the noise
+    with pytest.raises(RuntimeError, match="not this step's noised clipped sum"):
+        optimizer.step()
+
+    optimizer.zero_grad()
+    optimizer.noise.draw()
+    weight.grad = optimizer.noise.add_sum(weight, torch.ones_like(weight))
+    optimizer.step()  # the noised sum goes through, once
+    with pytest.raises(RuntimeError, match="added twice, or before this step's draw"):
+        optimizer.noise.add_sum(weight, torch.ones_like(weight))
+    optimizer.zero_grad()
+    weight.grad = optimizer.noise.buffers[id(weight)]  # last step's buffer again, no new draw
+    with pytest.raises(RuntimeError, match="not this step's noised clipped sum"):
+        optimizer.step()
+
+
+def test_the_same_seed_and_workers_draw_the_same_noise() -> None:
+    draws = []
+    for workers in (1, 2, 2):
+        weight = nn.Parameter(torch.zeros(1000))
+        noise = noised_optimizer(weight, workers=workers).noise
+        noise.draw()
+        draws.append(noise.buffers[id(weight)].clone())
+    assert torch.equal(draws[1], draws[2])  # deterministic for a seed and a worker count
+    assert not torch.equal(draws[1][:500], draws[1][500:])  # the two workers' generators differ

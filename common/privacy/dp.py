@@ -175,7 +175,8 @@ def make_private(
     Mirrors ``PrivacyEngine.make_private(grad_sample_mode="ghost")`` (same sample rate
     1 / len(data), expected batch size, noise std σ·C, accountant hook) with the per-user
     clipping done by :class:`LinearClipper` in one backward pass instead of ghost clipping's
-    two, and the noise drawn in place on every core (:mod:`common.privacy.noise`).
+    two, and the noise drawn in place on every core and summed inside the clipper's products
+    (:mod:`common.privacy.noise`).
     ``poisson_sampling=False`` exists for tests only (fixed batches to compare with plain
     training); the accountant's guarantee assumes Poisson sampling. The model is validated
     by Opacus' ``ModuleValidator`` (no BatchNorm).
@@ -202,7 +203,7 @@ def make_private(
     )
     accountant = RDPAccountant()
     noisy.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
-    return LocalSGD(data, noisy, LinearClipper(model, max_grad_norm), accountant)
+    return LocalSGD(data, noisy, LinearClipper(model, max_grad_norm, noisy.noise), accountant)
 
 
 def local_sgd(

@@ -13,9 +13,13 @@ layer, the one plain backpropagation computes anyway.
 Opacus' ghost clipping (``grad_sample_mode="ghost"``) computes the same norms and then runs a
 second backward pass on Σ_i c_i ℓ_i. Here one pass asks autograd for ∂/∂y of every layer's
 output only (no weight gradients), and the clipped weight gradients are formed directly: the
-"book-keeping" variant of ghost clipping (Bu, Wang, Zha, Karypis 2023). Noise, Poisson sampling
-and accounting stay Opacus' own (see :mod:`common.privacy.dp`); the result is tested against
+"book-keeping" variant of ghost clipping (Bu, Wang, Zha, Karypis 2023). Poisson sampling and
+accounting stay Opacus' own (see :mod:`common.privacy.dp`); the result is tested against
 per-user gradients computed one user at a time and against Opacus' ghost clipping.
+
+Given DP-SGD's ``noise`` (:class:`~common.privacy.noise.NoisedClippedSum`), each weight's product
+is added straight into that step's pre-drawn noise, (σC·z + (c ⊙ G)ᵀ A) / B in one ``addmm_``;
+without it ``.grad`` is the plain clipped sum (FedSGD's secure release adds its noise elsewhere).
 
 Assumptions, checked at every step (a :class:`~common.errors.ConfigError` otherwise): every
 trainable parameter is the weight or bias of an ``nn.Linear``; each Linear runs exactly once per
@@ -28,11 +32,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from common.errors import ConfigError
+
+if TYPE_CHECKING:
+    from common.privacy.noise import NoisedClippedSum
 
 
 @dataclass
@@ -46,13 +54,15 @@ class LinearClipper:
     """Records each nn.Linear's input and output in the forward pass; :meth:`backward` clips per user.
 
     ``max_grad_norm`` is C. After :meth:`backward`, every parameter's ``.grad`` holds the sum
-    over users of their gradients, each scaled to norm ≤ C (what DP-SGD then adds noise to).
+    over users of their gradients, each scaled to norm ≤ C; with ``noise``, that sum plus this
+    step's Gaussian noise, divided by the expected batch size (DP-SGD's noised gradient).
     """
 
-    def __init__(self, model: nn.Module, max_grad_norm: float):
+    def __init__(self, model: nn.Module, max_grad_norm: float, noise: NoisedClippedSum | None = None):
         if not max_grad_norm > 0:
             raise ConfigError(f"the clipping bound must be positive, got {max_grad_norm}.")
         self.max_grad_norm = max_grad_norm
+        self.noise = noise
         self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
         covered = {id(p) for layer in self.layers for p in layer.parameters()}
         unsupported = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
@@ -111,11 +121,17 @@ class LinearClipper:
             squared += g.pow(2).sum(dim=1) * input_norm
         norms = squared.sqrt()
         scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # Opacus' clipping factor
+        if self.noise is not None:
+            self.noise.draw()
         for record, g in zip(records, grads, strict=True):
             scaled = g * scale.unsqueeze(1)
-            record.layer.weight.grad = scaled.t().mm(record.inputs)
-            if record.layer.bias is not None:
-                record.layer.bias.grad = scaled.sum(dim=0)
+            weight, bias = record.layer.weight, record.layer.bias
+            if self.noise is None:
+                weight.grad = scaled.t().mm(record.inputs)
+            else:
+                weight.grad = self.noise.add_product(weight, scaled.t(), record.inputs)
+            if bias is not None:
+                bias.grad = scaled.sum(dim=0) if self.noise is None else self.noise.add_sum(bias, scaled.sum(dim=0))
         self.last_norms = norms.detach()
         return self.last_norms
 
