@@ -9,7 +9,8 @@ ClientApp sees its message: measured on 2 cores, 6–11 s per message with three
 machine, the largest part of the +18 s per round a loopback deployment cost over a simulation
 (``python -m simulations.bench.deployment``; the data load is 0.05–0.1 s and was never the cost).
 
-This launcher starts ``flower-supernode`` with the arguments given plus ``--isolation process``
+This launcher starts ``flower-supernode`` (with its idle polls shortened, :mod:`client.fast_supernode`)
+with the arguments given plus ``--isolation process``
 (so the SuperNode starts no SuperExec of its own), then becomes that node's SuperExec itself:
 Flower's own ``run_superexec`` loop, polling every 0.1 s, with one change, the executor. The
 :class:`ForkingExecutor` starts each ClientApp task as a ``fork()`` of this process, which has
@@ -175,9 +176,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if option(arguments, refused) is not None or refused in arguments:
             sys.exit(f"error: fedsynth-node does not take {refused}: {why}; remove it from the arguments.")
     address = runtime_address(arguments)
-    binary = os.path.join(os.path.dirname(sys.executable), "flower-supernode")
     os.environ.update(with_short_openmp_spin(os.environ))  # before torch loads libgomp (common/openmp.py)
-    supernode = subprocess.Popen([binary, *arguments, "--isolation", "process"])
+    supernode = subprocess.Popen([sys.executable, "-m", "client.fast_supernode", *arguments, "--isolation", "process"])
     threading.Thread(target=exit_with, args=(supernode,), name="supernode-exit", daemon=True).start()
     preload()
     os.environ.setdefault(POLL_ENV, POLL_SECONDS)

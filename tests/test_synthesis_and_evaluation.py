@@ -106,3 +106,75 @@ def test_federated_evaluation_equals_the_central_computation(small_split: Split)
         assert federated.keys() == central.keys()
         for name, value in central.items():
             assert federated[name] == pytest.approx(value, abs=1e-12), (recommender.name, name)
+
+
+def test_an_evaluation_request_is_read_without_copying_its_arrays() -> None:
+    import torch
+    from flwr.app import ArrayRecord
+
+    from client.evaluation import tensors_without_copy
+
+    record = ArrayRecord({"w": torch.randn(30, 20), "i": torch.arange(7), "s": torch.tensor(3.0)})
+    views, copies = tensors_without_copy(record), record.to_torch_state_dict()
+    for key, copy in copies.items():
+        assert torch.equal(views[key], copy) and views[key].dtype == copy.dtype
+    data = record["w"].data  # the serialized .npy bytes the message carries
+    start = np.frombuffer(data, dtype=np.uint8).ctypes.data
+    assert start < views["w"].data_ptr() < start + len(data)  # the tensor lies inside them: no copy
+    assert copies["w"].data_ptr() not in range(start, start + len(data))
+
+
+class EvaluatingGrid:
+    """A Grid of ``nodes`` clients, each answering an evaluation request on its shard of the held-out users."""
+
+    def __init__(self, held_out: object, nodes: int) -> None:
+        from client.evaluation import handle_evaluate as answer
+
+        self.answer, self.shards = answer, {n: held_out for n in range(1, nodes + 1)}
+        self.unpulled: list[object] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.shards)
+
+    def push_messages(self, messages: object) -> list[str]:
+        from flwr.app import Message
+
+        ids = []
+        for message in messages:  # type: ignore[attr-defined]
+            message.metadata.__dict__["_message_id"] = message.object_id
+            ids.append(message.metadata.message_id)
+            reply_content = self.answer(message.content, self.shards[message.metadata.dst_node_id])
+            self.unpulled.append(Message(reply_content, reply_to=message))
+        return ids
+
+    def pull_messages(self, message_ids: object) -> list[object]:
+        pulled, self.unpulled = self.unpulled, []
+        return pulled
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_central_recommenders_are_fitted_one_at_a_time_and_each_is_dropped_after_its_evaluation(
+    small_split: Split,
+) -> None:
+    import weakref
+
+    from common.run_config import RunConfig
+    from server.pipeline import Candidate, evaluate_all, fitted
+
+    alive: weakref.WeakSet[Recommender] = weakref.WeakSet()
+
+    def fit() -> Recommender:
+        assert not alive, "the previous candidate is still held while the next one is fitted"
+        recommender = MostPopular().fit(small_split.train)
+        alive.add(recommender)
+        return recommender
+
+    candidates = [Candidate("a", fit), Candidate("b", fit), fitted("prior", MostPopular().fit(small_split.train))]
+    grid = EvaluatingGrid(small_split.test, nodes=2)
+    config = RunConfig.from_run_config({})
+    results, evaluation, seconds = evaluate_all(
+        grid, config, candidates, grid.get_node_ids(), small_split.train.shape[1]
+    )
+    assert set(results) == {"a", "b", "prior"} and results["a"] == results["prior"]
+    assert evaluation["a"]["clients"] == 2 and seconds["central_training"] >= 0
+    assert not alive

@@ -115,3 +115,27 @@ def test_the_launcher_exits_with_the_supernodes_status_when_the_supernode_gives_
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], timeout=60)
     assert done.returncode == 3 and time.monotonic() - started < 30
+
+
+def test_flowers_supernode_loop_sleeps_where_the_fast_supernode_shortens_it() -> None:
+    import inspect
+    import time
+
+    from flwr.supernode import start_client_internal
+
+    source = inspect.getsource(start_client_internal)
+    assert "time.sleep(3)" in source and "time.sleep(0.5)" in source  # the idle pull and the reply wait
+    assert start_client_internal.time is time  # looked up on the module at call time: replaceable
+
+
+def test_short_sleeps_cap_every_sleep_and_leave_the_rest_of_time_alone(monkeypatch) -> None:
+    import time
+
+    from client.fast_supernode import IDLE_POLL_SECONDS, ShortSleeps
+
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    ShortSleeps().sleep(3)
+    ShortSleeps().sleep(0.05)
+    assert slept == [IDLE_POLL_SECONDS, 0.05]
+    assert ShortSleeps().monotonic is time.monotonic
