@@ -44,13 +44,13 @@ def merge_evaluations(replies: list[RecordDict], config: EvalConfig, num_items: 
 def federated_evaluate(
     grid: Grid,
     nodes: list[int],
-    recommender: Recommender,
+    content: RecordDict,
     config: EvalConfig,
     num_items: int,
     timeout: float | None = None,
 ) -> tuple[dict[str, float], dict[str, object]]:
-    """Metrics of ``recommender`` over every responding client's held-out users; and who answered."""
-    content = evaluation_request(recommender, config)
+    """Metrics of the recommender in ``content`` (:func:`evaluation_request`) over every responding client's
+    held-out users; and who answered. The caller may drop the recommender itself once ``content`` is built."""
     messages = [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
     replies = send_and_receive(grid, messages, timeout)
     answered = [r.content for r in replies if not r.has_error()]

@@ -45,7 +45,7 @@ from common.run_config import RunConfig
 from common.synthesis import SynthesisConfig, synthesize
 from server.aggregation import client_participation
 from server.baselines import baseline_recommenders
-from server.evaluation import federated_evaluate
+from server.evaluation import evaluation_request, federated_evaluate
 from server.federation import TrainingResult, out_directory
 
 log = logging.getLogger("flwr")
@@ -289,10 +289,12 @@ def evaluate_all(
             continue
         log.info("fedsynth stage: federated evaluation of %s", label)
         step = time.perf_counter()
-        results[label], who = federated_evaluate(grid, nodes, recommender, settings, num_items, config.reply_timeout)
+        content = evaluation_request(recommender, settings)  # the arrays, serialized (a copy)
+        del recommender  # so only that copy is held while the clients evaluate, and before the next fit
+        results[label], who = federated_evaluate(grid, nodes, content, settings, num_items, config.reply_timeout)
+        del content
         seconds["evaluation"] += time.perf_counter() - step
         evaluation[label] = who
-        del recommender  # before the next fit: one large model alive at a time
     evaluation["skipped"] = skipped
     return results, evaluation, seconds
 

@@ -139,3 +139,23 @@ def test_short_sleeps_cap_every_sleep_and_leave_the_rest_of_time_alone(monkeypat
     ShortSleeps().sleep(0.05)
     assert slept == [IDLE_POLL_SECONDS, 0.05]
     assert ShortSleeps().monotonic is time.monotonic
+
+
+def test_a_forked_clientapp_retries_its_message_pull_quickly() -> None:
+    import inspect
+
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supernode.runtime import run_clientapp
+
+    from client.fast_supernode import OBJECT_PULL_BACKOFF, shorten_object_pull_backoff
+
+    pull, inner = inflatable_utils.pull_and_inflate_object_from_tree, inflatable_utils.pull_objects
+    before, inner_before = dict(pull.__kwdefaults__ or {}), dict(inner.__kwdefaults__ or {})
+    try:
+        shorten_object_pull_backoff()
+        assert {k: pull.__kwdefaults__[k] for k in OBJECT_PULL_BACKOFF} == OBJECT_PULL_BACKOFF
+        assert run_clientapp.pull_and_inflate_object_from_tree is pull  # the same function object
+        assert "initial_backoff" not in inspect.getsource(run_clientapp)  # its call uses the defaults
+    finally:
+        pull.__kwdefaults__.update(before)
+        inner.__kwdefaults__.update(inner_before)

@@ -11,7 +11,7 @@ that hosts the ServerApp, Ray's actors and daemons) and records each one's RSS a
 processes that map them, so PSS sums to the memory the run really holds), and the machine's
 used memory (MemTotal − MemAvailable). At the end it prints, per process role, the peak RSS and
 PSS; the peak of the summed PSS and of the machine's used memory with the stage the run was in
-(the last ``fedsynth stage:`` line of its log before that sample); the stages' seconds and the
+(the last progress line the CLI printed before that sample: start, round, stage); the stages' seconds and the
 NDCG@10 rows from OUT/metrics.json. Linux only (reads /proc). Do not run it next to another run.
 """
 
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STAGE = re.compile(r"fedsynth stage: (.*)")
+STAGE = re.compile(r"^\s*(start:.*|round \d+/\d+.*|stage: .*)$", re.MULTILINE)  # the CLI's progress lines
 
 
 @dataclass
@@ -57,7 +57,7 @@ def role(pid: int) -> str | None:
     for marker in ("ray::", "flower-superlink", "flwr-simulation", "flwr-serverapp", "flower-supernode", "fedsynth"):
         if marker in text:
             start = text.index(marker)
-            return text[start:].split()[0] if marker == "ray::" else marker
+            return text[start:].split()[0].split(".")[0] if marker == "ray::" else marker  # an actor's task: itself
     for daemon in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
         if daemon in text:
             return f"ray {daemon}"
@@ -95,7 +95,7 @@ class Sampler:
         self._stop = threading.Event()
 
     def follow_stage(self) -> None:
-        """The last ``fedsynth stage:`` line the run's log (OUT/logs/flwr-run.log) has gained since the last look."""
+        """The last progress line (start, round, stage) the CLI's output has gained since the last look."""
         try:
             with self.run_log.open("rb") as log:
                 log.seek(self._offset)
@@ -104,7 +104,7 @@ class Sampler:
             return
         self._offset += len(data)
         for found in STAGE.finditer(data.decode(errors="replace")):
-            self.stage = found.group(1).strip()
+            self.stage = found.group(1).strip()[:90]
 
     def sample(self) -> None:
         self.follow_stage()
@@ -170,12 +170,14 @@ def main() -> None:
     if "--out" in run_args:
         sys.exit("error: give --out to the benchmark, before --, not to fedsynth run.")
     args.out.mkdir(parents=True, exist_ok=True)
-    sampler = Sampler(args.interval, args.out / "run" / "logs" / "flwr-run.log")
+    sampler = Sampler(args.interval, args.out / "bench-large.log")
     threading.Thread(target=sampler.run, daemon=True).start()
     started = time.monotonic()
-    command = [sys.executable, "-m", "simulations.cli", "run", *run_args, "--out", str(args.out / "run")]
+    fedsynth = Path(sys.executable).with_name("fedsynth")  # this environment's CLI
+    command = [str(fedsynth), "run", *run_args, "--out", str(args.out / "run")]
     with (args.out / "bench-large.log").open("w") as output:
-        rc = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, check=False).returncode
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # progress lines reach the file as they happen
+        rc = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=env, check=False).returncode
     sampler.stop()
     report(sampler, args.out / "run", time.monotonic() - started, rc, args.out / "bench-large.log")
     sys.exit(rc)
