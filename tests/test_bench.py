@@ -97,3 +97,18 @@ def test_min_item_interactions_reaches_the_preprocessing() -> None:
     config = RunConfig.from_run_config({"min-item-interactions": 10})
 
     assert config.data().preprocess.min_item_interactions == 10
+
+
+def test_the_large_run_bench_names_processes_and_reads_their_memory() -> None:
+    import os
+
+    from simulations.bench.large import memory_of, role_of
+
+    assert role_of(["/v/bin/python", "/v/bin/flower-superlink", "--insecure"]) == "flower-superlink"
+    assert role_of(["ray::ClientAppActor.run"]) == "ray::ClientAppActor"  # an actor's task is the actor
+    assert role_of(["/usr/bin/raylet", "--x"]) == "ray raylet"
+    assert role_of(["/usr/bin/sleep", "1"]) == "sleep" and role_of([]) is None
+    if not Path("/proc/self/smaps_rollup").exists():
+        pytest.skip("no /proc/PID/smaps_rollup here")
+    memory = memory_of(os.getpid())
+    assert memory is not None and memory[0] >= memory[1] > 0  # RSS ≥ PSS > 0

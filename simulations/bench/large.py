@@ -50,7 +50,11 @@ def role(pid: int) -> str | None:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    words = [w.decode(errors="replace") for w in argv if w]
+    return role_of([w.decode(errors="replace") for w in argv if w])
+
+
+def role_of(words: list[str]) -> str | None:
+    """The role of a process with command line ``words``: Flower's and Ray's processes by name, else argv[0]."""
     if not words:
         return None
     text = " ".join(words)
