@@ -24,10 +24,11 @@ import time
 from typing import Any
 
 IDLE_POLL_SECONDS = 0.2
-# A ClientApp starts while its SuperNode is still pulling the message from the SuperLink, asks for
-# objects not there yet and backs off 1 s, 2 s, … (Flower's PULL_INITIAL_BACKOFF, cap 10 s): a
-# 3 s wait per train message measured on loopback. Here: 0.05 s, doubling to at most 1 s, with
-# as many tries again so that the longest wait for an object stays above an hour.
+# A ClientApp can start while its SuperNode is still pulling the message from the SuperLink; an
+# object not there yet is retried after 1 s, 2 s, … (Flower's PULL_INITIAL_BACKOFF, cap 10 s).
+# Here: 0.05 s, doubling to at most 1 s, with tries enough that the longest wait for an object
+# stays above an hour. Measured: this did NOT remove the 2–3 s between a ClientApp's connection
+# and its FAB installation on loopback (docs/scale.md), so that gap has another cause.
 OBJECT_PULL_BACKOFF = {"initial_backoff": 0.05, "backoff_cap": 1.0, "max_tries_per_object": 5_000}
 
 
