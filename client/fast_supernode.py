@@ -1,6 +1,6 @@
 """``flower-supernode`` with its idle polls shortened from 3 s and 0.5 s to 0.2 s (what ``fedsynth-node`` starts).
 
-Also :func:`shorten_object_pull_backoff`, which ``fedsynth-node`` applies in every ClientApp it forks.
+Its object pulls from the SuperLink retry quickly too (:mod:`common.object_pulls`).
 
     python -m client.fast_supernode <flower-supernode arguments>
 
@@ -23,13 +23,9 @@ import sys
 import time
 from typing import Any
 
+from common.object_pulls import shorten_object_pull_backoff
+
 IDLE_POLL_SECONDS = 0.2
-# A ClientApp can start while its SuperNode is still pulling the message from the SuperLink; an
-# object not there yet is retried after 1 s, 2 s, … (Flower's PULL_INITIAL_BACKOFF, cap 10 s).
-# Here: 0.05 s, doubling to at most 1 s, with tries enough that the longest wait for an object
-# stays above an hour. Measured: this did NOT remove the 2–3 s between a ClientApp's connection
-# and its FAB installation on loopback (docs/scale.md), so that gap has another cause.
-OBJECT_PULL_BACKOFF = {"initial_backoff": 0.05, "backoff_cap": 1.0, "max_tries_per_object": 5_000}
 
 
 class ShortSleeps:
@@ -41,15 +37,6 @@ class ShortSleeps:
     @staticmethod
     def sleep(seconds: float) -> None:
         time.sleep(min(seconds, IDLE_POLL_SECONDS))
-
-
-def shorten_object_pull_backoff() -> None:
-    """Flower's object pulls (the ClientApp's pull of its message) retry after :data:`OBJECT_PULL_BACKOFF`."""
-    from flwr.supercore.inflatable import inflatable_utils
-
-    for function in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
-        assert function.__kwdefaults__ is not None
-        function.__kwdefaults__.update(OBJECT_PULL_BACKOFF)
 
 
 def main() -> None:

@@ -86,7 +86,7 @@ def _run_forked_clientapp(spec: ExecutionSpec) -> None:
             os.dup2(devnull, 2)
         from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
-        from client.fast_supernode import shorten_object_pull_backoff
+        from common.object_pulls import shorten_object_pull_backoff
 
         shorten_object_pull_backoff()  # the message pull starts before the SuperNode has it all
         sys.argv = clientapp_argv(spec)

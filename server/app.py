@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.errors import FedsynthError
 from common.io import write_json_atomic
+from common.object_pulls import shorten_object_pull_backoff
 from common.run_config import RunConfig
 from server.federation import log, out_directory, run_federation
 from server.pipeline import run_pipeline
@@ -67,6 +68,7 @@ def build_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        shorten_object_pull_backoff()  # replies' weights are pulled while the nodes still push them
         config = RunConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
         out = out_directory(config)
         failed = failure_path(out)

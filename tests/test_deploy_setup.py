@@ -18,7 +18,7 @@ from common.errors import FedsynthError
 from common.round_log import NodeProblem, RoundLog
 from common.run_config import RunConfig
 from server.aggregation import ClientReply, client_participation, with_silent
-from simulations.deployment.local import deployment_run_config
+from simulations.deployment.local import LocalDeployment, deployment_run_config, node_threads, thread_share
 from simulations.deployment.setup import make_certificates, make_node_keys, split_data
 
 
@@ -85,3 +85,41 @@ def test_deployment_run_config_keeps_data_off_the_server(tmp_path: Path) -> None
 
     assert settings["simulation-reference"] is False and "ledger-dir" not in settings
     assert settings["min-clients"] == 3 and settings["out-dir"] == str(tmp_path.resolve())
+
+
+def test_nodes_on_one_machine_split_its_cores_unless_the_user_set_the_threads() -> None:
+    assert [thread_share(nodes, cores=2) for nodes in (1, 2, 3, 100)] == [2, 1, 1, 1]
+    assert thread_share(4, cores=16) == 4
+    assert node_threads(3, {}) == {"OMP_NUM_THREADS": "3"}
+    assert node_threads(3, {"OMP_NUM_THREADS": "8"}) == {}, "a value the user set is the user's"
+    assert node_threads(None, {}) == {}
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_the_superlink_keeps_its_state_in_the_database_only_when_persistent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, persistent: bool
+) -> None:
+    """In memory, the message objects stay out of SQLite (4-5 s per round at 20 MB messages, docs/scale.md); the
+    nodes get their thread share in their environment."""
+    started: dict[str, tuple[list[str], dict[str, str] | None]] = {}
+
+    def record(self: LocalDeployment, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> None:
+        started[name] = (command, extra_env)
+
+    monkeypatch.setattr(LocalDeployment, "_start", record)
+    monkeypatch.setattr(LocalDeployment, "wait_for", staticmethod(lambda *args, **kwargs: None))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    certificates = make_certificates(tmp_path / "certs", ["127.0.0.1"])
+    (key,) = make_node_keys(tmp_path / "keys", ["node-0"])
+    data = split_data(RunConfig(gen_users=60, gen_items=300).data(), 1, tmp_path / "data", seed=0)
+    deployment = LocalDeployment(
+        tmp_path / "deployment", certificates, data, persistent_superlink=persistent, threads_per_node=2
+    )
+    deployment.start_superlink()
+    deployment.start_supernode(0, key)
+
+    command, _ = started["superlink"]
+    assert ("--database" in command) is persistent
+    if persistent:
+        assert command[command.index("--database") + 1] == str(deployment.database.resolve())
+    assert started["node-0"][1] == {"OMP_NUM_THREADS": "2"}

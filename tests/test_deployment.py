@@ -21,7 +21,7 @@ import pytest
 
 from common.data.node_file import split_node_file
 from common.run_config import RunConfig
-from simulations.deployment.local import LocalDeployment, NodeSettings, deployment_run_config
+from simulations.deployment.local import LocalDeployment, NodeSettings, deployment_run_config, thread_share
 from simulations.deployment.setup import make_certificates, make_node_keys, split_data
 
 pytestmark = pytest.mark.slow
@@ -156,7 +156,10 @@ def test_secure_aggregation_over_real_processes_survives_a_node_lost_after_maski
                 "gan-batch-size": 32, "synthetic-users": 200, "reply-timeout": 45.0, "secure-aggregation": True,
                 "allow-degraded": True}  # fmt: skip
     out = tmp_path / "out"
-    deployment = LocalDeployment(tmp_path / "deployment", certificates, data)
+    # As `fedsynth deploy local` runs it: the SuperLink's state in memory, the nodes splitting the cores.
+    deployment = LocalDeployment(
+        tmp_path / "deployment", certificates, data, persistent_superlink=False, threads_per_node=thread_share(3)
+    )
     try:
         deployment.start_superlink()
         node_ids = [deployment.register(key) for key in keys]
@@ -188,6 +191,7 @@ def test_secure_aggregation_over_real_processes_survives_a_node_lost_after_maski
         assert train["rounds"][0]["trained"] and node_ids[2] not in train["rounds"][0]["trained"]
         ledger = json.loads(next((deployment.node_dir(2) / "ledgers").glob("ledger-*.json")).read_text())
         assert ledger["history"][0]["secure_aggregation"] is True  # it paid for the release it sent
+        assert not deployment.database.exists(), "the SuperLink kept its state in memory"
     finally:
         deployment.stop()
     assert not any(p.alive() for p in deployment.processes.values())

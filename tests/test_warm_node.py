@@ -141,13 +141,14 @@ def test_short_sleeps_cap_every_sleep_and_leave_the_rest_of_time_alone(monkeypat
     assert ShortSleeps().monotonic is time.monotonic
 
 
-def test_a_forked_clientapp_retries_its_message_pull_quickly() -> None:
+def test_clientapps_and_the_serverapp_retry_their_object_pulls_quickly() -> None:
     import inspect
 
     from flwr.supercore.inflatable import inflatable_utils
+    from flwr.superlink.grid import http_grid
     from flwr.supernode.runtime import run_clientapp
 
-    from client.fast_supernode import OBJECT_PULL_BACKOFF, shorten_object_pull_backoff
+    from common.object_pulls import OBJECT_PULL_BACKOFF, shorten_object_pull_backoff
 
     pull, inner = inflatable_utils.pull_and_inflate_object_from_tree, inflatable_utils.pull_objects
     before, inner_before = dict(pull.__kwdefaults__ or {}), dict(inner.__kwdefaults__ or {})
@@ -156,6 +157,9 @@ def test_a_forked_clientapp_retries_its_message_pull_quickly() -> None:
         assert {k: pull.__kwdefaults__[k] for k in OBJECT_PULL_BACKOFF} == OBJECT_PULL_BACKOFF
         assert run_clientapp.pull_and_inflate_object_from_tree is pull  # the same function object
         assert "initial_backoff" not in inspect.getsource(run_clientapp)  # its call uses the defaults
+        assert {k: inner.__kwdefaults__[k] for k in OBJECT_PULL_BACKOFF} == OBJECT_PULL_BACKOFF
+        assert http_grid.pull_objects is inner  # the deployed ServerApp's grid pulls the replies with it
+        assert "initial_backoff" not in inspect.getsource(http_grid)
     finally:
         pull.__kwdefaults__.update(before)
         inner.__kwdefaults__.update(inner_before)

@@ -1,12 +1,27 @@
 """A real Flower deployment on one machine: a SuperLink and N SuperNodes as separate processes.
 
-``fedsynth deploy local`` uses it to try the whole deployment (TLS, node authentication, a
-persistent SuperLink database, per-node data files and ledgers) before renting machines; the
-deployment tests use it to prove fault tolerance over real processes. Each process is started
-in its own process group and every one is stopped on exit, even after a failure.
+``fedsynth deploy local`` uses it to try the whole deployment (TLS, node authentication,
+per-node data files and ledgers) before renting machines; the deployment tests use it to prove
+fault tolerance over real processes (with a persistent SuperLink database, restarted on the same
+file). Each process is started in its own process group and every one is stopped on exit, even
+after a failure.
+
+Two settings exist because every process shares one machine here:
+
+- ``persistent_superlink``: ``--database superlink/state.db`` (registrations and runs survive a
+  SuperLink restart) or Flower's default in-memory state. The database also holds every
+  message's objects: with SQLite that costs about 4–5 s per round at the Mult-VAE + GAN bundle
+  of 1,682 items (5 MB per message; docs/scale.md). ``fedsynth deploy local`` starts a
+  fresh SuperLink per trial anyway, so it uses the in-memory state.
+- ``threads_per_node``: ``OMP_NUM_THREADS`` for each SuperNode (and the ClientApps it starts), so
+  that N nodes on C cores use C/N threads each, as Flower's simulation gives each virtual node
+  one CPU; without it every node starts C threads and they contend (measured: 2.7–3.3 s per DP-SGD
+  round instead of about 2 s with 3 nodes on 2 cores). A value the user set in
+  ``OMP_NUM_THREADS`` is kept.
 
 Layout under ``root``: ``certs/``, ``keys/``, ``flwr_home/config.toml`` (the ``fedsynth-link``
-connection for ``flwr``), ``superlink/state.db``, ``nodes/node-K/ledgers``, ``logs/*.log``.
+connection for ``flwr``), ``superlink/state.db`` (when persistent), ``nodes/node-K/ledgers``,
+``logs/*.log``.
 """
 
 from __future__ import annotations
@@ -19,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +58,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def thread_share(nodes: int, cores: int | None = None) -> int:
+    """Threads per node when ``nodes`` SuperNodes share this machine's ``cores`` (default: this process's CPUs)."""
+    available = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, available // max(1, nodes))
+
+
+def node_threads(threads: int | None, environment: Mapping[str, str]) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` for a SuperNode: ``threads``, unless None or the user set ``OMP_NUM_THREADS``."""
+    if threads is None or "OMP_NUM_THREADS" in environment:
+        return {}
+    return {"OMP_NUM_THREADS": str(threads)}
 
 
 def _binary(name: str) -> str:
@@ -114,6 +142,8 @@ class LocalDeployment:
     port: int = field(default_factory=free_port)
     processes: dict[str, Process] = field(default_factory=dict)
     warm_nodes: bool = True  # SuperNodes through fedsynth-node (warm forked ClientApps); False: plain flower-supernode
+    persistent_superlink: bool = True  # --database superlink/state.db; False: Flower's in-memory state
+    threads_per_node: int | None = None  # OMP_NUM_THREADS of each SuperNode; None: inherited
 
     @property
     def flwr_home(self) -> Path:
@@ -134,7 +164,7 @@ class LocalDeployment:
             f'address = "{self.address}"\nroot-certificates = "{self.certificates.ca_certificate.resolve()}"\n'
         )
 
-    def _start(self, name: str, command: list[str]) -> Process:
+    def _start(self, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> Process:
         logs = self.root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{name}.log"
@@ -143,7 +173,7 @@ class LocalDeployment:
                 command,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env=flower_environment(self.flwr_home),
+                env={**flower_environment(self.flwr_home), **(extra_env or {})},
                 start_new_session=True,
                 cwd=self.root,
             )
@@ -151,11 +181,17 @@ class LocalDeployment:
         self.processes[name] = process
         return process
 
+    @property
+    def database(self) -> Path:
+        """The SuperLink's SQLite state (used when ``persistent_superlink``)."""
+        return self.root / "superlink" / "state.db"
+
     def start_superlink(self) -> Process:
-        """TLS, node authentication, a persistent database, no run-time dependency installs."""
+        """TLS, node authentication, the database (when persistent), no run-time dependency installs."""
         self.write_connection()
-        (self.root / "superlink").mkdir(parents=True, exist_ok=True)
+        self.database.parent.mkdir(parents=True, exist_ok=True)
         certs = self.certificates
+        database = ["--database", str(self.database.resolve())] if self.persistent_superlink else []
         process = self._start(
             "superlink",
             [
@@ -164,7 +200,7 @@ class LocalDeployment:
                 "--ssl-certfile", str(certs.server_certificate.resolve()),
                 "--ssl-keyfile", str(certs.server_key.resolve()),
                 "--enable-supernode-auth",
-                "--database", str((self.root / "superlink" / "state.db").resolve()),
+                *database,
                 "--port", str(self.port),
                 "--disable-runtime-dependency-installation",
             ],
@@ -235,7 +271,7 @@ class LocalDeployment:
         if key is not None:
             command += ["--auth-supernode-private-key", str(key.private.resolve())]
         command += ["--node-config", node_config, "--max-retries", "3", "--max-wait-time", "30"]
-        return self._start(name or f"node-{index}", command)
+        return self._start(name or f"node-{index}", command, node_threads(self.threads_per_node, os.environ))
 
     def submit(
         self, run_config: dict[str, Any], on_line: Callable[[str], None] | None = None, timeout: float = 900
@@ -348,11 +384,15 @@ def run_local_deployment(
     run_config: dict[str, Any],
     node_max_epsilon: float | None = None,
     warm_nodes: bool = True,
+    persistent_superlink: bool = False,
 ) -> dict[str, Any]:
     """``fedsynth deploy local``: prepare, start everything, submit, stream progress, stop everything.
 
     Each node's cap (node config ``max-epsilon``) is ``node_max_epsilon``, by default the run's ε;
-    ``warm_nodes``: SuperNodes through ``fedsynth-node`` (:mod:`client.warm_node`), else plain ``flower-supernode``.
+    ``warm_nodes``: SuperNodes through ``fedsynth-node`` (:mod:`client.warm_node`), else plain ``flower-supernode``;
+    ``persistent_superlink``: the SuperLink keeps its state in ``deploy/superlink/state.db`` (what a real
+    deployment may choose; the benchmark's comparison) instead of in memory. The nodes split this machine's
+    cores (:func:`thread_share`).
     """
     from simulations.jobs import RunProgress, check_new_run
 
@@ -363,14 +403,27 @@ def run_local_deployment(
             "are real processes with their own data (robust-aggregation works in both)."
         )
     root = out / "deploy"
-    database = root / "superlink" / "state.db"
-    if database.exists():
-        database.unlink()  # a fresh SuperLink per trial; the nodes' ledgers (root/nodes) are kept
+    old_database = root / "superlink" / "state.db"
+    if old_database.exists():
+        old_database.unlink()  # a fresh SuperLink per trial; the nodes' ledgers (root/nodes) are kept
     certificates, keys, data = prepare_local(root, nodes, run_config)
     settings = deployment_run_config(run_config, out, nodes)
     cap = node_max_epsilon if node_max_epsilon is not None else float(settings.get("epsilon", 8.0))
-    with LocalDeployment(root, certificates, data, warm_nodes=warm_nodes) as deployment:
-        console.print(f"SuperLink on {deployment.address} (TLS, node authentication, database {database})")
+    threads = thread_share(nodes)
+    with LocalDeployment(
+        root,
+        certificates,
+        data,
+        warm_nodes=warm_nodes,
+        persistent_superlink=persistent_superlink,
+        threads_per_node=threads,
+    ) as deployment:
+        share = os.environ.get("OMP_NUM_THREADS", str(threads))
+        state = f"database {old_database}" if persistent_superlink else "state in memory: a fresh SuperLink per trial"
+        console.print(
+            f"SuperLink on {deployment.address} (TLS, node authentication, {state}); "
+            f"the {nodes} SuperNodes share this machine, OMP_NUM_THREADS={share} each"
+        )
         deployment.start_superlink()
         for index, key in enumerate(keys):
             node_id = deployment.register(key)
