@@ -39,7 +39,7 @@ from common.models.vae import MultVAEConfig
 from common.recommenders import MostPopular, MultVAERecommender, Recommender
 from common.recommenders.registry import RecommenderSettings
 from common.recommenders.registry import build_recommender as build_named
-from common.recommenders.transfer import num_values, pack
+from common.recommenders.transfer import known_size, num_values, pack
 from common.report import write_report
 from common.run_config import RunConfig
 from common.synthesis import SynthesisConfig, synthesize
@@ -214,6 +214,7 @@ class Candidate:
     label: str
     fit: Callable[[], Recommender]
     central: bool = True  # trained centrally here (logged and timed as such), not already fitted
+    size: int | None = None  # values its evaluation request will carry, where known before fitting
 
 
 def fitted(label: str, recommender: Recommender) -> Candidate:
@@ -239,7 +240,9 @@ def train_candidates(
     if reference is not None:
         to_train += [(real_label(name), name, reference.split.train, False) for name in config.recommender_names()]
     candidates = [
-        Candidate(label, partial(fit_central, name, config, is_synthetic, matrix))
+        Candidate(
+            label, partial(fit_central, name, config, is_synthetic, matrix), size=known_size(name, matrix.shape[1])
+        )
         for label, name, matrix, is_synthetic in to_train
     ]
     candidates.append(fitted("fedvae", MultVAERecommender.from_model(training.bundle.vae, config.device)))
@@ -268,6 +271,9 @@ def evaluate_all(
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any], dict[str, float]]:
     """Fit each candidate, evaluate it federatedly if it is small enough to send, then drop it.
 
+    A candidate whose size is known before fitting (EASE: M² values) and above ``eval-max-values``
+    is skipped without being fitted (``fedsynth run`` refuses that configuration before it starts).
+
     Returns the results, who evaluated what, and the seconds spent fitting (central training)
     and evaluating."""
     results: dict[str, dict[str, float]] = {}
@@ -277,6 +283,10 @@ def evaluate_all(
     settings = EvalConfig(ks=EVAL.ks, targets=tuple(int(i) for i in targets) if targets is not None else ())
     for candidate in candidates:
         label, step = candidate.label, time.perf_counter()
+        if candidate.size is not None and candidate.size > config.eval_max_values:
+            skipped[label] = f"{candidate.size:,} values, above eval-max-values {config.eval_max_values:,}: not fitted"
+            log.info("fedsynth stage: %s would be too large to send for evaluation (%s)", label, skipped[label])
+            continue
         recommender = candidate.fit()
         if candidate.central:
             seconds["central_training"] += time.perf_counter() - step

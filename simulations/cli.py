@@ -382,10 +382,11 @@ def split_data_command(settings: Any, nodes: int, out: Path, seed: int) -> None:
 def local(config_file: Path | None, clients: int, out: Path, node_max_epsilon: float | None, **given: Any) -> None:
     """Try a real deployment on this machine: SuperLink + --clients SuperNodes as processes, TLS, node auth.
 
-    Makes certificates, keys and per-node data files under OUT/deploy, starts the SuperLink (with a
-    persistent database) and the SuperNodes (each with its own data file and ledger directory),
-    submits `flwr run`, streams the progress and stops every process at the end. Outputs land in
-    OUT as with `fedsynth run` (the server never reads the data: simulation-reference is off).
+    Makes certificates, keys and per-node data files under OUT/deploy, starts the SuperLink (its
+    state in memory) and the SuperNodes (fedsynth-node, each with its own data file and ledger
+    directory and an equal share of the cores), submits `flwr run`, streams the progress and stops
+    every process at the end. Outputs land in OUT as with `fedsynth run` (the server never reads
+    the data: simulation-reference is off).
     """
     from simulations.deployment.local import run_local_deployment
     from simulations.jobs import resolve_run_config

@@ -201,12 +201,13 @@ def check_new_run(out: Path, clients: int) -> None:
         raise FedsynthError(f"{out} already holds a complete run (metrics.json); choose a new --out directory.")
 
 
-def preflight(run_config: dict[str, Any], clients: int) -> None:
+def preflight(run_config: dict[str, Any], clients: int) -> list[str]:
     """Prepare and partition the data in this process, before Flower starts, as every simulated client will.
 
     Refuses at once what would otherwise fail inside the clients: unreadable data, a client with too
     few users for the batch size, a configured δ not below 1/n for the smallest client, a
-    secure-aggregation threshold above the number of clients.
+    secure-aggregation threshold above the number of clients, EASE that does not fit in memory.
+    Returns warnings to print (recommenders too large to evaluate, :func:`evaluation_size_warnings`).
     """
     from common.data.partition import partition_users
     from common.data.pipeline import prepare
@@ -219,6 +220,41 @@ def preflight(run_config: dict[str, Any], clients: int) -> None:
     if config.secure_aggregation:
         config.threshold_for(clients)  # secagg-threshold above the number of clients: refused now
     check_attack_setup(config, prepared.interactions.matrix, clients)
+    if run_config.get("pipeline", "full") == "full":
+        return evaluation_size_warnings(config, prepared.interactions.matrix.shape[1])
+    return []
+
+
+def evaluation_size_warnings(config: RunConfig, num_items: int) -> list[str]:
+    """What of ``--recommenders`` cannot be evaluated at this catalogue size (said before the run starts).
+
+    EASE over M items sends M² values for federated evaluation; above ``eval-max-values`` the
+    server skips it without fitting it (a warning now, the reason in the report). EASE that will
+    be fitted needs a dense M × M matrix on the server: refused now where memory is short
+    (:func:`common.recommenders.ease.check_dense_fits`), not after the rounds.
+    """
+    from common.recommenders.ease import check_dense_fits
+    from common.recommenders.transfer import known_size
+
+    warnings = []
+    for name in config.recommender_names():
+        size = known_size(name, num_items)
+        if size is not None and size > config.eval_max_values:
+            warnings.append(
+                f"--recommenders {name}: at {num_items:,} items its evaluation request would carry {size:,} "
+                f"values, above eval-max-values {config.eval_max_values:,}: its rows are skipped (not fitted, "
+                f"not evaluated). To evaluate it, set eval-max-values = {size} in a --config file (each copy in "
+                f"flight takes {float32_size(size)}) or filter rare items (--min-item-interactions)."
+            )
+        elif name == "ease":
+            check_dense_fits(num_items, "EASE")
+    return warnings
+
+
+def float32_size(values: int) -> str:
+    """Memory of ``values`` float32 numbers, in MiB or GiB."""
+    size = 4 * values
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
 
 
 def check_attack_setup(config: RunConfig, matrix: Any, clients: int) -> None:
@@ -239,7 +275,8 @@ def check_attack_setup(config: RunConfig, matrix: Any, clients: int) -> None:
 def run_job(console: Console, out: Path, clients: int, run_config: dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) the job in ``out``; returns metrics.json (full pipeline) or train.json."""
     check_new_run(out, clients)
-    preflight(run_config, clients)
+    for warning in preflight(run_config, clients):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     saved = out / "run_config.json"
     run_config = {**run_config, "min-clients": min(run_config.get("min-clients", 2), clients)}
     wanted = {"clients": clients, **run_config}

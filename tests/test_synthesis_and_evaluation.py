@@ -178,3 +178,27 @@ def test_central_recommenders_are_fitted_one_at_a_time_and_each_is_dropped_after
     assert set(results) == {"a", "b", "prior"} and results["a"] == results["prior"]
     assert evaluation["a"]["clients"] == 2 and seconds["central_training"] >= 0
     assert not alive
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_a_recommender_known_to_be_too_large_to_send_is_skipped_without_being_fitted(small_split: Split) -> None:
+    from common.recommenders.transfer import known_size
+    from common.run_config import RunConfig
+    from server.pipeline import Candidate, evaluate_all
+
+    def never(*_: object) -> Recommender:
+        raise AssertionError("fitted although its evaluation request could never be sent")
+
+    num_items = small_split.train.shape[1]
+    config = RunConfig.from_run_config({"eval-max-values": num_items**2 - 1})
+    candidates = [
+        Candidate("synthetic/ease", never, size=known_size("ease", num_items)),
+        Candidate("popularity", lambda: MostPopular().fit(small_split.train), size=known_size("popularity", num_items)),
+    ]
+    grid = EvaluatingGrid(small_split.test, nodes=2)
+    results, evaluation, _ = evaluate_all(grid, config, candidates, grid.get_node_ids(), num_items)
+
+    assert set(results) == {"popularity"}
+    assert evaluation["skipped"] == {
+        "synthetic/ease": f"{num_items**2:,} values, above eval-max-values {num_items**2 - 1:,}: not fitted"
+    }

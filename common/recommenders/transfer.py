@@ -82,3 +82,12 @@ def unpack(kind: str, tensors: dict[str, torch.Tensor], settings: Settings) -> R
 def num_values(tensors: dict[str, torch.Tensor]) -> int:
     """Numbers that would cross the wire."""
     return sum(int(t.numel()) for t in tensors.values())
+
+
+def known_size(name: str, num_items: int) -> int | None:
+    """:func:`num_values` of recommender ``name`` fitted over ``num_items`` items, where it is known before fitting.
+
+    EASE sends its dense (M, M) B, MostPopular its (M,) counts; the others' sizes depend on the data
+    (ItemKNN's kept neighbours, a model's layers): None.
+    """
+    return {"ease": num_items**2, "popularity": num_items}.get(name)

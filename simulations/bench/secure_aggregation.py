@@ -1,7 +1,7 @@
 """Secure aggregation: its cost per silo, and what distributed noise buys, side by side with it off.
 
     python -m simulations.bench.secure_aggregation overhead [--silos 5,20] [--dims 1500,20000]
-    python -m simulations.bench.secure_aggregation flower [--clients 5] [--rounds 1]
+    python -m simulations.bench.secure_aggregation flower [--clients 5] [--rounds 1] [--deployment]
     python -m simulations.bench.secure_aggregation utility --data-root ../shared/data \\
         [--datasets movielens,lastfm] [--epsilons 1,2,4,8] [--seeds 0,1,2] [--clients 5] [--threshold T]
 
@@ -10,7 +10,9 @@ stage (keys, shares, masked input, unmask; the server's unmasking apart), second
 sent per silo, against the release without secure aggregation (Gaussian noise, D float64s).
 ``flower``: ``fedsynth train --rounds R`` as a Flower simulation without secure aggregation, with it
 (local rounds) and with it in ``round-mode fedsgd`` (R FedSGD steps); the statistics release's and the
-mean round's seconds (train.json) and the run's wall time.
+mean round's seconds (train.json) and the run's wall time. With ``--deployment`` the same modes run
+as ``fedsynth deploy local`` (SuperLink + one ``fedsynth-node`` per silo as real processes, TLS and
+node authentication, the full pipeline).
 ``utility``: the rows whose releases secure aggregation covers, scored on the **test** users of
 5 IID silos (no tuning: every setting is the default), NDCG@10 mean over seeds, on vs off:
 ``fedsynth-prior`` (the pipeline's DP item counts, at its statistics share of ε, the same node
@@ -100,6 +102,44 @@ FLOWER_MODES: dict[str, list[str]] = {
 }
 
 
+# The same modes as run-config keys, for the deployment (``fedsynth deploy local``) runs.
+DEPLOYMENT_MODES: dict[str, dict[str, object]] = {
+    "off": {},
+    "on": {"secure_aggregation": True},
+    "on, fedsgd": {"secure_aggregation": True, "round_mode": "fedsgd", "synthesizers": "vae"},
+}
+
+
+def deployed(clients: int, rounds: int = 1) -> list[dict[str, float | str]]:
+    """:func:`flower`'s table for ``fedsynth deploy local`` runs (full pipeline, built-in data, same sizes)."""
+    from rich.console import Console
+
+    from simulations.deployment.local import run_local_deployment
+    from simulations.jobs import resolve_run_config
+
+    out: list[dict[str, float | str]] = []
+    for mode, flags in DEPLOYMENT_MODES.items():
+        with tempfile.TemporaryDirectory() as root:
+            given = {"rounds": rounds, "epsilon": 2.0, "gen_users": max(943, 150 * clients), **flags}
+            settings = resolve_run_config(None, given, Path(root) / "run")
+            clock = time.perf_counter()
+            run_local_deployment(Console(quiet=True), Path(root) / "run", clients, settings)
+            out.append(timings(mode, Path(root) / "run" / "train.json", time.perf_counter() - clock))
+    return out
+
+
+def timings(mode: str, train_json: Path, wall: float) -> dict[str, float | str]:
+    """One row of the ``flower`` table from a run's train.json and its wall time."""
+    train = json.loads(train_json.read_text())
+    seconds = [r["seconds"] for r in train["rounds"]]
+    return {
+        "secure_aggregation": mode,
+        "statistics_release_seconds": train["statistics_release"].get("seconds", math.nan),
+        "round_seconds": sum(seconds) / len(seconds),
+        "run_wall_seconds": wall,
+    }
+
+
 def flower(clients: int, rounds: int = 1) -> list[dict[str, float | str]]:
     """The statistics release, mean round and whole-run seconds of one Flower simulation (``fedsynth train``
     on the built-in data, 150 users per client from 7 clients on) per mode: SecAgg off, on (local rounds),
@@ -112,17 +152,7 @@ def flower(clients: int, rounds: int = 1) -> list[dict[str, float | str]]:
                     "--gen-users", str(max(943, 150 * clients))]  # fmt: skip
             clock = time.perf_counter()
             subprocess.run([*args, *flags], check=True, capture_output=True)
-            wall = time.perf_counter() - clock
-            train = json.loads(Path(f"{root}/run/train.json").read_text())
-            seconds = [r["seconds"] for r in train["rounds"]]
-            out.append(
-                {
-                    "secure_aggregation": mode,
-                    "statistics_release_seconds": train["statistics_release"].get("seconds", math.nan),
-                    "round_seconds": sum(seconds) / len(seconds),
-                    "run_wall_seconds": wall,
-                }
-            )
+            out.append(timings(mode, Path(f"{root}/run/train.json"), time.perf_counter() - clock))
     return out
 
 
@@ -192,13 +222,15 @@ def main() -> None:
     parser.add_argument("--epsilons", default="1,2,4,8")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threshold", type=int, default=0, help="secagg-threshold (0: a majority)")
+    parser.add_argument("--deployment", action="store_true", help="flower: as fedsynth deploy local runs")
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     if args.part == "overhead":
         grid = [(int(k), int(d)) for k in args.silos.split(",") for d in args.dims.split(",")]
         print(pd.DataFrame([overhead(k, d) for k, d in grid]).to_string(index=False))
     elif args.part == "flower":
-        print(pd.DataFrame(flower(args.clients, args.rounds)).to_string(index=False))
+        rows = deployed(args.clients, args.rounds) if args.deployment else flower(args.clients, args.rounds)
+        print(pd.DataFrame(rows).to_string(index=False))
     else:
         table = utility(args.data_root, args.datasets.split(","), [float(e) for e in args.epsilons.split(",")],
                         [int(s) for s in args.seeds.split(",")], args.clients, args.threshold)  # fmt: skip
