@@ -93,6 +93,16 @@ def test_the_large_silos_preset_is_a_valid_run_config_without_the_gan(tmp_path: 
     assert config.vae_learning_rate == 0.01 and config.local_epochs == 3
 
 
+@pytest.mark.parametrize(("preset", "items"), [("ml20m-shape.toml", 20_000), ("ml32m-shape.toml", 27_000)])
+def test_the_size_presets_leave_room_to_evaluate_ease_at_their_catalogue(
+    tmp_path: Path, preset: str, items: int
+) -> None:
+    settings = resolve_run_config(Path(__file__).resolve().parents[1] / "presets" / preset, {}, tmp_path)
+
+    config = RunConfig.from_run_config(settings)
+    assert config.gen_items == items and config.eval_max_values >= items**2
+
+
 def test_min_item_interactions_reaches_the_preprocessing() -> None:
     config = RunConfig.from_run_config({"min-item-interactions": 10})
 
