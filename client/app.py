@@ -18,6 +18,7 @@ from client.handlers import (
     handle_fedsgd,
     handle_query,
     handle_secagg_keys,
+    handle_secure_update,
     handle_statistics,
     handle_train,
     refusal,
@@ -27,6 +28,7 @@ from client.secure import handle_shares, handle_unmask
 from common import keys
 from common.errors import FedsynthError
 from common.run_config import RunConfig
+from common.secagg.updates import UPDATE
 
 
 def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
@@ -79,6 +81,7 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     app.query(keys.STATISTICS)(on_training_rows(handle_statistics, tampered_statistics_reply))
     app.query(keys.COOCCURRENCE)(on_training_rows(handle_cooccurrence))
     app.query(keys.FEDSGD)(on_training_rows(handle_fedsgd))
+    app.query(UPDATE)(on_training_rows(handle_secure_update))
 
     @app.query(keys.SECAGG_KEYS)
     def secagg_keys(msg: Message, context: Context) -> Message:

@@ -18,7 +18,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.budget import NodeBudget, Replay, load_replay, save_replay
-from client.secure import masked_release, secure_release_of, start_secure_release
+from client.secure import masked_release, masked_values, secure_release_of, start_secure_release
 from client.training import PrivacyPlan, plan_privacy, train_local_round
 from common import keys
 from common.bundle import ModelBundle
@@ -28,6 +28,7 @@ from common.privacy.cooccurrence import COOCCURRENCE, check_items, noisy_cooccur
 from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
 from common.privacy.statistics import STATISTICS, noisy_statistics
 from common.run_config import RunConfig
+from common.secagg.updates import UPDATE, UpdateQuantizer, encode_update
 from common.seeding import seed_for
 
 _PLAN = "privacy-plan"
@@ -246,7 +247,9 @@ def handle_secagg_keys(
     try:
         ledger = open_ledger(budget, rows, plan, config)
         release = secure_release_of(request, plan, config, rows.shape[1])
-        if release.repeated:
+        if release.name == UPDATE:
+            round_replay(ledger, plan, run, int(keys.number(request, keys.SERVER_ROUND)))
+        elif release.repeated:
             check_step(ledger, plan, run, int(keys.number(request, keys.SERVER_ROUND)), config)
         else:
             check_release(ledger, plan, run, release.name)
@@ -285,32 +288,80 @@ def handle_train(
     """
     request = content[keys.CONFIG]
     server_round = int(request[keys.SERVER_ROUND])  # type: ignore[arg-type]
-    planned_rounds = int(request[keys.PLANNED_ROUNDS])  # type: ignore[arg-type]
-    num_users = rows.shape[0]
-    privacy = config.privacy()
-    plan = privacy_plan(state, config, num_users, planned_rounds)
+    plan = privacy_plan(state, config, rows.shape[0], int(request[keys.PLANNED_ROUNDS]))  # type: ignore[arg-type]
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
-        if server_round in ledger.charged_rounds(run.run_key):
-            replay = load_replay(ledger, run, server_round)
-            if replay is None:
-                raise PrivacyBudgetExceeded(f"round {server_round} of this run was already charged; its reply is lost")
-            metrics = {**spent_metrics(ledger, num_users, plan), **replay.losses, keys.REPLAYED: 1}
-            return RecordDict({keys.ARRAYS: ArrayRecord(replay.arrays), keys.METRICS: MetricRecord(metrics)})
-        ledger.check(plan.round_events(), what=f"round {server_round}")
+        replay = round_replay(ledger, plan, run, server_round)
     except FedsynthError as exc:
         return refusal(str(exc), ledger, plan.delta)
+    if replay is not None:
+        metrics = {**spent_metrics(ledger, rows.shape[0], plan), **replay.losses, keys.REPLAYED: 1}
+        return RecordDict({keys.ARRAYS: ArrayRecord(replay.arrays), keys.METRICS: MetricRecord(metrics)})
+    trained, losses, spent = train_round(content, rows, config, plan, server_round)
+    save_replay(ledger, run, Replay(server_round, trained, losses))  # first: a crash after it loses nothing
+    ledger.record(spent, "round", run, round=server_round, requested_epsilon=config.privacy().target_epsilon)
+    metrics = {**spent_metrics(ledger, rows.shape[0], plan), **losses}
+    return RecordDict({keys.ARRAYS: ArrayRecord(trained), keys.METRICS: MetricRecord(metrics)})
 
+
+def round_replay(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, server_round: int) -> Replay | None:
+    """A round already charged to this run: its saved reply (sent again, no new ε; refused if lost). A new
+    round: None, once it is checked to fit the node's cap."""
+    if server_round in ledger.charged_rounds(run.run_key):
+        replay = load_replay(ledger, run, server_round)
+        if replay is None:
+            raise PrivacyBudgetExceeded(f"round {server_round} of this run was already charged; its reply is lost")
+        return replay
+    ledger.check(plan.round_events(), what=f"round {server_round}")
+    return None
+
+
+def train_round(
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, plan: PrivacyPlan, server_round: int
+) -> tuple[dict[str, torch.Tensor], dict[str, float], list[Any]]:
+    """Local DP-SGD epochs from the global bundle in ``content``: (the trained state, losses, ε events spent)."""
     local = config.local()
     bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)
     bundle.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
     seed = release_seed(config, f"local-round-{server_round}")
-    vae, gan = train_local_round(bundle, rows, plan, privacy, local, server_round, seed, training_device(config.device))
+    device = training_device(config.device)
+    vae, gan = train_local_round(bundle, rows, plan, config.privacy(), local, server_round, seed, device)
     # Opacus counts the private steps it ran; without DP the plan's noise-free events (ε = ∞) are recorded.
     spent = vae.events + gan.events if plan.private else plan.round_events()
-    losses = {**vae.losses, **gan.losses}
-    save_replay(ledger, run, Replay(server_round, bundle.state_dict(), losses))  # first: a crash after it loses nothing
-    ledger.record(spent, "round", run, round=server_round, requested_epsilon=privacy.target_epsilon)
-    metrics = {**spent_metrics(ledger, num_users, plan), **losses}
-    return RecordDict({keys.ARRAYS: ArrayRecord(bundle.state_dict()), keys.METRICS: MetricRecord(metrics)})
+    return bundle.state_dict(), {**vae.losses, **gan.losses}, spent
+
+
+def handle_secure_update(
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
+    run: RunIdentity,
+) -> RecordDict:  # fmt: skip
+    """The masked stage of a secure local round (:mod:`common.secagg.updates`): train as :func:`handle_train`
+    does, then send only the users-weighted update, fixed-point and masked; charged as round N.
+
+    No loss leaves (a function of the private data); the ε events are Opacus' own, the same under both
+    threat models. A round already charged sends its saved result again, masked afresh (no new ε).
+    """
+    request = content.config_records[keys.CONFIG]
+    server_round = int(keys.number(request, keys.SERVER_ROUND))
+    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)))
+    ledger: PrivacyLedger | None = None
+    try:
+        ledger = open_ledger(budget, rows, plan, config)
+        quantizer = secure_release_of(request, plan, config, rows.shape[1]).quantizer
+        if not isinstance(quantizer, UpdateQuantizer):
+            raise ConfigError("this run is in round-mode fedsgd; a local round's update is not sent")
+        replay = round_replay(ledger, plan, run, server_round)
+        start = content.array_records[keys.ARRAYS].to_torch_state_dict()
+        trained, losses, spent = (replay.arrays, replay.losses, []) if replay else train_round(
+            content, rows, config, plan, server_round
+        )  # fmt: skip
+        arrays = masked_values(request, encode_update(trained, start, rows.shape[0], quantizer), state)
+    except (FedsynthError, TypeError, KeyError) as exc:
+        return refusal(str(exc), ledger, plan.delta)
+    if replay is None:
+        save_replay(ledger, run, Replay(server_round, trained, losses))
+        ledger.record(spent, "round", run, round=server_round, requested_epsilon=config.privacy().target_epsilon,
+                      secure_aggregation=True, mode="local")  # fmt: skip
+    metrics = {**spent_metrics(ledger, rows.shape[0], plan), **({keys.REPLAYED: 1} if replay else {})}
+    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})

@@ -23,6 +23,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,6 +32,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from client.training import PrivacyPlan
 from common import keys
+from common.bundle import ModelBundle
 from common.device import training_device
 from common.errors import FedsynthError
 from common.models.vae import MultVAE
@@ -45,8 +47,9 @@ from common.privacy.fedsgd import FEDSGD, clipped_gradient_sum, gradient_quantiz
 from common.privacy.ledger import PrivacyLedger, RunIdentity
 from common.privacy.skellam import SkellamEvent, SkellamQuantizer, calibrate_variance, skellam_noise
 from common.privacy.statistics import STATISTICS, statistics_contributions, statistics_quantizer
-from common.run_config import RunConfig
+from common.run_config import LocalTrainingConfig, RunConfig
 from common.secagg.protocol import SecAggNode, SecAggParams, encode
+from common.secagg.updates import UPDATE, UpdateQuantizer, update_size
 
 _STATE = "secagg-state"
 _VARIANCE = "secagg-variance"
@@ -68,6 +71,7 @@ class SecureRelease:
     contributions: Callable[[sp.csr_matrix], sp.csr_matrix] | None = None
     step: Callable[[sp.csr_matrix, np.random.Generator], np.ndarray] | None = None
     sample_rate: float = 1.0
+    noise_free: bool = False  # a local round's model update: it carries the silo's DP-SGD noise already
 
     def integer_sum(self, rows: sp.csr_matrix, rng: np.random.Generator) -> np.ndarray:
         """This node's integer sum, (dim,) int64, before noise and masking."""
@@ -85,10 +89,13 @@ class SecureRelease:
 def secure_release_of(
     request: ConfigRecord, plan: PrivacyPlan, config: RunConfig, num_items: int, content: RecordDict | None = None
 ) -> SecureRelease:
-    """The release a request is for: a FedSGD step (``server-round`` in it; the global weights in ``content``
-    at the masked stage), the co-occurrence (``marginal-items`` in it) or the statistics."""
-    if keys.SERVER_ROUND in request:
+    """The release a request is for: a round (``server-round`` in it; the global weights in ``content`` at the
+    masked stage): a FedSGD step or a local round's model update, by the run's round mode; the co-occurrence
+    (``marginal-items`` in it) or the statistics."""
+    if keys.SERVER_ROUND in request and config.round_mode == "fedsgd":
         return fedsgd_release(request, plan, config, num_items, content)
+    if keys.SERVER_ROUND in request:
+        return update_release(config, num_items)
     if keys.MARGINAL_ITEMS not in request:
         clip = config.privacy().statistics_clip
         quantizer = statistics_quantizer(clip, num_items)
@@ -123,6 +130,18 @@ def fedsgd_release(
 
     events = [DPEvent(FEDSGD, plan.vae_noise, plan.vae_rate, 1)]
     return SecureRelease(FEDSGD, quantizer, plan.vae_noise, events, step=step, sample_rate=plan.vae_rate)
+
+
+def update_release(config: RunConfig, num_items: int) -> SecureRelease:
+    """A local round's model update (:mod:`common.secagg.updates`): fixed-point, no noise added here."""
+    quantizer = UpdateQuantizer.for_bundle(bundle_update_size(num_items, config.local()))
+    return SecureRelease(UPDATE, quantizer, 0.0, [], noise_free=True)
+
+
+@lru_cache(maxsize=16)
+def bundle_update_size(num_items: int, local: LocalTrainingConfig) -> int:
+    """D: the float entries of this run's bundle (built once per shape: every stage and round asks)."""
+    return update_size(ModelBundle.create(num_items, local, seed=0).state_dict())
 
 
 def release_events(
@@ -173,6 +192,8 @@ def start_secure_release(
     rounds_left = planned - len(ledger.charged_rounds(run.run_key))
 
     def calibrate() -> float:
+        if release.noise_free:
+            return 0.0
         return central_release_variance(ledger, plan, release, rounds_left)
 
     variance = step_variance(state, run, calibrate) if release.repeated else calibrate()
@@ -233,7 +254,6 @@ def masked_release(
     """The release: Σ rounded contributions + this node's Skellam share, masked; and its two events."""
     request = content.config_records[keys.CONFIG]
     secure, variance = _load(state, keys.text(request, keys.SECAGG_LABEL))
-    received = keys.by_node(request, keys.SHARES)
     quantizer = release.quantizer
     if quantizer.dim != secure.params.length:
         raise FedsynthError(f"secure aggregation {secure.params.label}: the request is for another release")
@@ -241,10 +261,18 @@ def masked_release(
     threshold = secure.params.threshold
     values = release.integer_sum(rows, rng)
     values += skellam_noise(variance / threshold, quantizer.dim, rng)
-    masked = secure.mask(encode(values, secure.params.bits), received)
-    _save(state, secure, variance)
     central, own = release_events(variance, threshold, release)
-    return ArrayRecord({keys.MASKED: Array(masked)}), central, own, variance / threshold
+    return masked_values(request, values, state), central, own, variance / threshold
+
+
+def masked_values(request: ConfigRecord, values: np.ndarray, state: RecordDict) -> ArrayRecord:
+    """``values`` (int64, the aggregation's length) masked with this node's SecAgg state and the shares it got."""
+    secure, variance = _load(state, keys.text(request, keys.SECAGG_LABEL))
+    if values.shape != (secure.params.length,):
+        raise FedsynthError(f"secure aggregation {secure.params.label}: the request is for another release")
+    masked = secure.mask(encode(values, secure.params.bits), keys.by_node(request, keys.SHARES))
+    _save(state, secure, variance)
+    return ArrayRecord({keys.MASKED: Array(masked)})
 
 
 def handle_unmask(content: RecordDict, state: RecordDict) -> RecordDict:

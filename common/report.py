@@ -231,8 +231,8 @@ def _secure_aggregation_lines(privacy: dict[str, Any]) -> list[str]:
         "every silo's Poisson-sampled users, the silos' clipped gradient sums secure-aggregated with distributed "
         "Skellam noise (central DP-SGD)."
         if secure.get("round_mode") == "fedsgd"
-        else "Training rounds: round-mode **local**, each silo runs DP-SGD on its own users and sends its "
-        "update carrying its full noise."
+        else "Training rounds: round-mode **local**, each silo runs DP-SGD on its own users; its update carries "
+        "its full noise" + (", masked: the server sees only the sum." if secure.get("enabled") else ".")
     )
     if not secure.get("enabled"):
         return [mode, ""] if "round_mode" in secure else []

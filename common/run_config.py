@@ -62,7 +62,7 @@ class RunConfig:
     fraction_train: float = 1.0
     min_clients: int = 2  # fewer answering at the start, in the statistics release or in a round: the run fails
     allow_degraded: bool = False  # true: leave out nodes that cannot take part, accept rounds below min-clients
-    secure_aggregation: bool = False  # true: the DP statistics release and the DP baselines go through SecAgg
+    secure_aggregation: bool = False  # true: the DP releases, every round's update, the DP baselines go through SecAgg
     secagg_threshold: int = 0  # t: the fewest nodes a secure sum can be unmasked from (0: a majority of the nodes)
     secagg_bits: int = 0  # b: secure sums are mod 2^b (0: the fewest that cannot wrap, see common/privacy/skellam.py)
     round_mode: str = "local"  # local: local DP-SGD epochs per round | fedsgd: one secure-aggregated step per round
@@ -194,6 +194,9 @@ class RunConfig:
         if attack.kind == "inflated-counts" and self.secure_aggregation:
             raise ConfigError("attack inflated-counts is simulated on the plain statistics release only: "
                               "turn off secure-aggregation.")  # fmt: skip
+        if attack.kind in ("scaled-update", "random-update") and self.secure_aggregation and self.round_mode == "local":
+            raise ConfigError(f"attack {attack.kind} is simulated on plain train replies only: turn off "
+                              "secure-aggregation.")  # fmt: skip
         if (attack.active or attack.targets) and not self.simulation_reference:
             raise ConfigError("attack and attack-targets are for simulations: they need simulation-reference = true.")
 

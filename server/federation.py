@@ -38,6 +38,7 @@ from server.aggregation import RoundOutcome, aggregate_round, as_client_replies,
 from server.exchange import send_and_receive
 from server.fedsgd import Checkpoint, fedsgd_rounds
 from server.secure_release import secure_cooccurrence, secure_statistics
+from server.secure_round import secure_train_round
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
 
@@ -269,6 +270,14 @@ def initial_bundle(fitted: ModelBundle, resumed: ResumePoint) -> ModelBundle:
     return bundle
 
 
+def round_sample(grid: Grid, config: RunConfig, server_round: int, participants: list[int]) -> list[int]:
+    """The admitted nodes still connected, sampled by ``fraction-train`` (seeded per round)."""
+    nodes = sorted(set(grid.get_node_ids()) & set(participants))
+    count = max(config.min_clients, round(config.fraction_train * len(nodes)))
+    sampler = random.Random(seed_for(config.seed, f"client-sampling-{server_round}"))  # node ids: Python ints
+    return sorted(sampler.sample(nodes, min(count, len(nodes))))
+
+
 def train_round(
     grid: Grid,
     config: RunConfig,
@@ -277,27 +286,17 @@ def train_round(
     arrays: ArrayRecord,
     identity: dict[str, str],
 ) -> RoundOutcome:
-    """Send the global bundle to a sample of the admitted nodes still connected; FedAvg their replies."""
+    """Send the global bundle to a sample of the admitted nodes still connected; FedAvg their replies (by a
+    secure sum with ``secure-aggregation``: :mod:`server.secure_round`)."""
     started = time.perf_counter()
-    nodes = sorted(set(grid.get_node_ids()) & set(participants))
-    count = max(config.min_clients, round(config.fraction_train * len(nodes)))
-    sampler = random.Random(seed_for(config.seed, f"client-sampling-{server_round}"))  # node ids: Python ints
-    sampled = sorted(sampler.sample(nodes, min(count, len(nodes))))
-    request = ConfigRecord(
-        {
-            keys.SERVER_ROUND: server_round,
-            keys.PLANNED_ROUNDS: config.num_server_rounds,
-            **identity,
-        }
-    )
-    messages = [
-        Message(RecordDict({keys.ARRAYS: arrays, keys.CONFIG: request}), dst_node_id=n, message_type=MessageType.TRAIN)
-        for n in sampled
-    ]
-    replies = send_and_receive(grid, messages, config.reply_timeout)
-    outcome = aggregate_round(server_round, replies, messages, config.reply_timeout, arrays, config.robust())
+    sampled = round_sample(grid, config, server_round, participants)
+    if config.secure_aggregation:
+        outcome = secure_train_round(grid, config, server_round, sampled, arrays, identity)
+    else:
+        outcome = plain_train_round(grid, config, server_round, sampled, arrays, identity)
     round_log = outcome.log
-    round_log.sampled, round_log.missing_from_sample = sampled, sorted(set(participants) - set(nodes))
+    round_log.sampled = sampled
+    round_log.missing_from_sample = sorted(set(participants) - set(grid.get_node_ids()))
     round_log.seconds = time.perf_counter() - started
     log.info(
         "fedsynth round %d/%d: trained %d, refused %d, failed %d, epsilon max %s (%.1f s)",
@@ -310,6 +309,20 @@ def train_round(
         round_log.seconds,
     )
     return outcome
+
+
+def plain_train_round(
+    grid: Grid, config: RunConfig, server_round: int, sampled: list[int], arrays: ArrayRecord,
+    identity: dict[str, str],
+) -> RoundOutcome:  # fmt: skip
+    """Each sampled node trains and sends its bundle; FedAvg (or the robust rule) of the replies."""
+    request = ConfigRecord({keys.SERVER_ROUND: server_round, keys.PLANNED_ROUNDS: config.num_server_rounds, **identity})
+    messages = [
+        Message(RecordDict({keys.ARRAYS: arrays, keys.CONFIG: request}), dst_node_id=n, message_type=MessageType.TRAIN)
+        for n in sampled
+    ]
+    replies = send_and_receive(grid, messages, config.reply_timeout)
+    return aggregate_round(server_round, replies, messages, config.reply_timeout, arrays, config.robust())
 
 
 def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:

@@ -95,11 +95,14 @@ def secure_aggregation_summary(config: RunConfig) -> dict[str, Any]:
         "protocol": "SecAgg (X25519, ChaCha20 masks, Shamir dropout recovery), distributed Skellam noise",
         "applies_to": ["dp statistics release"]
         + (["dp co-occurrence release"] if config.marginal_items else [])
-        + (["every training round (fedsgd: one Mult-VAE DP-SGD step of all silos' users)"] if fedsgd else [])
+        + [
+            "every training round (fedsgd: one Mult-VAE DP-SGD step of all silos' users)"
+            if fedsgd
+            else "every training round's model update (local: the server sees only the sum of the silos' "
+            "updates, each carrying its silo's full DP-SGD noise, so the rounds' epsilon is the same both ways)"
+        ]
         + ["dp baselines (simulated)"],
-        "not_applied_to": "federated evaluation (metric sums only)"
-        if fedsgd
-        else "training rounds (round-mode local): each node's model update carries its full DP-SGD noise",
+        "not_applied_to": "federated evaluation (metric sums only)",
         "threshold": config.secagg_threshold or "majority of the admitted nodes",
         "threat_model": "epsilon_max: honest-but-curious server, fewer than threshold colluding nodes; "
         "epsilon_max_own_noise: each secure sum protected by the node's own noise share alone",

@@ -16,11 +16,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+import torch
 
 from common.data.node_file import split_node_file
 from common.run_config import RunConfig
+from common.secagg.updates import UPDATE
 from simulations.deployment.local import LocalDeployment, NodeSettings, deployment_run_config, thread_share
 from simulations.deployment.setup import make_certificates, make_node_keys, split_data
 
@@ -146,9 +147,10 @@ def test_deployment_over_real_processes(tmp_path: Path) -> None:
 
 
 def test_secure_aggregation_over_real_processes_survives_a_node_lost_after_masking(tmp_path: Path) -> None:
-    """TLS + node auth, three SuperNodes, secure statistics release; node 2 is SIGKILLed as soon as the server
-    says the masked vectors are in (its unmask answer is then several seconds away: a fresh ClientApp
-    process per message), so the server must unmask node 2's vector from the other two nodes' shares."""
+    """TLS + node auth, three SuperNodes, secure statistics release and a secure local round; node 2 is
+    SIGKILLed as soon as the server says the round's masked updates are in (its unmask answer is then
+    seconds away: a fresh ClientApp process per message), so the server must unmask node 2's update from
+    the other two nodes' shares. The round's result is the exact FedAvg of all three nodes' updates."""
     certificates = make_certificates(tmp_path / "certs", ["localhost", "127.0.0.1"])
     keys = make_node_keys(tmp_path / "keys", ["node-0", "node-1", "node-2"])
     data = split_data(RunConfig(gen_users=360, gen_items=300).data(), 3, tmp_path / "data", seed=0)
@@ -171,7 +173,7 @@ def test_secure_aggregation_over_real_processes_survives_a_node_lost_after_maski
         killed: list[str] = []
 
         def kill_once_masked(line: str) -> None:
-            if "masked vector(s) in; unmasking" in line and not killed:
+            if f"fedsynth {UPDATE}: 3 masked vector(s) in; unmasking" in line and not killed:
                 nodes[2].kill()
                 killed.append(line)
 
@@ -179,18 +181,23 @@ def test_secure_aggregation_over_real_processes_survives_a_node_lost_after_maski
                                        timeout=420)  # fmt: skip
         assert killed, submission.log.read_text()[-3000:]
         train = json.loads((out / "train.json").read_text())
-        release = train["statistics_release"]
-        assert sorted(release["trained"]) == sorted(node_ids), "node 2's vector is in the sum"
-        assert [f["node"] for f in release["failed"]] == [node_ids[2]]
-        assert "unmasked from the others' shares" in release["failed"][0]["reason"]
-        users = sum(split_node_file(path, data.catalogue, seed=0)[1].train.shape[0] for path in data.data)
-        with np.load(out / "statistics.npz") as saved:
-            bins = len(saved["length_histogram"])
-            noise = float(saved["noise_std"]) * np.sqrt(bins)  # of the histogram's total
-            assert abs(float(saved["length_histogram"].sum()) - users) < 6 * noise  # all three nodes' users
-        assert train["rounds"][0]["trained"] and node_ids[2] not in train["rounds"][0]["trained"]
+        assert sorted(train["statistics_release"]["trained"]) == sorted(node_ids)  # all three before the kill
+        round_1 = train["rounds"][0]
+        assert sorted(round_1["trained"]) == sorted(node_ids), "node 2's update is in the sum"
+        assert [f["node"] for f in round_1["failed"]] == [node_ids[2]]
+        assert "unmasked from the others' shares" in round_1["failed"][0]["reason"]
+        updates = [
+            torch.load(next((deployment.node_dir(k) / "ledgers").glob("replay-*.pt")), weights_only=False)
+            for k in range(3)
+        ]  # fmt: skip (each node's trained bundle, kept on its own disk)
+        users = [split_node_file(path, data.catalogue, seed=0)[1].train.shape[0] for path in data.data]
+        state = torch.load(out / "checkpoints" / "round-1.pt", weights_only=False)["state"]
+        for name, tensor in state.items():
+            expected = sum(n * u["arrays"][name].double() for n, u in zip(users, updates, strict=True)) / sum(users)
+            assert torch.allclose(tensor.double(), expected, atol=1e-6), name
         ledger = json.loads(next((deployment.node_dir(2) / "ledgers").glob("ledger-*.json")).read_text())
-        assert ledger["history"][0]["secure_aggregation"] is True  # it paid for the release it sent
+        paid = [(h["release"], h["secure_aggregation"]) for h in ledger["history"] if "release" in h]
+        assert paid == [("statistics", True), ("round", True)]  # it paid for what it sent, both masked
         assert not deployment.database.exists(), "the SuperLink kept its state in memory"
     finally:
         deployment.stop()

@@ -1,7 +1,8 @@
 """Secure aggregation: its cost per silo, and what distributed noise buys, side by side with it off.
 
     python -m simulations.bench.secure_aggregation overhead [--silos 5,20] [--dims 1500,20000]
-    python -m simulations.bench.secure_aggregation flower [--clients 5] [--rounds 1] [--deployment]
+    python -m simulations.bench.secure_aggregation flower [--clients 5] [--rounds 1] [--deployment] \\
+        [--modes off/on/'on, fedsgd'] [--repeats N]
     python -m simulations.bench.secure_aggregation utility --data-root ../shared/data \\
         [--datasets movielens,lastfm] [--epsilons 1,2,4,8] [--seeds 0,1,2] [--clients 5] [--threshold T]
 
@@ -9,10 +10,10 @@
 stage (keys, shares, masked input, unmask; the server's unmasking apart), seconds and bytes
 sent per silo, against the release without secure aggregation (Gaussian noise, D float64s).
 ``flower``: ``fedsynth train --rounds R`` as a Flower simulation without secure aggregation, with it
-(local rounds) and with it in ``round-mode fedsgd`` (R FedSGD steps); the statistics release's and the
-mean round's seconds (train.json) and the run's wall time. With ``--deployment`` the same modes run
-as ``fedsynth deploy local`` (SuperLink + one ``fedsynth-node`` per silo as real processes, TLS and
-node authentication, the full pipeline).
+(local rounds, every update secure-summed) and with it in ``round-mode fedsgd`` (R FedSGD steps); the
+statistics release's and the mean round's seconds (train.json) and the run's wall time. With
+``--deployment`` the same modes run as ``fedsynth deploy local`` (SuperLink + one ``fedsynth-node``
+per silo as real processes, TLS and node authentication, the full pipeline).
 ``utility``: the rows whose releases secure aggregation covers, scored on the **test** users of
 5 IID silos (no tuning: every setting is the default), NDCG@10 mean over seeds, on vs off:
 ``fedsynth-prior`` (the pipeline's DP item counts, at its statistics share of ε, the same node
@@ -110,7 +111,7 @@ DEPLOYMENT_MODES: dict[str, dict[str, object]] = {
 }
 
 
-def deployed(clients: int, rounds: int = 1) -> list[dict[str, float | str]]:
+def deployed(clients: int, rounds: int = 1, modes: list[str] | None = None) -> list[dict[str, float | str]]:
     """:func:`flower`'s table for ``fedsynth deploy local`` runs (full pipeline, built-in data, same sizes)."""
     from rich.console import Console
 
@@ -118,7 +119,8 @@ def deployed(clients: int, rounds: int = 1) -> list[dict[str, float | str]]:
     from simulations.jobs import resolve_run_config
 
     out: list[dict[str, float | str]] = []
-    for mode, flags in DEPLOYMENT_MODES.items():
+    for mode in modes or list(DEPLOYMENT_MODES):
+        flags = DEPLOYMENT_MODES[mode]
         with tempfile.TemporaryDirectory() as root:
             given = {"rounds": rounds, "epsilon": 2.0, "gen_users": max(943, 150 * clients), **flags}
             settings = resolve_run_config(None, given, Path(root) / "run")
@@ -140,12 +142,13 @@ def timings(mode: str, train_json: Path, wall: float) -> dict[str, float | str]:
     }
 
 
-def flower(clients: int, rounds: int = 1) -> list[dict[str, float | str]]:
+def flower(clients: int, rounds: int = 1, modes: list[str] | None = None) -> list[dict[str, float | str]]:
     """The statistics release, mean round and whole-run seconds of one Flower simulation (``fedsynth train``
     on the built-in data, 150 users per client from 7 clients on) per mode: SecAgg off, on (local rounds),
     on with FedSGD rounds."""
     out: list[dict[str, float | str]] = []
-    for mode, flags in FLOWER_MODES.items():
+    for mode in modes or list(FLOWER_MODES):
+        flags = FLOWER_MODES[mode]
         with tempfile.TemporaryDirectory() as root:
             args = [sys.executable, "-c", "from simulations.cli import main; main()", "train", "--clients",
                     str(clients), "--rounds", str(rounds), "--epsilon", "2", "--out", f"{root}/run",
@@ -223,14 +226,25 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threshold", type=int, default=0, help="secagg-threshold (0: a majority)")
     parser.add_argument("--deployment", action="store_true", help="flower: as fedsynth deploy local runs")
+    parser.add_argument("--modes", default="", help="flower: some of off,on,'on, fedsgd' separated by '/' (all)")
+    parser.add_argument("--repeats", type=int, default=1, help="flower: runs per mode, the modes interleaved")
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     if args.part == "overhead":
         grid = [(int(k), int(d)) for k in args.silos.split(",") for d in args.dims.split(",")]
         print(pd.DataFrame([overhead(k, d) for k, d in grid]).to_string(index=False))
     elif args.part == "flower":
-        rows = deployed(args.clients, args.rounds) if args.deployment else flower(args.clients, args.rounds)
-        print(pd.DataFrame(rows).to_string(index=False))
+        modes = args.modes.split("/") if args.modes else list(FLOWER_MODES)
+        unknown = sorted(set(modes) - set(FLOWER_MODES))
+        if unknown:
+            parser.error(f"--modes: unknown {unknown}; choose from {list(FLOWER_MODES)} separated by '/'")
+        run = deployed if args.deployment else flower
+        rows = [row for _ in range(args.repeats) for row in run(args.clients, args.rounds, modes)]
+        table = pd.DataFrame(rows)
+        print(table.to_string(index=False))
+        if args.repeats > 1:
+            print("medians:")
+            print(table.groupby("secure_aggregation", sort=False).median().to_string())
     else:
         table = utility(args.data_root, args.datasets.split(","), [float(e) for e in args.epsilons.split(",")],
                         [int(s) for s in args.seeds.split(",")], args.clients, args.threshold)  # fmt: skip

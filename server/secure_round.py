@@ -1,0 +1,45 @@
+"""A local round under secure aggregation: the server sees only the sum of the silos' model updates.
+
+``round-mode = local`` with ``secure-aggregation = true``: the round is one secure sum
+(:func:`server.secure_release.secure_sum`, action ``query.update``) whose masked stage carries the
+global bundle; each sampled silo trains locally with DP-SGD, as in a plain round, and answers with
+its users-weighted update in fixed point, masked. The server unmasks the sum and applies the
+survivors' FedAvg (:mod:`common.secagg.updates` has the maths and the bit bound); a silo lost after
+masking is unmasked from the others' shares and stays in the average, one lost before is left out.
+
+What it does not change: each update carries the silo's own DP-SGD noise, so the rounds' ε is the
+same under both threat models; and no loss leaves a silo, so the round log has none.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
+
+from common import keys
+from common.run_config import RunConfig
+from common.secagg.updates import UPDATE, UpdateQuantizer, apply_update, update_size
+from server.aggregation import RoundOutcome
+from server.secure_release import secure_sum
+
+log = logging.getLogger("flwr")
+
+
+def secure_train_round(
+    grid: Grid, config: RunConfig, server_round: int, sampled: list[int], arrays: ArrayRecord,
+    identity: dict[str, str],
+) -> RoundOutcome:  # fmt: skip
+    """One local round of the ``sampled`` nodes, secure-aggregated: the new global arrays and the round's log."""
+    started = time.perf_counter()
+    start = arrays.to_torch_state_dict()
+    quantizer = UpdateQuantizer.for_bundle(update_size(start))
+    request: dict[str, keys.ConfigValue] = {keys.SERVER_ROUND: server_round}
+    total, _, round_log = secure_sum(grid, sampled, config, UPDATE, quantizer, identity, request, arrays, server_round)
+    updated = ArrayRecord(apply_update(start, total, round_log.users)) if round_log.users else None
+    round_log.seconds = time.perf_counter() - started
+    log.info("fedsynth round %d: secure sum of %d silo update(s), %d users (%.1f s)", server_round,
+             len(round_log.trained), round_log.users or 0, round_log.seconds)  # fmt: skip
+    return RoundOutcome(updated, round_log)

@@ -1,0 +1,166 @@
+"""Local rounds under secure aggregation: the server gets the survivors' FedAvg from masked fixed-point updates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord
+
+from client.budget import load_replay
+from common import keys
+from common.bundle import ModelBundle
+from common.data.pipeline import prepare
+from common.errors import ConfigError, FedsynthError
+from common.privacy.ledger import RunIdentity, ledgers_in
+from common.privacy.skellam import required_bits
+from common.run_config import RunConfig
+from common.secagg.updates import UPDATE, UpdateQuantizer, apply_update, encode_update, flat, float_entries
+from server.admission import RunFailed
+from server.federation import train_round
+from tests.test_secure_release import ALLOWED_METRICS, InProcessGrid
+
+SETTINGS: dict[str, Any] = {
+    "gen-users": 300,
+    "gen-items": 300,
+    "vae-batch-size": 16,
+    "gan-batch-size": 16,
+    "vae-hidden": 16,
+    "vae-latent": 8,
+    "local-epochs": 1,
+    "epsilon": 4.0,
+    "num-server-rounds": 2,
+    "secure-aggregation": True,
+    "reply-timeout": 2.0,
+}
+IDENTITY = {keys.RUN_KEY: "r" * 32, keys.REQUESTER: "test"}
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
+
+
+def _setup(tmp_path: Path, nodes: int = 3, **extra: Any) -> tuple[RunConfig, InProcessGrid, ArrayRecord]:
+    settings = {**SETTINGS, **extra}
+    config = RunConfig.from_run_config(settings)
+    grid = InProcessGrid(settings, nodes, tmp_path)
+    num_items = prepare(config.data()).interactions.num_items
+    return config, grid, ArrayRecord(ModelBundle.create(num_items, config.local(), seed=0).state_dict())
+
+
+def _trained(tmp_path: Path, k: int, server_round: int) -> dict[str, torch.Tensor]:
+    """Node k's locally trained state for the round (its saved reply, never sent in the clear)."""
+    (ledger,) = ledgers_in(tmp_path / f"node-{k}")
+    replay = load_replay(ledger, RunIdentity(1, IDENTITY[keys.RUN_KEY], IDENTITY[keys.REQUESTER]), server_round)
+    assert replay is not None
+    return replay.arrays
+
+
+def _fedavg(states: list[dict[str, torch.Tensor]], users: list[int]) -> np.ndarray:
+    names = float_entries(states[0])
+    return np.average(np.stack([flat(s, names) for s in states]), axis=0, weights=users)
+
+
+def _users(config: RunConfig, nodes: int) -> list[int]:
+    from client.data import node_data
+
+    return [node_data({"partition-id": k, "num-partitions": nodes}, config).train.shape[0] for k in range(nodes)]
+
+
+def test_the_server_gets_the_users_weighted_fedavg_of_the_masked_updates(tmp_path: Path) -> None:
+    config, grid, arrays = _setup(tmp_path)
+    outcome = train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY)
+    assert outcome.arrays is not None and outcome.log.trained == [100, 101, 102]
+    states = [_trained(tmp_path, k, 1) for k in range(3)]
+    expected = _fedavg(states, _users(config, 3))
+    got = flat(outcome.arrays.to_torch_state_dict(), float_entries(states[0]))
+    assert np.max(np.abs(got - expected)) < 1e-6  # float32 storage; the fixed point itself is exact to 2^-25
+    start = flat(arrays.to_torch_state_dict(), float_entries(states[0]))
+    assert np.max(np.abs(got - start)) > 1e-4  # the round moved the model
+    for k in range(3):
+        (ledger,) = ledgers_in(tmp_path / f"node-{k}")
+        entry = ledger.history[-1]
+        assert entry["round"] == 1 and entry["secure_aggregation"] is True and entry["mode"] == "local"
+        assert entry["epsilon_total"] == pytest.approx(entry["epsilon_total_own_noise"])  # own DP-SGD noise
+
+
+def test_the_wire_carries_only_masked_residues_and_no_loss(tmp_path: Path) -> None:
+    config, grid, arrays = _setup(tmp_path)
+    train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY)
+    masked_stage = [m for m in grid.sent if m.metadata.message_type == f"query.{UPDATE}"]
+    assert len(masked_stage) == 3 and all(keys.ARRAYS in m.content.array_records for m in masked_stage)
+    for reply in grid.replies:
+        for record in reply.content.array_records.values():
+            assert list(record) == [keys.MASKED] and record[keys.MASKED].numpy().dtype == np.uint64
+        metrics = set(reply.content.metric_records.get(keys.METRICS, {}))
+        assert metrics <= ALLOWED_METRICS and not metrics & set(keys.LOSS_KEYS)
+
+
+def test_a_node_lost_after_masking_stays_in_the_average_and_one_lost_before_is_left_out(tmp_path: Path) -> None:
+    config, grid, arrays = _setup(tmp_path / "after", nodes=4)
+    grid.silent = {103: keys.SECAGG_UNMASK}
+    outcome = train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY)
+    states = [_trained(tmp_path / "after", k, 1) for k in range(4)]
+    names = float_entries(states[0])
+    assert outcome.arrays is not None and outcome.log.trained == [100, 101, 102, 103]
+    got = flat(outcome.arrays.to_torch_state_dict(), names)
+    assert np.max(np.abs(got - _fedavg(states, _users(config, 4)))) < 1e-6
+
+    config, grid, arrays = _setup(tmp_path / "before", nodes=4)
+    grid.silent = {101: UPDATE}
+    outcome = train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY)
+    assert outcome.arrays is not None and outcome.log.trained == [100, 102, 103]
+    kept = [0, 2, 3]
+    states = [_trained(tmp_path / "before", k, 1) for k in kept]
+    users = [_users(config, 4)[k] for k in kept]
+    got = flat(outcome.arrays.to_torch_state_dict(), names)
+    assert np.max(np.abs(got - _fedavg(states, users))) < 1e-6
+
+
+def test_too_few_survivors_fail_the_round_and_unmask_nothing(tmp_path: Path) -> None:
+    config, grid, arrays = _setup(tmp_path, nodes=3, **{"min-clients": 1})
+    grid.silent = {101: keys.SECAGG_UNMASK, 102: keys.SECAGG_UNMASK}
+    with pytest.raises(RunFailed, match="answered the unmask stage, the threshold is 2"):
+        train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY)
+
+
+def test_a_resumed_round_sends_its_saved_update_again_masked_afresh_without_new_epsilon(tmp_path: Path) -> None:
+    config, grid, arrays = _setup(tmp_path)
+    first = train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY)
+    spent = [ledgers_in(tmp_path / f"node-{k}")[0].spent()["total"] for k in range(3)]
+    again = train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY)
+    assert again.log.replayed == [100, 101, 102]
+    assert [ledgers_in(tmp_path / f"node-{k}")[0].spent()["total"] for k in range(3)] == spent
+    assert first.arrays is not None and again.arrays is not None
+    for name, tensor in first.arrays.to_torch_state_dict().items():
+        assert torch.equal(tensor, again.arrays.to_torch_state_dict()[name])
+
+
+def test_fixed_point_updates_round_trip_and_the_bits_hold_the_sum() -> None:
+    rng = np.random.default_rng(0)
+    start = {"w": torch.from_numpy(rng.normal(size=(50, 4)).astype(np.float32))}
+    trained = [{"w": start["w"] + torch.from_numpy(rng.normal(scale=0.01, size=(50, 4)).astype(np.float32))}
+               for _ in range(5)]  # fmt: skip
+    users = [7, 100, 3, 40, 1]
+    quantizer = UpdateQuantizer.for_bundle(200)
+    encoded = [encode_update(t, start, n, quantizer) for t, n in zip(trained, users, strict=True)]
+    total = np.sum(encoded, axis=0)
+    assert np.abs(total).max() < 2 ** (required_bits(sum(users) * quantizer.l2, 0.0, 200) - 1)
+    got = apply_update(start, total / quantizer.scale, sum(users))["w"].double().numpy()
+    expected = np.average(np.stack([t["w"].double().numpy() for t in trained]), axis=0, weights=users)
+    assert np.max(np.abs(got - expected)) < 1e-6  # float32 of the result; the sum itself is off by ≤ 5/(2s·151)
+    exact = np.sum([n * (t["w"].double().numpy() - start["w"].double().numpy()) for t, n in zip(trained, users,
+                    strict=True)], axis=0).ravel()  # fmt: skip
+    assert np.max(np.abs(total / quantizer.scale - exact)) <= 5 / (2 * quantizer.scale)
+
+
+@pytest.mark.parametrize("moved", [float("nan"), 2.0**11])
+def test_a_diverged_update_is_refused_before_anything_is_sent(moved: float) -> None:
+    start = {"w": torch.zeros(4)}
+    with pytest.raises(FedsynthError, match="the local model diverged"):
+        encode_update({"w": torch.tensor([0.0, moved, 0.0, 0.0])}, start, 10, UpdateQuantizer.for_bundle(4))
+
+
+def test_update_attacks_are_refused_under_secure_local_rounds() -> None:
+    with pytest.raises(ConfigError, match="attack scaled-update is simulated on plain train replies only"):
+        RunConfig.from_run_config({**SETTINGS, "attack": "scaled-update", "simulation-reference": True})
