@@ -19,7 +19,7 @@ Bits: a node refuses (with the reason, before anything is charged) an update wit
 not finite or exceeds UPDATE_LIMIT = 2^10 in magnitude (a diverged local model), so each user adds
 at most s·2^10 + 1 to any coordinate of the sum (the +1 covers each node's rounding);
 :attr:`UpdateQuantizer.l2` states that bound and the server picks b from it as for the releases
-(:func:`server.secure_release.release_bits`: 2^-40 wrap probability; 1,000 users need 46 bits).
+(:func:`server.secure_release.release_bits`: 2^-40 wrap probability; 1,000 users need 45 bits).
 
 No DP noise is added here: each θ_k already carries its silo's full DP-SGD noise (Opacus), so the
 rounds' ε is the same under both threat models. What secure aggregation adds to a local round is
