@@ -20,10 +20,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from client.attack import MaliciousSilo, malicious_silo, silo_rows
-from common.attacks import target_items
+from common.attacks import AttackConfig, target_items
+from common.config import PartitionConfig
 from common.data.node_file import split_node_file
 from common.data.partition import partition_users
-from common.data.pipeline import prepare
+from common.data.pipeline import DataSettings, prepare
 from common.data.split import HeldOutUsers
 from common.errors import ConfigError
 from common.run_config import RunConfig
@@ -39,16 +40,23 @@ class NodeData:
     malicious: MaliciousSilo | None = None  # simulation only: this silo cheats (``attack``)
 
 
-@lru_cache(maxsize=4)
 def _partitioned(config: RunConfig, num_partitions: int) -> tuple[NodeData, ...]:
-    prepared = prepare(config.data())
-    clients = partition_users(prepared.interactions, prepared.split, config.partitioning(num_partitions))
+    """Every node's share, cached by what decides it (not the whole run config: nodes of one process that
+    differ only in, say, their ledger directory share one copy)."""
+    return _partitions(config.data(), config.partitioning(num_partitions), config.attacks(), config.seed)
+
+
+@lru_cache(maxsize=4)
+def _partitions(
+    data: DataSettings, partitioning: PartitionConfig, attack: AttackConfig, seed: int
+) -> tuple[NodeData, ...]:
+    prepared = prepare(data)
+    clients = partition_users(prepared.interactions, prepared.split, partitioning)
     test = prepared.split.test
-    attack = config.attacks()
-    targets = target_items(prepared.interactions.matrix, attack.targets, config.seed) if attack.active else None
+    targets = target_items(prepared.interactions.matrix, attack.targets, seed) if attack.active else None
     nodes = []
     for index, c in enumerate(clients):
-        silo = malicious_silo(attack, targets, index, config.seed)
+        silo = malicious_silo(attack, targets, index, seed)
         rows = silo_rows(prepared.interactions.matrix[c.train_users], silo)
         test_users = test.subset(np.flatnonzero(np.isin(test.users, c.test_users)))
         nodes.append(NodeData(rows, test_users, prepared.interactions.item_ids, silo))

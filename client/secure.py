@@ -178,15 +178,20 @@ def central_release_variance(
     return calibrate_variance(release.noise_multiplier, quantizer.l2, fits)
 
 
+MAX_BATCH = 64  # the most aggregations one keys stage sets up (each holds private keys in the node's state)
+
+
 def start_secure_release(
     request: ConfigRecord, node: int, ledger: PrivacyLedger, release: SecureRelease, plan: PrivacyPlan,
     state: RecordDict, run: RunIdentity,
 ) -> tuple[ConfigRecord, float]:  # fmt: skip
     """The keys stage (the release already checked against the ledger): calibrate this node's noise share,
-    make fresh keys.
+    make fresh keys for each aggregation the request names (one release, or a batch of the run's next
+    rounds: every one gets its own key pairs, as if set up alone).
 
-    Returns the public keys and the central Skellam variance V this node needs (public, like a noise
-    std); the server answers with the largest any node needs, and every node adds that divided by t.
+    Returns the public keys (lists, one per aggregation) and the central Skellam variance V this node
+    needs (public, like a noise std); the server answers with the largest any node needs, and every
+    node adds that divided by t.
     """
     planned = int(keys.number(request, keys.PLANNED_ROUNDS))
     rounds_left = planned - len(ledger.charged_rounds(run.run_key))
@@ -196,13 +201,20 @@ def start_secure_release(
             return 0.0
         return central_release_variance(ledger, plan, release, rounds_left)
 
+    labels = keys.texts(request, keys.SECAGG_LABELS)
+    if not 1 <= len(labels) <= MAX_BATCH or len(set(labels)) != len(labels):
+        raise FedsynthError(f"secure aggregation: asked to set up {len(labels)} aggregation(s); 1 to {MAX_BATCH}, "
+                            "each named once")  # fmt: skip
     variance = step_variance(state, run, calibrate) if release.repeated else calibrate()
     threshold = int(keys.number(request, keys.SECAGG_THRESHOLD))
-    params = SecAggParams(keys.text(request, keys.SECAGG_LABEL), threshold, 64, release.quantizer.dim)
-    secure = SecAggNode(node, params)
-    channel, mask = secure.advertise()
-    _save(state, secure, variance)
-    return ConfigRecord({keys.CHANNEL_KEY: channel, keys.MASK_KEY: mask}), variance
+    channels, masks = [], []
+    for label in labels:
+        secure = SecAggNode(node, SecAggParams(label, threshold, 64, release.quantizer.dim))
+        channel, mask = secure.advertise()
+        channels.append(channel)
+        masks.append(mask)
+        _save(state, secure, variance)
+    return ConfigRecord({keys.CHANNEL_KEY: channels, keys.MASK_KEY: masks}), variance
 
 
 def step_variance(state: RecordDict, run: RunIdentity, calibrate: Callable[[], float]) -> float:
@@ -217,10 +229,14 @@ def step_variance(state: RecordDict, run: RunIdentity, calibrate: Callable[[], f
     return variance
 
 
+def _slot(label: str) -> str:
+    return f"{_STATE}/{label}"
+
+
 def _load(state: RecordDict, label: str) -> tuple[SecAggNode, float]:
-    if _STATE not in state:
+    if _slot(label) not in state:
         raise FedsynthError(f"secure aggregation {label}: this node holds no state for it (restarted mid-release?)")
-    saved = state.config_records[_STATE]
+    saved = state.config_records[_slot(label)]
     secure = SecAggNode.from_bytes(keys.blob(saved, "node"))
     if secure.params.label != label:
         raise FedsynthError(f"secure aggregation {label}: this node's state is for {secure.params.label}")
@@ -228,24 +244,34 @@ def _load(state: RecordDict, label: str) -> tuple[SecAggNode, float]:
 
 
 def _save(state: RecordDict, secure: SecAggNode, variance: float) -> None:
-    state[_STATE] = ConfigRecord({"node": secure.to_bytes(), _VARIANCE: variance})
+    state[_slot(secure.params.label)] = ConfigRecord({"node": secure.to_bytes(), _VARIANCE: variance})
 
 
 def handle_shares(content: RecordDict, state: RecordDict) -> RecordDict:
-    """The shares stage: encrypted Shamir shares of this node's secrets for every other node."""
+    """The shares stage: encrypted Shamir shares of this node's secrets for every other node, for each
+    aggregation of the batch (key lists and the reply's SHARES aggregation-major)."""
     request = content.config_records[keys.CONFIG]
-    secure, needed = _load(state, keys.text(request, keys.SECAGG_LABEL))
-    variance = keys.number(request, keys.SECAGG_VARIANCE)
-    if variance < needed:
-        raise FedsynthError(
-            f"secure aggregation {secure.params.label}: the server asks for noise variance {variance:.6g}, "
-            f"less than the {needed:.6g} this node's budget needs; refused"
-        )
-    nodes, channels = keys.integers(request, keys.SECAGG_NODES), keys.blobs(request, keys.CHANNEL_KEY)
-    peers = dict(zip(nodes, zip(channels, keys.blobs(request, keys.MASK_KEY), strict=True), strict=True))
-    shares = secure.share(peers, int(keys.number(request, keys.SECAGG_BITS)))
-    _save(state, secure, variance)
-    return RecordDict({keys.CONFIG: ConfigRecord(keys.as_lists(shares, keys.SHARES))})
+    labels, nodes = keys.texts(request, keys.SECAGG_LABELS), keys.integers(request, keys.SECAGG_NODES)
+    channels, masks = keys.blobs(request, keys.CHANNEL_KEY), keys.blobs(request, keys.MASK_KEY)
+    if not len(channels) == len(masks) == len(labels) * len(nodes):
+        raise FedsynthError(f"secure aggregation: {len(channels)} keys for {len(labels)} aggregation(s) of "
+                            f"{len(nodes)} nodes")  # fmt: skip
+    variance, bits = keys.number(request, keys.SECAGG_VARIANCE), int(keys.number(request, keys.SECAGG_BITS))
+    recipients: list[int] = []
+    out: list[bytes] = []
+    for index, label in enumerate(labels):
+        secure, needed = _load(state, label)
+        if variance < needed:
+            raise FedsynthError(
+                f"secure aggregation {label}: the server asks for noise variance {variance:.6g}, less than the "
+                f"{needed:.6g} this node's budget needs; refused"
+            )
+        batch = slice(index * len(nodes), (index + 1) * len(nodes))
+        shares = secure.share(dict(zip(nodes, zip(channels[batch], masks[batch], strict=True), strict=True)), bits)
+        _save(state, secure, variance)
+        recipients = sorted(shares)
+        out += [shares[n] for n in recipients]
+    return RecordDict({keys.CONFIG: ConfigRecord({keys.SECAGG_NODES: recipients, keys.SHARES: out})})
 
 
 def masked_release(
@@ -278,7 +304,8 @@ def masked_values(request: ConfigRecord, values: np.ndarray, state: RecordDict) 
 def handle_unmask(content: RecordDict, state: RecordDict) -> RecordDict:
     """The unmask stage: shares of the survivors' self-mask seeds and of the dropped nodes' mask keys."""
     request = content.config_records[keys.CONFIG]
-    secure, _ = _load(state, keys.text(request, keys.SECAGG_LABEL))
+    label = keys.text(request, keys.SECAGG_LABEL)
+    secure, _ = _load(state, label)
     shares = secure.unmask(keys.integers(request, keys.SECAGG_NODES))
-    del state[_STATE]
+    del state[_slot(label)]
     return RecordDict({keys.CONFIG: ConfigRecord(keys.as_lists(shares, keys.SHARES))})

@@ -88,6 +88,14 @@ def text(record: object, key: str) -> str:
     return str(record[key])  # type: ignore[index]
 
 
+def texts(record: object, key: str) -> list[str]:
+    """A list of strings from a ConfigRecord (labels); an error names the key otherwise."""
+    value = record[key]  # type: ignore[index]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"record value {key!r} should be a list of strings, got {type(value).__name__}")
+    return list(value)
+
+
 SETTING_PREFIX = "setting:"  # evaluate request: ConfigRecord keys holding a packed recommender's settings
 TARGETS = "targets"  # evaluate request: an attack study's target items (their top-K hit rate is counted)
 
@@ -96,7 +104,8 @@ SECAGG_KEYS = "secagg_keys"  # message action: query.secagg_keys (stage 1)
 SECAGG_SHARES = "secagg_shares"  # message action: query.secagg_shares (stage 2)
 SECAGG_UNMASK = "secagg_unmask"  # message action: query.secagg_unmask (stage 4)
 FEDSGD = "fedsgd"  # message action: query.fedsgd, the masked stage of a secure FedSGD step (round-mode fedsgd)
-SECAGG_LABEL = "secagg-label"  # which aggregation (run key / release)
+SECAGG_LABEL = "secagg-label"  # which aggregation (run key / release / round): masked and unmask stages
+SECAGG_LABELS = "secagg-labels"  # keys and shares stages: the aggregations set up together (one or a batch)
 SECAGG_THRESHOLD = "secagg-threshold"
 SECAGG_BITS = "secagg-bits"
 SECAGG_NODES = "secagg-nodes"  # node ids: the key list, share recipients/senders, or survivors

@@ -37,8 +37,8 @@ from server.admission import Admission, admit, identity_fields, require_quorum, 
 from server.aggregation import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
 from server.exchange import send_and_receive
 from server.fedsgd import Checkpoint, fedsgd_rounds
-from server.secure_release import secure_cooccurrence, secure_statistics
-from server.secure_round import secure_train_round
+from server.secure_release import RoundSetups, secure_cooccurrence, secure_statistics
+from server.secure_round import secure_train_round, update_setups
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
 
@@ -285,13 +285,16 @@ def train_round(
     participants: list[int],
     arrays: ArrayRecord,
     identity: dict[str, str],
+    setups: RoundSetups | None = None,
 ) -> RoundOutcome:
     """Send the global bundle to a sample of the admitted nodes still connected; FedAvg their replies (by a
-    secure sum with ``secure-aggregation``: :mod:`server.secure_round`)."""
+    secure sum with ``secure-aggregation``: :mod:`server.secure_round`, keys from ``setups`` or set up for
+    this round alone)."""
     started = time.perf_counter()
     sampled = round_sample(grid, config, server_round, participants)
     if config.secure_aggregation:
-        outcome = secure_train_round(grid, config, server_round, sampled, arrays, identity)
+        setups = setups or update_setups(grid, config, arrays, identity)
+        outcome = secure_train_round(grid, config, server_round, sampled, arrays, setups)
     else:
         outcome = plain_train_round(grid, config, server_round, sampled, arrays, identity)
     round_log = outcome.log
@@ -381,8 +384,9 @@ def local_rounds(
     if server_optimizer is not None and resumed.server_optimizer is not None:
         server_optimizer.load_state_dict(resumed.server_optimizer)
     arrays, rounds = ArrayRecord(bundle.state_dict()), resumed.rounds
+    setups = update_setups(grid, config, arrays, identity) if config.secure_aggregation else None
     for server_round in range(len(rounds) + 1, config.num_server_rounds + 1):
-        outcome = train_round(grid, config, server_round, participants, arrays, identity)
+        outcome = train_round(grid, config, server_round, participants, arrays, identity, setups)
         require_quorum(f"round {server_round}", outcome.log, config)
         if outcome.arrays is not None and server_optimizer is not None:
             previous = arrays.to_torch_state_dict()

@@ -26,7 +26,7 @@ from common.models.optim import adam
 from common.privacy.fedsgd import apply_gradient, gradient_quantizer, trainable
 from common.round_log import RoundLog
 from common.run_config import RunConfig
-from server.secure_release import secure_sum
+from server.secure_release import RoundSetups, finish_secure_sum
 
 log = logging.getLogger("flwr")
 Checkpoint = Callable[[int, ArrayRecord, RoundLog, Any], None]  # (round, global state, log, optimizer state)
@@ -42,17 +42,19 @@ def fedsgd_optimizer(bundle: ModelBundle, config: RunConfig, saved: dict[str, An
 
 def fedsgd_round(
     grid: Grid, config: RunConfig, server_round: int, participants: list[int], bundle: ModelBundle,
-    optimizer: torch.optim.Optimizer, identity: dict[str, str],
+    optimizer: torch.optim.Optimizer, identity: dict[str, str], setups: RoundSetups | None = None,
 ) -> RoundLog:  # fmt: skip
-    """One secure FedSGD step on ``bundle.vae`` in place; the round's log (ε both ways per node)."""
+    """One secure FedSGD step on ``bundle.vae`` in place; the round's log (ε both ways per node). Keys from
+    ``setups`` (or set up for this step alone)."""
     started = time.perf_counter()
     nodes = sorted(set(grid.get_node_ids()) & set(participants))
-    quantizer = gradient_quantizer(bundle.vae.num_items, config.local().vae, config.max_grad_norm)
+    setups = setups or step_setups(grid, config, bundle, identity)
     arrays = ArrayRecord(bundle.vae.state_dict())
-    request: dict[str, keys.ConfigValue] = {keys.SERVER_ROUND: server_round}
-    total, noise_std, round_log = secure_sum(
-        grid, nodes, config, keys.FEDSGD, quantizer, identity, request, arrays, server_round
+    setup = setups.take(server_round, nodes)
+    total, noise_std, round_log = finish_secure_sum(
+        grid, setup, config, keys.FEDSGD, setups.quantizer, arrays, server_round
     )
+    setups.after(round_log)
     expected_batch = config.fedsgd_sample_rate * (round_log.users or 0)
     if round_log.trained:
         apply_gradient(bundle.vae, optimizer, total, expected_batch)
@@ -67,15 +69,22 @@ def fedsgd_round(
     return round_log
 
 
+def step_setups(grid: Grid, config: RunConfig, bundle: ModelBundle, identity: dict[str, str]) -> RoundSetups:
+    """The steps' keys and shares, set up ``ROUNDS_PER_SETUP`` steps at a time."""
+    quantizer = gradient_quantizer(bundle.vae.num_items, config.local().vae, config.max_grad_norm)
+    return RoundSetups(grid, config, keys.FEDSGD, quantizer, identity)
+
+
 def fedsgd_rounds(
     grid: Grid, config: RunConfig, participants: list[int], bundle: ModelBundle, done: list[RoundLog],
     saved_optimizer: dict[str, Any] | None, identity: dict[str, str], checkpoint: Checkpoint,
 ) -> list[RoundLog]:  # fmt: skip
     """The rounds after ``done`` (a resumed run's), each checkpointed; all rounds' logs."""
     optimizer = fedsgd_optimizer(bundle, config, saved_optimizer)
+    setups = step_setups(grid, config, bundle, identity)
     rounds = list(done)
     for server_round in range(len(rounds) + 1, config.num_server_rounds + 1):
-        round_log = fedsgd_round(grid, config, server_round, participants, bundle, optimizer, identity)
+        round_log = fedsgd_round(grid, config, server_round, participants, bundle, optimizer, identity, setups)
         rounds.append(round_log)
         checkpoint(server_round, ArrayRecord(bundle.state_dict()), round_log, optimizer.state_dict())
     return rounds

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -74,37 +75,123 @@ def secure_cooccurrence(
     return NoisyCooccurrence(items, from_upper(total, len(items)), noise_std), release_log
 
 
+@dataclass
+class SecureSetup:
+    """Stages 1–2 of one aggregation, done (alone or in a batch with the run's next rounds): what stages 3–4
+    need. ``shared``: recipient → {sender: ciphertext} (U2); ``early``: refusals and failures at the keys stage
+    (nothing spent); ``clock``: the setup's seconds (shared by a batch)."""
+
+    params: SecAggParams
+    peers: dict[int, tuple[bytes, bytes]]
+    shared: dict[int, dict[int, bytes]]
+    variance: float
+    early: RoundLog
+    base: Request
+    clock: StageClock
+
+
+def label_for(identity: dict[str, str], release: str, server_round: int) -> str:
+    """One aggregation's label: run key / release (/ round): unique per run, bound into every derived key."""
+    return f"{identity[keys.RUN_KEY]}/{release}" + (f"/{server_round}" if server_round else "")
+
+
+def secure_setup(
+    grid: Grid, nodes: list[int], config: RunConfig, release: str, quantizer: SkellamQuantizer,
+    identity: dict[str, str], request: Request, rounds: list[int],
+) -> dict[int, SecureSetup]:  # fmt: skip
+    """The keys and shares stages of one aggregation per entry of ``rounds`` (0: a one-off release), all in
+    one exchange each: every aggregation gets its own fresh keys, self-mask seed and Shamir shares, as if
+    set up alone; only the messages are shared. Raises :class:`RunFailed` with fewer than t nodes."""
+    clock = StageClock()
+    labels = [label_for(identity, release, r) for r in rounds]
+    threshold = config.threshold_for(len(nodes))
+    base: Request = {keys.PLANNED_ROUNDS: config.num_server_rounds, **identity, **request}
+    own: list[Request] = [{**base, keys.SECAGG_LABEL: label} for label in labels]  # each aggregation's stages 3-4
+    for request_of, r in zip(own, rounds, strict=True):
+        if r:
+            request_of[keys.SERVER_ROUND] = r
+    batch: Request = {**own[0], keys.SECAGG_LABELS: labels}  # the batch's first round: the node checks it fits
+    del batch[keys.SECAGG_LABEL]
+    keyed, replies = exchange(
+        grid, keys.SECAGG_KEYS, {n: ConfigRecord({**batch, keys.SECAGG_THRESHOLD: threshold}) for n in nodes}, config
+    )
+    clock.lap("keys")
+    early = client_outcomes(replies, server_round=0).log  # refusals (budget) and failures before anything is spent
+    variance = max((keys.number(c[keys.METRICS], keys.NOISE_VARIANCE) for c in keyed.values()), default=0.0)
+    bits = release_bits(keyed, variance, threshold, config, quantizer)
+    what = f"round {rounds[0]}" if rounds[0] else f"the DP {release} release"
+    require_quorum(what, early, config)  # too few at the keys stage: the nodes' own reasons, nothing spent
+    params = [SecAggParams(label, threshold, bits, quantizer.dim) for label in labels]
+    try:
+        require("keys", len(keyed), params[0])
+        channels = {n: keys.blobs(c[keys.CONFIG], keys.CHANNEL_KEY) for n, c in keyed.items()}
+        masks = {n: keys.blobs(c[keys.CONFIG], keys.MASK_KEY) for n, c in keyed.items()}
+        peers = [{n: (channels[n][a], masks[n][a]) for n in keyed} for a in range(len(labels))]
+        shared = share_stage(grid, peers, params, {**batch, keys.SECAGG_VARIANCE: variance}, config)
+    except (SecAggAborted, IndexError) as exc:
+        raise RunFailed(str(exc)) from exc
+    clock.lap("shares")
+    return {
+        r: SecureSetup(params[a], peers[a], shared[a], variance, early, own[a], clock) for a, r in enumerate(rounds)
+    }
+
+
+ROUNDS_PER_SETUP = 20  # the rounds whose keys and shares one keys + shares exchange sets up
+
+
+class RoundSetups:
+    """Keys and shares for the run's rounds, set up ``ROUNDS_PER_SETUP`` rounds at a time (two exchanges per
+    batch instead of two per round); each round keeps its own fresh keys, seeds and shares. After a round
+    in which a node refused or failed, the rest of the batch is dropped and the next round sets up anew
+    (a node that restarted lost its keys and can take part again). ``per_round``: one round per setup
+    (rounds that sample different nodes)."""
+
+    def __init__(
+        self, grid: Grid, config: RunConfig, release: str, quantizer: SkellamQuantizer, identity: dict[str, str],
+        per_round: bool = False,
+    ) -> None:  # fmt: skip
+        self.grid, self.config, self.release, self.quantizer, self.identity = grid, config, release, quantizer, identity
+        self.size = 1 if per_round else ROUNDS_PER_SETUP
+        self.ready: dict[int, SecureSetup] = {}
+
+    def take(self, server_round: int, nodes: list[int]) -> SecureSetup:
+        """Round ``server_round``'s setup, setting up a batch from it among ``nodes`` when none is ready."""
+        if server_round not in self.ready:
+            last = min(server_round + self.size - 1, self.config.num_server_rounds)
+            rounds = list(range(server_round, last + 1))
+            self.ready = secure_setup(self.grid, nodes, self.config, self.release, self.quantizer, self.identity, {},
+                                      rounds)  # fmt: skip
+        return self.ready.pop(server_round)
+
+    def after(self, round_log: RoundLog) -> None:
+        if round_log.refused or round_log.failed:
+            self.ready = {}
+
+
 def secure_sum(
     grid: Grid, nodes: list[int], config: RunConfig, release: str, quantizer: SkellamQuantizer,
     identity: dict[str, str], request: Request, arrays: ArrayRecord | None = None, server_round: int = 0,
 ) -> tuple[np.ndarray, float, RoundLog]:  # fmt: skip
     """One release (``query.<release>`` at stage 3, ``request`` in every stage, ``arrays`` with stage 3) summed
-    by SecAgg: (sum / scale, its noise std, the log; its ``users``: the users of the nodes in the sum).
+    by SecAgg, all four stages: (sum / scale, its noise std, the log; its ``users``: the users of the nodes in
+    the sum). ``server_round`` > 0: a round, labelled and logged as that round."""
+    setup = secure_setup(grid, nodes, config, release, quantizer, identity, request, [server_round])[server_round]
+    return finish_secure_sum(grid, setup, config, release, quantizer, arrays, server_round)
 
-    ``server_round`` > 0: a FedSGD step, labelled and logged as that round."""
-    label = f"{identity[keys.RUN_KEY]}/{release}" + (f"/{server_round}" if server_round else "")
-    clock = StageClock()
-    threshold = config.threshold_for(len(nodes))
-    base: Request = {keys.SECAGG_LABEL: label, keys.PLANNED_ROUNDS: config.num_server_rounds, **identity, **request}
-    keyed, replies = exchange(
-        grid, keys.SECAGG_KEYS, {n: ConfigRecord({**base, keys.SECAGG_THRESHOLD: threshold}) for n in nodes}, config
-    )
-    clock.lap("keys")
-    early = client_outcomes(replies, server_round=0).log  # refusals (budget) and failures before anything is spent
-    variance = max((keys.number(c[keys.METRICS], keys.NOISE_VARIANCE) for c in keyed.values()), default=0.0)
-    params = SecAggParams(label, threshold, release_bits(keyed, variance, threshold, config, quantizer), quantizer.dim)
-    what = f"FedSGD step {server_round}" if server_round else f"the DP {release} release"
-    require_quorum(what, early, config)  # too few at the keys stage: the nodes' own reasons, nothing spent
+
+def finish_secure_sum(
+    grid: Grid, setup: SecureSetup, config: RunConfig, release: str, quantizer: SkellamQuantizer,
+    arrays: ArrayRecord | None = None, server_round: int = 0,
+) -> tuple[np.ndarray, float, RoundLog]:  # fmt: skip
+    """Stages 3–4 of an aggregation set up by :func:`secure_setup`: the masked stage (``query.<release>``, with
+    ``arrays``) and the unmasking; as :func:`secure_sum` returns."""
+    params, peers, shared, base, clock = setup.params, setup.peers, setup.shared, setup.base, setup.clock
+    what = f"round {server_round}" if server_round else f"the DP {release} release"
     try:
-        require("keys", len(keyed), params)
-        peers = {n: (keys.blob(c[keys.CONFIG], keys.CHANNEL_KEY), keys.blob(c[keys.CONFIG], keys.MASK_KEY))
-                 for n, c in keyed.items()}  # fmt: skip
-        shared = share_stage(grid, peers, params, {**base, keys.SECAGG_VARIANCE: variance}, config)
-        clock.lap("shares")
         masked, release_log = masked_stage(grid, shared, base, config, release, arrays, server_round)
         clock.lap("masked")
-        release_log.refused += early.refused
-        release_log.failed += early.failed
+        release_log.refused += setup.early.refused
+        release_log.failed += setup.early.failed
         require_quorum(what, release_log, config)
         require("masked-input", len(masked), params)
         survivors = sorted(masked)
@@ -118,12 +205,13 @@ def secure_sum(
         clock.lap("server unmasking")
     except SecAggAborted as exc:
         raise RunFailed(str(exc)) from exc
-    for node in sorted(set(shared) - set(revealed)):  # lost at the unmask stage
+    already = {problem.node for problem in release_log.failed}
+    for node in sorted(set(shared) - set(revealed) - already):  # lost at the unmask stage
         why = "its masked vector is in the sum, unmasked from the others' shares" if node in masked else "left out"
         release_log.failed.append(NodeProblem(node, f"no answer at the unmask stage ({why})"))
-    noise = len(survivors) * variance / threshold  # in the sum: each survivor's Sk(V/t)
-    log.info("fedsynth %s: secure sum of %d node(s) (threshold %d, %d bits; %s)", release, len(survivors), threshold,
-             params.bits, clock)  # fmt: skip
+    noise = len(survivors) * setup.variance / params.threshold  # in the sum: each survivor's Sk(V/t)
+    log.info("fedsynth %s: secure sum of %d node(s) (threshold %d, %d bits; %s)", release, len(survivors),
+             params.threshold, params.bits, clock.pop())  # fmt: skip
     return total / quantizer.scale, float(np.sqrt(noise)) / quantizer.scale, release_log
 
 
@@ -138,8 +226,11 @@ class StageClock:
         now = time.perf_counter()
         self.laps[stage], self.started = now - self.started, now
 
-    def __str__(self) -> str:
-        return ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in self.laps.items())
+    def pop(self) -> str:
+        """The laps so far, as text; the clock then starts afresh (a batch's next aggregation)."""
+        text = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in self.laps.items())
+        self.laps = {}
+        return text
 
 
 def release_bits(
@@ -161,26 +252,39 @@ def release_bits(
 
 def share_stage(
     grid: Grid,
-    peers: dict[int, tuple[bytes, bytes]],
-    params: SecAggParams,
+    peers: list[dict[int, tuple[bytes, bytes]]],
+    params: list[SecAggParams],
     base: Request,
     config: RunConfig,
-) -> dict[int, dict[int, bytes]]:
-    """Stage 2: send the key list; route the encrypted shares. Returns recipient → {sender: ciphertext} (U2)."""
-    order = sorted(peers)
+) -> list[dict[int, dict[int, bytes]]]:
+    """Stage 2 for a batch of aggregations (one message per node): send the key lists (aggregation-major);
+    route the encrypted shares. Returns, per aggregation, recipient → {sender: ciphertext} (U2)."""
+    order = sorted(peers[0])
     request = ConfigRecord(
         {
             **base,
-            keys.SECAGG_BITS: params.bits,
+            keys.SECAGG_BITS: params[0].bits,
             keys.SECAGG_NODES: order,
-            keys.CHANNEL_KEY: [peers[n][0] for n in order],
-            keys.MASK_KEY: [peers[n][1] for n in order],
+            keys.CHANNEL_KEY: [batch[n][0] for batch in peers for n in order],
+            keys.MASK_KEY: [batch[n][1] for batch in peers for n in order],
         }
     )
     answered, _ = exchange(grid, keys.SECAGG_SHARES, dict.fromkeys(order, request), config)
-    outgoing = {n: keys.by_node(c[keys.CONFIG], keys.SHARES) for n, c in answered.items()}
-    require("shares", len(outgoing), params)
-    return route(outgoing)
+    require("shares", len(answered), params[0])
+    routed = []
+    for a in range(len(params)):
+        outgoing = {n: split_batch(c.config_records[keys.CONFIG], a, len(params)) for n, c in answered.items()}
+        routed.append(route(outgoing))
+    return routed
+
+
+def split_batch(record: ConfigRecord, index: int, count: int) -> dict[int, bytes]:
+    """Aggregation ``index``'s shares in a batch reply: recipient → ciphertext (SHARES is aggregation-major)."""
+    recipients, shares = keys.integers(record, keys.SECAGG_NODES), keys.blobs(record, keys.SHARES)
+    if len(shares) != count * len(recipients):
+        raise SecAggAborted(f"a node sent {len(shares)} shares for {count} aggregation(s) of {len(recipients)} peers")
+    per = len(recipients)
+    return dict(zip(recipients, shares[index * per : (index + 1) * per], strict=True))
 
 
 def masked_stage(

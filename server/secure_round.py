@@ -19,25 +19,31 @@ import time
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
-from common import keys
 from common.run_config import RunConfig
 from common.secagg.updates import UPDATE, UpdateQuantizer, apply_update, update_size
 from server.aggregation import RoundOutcome
-from server.secure_release import secure_sum
+from server.secure_release import RoundSetups, finish_secure_sum
 
 log = logging.getLogger("flwr")
 
 
+def update_setups(grid: Grid, config: RunConfig, arrays: ArrayRecord, identity: dict[str, str]) -> RoundSetups:
+    """The rounds' keys and shares, set up in batches (one round at a time when ``fraction-train`` < 1: each
+    round then sums another sample of nodes)."""
+    quantizer = UpdateQuantizer.for_bundle(update_size(arrays.to_torch_state_dict()))
+    return RoundSetups(grid, config, UPDATE, quantizer, identity, per_round=config.fraction_train < 1)
+
+
 def secure_train_round(
-    grid: Grid, config: RunConfig, server_round: int, sampled: list[int], arrays: ArrayRecord,
-    identity: dict[str, str],
-) -> RoundOutcome:  # fmt: skip
+    grid: Grid, config: RunConfig, server_round: int, sampled: list[int], arrays: ArrayRecord, setups: RoundSetups
+) -> RoundOutcome:
     """One local round of the ``sampled`` nodes, secure-aggregated: the new global arrays and the round's log."""
     started = time.perf_counter()
     start = arrays.to_torch_state_dict()
-    quantizer = UpdateQuantizer.for_bundle(update_size(start))
-    request: dict[str, keys.ConfigValue] = {keys.SERVER_ROUND: server_round}
-    total, _, round_log = secure_sum(grid, sampled, config, UPDATE, quantizer, identity, request, arrays, server_round)
+    quantizer = setups.quantizer
+    setup = setups.take(server_round, sampled)
+    total, _, round_log = finish_secure_sum(grid, setup, config, UPDATE, quantizer, arrays, server_round)
+    setups.after(round_log)
     updated = ArrayRecord(apply_update(start, total, round_log.users)) if round_log.users else None
     round_log.seconds = time.perf_counter() - started
     log.info("fedsynth round %d: secure sum of %d silo update(s), %d users (%.1f s)", server_round,

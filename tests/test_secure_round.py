@@ -21,6 +21,7 @@ from common.run_config import RunConfig
 from common.secagg.updates import UPDATE, UpdateQuantizer, apply_update, encode_update, flat, float_entries
 from server.admission import RunFailed
 from server.federation import train_round
+from server.secure_round import update_setups
 from tests.test_secure_release import ALLOWED_METRICS, InProcessGrid
 
 SETTINGS: dict[str, Any] = {
@@ -164,3 +165,80 @@ def test_a_diverged_update_is_refused_before_anything_is_sent(moved: float) -> N
 def test_update_attacks_are_refused_under_secure_local_rounds() -> None:
     with pytest.raises(ConfigError, match="attack scaled-update is simulated on plain train replies only"):
         RunConfig.from_run_config({**SETTINGS, "attack": "scaled-update", "simulation-reference": True})
+
+
+def _count(grid: InProcessGrid, action: str) -> int:
+    return sum(m.metadata.message_type == f"query.{action}" for m in grid.sent)
+
+
+def test_one_keys_and_shares_exchange_sets_up_several_rounds_each_with_its_own_keys(tmp_path: Path) -> None:
+    config, grid, arrays = _setup(tmp_path, **{"num-server-rounds": 3})
+    setups = update_setups(grid, config, arrays, IDENTITY)
+    results = []
+    for server_round in (1, 2, 3):
+        outcome = train_round(grid, config, server_round, grid.get_node_ids(), arrays, IDENTITY, setups)
+        assert outcome.arrays is not None and outcome.log.trained == [100, 101, 102]
+        states = [_trained(tmp_path, k, server_round) for k in range(3)]
+        names = float_entries(states[0])
+        got = flat(outcome.arrays.to_torch_state_dict(), names)
+        assert np.max(np.abs(got - _fedavg(states, _users(config, 3)))) < 1e-6  # each round exact
+        results.append(got)
+        arrays = outcome.arrays
+    assert (_count(grid, keys.SECAGG_KEYS), _count(grid, keys.SECAGG_SHARES)) == (3, 3)  # once, for all 3 rounds
+    assert (_count(grid, UPDATE), _count(grid, keys.SECAGG_UNMASK)) == (9, 9)
+    keyed = [r for r in grid.replies if keys.CHANNEL_KEY in r.content.config_records.get(keys.CONFIG, {})]
+    for reply in keyed:  # three fresh key pairs per node, one per round
+        record = reply.content.config_records[keys.CONFIG]
+        assert len(set(record[keys.CHANNEL_KEY])) == len(set(record[keys.MASK_KEY])) == 3
+    assert not any(name.startswith("secagg-state/") for c in grid.contexts.values() for name in c.state)  # erased
+
+
+def test_after_a_failed_node_the_next_round_sets_up_anew_and_takes_it_back(tmp_path: Path) -> None:
+    config, grid, arrays = _setup(tmp_path, nodes=4, **{"num-server-rounds": 3})
+    setups = update_setups(grid, config, arrays, IDENTITY)
+    grid.silent = {103: UPDATE}
+    first = train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY, setups)
+    assert first.log.trained == [100, 101, 102] and [p.node for p in first.log.failed] == [103]
+    grid.silent = {}  # node 103 is back (with its state gone, as after a restart)
+    grid.contexts[103].state = type(grid.contexts[103].state)()
+    assert first.arrays is not None
+    second = train_round(grid, config, 2, grid.get_node_ids(), first.arrays, IDENTITY, setups)
+    assert second.log.trained == [100, 101, 102, 103]
+    assert _count(grid, keys.SECAGG_KEYS) == 4 + 4  # set up again for round 2
+
+
+def test_a_node_refuses_to_set_up_more_aggregations_than_it_holds(tmp_path: Path) -> None:
+    from client.secure import MAX_BATCH
+    from server.secure_release import secure_setup
+
+    config, grid, arrays = _setup(tmp_path)
+    quantizer = update_setups(grid, config, arrays, IDENTITY).quantizer
+    with pytest.raises(RunFailed, match=f"1 to {MAX_BATCH}"):
+        secure_setup(grid, grid.get_node_ids(), config, UPDATE, quantizer, IDENTITY, {},
+                     list(range(1, MAX_BATCH + 2)))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_flower_simulation_secure_aggregates_its_local_rounds(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from simulations.cli import cli
+    from tests.test_secure_release import tiny_toml
+
+    out = tmp_path / "run"
+    args = ["run", "--clients", "3", "--rounds", "2", "--epsilon", "4", "--gen-users", "360", "--gen-items", "300",
+            "--vae-batch-size", "32", "--gan-batch-size", "32", "--recommenders", "popularity",
+            "--secure-aggregation", "--out", str(out), "--config", str(tiny_toml(tmp_path))]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    privacy = json.loads((out / "metrics.json").read_text())["privacy"]
+    secure = privacy["secure_aggregation"]
+    assert secure["round_mode"] == "local" and any("model update" in part for part in secure["applies_to"])
+    train = json.loads((out / "train.json").read_text())
+    assert [len(r["trained"]) for r in train["rounds"]] == [3, 3] and not any(r["failed"] for r in train["rounds"])
+    from common.keys import LOSS_KEYS
+
+    assert not any(name in r for r in train["rounds"] for name in LOSS_KEYS)  # no loss leaves a silo
+    assert "masked: the server sees only the sum" in (out / "report.md").read_text()
