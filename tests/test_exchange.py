@@ -47,10 +47,10 @@ def test_a_silent_node_costs_the_timeout_and_the_others_replies_are_kept() -> No
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0"]
 
 
-def test_polls_start_short_and_double_up_to_the_poll_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_polls_start_short_and_grow_by_half_up_to_the_poll_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     import server.exchange
 
     slept: list[float] = []
     monkeypatch.setattr(server.exchange.time, "sleep", slept.append)
     send_and_receive(SlowGrid([7]), ["a"], timeout=None, poll=0.05)  # type: ignore[arg-type]
-    assert slept == [0.01, 0.02, 0.04, 0.05, 0.05, 0.05]  # six waits before the seventh pull answers
+    assert slept == pytest.approx([0.01, 0.015, 0.0225, 0.03375, 0.05, 0.05])  # six waits, then the reply

@@ -53,8 +53,11 @@ def expand_mask(seed: bytes, length: int, bits: int) -> np.ndarray:
     if len(seed) != SEED_BYTES:
         raise ValueError(f"a mask seed is {SEED_BYTES} bytes, got {len(seed)}")
     encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    words = np.frombuffer(encryptor.update(bytes(8 * length)), dtype="<u8").astype(np.uint64)
-    return words & modulus_mask(bits)
+    zeros = np.zeros(length, dtype="<u8")  # calloc'd: the keystream is ChaCha20 of zeros
+    stream = np.empty(length, dtype="<u8")  # written in place (no copy), then reduced mod 2^bits in place
+    encryptor.update_into(zeros.data.cast("B"), stream.data.cast("B"))
+    np.bitwise_and(stream, modulus_mask(bits), out=stream)
+    return stream.astype(np.uint64, copy=False)
 
 
 def modulus_mask(bits: int) -> np.uint64:

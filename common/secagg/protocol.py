@@ -169,13 +169,15 @@ class SecAggNode:
             raise SecAggAborted(f"secure aggregation {self.params.label}: shares from nodes outside the key list")
         require("shares", len(received) + 1, self.params)
         self.received = dict(received)
-        masked = residues + crypto.expand_mask(self.self_seed, self.params.length, self.params.bits)
+        masked = crypto.expand_mask(self.self_seed, self.params.length, self.params.bits)
+        np.add(masked, residues, out=masked)  # uint64 arithmetic wraps mod 2^64; reduced mod 2^b at the end
         mask_key = self._key(self.mask_key)
         for peer in received:
             seed = crypto.agree(mask_key, self.peers[peer][1], self.params.purpose("mask"))
             pairwise = crypto.expand_mask(seed, self.params.length, self.params.bits)
-            masked = masked + pairwise if _sign(self.node, peer) > 0 else masked - pairwise
-        return masked & crypto.modulus_mask(self.params.bits)
+            (np.add if _sign(self.node, peer) > 0 else np.subtract)(masked, pairwise, out=masked)
+        np.bitwise_and(masked, crypto.modulus_mask(self.params.bits), out=masked)
+        return masked
 
     # stage 4
     def unmask(self, survivors: list[int]) -> dict[int, bytes]:
@@ -273,20 +275,21 @@ def unmasked_sum(
     """
     require("unmask", len(revealed), params)
     bits, length = params.bits, params.length
-    total = np.zeros(length, dtype=np.uint64)
+    total = np.zeros(length, dtype=np.uint64)  # uint64 arithmetic wraps mod 2^64; reduced mod 2^b at the end
     for vector in masked.values():
-        total = total + np.asarray(vector, dtype=np.uint64)
+        np.add(total, np.asarray(vector, dtype=np.uint64), out=total)
     for node in sorted(masked):
         seed = crypto.combine_secret([shares[node] for shares in revealed.values()][: params.threshold])
-        total = total - crypto.expand_mask(seed, length, bits)
+        np.subtract(total, crypto.expand_mask(seed, length, bits), out=total)
     for dropped in sorted(set(shared) - set(masked)):
         key = crypto.private_from_bytes(
             crypto.combine_secret([shares[dropped] for shares in revealed.values()][: params.threshold])
         )
         for node in masked:
             pairwise = crypto.expand_mask(crypto.agree(key, peers[node][1], params.purpose("mask")), length, bits)
-            total = total - pairwise if _sign(node, dropped) > 0 else total + pairwise
-    return total & crypto.modulus_mask(bits)
+            (np.subtract if _sign(node, dropped) > 0 else np.add)(total, pairwise, out=total)
+    np.bitwise_and(total, crypto.modulus_mask(bits), out=total)
+    return total
 
 
 STAGES = ("keys", "shares", "masked-input", "unmask")

@@ -111,7 +111,9 @@ DEPLOYMENT_MODES: dict[str, dict[str, object]] = {
 }
 
 
-def deployed(clients: int, rounds: int = 1, modes: list[str] | None = None) -> list[dict[str, float | str]]:
+def deployed(
+    clients: int, rounds: int = 1, modes: list[str] | None = None, users: int = 0
+) -> list[dict[str, float | str]]:
     """:func:`flower`'s table for ``fedsynth deploy local`` runs (full pipeline, built-in data, same sizes)."""
     from rich.console import Console
 
@@ -122,7 +124,7 @@ def deployed(clients: int, rounds: int = 1, modes: list[str] | None = None) -> l
     for mode in modes or list(DEPLOYMENT_MODES):
         flags = DEPLOYMENT_MODES[mode]
         with tempfile.TemporaryDirectory() as root:
-            given = {"rounds": rounds, "epsilon": 2.0, "gen_users": max(943, 150 * clients), **flags}
+            given = {"rounds": rounds, "epsilon": 2.0, "gen_users": users or max(943, 150 * clients), **flags}
             settings = resolve_run_config(None, given, Path(root) / "run")
             clock = time.perf_counter()
             run_local_deployment(Console(quiet=True), Path(root) / "run", clients, settings)
@@ -131,18 +133,23 @@ def deployed(clients: int, rounds: int = 1, modes: list[str] | None = None) -> l
 
 
 def timings(mode: str, train_json: Path, wall: float) -> dict[str, float | str]:
-    """One row of the ``flower`` table from a run's train.json and its wall time."""
+    """One row of the ``flower`` table from a run's train.json and its wall time: the mean round, the first
+    (where a batch of rounds' keys is set up, and the nodes warm up) and the median of the later ones."""
     train = json.loads(train_json.read_text())
     seconds = [r["seconds"] for r in train["rounds"]]
     return {
         "secure_aggregation": mode,
         "statistics_release_seconds": train["statistics_release"].get("seconds", math.nan),
         "round_seconds": sum(seconds) / len(seconds),
+        "first_round_seconds": seconds[0],
+        "later_rounds_median_seconds": float(np.median(seconds[1:])) if len(seconds) > 1 else math.nan,
         "run_wall_seconds": wall,
     }
 
 
-def flower(clients: int, rounds: int = 1, modes: list[str] | None = None) -> list[dict[str, float | str]]:
+def flower(
+    clients: int, rounds: int = 1, modes: list[str] | None = None, users: int = 0
+) -> list[dict[str, float | str]]:
     """The statistics release, mean round and whole-run seconds of one Flower simulation (``fedsynth train``
     on the built-in data, 150 users per client from 7 clients on) per mode: SecAgg off, on (local rounds),
     on with FedSGD rounds."""
@@ -152,7 +159,7 @@ def flower(clients: int, rounds: int = 1, modes: list[str] | None = None) -> lis
         with tempfile.TemporaryDirectory() as root:
             args = [sys.executable, "-c", "from simulations.cli import main; main()", "train", "--clients",
                     str(clients), "--rounds", str(rounds), "--epsilon", "2", "--out", f"{root}/run",
-                    "--gen-users", str(max(943, 150 * clients))]  # fmt: skip
+                    "--gen-users", str(users or max(943, 150 * clients))]  # fmt: skip
             clock = time.perf_counter()
             subprocess.run([*args, *flags], check=True, capture_output=True)
             out.append(timings(mode, Path(f"{root}/run/train.json"), time.perf_counter() - clock))
@@ -228,6 +235,7 @@ def main() -> None:
     parser.add_argument("--deployment", action="store_true", help="flower: as fedsynth deploy local runs")
     parser.add_argument("--modes", default="", help="flower: some of off,on,'on, fedsgd' separated by '/' (all)")
     parser.add_argument("--repeats", type=int, default=1, help="flower: runs per mode, the modes interleaved")
+    parser.add_argument("--users", type=int, default=0, help="flower: generated users (0: max(943, 150 x clients))")
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     if args.part == "overhead":
@@ -239,7 +247,7 @@ def main() -> None:
         if unknown:
             parser.error(f"--modes: unknown {unknown}; choose from {list(FLOWER_MODES)} separated by '/'")
         run = deployed if args.deployment else flower
-        rows = [row for _ in range(args.repeats) for row in run(args.clients, args.rounds, modes)]
+        rows = [row for _ in range(args.repeats) for row in run(args.clients, args.rounds, modes, args.users)]
         table = pd.DataFrame(rows)
         print(table.to_string(index=False))
         if args.repeats > 1:
