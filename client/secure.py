@@ -207,9 +207,10 @@ def start_secure_release(
                             "each named once")  # fmt: skip
     variance = step_variance(state, run, calibrate) if release.repeated else calibrate()
     threshold = int(keys.number(request, keys.SECAGG_THRESHOLD))
+    neighbours = int(keys.number(request, keys.SECAGG_NEIGHBOURS)) if keys.SECAGG_NEIGHBOURS in request else 0
     channels, masks = [], []
     for label in labels:
-        secure = SecAggNode(node, SecAggParams(label, threshold, 64, release.quantizer.dim))
+        secure = SecAggNode(node, SecAggParams(label, threshold, 64, release.quantizer.dim, neighbours))
         channel, mask = secure.advertise()
         channels.append(channel)
         masks.append(mask)
@@ -267,7 +268,8 @@ def handle_shares(content: RecordDict, state: RecordDict) -> RecordDict:
                 f"{needed:.6g} this node's budget needs; refused"
             )
         batch = slice(index * len(nodes), (index + 1) * len(nodes))
-        shares = secure.share(dict(zip(nodes, zip(channels[batch], masks[batch], strict=True), strict=True)), bits)
+        peers = dict(zip(nodes, zip(channels[batch], masks[batch], strict=True), strict=True))
+        shares = secure.share(peers, bits, keys.integers(request, keys.SECAGG_ORDER))
         _save(state, secure, variance)
         recipients = sorted(shares)
         out += [shares[n] for n in recipients]

@@ -64,6 +64,7 @@ class RunConfig:
     allow_degraded: bool = False  # true: leave out nodes that cannot take part, accept rounds below min-clients
     secure_aggregation: bool = False  # true: the DP releases, every round's update, the DP baselines go through SecAgg
     secagg_threshold: int = 0  # t: the fewest nodes a secure sum can be unmasked from (0: a majority of the nodes)
+    secagg_neighbours: int = 0  # k: SecAgg+'s neighbours per node, even (0: every node neighbours every other)
     secagg_bits: int = 0  # b: secure sums are mod 2^b (0: the fewest that cannot wrap, see common/privacy/skellam.py)
     round_mode: str = "local"  # local: local DP-SGD epochs per round | fedsgd: one secure-aggregated step per round
     fedsgd_sample_rate: float = 0.2  # fedsgd: the Poisson rate of every silo per step (best of 0.07, 0.2: validation)
@@ -149,6 +150,11 @@ class RunConfig:
     def check_secure_aggregation(self) -> None:
         if self.secagg_threshold < 0 or self.secagg_threshold == 1:
             raise ConfigError(f"secagg-threshold must be 0 (a majority) or at least 2, got {self.secagg_threshold}.")
+        if self.secagg_neighbours < 0 or self.secagg_neighbours % 2:
+            raise ConfigError(
+                f"secagg-neighbours must be 0 (every node a neighbour) or even (k/2 on either side of each node in "
+                f"a random ring, SecAgg+), got {self.secagg_neighbours}."
+            )
         if self.secagg_bits and not 8 <= self.secagg_bits <= 64:
             raise ConfigError(f"secagg-bits must be 0 (automatic) or in [8, 64], got {self.secagg_bits}.")
         if self.secure_aggregation and math.isinf(self.privacy().target_epsilon):

@@ -293,7 +293,7 @@ def train_round(
     started = time.perf_counter()
     sampled = round_sample(grid, config, server_round, participants)
     if config.secure_aggregation:
-        setups = setups or update_setups(grid, config, arrays, identity)
+        setups = setups or update_setups(grid, config, arrays, identity, per_round=True)
         outcome = secure_train_round(grid, config, server_round, sampled, arrays, setups)
     else:
         outcome = plain_train_round(grid, config, server_round, sampled, arrays, identity)

@@ -48,7 +48,7 @@ def fedsgd_round(
     ``setups`` (or set up for this step alone)."""
     started = time.perf_counter()
     nodes = sorted(set(grid.get_node_ids()) & set(participants))
-    setups = setups or step_setups(grid, config, bundle, identity)
+    setups = setups or step_setups(grid, config, bundle, identity, per_round=True)
     arrays = ArrayRecord(bundle.vae.state_dict())
     setup = setups.take(server_round, nodes)
     total, noise_std, round_log = finish_secure_sum(
@@ -69,10 +69,12 @@ def fedsgd_round(
     return round_log
 
 
-def step_setups(grid: Grid, config: RunConfig, bundle: ModelBundle, identity: dict[str, str]) -> RoundSetups:
-    """The steps' keys and shares, set up ``ROUNDS_PER_SETUP`` steps at a time."""
+def step_setups(
+    grid: Grid, config: RunConfig, bundle: ModelBundle, identity: dict[str, str], per_round: bool = False
+) -> RoundSetups:
+    """The steps' keys and shares, set up ``ROUNDS_PER_SETUP`` steps at a time (or one, ``per_round``)."""
     quantizer = gradient_quantizer(bundle.vae.num_items, config.local().vae, config.max_grad_norm)
-    return RoundSetups(grid, config, keys.FEDSGD, quantizer, identity)
+    return RoundSetups(grid, config, keys.FEDSGD, quantizer, identity, per_round)
 
 
 def fedsgd_rounds(

@@ -29,7 +29,7 @@ from common.privacy.skellam import SkellamQuantizer, required_bits
 from common.privacy.statistics import STATISTICS, NoisyStatistics, split_release, statistics_quantizer
 from common.round_log import NodeProblem, RoundLog
 from common.run_config import RunConfig
-from common.secagg.protocol import SecAggAborted, SecAggParams, decode, require, route, unmasked_sum
+from common.secagg.protocol import SecAggAborted, SecAggParams, decode, require, ring_order, route, unmasked_sum
 from server.admission import RunFailed, require_quorum
 from server.aggregation import ClientReply, as_client_replies, client_outcomes, reply_problem
 from server.exchange import send_and_receive
@@ -88,6 +88,7 @@ class SecureSetup:
     early: RoundLog
     base: Request
     clock: StageClock
+    order: list[int]  # the random ring SecAgg+'s neighbour graph is drawn on
 
 
 def label_for(identity: dict[str, str], release: str, server_round: int) -> str:
@@ -112,27 +113,28 @@ def secure_setup(
             request_of[keys.SERVER_ROUND] = r
     batch: Request = {**own[0], keys.SECAGG_LABELS: labels}  # the batch's first round: the node checks it fits
     del batch[keys.SECAGG_LABEL]
-    keyed, replies = exchange(
-        grid, keys.SECAGG_KEYS, {n: ConfigRecord({**batch, keys.SECAGG_THRESHOLD: threshold}) for n in nodes}, config
-    )
+    stage1 = {**batch, keys.SECAGG_THRESHOLD: threshold, keys.SECAGG_NEIGHBOURS: config.secagg_neighbours}
+    keyed, replies = exchange(grid, keys.SECAGG_KEYS, {n: ConfigRecord(stage1) for n in nodes}, config)
     clock.lap("keys")
     early = client_outcomes(replies, server_round=0).log  # refusals (budget) and failures before anything is spent
     variance = max((keys.number(c[keys.METRICS], keys.NOISE_VARIANCE) for c in keyed.values()), default=0.0)
     bits = release_bits(keyed, variance, threshold, config, quantizer)
     what = f"round {rounds[0]}" if rounds[0] else f"the DP {release} release"
     require_quorum(what, early, config)  # too few at the keys stage: the nodes' own reasons, nothing spent
-    params = [SecAggParams(label, threshold, bits, quantizer.dim) for label in labels]
+    params = [SecAggParams(label, threshold, bits, quantizer.dim, config.secagg_neighbours) for label in labels]
     try:
         require("keys", len(keyed), params[0])
         channels = {n: keys.blobs(c[keys.CONFIG], keys.CHANNEL_KEY) for n, c in keyed.items()}
         masks = {n: keys.blobs(c[keys.CONFIG], keys.MASK_KEY) for n, c in keyed.items()}
         peers = [{n: (channels[n][a], masks[n][a]) for n in keyed} for a in range(len(labels))]
-        shared = share_stage(grid, peers, params, {**batch, keys.SECAGG_VARIANCE: variance}, config)
+        order = ring_order(list(keyed))
+        shared = share_stage(grid, peers, params, {**batch, keys.SECAGG_VARIANCE: variance}, config, order)
     except (SecAggAborted, IndexError) as exc:
         raise RunFailed(str(exc)) from exc
     clock.lap("shares")
     return {
-        r: SecureSetup(params[a], peers[a], shared[a], variance, early, own[a], clock) for a, r in enumerate(rounds)
+        r: SecureSetup(params[a], peers[a], shared[a], variance, early, own[a], clock, order)
+        for a, r in enumerate(rounds)
     }
 
 
@@ -201,7 +203,7 @@ def finish_secure_sum(
         )
         clock.lap("unmask")
         shares = {n: keys.by_node(c[keys.CONFIG], keys.SHARES) for n, c in revealed.items()}
-        total = decode(unmasked_sum(params, peers, sorted(shared), masked, shares), params.bits)
+        total = decode(unmasked_sum(params, peers, sorted(shared), masked, shares, setup.order), params.bits)
         clock.lap("server unmasking")
     except SecAggAborted as exc:
         raise RunFailed(str(exc)) from exc
@@ -256,6 +258,7 @@ def share_stage(
     params: list[SecAggParams],
     base: Request,
     config: RunConfig,
+    ring: list[int],
 ) -> list[dict[int, dict[int, bytes]]]:
     """Stage 2 for a batch of aggregations (one message per node): send the key lists (aggregation-major);
     route the encrypted shares. Returns, per aggregation, recipient → {sender: ciphertext} (U2)."""
@@ -265,6 +268,7 @@ def share_stage(
             **base,
             keys.SECAGG_BITS: params[0].bits,
             keys.SECAGG_NODES: order,
+            keys.SECAGG_ORDER: ring,
             keys.CHANNEL_KEY: [batch[n][0] for batch in peers for n in order],
             keys.MASK_KEY: [batch[n][1] for batch in peers for n in order],
         }

@@ -27,11 +27,13 @@ from server.secure_release import RoundSetups, finish_secure_sum
 log = logging.getLogger("flwr")
 
 
-def update_setups(grid: Grid, config: RunConfig, arrays: ArrayRecord, identity: dict[str, str]) -> RoundSetups:
-    """The rounds' keys and shares, set up in batches (one round at a time when ``fraction-train`` < 1: each
-    round then sums another sample of nodes)."""
+def update_setups(
+    grid: Grid, config: RunConfig, arrays: ArrayRecord, identity: dict[str, str], per_round: bool = False
+) -> RoundSetups:
+    """The rounds' keys and shares, set up in batches (one round at a time when ``per_round`` or
+    ``fraction-train`` < 1: each round then sums another sample of nodes)."""
     quantizer = UpdateQuantizer.for_bundle(update_size(arrays.to_torch_state_dict()))
-    return RoundSetups(grid, config, UPDATE, quantizer, identity, per_round=config.fraction_train < 1)
+    return RoundSetups(grid, config, UPDATE, quantizer, identity, per_round=per_round or config.fraction_train < 1)
 
 
 def secure_train_round(

@@ -242,3 +242,16 @@ def test_a_flower_simulation_secure_aggregates_its_local_rounds(tmp_path: Path) 
 
     assert not any(name in r for r in train["rounds"] for name in LOSS_KEYS)  # no loss leaves a silo
     assert "masked: the server sees only the sum" in (out / "report.md").read_text()
+
+
+def test_secagg_plus_neighbours_give_the_same_fedavg_through_the_client_app(tmp_path: Path) -> None:
+    config, grid, arrays = _setup(tmp_path, nodes=6, **{"secagg-neighbours": 2, "gen-users": 360})
+    grid.silent = {104: keys.SECAGG_UNMASK}  # lost after masking: rebuilt from its two neighbours' shares
+    outcome = train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY)
+    assert outcome.arrays is not None and outcome.log.trained == [100, 101, 102, 103, 104, 105]
+    states = [_trained(tmp_path, k, 1) for k in range(6)]
+    got = flat(outcome.arrays.to_torch_state_dict(), float_entries(states[0]))
+    assert np.max(np.abs(got - _fedavg(states, _users(config, 6)))) < 1e-6
+    shares_replies = [r for r in grid.replies if keys.SHARES in r.content.config_records.get(keys.CONFIG, {})
+                      and keys.CHANNEL_KEY not in r.content.config_records[keys.CONFIG]][:6]  # fmt: skip
+    assert all(len(r.content.config_records[keys.CONFIG][keys.SHARES]) == 2 for r in shares_replies)  # neighbours

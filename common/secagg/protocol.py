@@ -60,12 +60,18 @@ class SecAggParams:
     threshold: int
     bits: int
     length: int
+    neighbours: int = 0  # k: SecAgg+'s neighbours per node (even); 0: every node neighbours every other
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 64:
             raise ValueError(f"secure aggregation works mod 2^b with 2 <= b <= 64, got b = {self.bits}")
         if self.threshold < 2:
             raise ValueError(f"the secure-aggregation threshold must be at least 2, got {self.threshold}")
+        if self.neighbours < 0 or self.neighbours % 2:
+            raise ValueError(f"SecAgg+ neighbours must be 0 (all) or even and positive, got {self.neighbours}")
+
+    def with_bits(self, bits: int) -> SecAggParams:
+        return SecAggParams(self.label, self.threshold, bits, self.length, self.neighbours)
 
     def purpose(self, what: str) -> bytes:
         return f"fedsynth-secagg/{self.label}/{what}".encode()
@@ -78,6 +84,36 @@ def require(stage: str, answered: int, params: SecAggParams) -> None:
             f"secure aggregation {params.label}: only {answered} node(s) answered the {stage} stage, the "
             f"threshold is {params.threshold}; nothing was unmasked. Lower secagg-threshold or bring nodes back."
         )
+
+
+def neighbourhood(order: list[int], node: int, neighbours: int) -> set[int]:
+    """``node``'s neighbours: SecAgg+'s graph (Bell et al., CCS 2020; the circulant "Harary" graph Flower's
+    SecAgg+ also builds): the k/2 nodes on either side of ``node`` in the server's random ``order``.
+    Everyone else in ``order`` when k = 0 or the ring is too small for k. Symmetric: j ∈ N(i) ⟺ i ∈ N(j)."""
+    size = len(order)
+    if not neighbours or neighbours + 1 >= size:
+        return set(order) - {node}
+    at, half = order.index(node), neighbours // 2
+    return {order[(at + offset) % size] for offset in range(-half, half + 1) if offset} - {node}
+
+
+def share_threshold(params: SecAggParams, members: int) -> int:
+    """How many of a node's ``members`` (its neighbours and itself) rebuild its secrets: t with every node a
+    neighbour (``neighbours`` = 0), else with SecAgg+ a majority of the neighbourhood."""
+    return params.threshold if not params.neighbours else members // 2 + 1
+
+
+def connected(nodes: list[int], order: list[int], neighbours: int) -> bool:
+    """Whether ``nodes`` are connected through SecAgg+ edges among themselves: otherwise their pairwise masks
+    cancel within each component, and each component's sum could be unmasked on its own."""
+    if not nodes:
+        return True
+    within, seen, todo = set(nodes), {nodes[0]}, [nodes[0]]
+    while todo:
+        for peer in neighbourhood(order, todo.pop(), neighbours) & within - seen:
+            seen.add(peer)
+            todo.append(peer)
+    return seen == within
 
 
 def encode(values: np.ndarray, bits: int) -> np.ndarray:
@@ -121,8 +157,9 @@ class SecAggNode:
     self_seed: bytes = b""
     peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # U1: node → (channel, mask) public
     own_shares: tuple[bytes, bytes] = (b"", b"")
-    received: dict[int, bytes] = field(default_factory=dict)  # U2 \ {self}: sender → ciphertext
+    received: dict[int, bytes] = field(default_factory=dict)  # U2 ∩ N(i): sender → ciphertext
     stage: str = "keys"
+    order: list[int] = field(default_factory=list)  # the ring SecAgg+'s graph is drawn on (U1, shuffled)
 
     # stage 1
     def advertise(self) -> tuple[bytes, bytes]:
@@ -131,24 +168,32 @@ class SecAggNode:
         return self.public_keys()
 
     # stage 2
-    def share(self, peers: dict[int, tuple[bytes, bytes]], bits: int | None = None) -> dict[int, bytes]:
-        """Encrypted shares of b_i and of the mask key for every other node of U1 (``peers``).
+    def share(
+        self, peers: dict[int, tuple[bytes, bytes]], bits: int | None = None, order: list[int] | None = None
+    ) -> dict[int, bytes]:
+        """Encrypted shares of b_i and of the mask key for each neighbour of this node among U1 (``peers``):
+        every other node, or with SecAgg+ (``params.neighbours`` = k) the k around it in ``order`` (the
+        server's random ring of U1).
 
         ``bits``: b, when the server fixes it only now (from what the nodes said at the keys stage).
         """
         self._expect("shares", "masked-input")
         if bits is not None:
-            self.params = SecAggParams(self.params.label, self.params.threshold, bits, self.params.length)
+            self.params = self.params.with_bits(bits)
         if self.node not in peers or peers[self.node] != self.public_keys():
             raise SecAggAborted(f"secure aggregation {self.params.label}: the key list does not hold this node's keys")
         require("keys", len(peers), self.params)
+        self.order = list(order) if order is not None else sorted(peers)
+        if sorted(self.order) != sorted(peers):
+            raise SecAggAborted(f"secure aggregation {self.params.label}: the ring is not the key list")
         self.peers = dict(peers)
         self.self_seed = secrets.token_bytes(crypto.SEED_BYTES)
-        order = sorted(peers)
-        seed_shares = crypto.split_secret(self.self_seed, self.params.threshold, len(order))
-        key_shares = crypto.split_secret(self.mask_key, self.params.threshold, len(order))
+        members = sorted(self.neighbours() | {self.node})
+        threshold = share_threshold(self.params, len(members))
+        seed_shares = crypto.split_secret(self.self_seed, threshold, len(members))
+        key_shares = crypto.split_secret(self.mask_key, threshold, len(members))
         out: dict[int, bytes] = {}
-        for index, peer in enumerate(order):
+        for index, peer in enumerate(members):
             plaintext = _pack({"seed": _b64(seed_shares[index]), "key": _b64(key_shares[index])})
             if peer == self.node:
                 self.own_shares = (seed_shares[index], key_shares[index])
@@ -164,10 +209,17 @@ class SecAggNode:
         if residues.shape != (self.params.length,):
             raise ValueError(f"secure aggregation {self.params.label}: vector of shape {residues.shape}, "
                              f"expected ({self.params.length},)")  # fmt: skip
-        unknown = set(received) - set(self.peers)
+        unknown = set(received) - self.neighbours()
         if unknown or self.node in received:
-            raise SecAggAborted(f"secure aggregation {self.params.label}: shares from nodes outside the key list")
-        require("shares", len(received) + 1, self.params)
+            raise SecAggAborted(f"secure aggregation {self.params.label}: shares from nodes outside its neighbours")
+        members = len(self.neighbours()) + 1
+        if not self.params.neighbours:
+            require("shares", len(received) + 1, self.params)
+        if len(received) + 1 < share_threshold(self.params, members):
+            raise SecAggAborted(
+                f"secure aggregation {self.params.label}: only {len(received) + 1} of this node's {members} "
+                "neighbourhood shared; too few to recover it. Nothing was sent."
+            )
         self.received = dict(received)
         masked = crypto.expand_mask(self.self_seed, self.params.length, self.params.bits)
         np.add(masked, residues, out=masked)  # uint64 arithmetic wraps mod 2^64; reduced mod 2^b at the end
@@ -184,9 +236,14 @@ class SecAggNode:
         """For each node of U2: its self-seed share if it is in U3 (``survivors``), else its mask-key share."""
         self._expect("unmask", "done")
         members = set(self.received) | {self.node}
-        if not set(survivors) <= members:
-            raise SecAggAborted(f"secure aggregation {self.params.label}: survivors outside the nodes that shared")
+        if not set(survivors) <= set(self.peers):
+            raise SecAggAborted(f"secure aggregation {self.params.label}: survivors outside the key list")
         require("masked-input", len(set(survivors)), self.params)
+        if not connected(sorted(set(survivors)), self.order, self.params.neighbours):
+            raise SecAggAborted(
+                f"secure aggregation {self.params.label}: the survivors' SecAgg+ graph falls apart, so parts of "
+                "the sum could be unmasked on their own; nothing was unmasked."
+            )
         out: dict[int, bytes] = {}
         for sender in sorted(members):
             if sender == self.node:
@@ -204,7 +261,13 @@ class SecAggNode:
         return _pack(
             {
                 "node": self.node,
-                "params": [self.params.label, self.params.threshold, self.params.bits, self.params.length],
+                "params": [
+                    self.params.label,
+                    self.params.threshold,
+                    self.params.bits,
+                    self.params.length,
+                    self.params.neighbours,
+                ],
                 "channel_key": _b64(self.channel_key),
                 "mask_key": _b64(self.mask_key),
                 "self_seed": _b64(self.self_seed),
@@ -212,16 +275,17 @@ class SecAggNode:
                 "own_shares": [_b64(x) for x in self.own_shares],
                 "received": {str(n): _b64(c) for n, c in self.received.items()},
                 "stage": self.stage,
+                "order": self.order,
             }
         )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SecAggNode:
         saved = json.loads(raw)
-        label, threshold, bits, length = saved["params"]
+        label, threshold, bits, length, neighbours = saved["params"]
         return cls(
             int(saved["node"]),
-            SecAggParams(str(label), int(threshold), int(bits), int(length)),
+            SecAggParams(str(label), int(threshold), int(bits), int(length), int(neighbours)),
             _unb64(saved["channel_key"]),
             _unb64(saved["mask_key"]),
             _unb64(saved["self_seed"]),
@@ -229,7 +293,12 @@ class SecAggNode:
             (_unb64(saved["own_shares"][0]), _unb64(saved["own_shares"][1])),
             {int(n): _unb64(c) for n, c in saved["received"].items()},
             str(saved["stage"]),
+            [int(n) for n in saved["order"]],
         )
+
+    def neighbours(self) -> set[int]:
+        """N(i) within U1 (set at the shares stage)."""
+        return neighbourhood(self.order, self.node, self.params.neighbours)
 
     def public_keys(self) -> tuple[bytes, bytes]:
         return (crypto.public_bytes(self._key(self.channel_key)), crypto.public_bytes(self._key(self.mask_key)))
@@ -268,24 +337,37 @@ def unmasked_sum(
     shared: list[int],
     masked: dict[int, np.ndarray],
     revealed: dict[int, dict[int, bytes]],
+    order: list[int] | None = None,
 ) -> np.ndarray:
     """Σ_{i ∈ U3} x_i mod 2^b from the masked inputs (U3 = ``masked``) and the revealed shares.
 
-    ``peers``: U1's public keys; ``shared``: U2; ``revealed``: responder → {node: share} (U4).
+    ``peers``: U1's public keys; ``shared``: U2; ``revealed``: responder → {node: share} (U4), each
+    responder holding shares of its neighbours and itself; ``order``: SecAgg+'s ring (None: sorted U1).
+    Aborts if a node's secret has fewer than its threshold of shares, or the survivors' graph falls apart.
     """
     require("unmask", len(revealed), params)
+    ring = order if order is not None else sorted(peers)
+    if not connected(sorted(masked), ring, params.neighbours):
+        raise SecAggAborted(f"secure aggregation {params.label}: the survivors' SecAgg+ graph falls apart; "
+                            "nothing was unmasked.")  # fmt: skip
     bits, length = params.bits, params.length
     total = np.zeros(length, dtype=np.uint64)  # uint64 arithmetic wraps mod 2^64; reduced mod 2^b at the end
     for vector in masked.values():
         np.add(total, np.asarray(vector, dtype=np.uint64), out=total)
+
+    def secret_of(node: int) -> bytes:
+        held = [shares[node] for shares in revealed.values() if node in shares]
+        needed = share_threshold(params, len(neighbourhood(ring, node, params.neighbours)) + 1)
+        if len(held) < needed:
+            raise SecAggAborted(f"secure aggregation {params.label}: node {node}'s secret has {len(held)} of the "
+                                f"{needed} shares it needs; nothing was unmasked.")  # fmt: skip
+        return crypto.combine_secret(held[:needed])
+
     for node in sorted(masked):
-        seed = crypto.combine_secret([shares[node] for shares in revealed.values()][: params.threshold])
-        np.subtract(total, crypto.expand_mask(seed, length, bits), out=total)
+        np.subtract(total, crypto.expand_mask(secret_of(node), length, bits), out=total)
     for dropped in sorted(set(shared) - set(masked)):
-        key = crypto.private_from_bytes(
-            crypto.combine_secret([shares[dropped] for shares in revealed.values()][: params.threshold])
-        )
-        for node in masked:
+        key = crypto.private_from_bytes(secret_of(dropped))
+        for node in sorted(set(masked) & neighbourhood(ring, dropped, params.neighbours)):
             pairwise = crypto.expand_mask(crypto.agree(key, peers[node][1], params.purpose("mask")), length, bits)
             (np.subtract if _sign(node, dropped) > 0 else np.add)(total, pairwise, out=total)
     np.bitwise_and(total, crypto.modulus_mask(bits), out=total)
@@ -311,14 +393,22 @@ def aggregate_in_process(
     nodes = {n: SecAggNode(n, params) for n in sorted(inputs)}
     peers = {n: node.advertise() for n, node in nodes.items() if answers(n, "keys")}
     require("keys", len(peers), params)
-    outgoing = {n: nodes[n].share(peers) for n in peers if answers(n, "shares")}
+    order = ring_order(list(peers))
+    outgoing = {n: nodes[n].share(peers, order=order) for n in peers if answers(n, "shares")}
     require("shares", len(outgoing), params)
     routed = route(outgoing)
     masked = {n: nodes[n].mask(encode_residues(inputs[n]), routed[n]) for n in routed if answers(n, "masked-input")}
     require("masked-input", len(masked), params)
     survivors = sorted(masked)
     revealed = {n: nodes[n].unmask(survivors) for n in routed if answers(n, "unmask")}
-    return unmasked_sum(params, peers, sorted(routed), masked, revealed), survivors
+    return unmasked_sum(params, peers, sorted(routed), masked, revealed, order), survivors
+
+
+def ring_order(nodes: list[int]) -> list[int]:
+    """The server's random ring of U1 for SecAgg+'s graph (OS CSPRNG shuffle)."""
+    order = sorted(nodes)
+    secrets.SystemRandom().shuffle(order)
+    return order
 
 
 def encode_residues(values: np.ndarray) -> np.ndarray:
