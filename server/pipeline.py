@@ -92,7 +92,12 @@ def secure_aggregation_summary(config: RunConfig) -> dict[str, Any]:
     return {
         "enabled": True,
         "round_mode": config.round_mode,
-        "protocol": "SecAgg (X25519, ChaCha20 masks, Shamir dropout recovery), distributed Skellam noise",
+        "protocol": (
+            f"SecAgg+ ({config.secagg_neighbours} neighbours per node on a random ring)"
+            if config.secagg_neighbours
+            else "SecAgg (every node a neighbour of every other)"
+        )
+        + " with X25519 keys, ChaCha20 masks, Shamir dropout recovery; distributed Skellam noise",
         "applies_to": ["dp statistics release"]
         + (["dp co-occurrence release"] if config.marginal_items else [])
         + [
@@ -104,8 +109,9 @@ def secure_aggregation_summary(config: RunConfig) -> dict[str, Any]:
         + ["dp baselines (simulated)"],
         "not_applied_to": "federated evaluation (metric sums only)",
         "threshold": config.secagg_threshold or "majority of the admitted nodes",
-        "threat_model": "epsilon_max: honest-but-curious server, fewer than threshold colluding nodes; "
-        "epsilon_max_own_noise: each secure sum protected by the node's own noise share alone",
+        "threat_model": "epsilon_max: honest-but-curious server, fewer than threshold colluding nodes"
+        + (" and fewer than a majority of any node's neighbourhood" if config.secagg_neighbours else "")
+        + "; epsilon_max_own_noise: each secure sum protected by the node's own noise share alone",
     }
 
 

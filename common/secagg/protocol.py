@@ -26,8 +26,13 @@ Threat model: an honest-but-curious server and at most t − 1 colluding nodes l
 about any honest node's x_i beyond the sum. The server relays public keys unauthenticated: a
 *malicious* server could substitute keys (man in the middle) or tell nodes different U2/U3
 and learn individual inputs; that needs signed keys (Bell et al., CCS 2020), not built here.
-Every node is a neighbour of every other (SecAgg+'s sparse neighbour graph, which cuts the
-O(K) cost per node, is not used: federations here have tens of silos, not thousands).
+
+Neighbours: by default every node is a neighbour of every other. With ``params.neighbours`` = k
+(SecAgg+, Bell et al., CCS 2020) node i shares with and masks against only N(i), the k/2 nodes on
+either side of it in a random ring of U1 the server draws (:func:`neighbourhood`); its secrets then
+need a majority of N(i) ∪ {i} (:func:`share_threshold`), the masks in stage 3 run over N(i) ∩ U2, and
+the unmasking is refused unless the survivors are connected through such edges (:func:`connected`:
+otherwise each component's sum could be unmasked on its own). O(k) work per node instead of O(K).
 """
 
 from __future__ import annotations
@@ -366,8 +371,11 @@ def unmasked_sum(
     for node in sorted(masked):
         np.subtract(total, crypto.expand_mask(secret_of(node), length, bits), out=total)
     for dropped in sorted(set(shared) - set(masked)):
+        masked_against = sorted(set(masked) & neighbourhood(ring, dropped, params.neighbours))
+        if not masked_against:  # no survivor masked against it: nothing to remove, its key stays secret
+            continue
         key = crypto.private_from_bytes(secret_of(dropped))
-        for node in sorted(set(masked) & neighbourhood(ring, dropped, params.neighbours)):
+        for node in masked_against:
             pairwise = crypto.expand_mask(crypto.agree(key, peers[node][1], params.purpose("mask")), length, bits)
             (np.subtract if _sign(node, dropped) > 0 else np.add)(total, pairwise, out=total)
     np.bitwise_and(total, crypto.modulus_mask(bits), out=total)

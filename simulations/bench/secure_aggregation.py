@@ -1,6 +1,7 @@
 """Secure aggregation: its cost per silo, and what distributed noise buys, side by side with it off.
 
-    python -m simulations.bench.secure_aggregation overhead [--silos 5,20] [--dims 1500,20000]
+    python -m simulations.bench.secure_aggregation overhead [--silos 5,20] [--dims 1500,20000] \\
+        [--neighbours 0,8] [--dropped N]
     python -m simulations.bench.secure_aggregation flower [--clients 5] [--rounds 1] [--deployment] \\
         [--modes off/on/'on, fedsgd'] [--repeats N]
     python -m simulations.bench.secure_aggregation utility --data-root ../shared/data \\
@@ -49,7 +50,7 @@ from common.privacy.secure_baselines import secure_release
 from common.privacy.statistics import noisy_statistics, statistics_contributions, statistics_quantizer
 from common.recommenders import MostPopular
 from common.run_config import RunConfig
-from common.secagg.protocol import SecAggNode, SecAggParams, encode, route, unmasked_sum
+from common.secagg.protocol import SecAggNode, SecAggParams, encode, ring_order, route, unmasked_sum
 from common.seeding import rng_for
 from server.baselines import baseline_recommenders
 
@@ -57,30 +58,35 @@ DATASETS = {"movielens": "ml-latest-small", "lastfm": "lastfm-2k"}
 EVAL = EvalConfig(ks=(10,))
 
 
-def overhead(silos: int, dim: int, repeats: int = 3) -> dict[str, float]:
-    """Median seconds per silo of each stage, the server's unmasking, and bytes each silo sends."""
+def overhead(silos: int, dim: int, repeats: int = 3, neighbours: int = 0, dropped: int = 0) -> dict[str, float]:
+    """Median seconds per silo of each stage, the server's unmasking, and bytes each silo sends; with SecAgg+'s
+    ``neighbours`` per silo (0: all), and ``dropped`` silos lost after the shares stage (the server then
+    rebuilds their mask keys and removes their pairwise masks)."""
     rng = np.random.default_rng(0)
     values = {n: encode(rng.integers(-(10**6), 10**6, dim), 48) for n in range(silos)}
     times: dict[str, list[float]] = {k: [] for k in ("keys", "shares", "masked-input", "unmask", "server", "off")}
     sent: dict[str, int] = {}
     for repeat in range(repeats):
-        params = SecAggParams(f"bench/{repeat}", silos // 2 + 1, 48, dim)
+        params = SecAggParams(f"bench/{repeat}", silos // 2 + 1, 48, dim, neighbours)
         nodes = {n: SecAggNode(n, params) for n in values}
+        order = ring_order(list(values))
         clock = time.perf_counter()
         peers = {n: node.advertise() for n, node in nodes.items()}
         times["keys"].append((time.perf_counter() - clock) / silos)
         clock = time.perf_counter()
-        outgoing = {n: node.share(peers) for n, node in nodes.items()}
+        outgoing = {n: node.share(peers, order=order) for n, node in nodes.items()}
         times["shares"].append((time.perf_counter() - clock) / silos)
         routed = route(outgoing)
         clock = time.perf_counter()
-        masked = {n: nodes[n].mask(values[n], routed[n]) for n in nodes}
-        times["masked-input"].append((time.perf_counter() - clock) / silos)
+        lost = order[:: max(1, silos // dropped)][:dropped] if dropped else []  # spread over the ring
+        masking = [n for n in nodes if n not in lost]
+        masked = {n: nodes[n].mask(values[n], routed[n]) for n in masking}
+        times["masked-input"].append((time.perf_counter() - clock) / len(masking))
         clock = time.perf_counter()
-        revealed = {n: node.unmask(sorted(masked)) for n, node in nodes.items()}
-        times["unmask"].append((time.perf_counter() - clock) / silos)
+        revealed = {n: nodes[n].unmask(sorted(masked)) for n in masking}
+        times["unmask"].append((time.perf_counter() - clock) / len(masking))
         clock = time.perf_counter()
-        unmasked_sum(params, peers, sorted(routed), masked, revealed)
+        unmasked_sum(params, peers, sorted(routed), masked, revealed, order)
         times["server"].append(time.perf_counter() - clock)
         clock = time.perf_counter()
         noise = np.random.default_rng(repeat).normal(0.0, 10.0, (silos, dim))  # the release without SecAgg
@@ -93,7 +99,8 @@ def overhead(silos: int, dim: int, repeats: int = 3) -> dict[str, float]:
             "bytes_unmask": sum(len(s) for s in revealed[0].values()),
         }
     result = {f"seconds_{k}": float(np.median(v)) for k, v in times.items()}
-    return {"silos": silos, "dim": dim, **result, **sent, "bytes_off": 8 * dim}
+    return {"silos": silos, "dim": dim, "neighbours": neighbours, "dropped": dropped, **result, **sent,
+            "bytes_off": 8 * dim}  # fmt: skip
 
 
 FLOWER_MODES: dict[str, list[str]] = {
@@ -225,6 +232,8 @@ def main() -> None:
     parser.add_argument("part", choices=["overhead", "flower", "utility"])
     parser.add_argument("--silos", default="5,20")
     parser.add_argument("--dims", default="1500,20000")
+    parser.add_argument("--neighbours", default="0", help="overhead: SecAgg+ neighbours per silo, comma-separated")
+    parser.add_argument("--dropped", type=int, default=0, help="overhead: silos lost after the shares stage")
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1, help="flower: rounds (FedSGD steps) per run")
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
@@ -239,16 +248,18 @@ def main() -> None:
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     if args.part == "overhead":
-        grid = [(int(k), int(d)) for k in args.silos.split(",") for d in args.dims.split(",")]
-        print(pd.DataFrame([overhead(k, d) for k, d in grid]).to_string(index=False))
+        grid = [(int(k), int(d), int(n)) for k in args.silos.split(",") for d in args.dims.split(",")
+                for n in args.neighbours.split(",")]  # fmt: skip
+        rows = [overhead(k, d, neighbours=n, dropped=args.dropped) for k, d, n in grid]
+        print(pd.DataFrame(rows).to_string(index=False))
     elif args.part == "flower":
         modes = args.modes.split("/") if args.modes else list(FLOWER_MODES)
         unknown = sorted(set(modes) - set(FLOWER_MODES))
         if unknown:
             parser.error(f"--modes: unknown {unknown}; choose from {list(FLOWER_MODES)} separated by '/'")
         run = deployed if args.deployment else flower
-        rows = [row for _ in range(args.repeats) for row in run(args.clients, args.rounds, modes, args.users)]
-        table = pd.DataFrame(rows)
+        measured = [row for _ in range(args.repeats) for row in run(args.clients, args.rounds, modes, args.users)]
+        table = pd.DataFrame(measured)
         print(table.to_string(index=False))
         if args.repeats > 1:
             print("medians:")
