@@ -81,9 +81,9 @@ def encode_update(trained: State, start: State, users: int, quantizer: UpdateQua
         raise FedsynthError(f"the update has {delta.size} entries; this run's bundle has {quantizer.dim}")
     worst = float(np.max(np.abs(delta))) if delta.size else 0.0
     if not math.isfinite(worst) or worst > quantizer.clip:
-        raise FedsynthError(
-            f"the local model diverged (an entry moved by {worst:.3g}, the secure sum holds at most "
-            f"{quantizer.clip:g}); nothing was sent. Lower vae-learning-rate / gan-learning-rate."
+        raise FedsynthError(  # the reason goes to the server: it says no more than one bit about the data
+            f"the local model diverged (an entry is not finite or moved by more than {quantizer.clip:g}, the most "
+            "the secure sum holds); nothing was sent. Lower vae-learning-rate / gan-learning-rate."
         )
     return quantizer.round_sum(users * delta)
 
