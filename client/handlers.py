@@ -18,7 +18,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.budget import NodeBudget, Replay, load_replay, save_replay
-from client.secure import masked_release, masked_values, secure_release_of, start_secure_release
+from client.secure import masked_release, masked_values, secure_release_of, start_secure_release, update_quantizer
 from client.training import PrivacyPlan, plan_privacy, train_local_round
 from common import keys
 from common.bundle import ModelBundle
@@ -28,7 +28,7 @@ from common.privacy.cooccurrence import COOCCURRENCE, check_items, noisy_cooccur
 from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
 from common.privacy.statistics import STATISTICS, noisy_statistics
 from common.run_config import RunConfig
-from common.secagg.updates import UPDATE, UpdateQuantizer, encode_update
+from common.secagg.updates import UPDATE, encode_update
 from common.seeding import seed_for
 
 _PLAN = "privacy-plan"
@@ -348,9 +348,9 @@ def handle_secure_update(
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
-        quantizer = secure_release_of(request, plan, config, rows.shape[1]).quantizer
-        if not isinstance(quantizer, UpdateQuantizer):
+        if config.round_mode != "local":
             raise ConfigError("this run is in round-mode fedsgd; a local round's update is not sent")
+        quantizer = update_quantizer(config, rows.shape[1])
         replay = round_replay(ledger, plan, run, server_round)
         start = content.array_records[keys.ARRAYS].to_torch_state_dict()
         trained, losses, spent = (replay.arrays, replay.losses, []) if replay else train_round(

@@ -134,8 +134,12 @@ def fedsgd_release(
 
 def update_release(config: RunConfig, num_items: int) -> SecureRelease:
     """A local round's model update (:mod:`common.secagg.updates`): fixed-point, no noise added here."""
-    quantizer = UpdateQuantizer.for_bundle(bundle_update_size(num_items, config.local()))
-    return SecureRelease(UPDATE, quantizer, 0.0, [], noise_free=True)
+    return SecureRelease(UPDATE, update_quantizer(config, num_items), 0.0, [], noise_free=True)
+
+
+def update_quantizer(config: RunConfig, num_items: int) -> UpdateQuantizer:
+    """The fixed point of this run's bundle updates."""
+    return UpdateQuantizer.for_bundle(bundle_update_size(num_items, config.local()))
 
 
 @lru_cache(maxsize=16)

@@ -270,12 +270,14 @@ def initial_bundle(fitted: ModelBundle, resumed: ResumePoint) -> ModelBundle:
     return bundle
 
 
-def round_sample(grid: Grid, config: RunConfig, server_round: int, participants: list[int]) -> list[int]:
-    """The admitted nodes still connected, sampled by ``fraction-train`` (seeded per round)."""
+def round_sample(
+    grid: Grid, config: RunConfig, server_round: int, participants: list[int]
+) -> tuple[list[int], list[int]]:
+    """(the admitted nodes still connected, sampled by ``fraction-train``, seeded per round; those not connected)."""
     nodes = sorted(set(grid.get_node_ids()) & set(participants))
     count = max(config.min_clients, round(config.fraction_train * len(nodes)))
     sampler = random.Random(seed_for(config.seed, f"client-sampling-{server_round}"))  # node ids: Python ints
-    return sorted(sampler.sample(nodes, min(count, len(nodes))))
+    return sorted(sampler.sample(nodes, min(count, len(nodes)))), sorted(set(participants) - set(nodes))
 
 
 def train_round(
@@ -291,15 +293,14 @@ def train_round(
     secure sum with ``secure-aggregation``: :mod:`server.secure_round`, keys from ``setups`` or set up for
     this round alone)."""
     started = time.perf_counter()
-    sampled = round_sample(grid, config, server_round, participants)
+    sampled, missing = round_sample(grid, config, server_round, participants)
     if config.secure_aggregation:
         setups = setups or update_setups(grid, config, arrays, identity, per_round=True)
-        outcome = secure_train_round(grid, config, server_round, sampled, arrays, setups)
+        outcome = secure_train_round(server_round, sampled, arrays, setups)
     else:
         outcome = plain_train_round(grid, config, server_round, sampled, arrays, identity)
     round_log = outcome.log
-    round_log.sampled = sampled
-    round_log.missing_from_sample = sorted(set(participants) - set(grid.get_node_ids()))
+    round_log.sampled, round_log.missing_from_sample = sampled, missing
     round_log.seconds = time.perf_counter() - started
     log.info(
         "fedsynth round %d/%d: trained %d, refused %d, failed %d, epsilon max %s (%.1f s)",

@@ -26,7 +26,7 @@ from common.models.optim import adam
 from common.privacy.fedsgd import apply_gradient, gradient_quantizer, trainable
 from common.round_log import RoundLog
 from common.run_config import RunConfig
-from server.secure_release import RoundSetups, finish_secure_sum
+from server.secure_release import RoundSetups
 
 log = logging.getLogger("flwr")
 Checkpoint = Callable[[int, ArrayRecord, RoundLog, Any], None]  # (round, global state, log, optimizer state)
@@ -50,11 +50,7 @@ def fedsgd_round(
     nodes = sorted(set(grid.get_node_ids()) & set(participants))
     setups = setups or step_setups(grid, config, bundle, identity, per_round=True)
     arrays = ArrayRecord(bundle.vae.state_dict())
-    setup = setups.take(server_round, nodes)
-    total, noise_std, round_log = finish_secure_sum(
-        grid, setup, config, keys.FEDSGD, setups.quantizer, arrays, server_round
-    )
-    setups.after(round_log)
+    total, noise_std, round_log = setups.secure_sum(server_round, nodes, arrays)
     expected_batch = config.fedsgd_sample_rate * (round_log.users or 0)
     if round_log.trained:
         apply_gradient(bundle.vae, optimizer, total, expected_batch)

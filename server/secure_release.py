@@ -165,9 +165,18 @@ class RoundSetups:
                                       rounds)  # fmt: skip
         return self.ready.pop(server_round)
 
-    def after(self, round_log: RoundLog) -> None:
+    def secure_sum(
+        self, server_round: int, nodes: list[int], arrays: ArrayRecord
+    ) -> tuple[np.ndarray, float, RoundLog]:
+        """Round ``server_round``'s secure sum among ``nodes`` (its masked stage carries ``arrays``), as
+        :func:`secure_sum` returns; the rest of the batch is dropped if a node refused or failed."""
+        setup = self.take(server_round, nodes)
+        total, noise_std, round_log = finish_secure_sum(
+            self.grid, setup, self.config, self.release, self.quantizer, arrays, server_round
+        )
         if round_log.refused or round_log.failed:
             self.ready = {}
+        return total, noise_std, round_log
 
 
 def secure_sum(

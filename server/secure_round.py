@@ -13,18 +13,13 @@ same under both threat models; and no loss leaves a silo, so the round log has n
 
 from __future__ import annotations
 
-import logging
-import time
-
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from common.run_config import RunConfig
 from common.secagg.updates import UPDATE, UpdateQuantizer, apply_update, update_size
 from server.aggregation import RoundOutcome
-from server.secure_release import RoundSetups, finish_secure_sum
-
-log = logging.getLogger("flwr")
+from server.secure_release import RoundSetups
 
 
 def update_setups(
@@ -36,18 +31,8 @@ def update_setups(
     return RoundSetups(grid, config, UPDATE, quantizer, identity, per_round=per_round or config.fraction_train < 1)
 
 
-def secure_train_round(
-    grid: Grid, config: RunConfig, server_round: int, sampled: list[int], arrays: ArrayRecord, setups: RoundSetups
-) -> RoundOutcome:
+def secure_train_round(server_round: int, sampled: list[int], arrays: ArrayRecord, setups: RoundSetups) -> RoundOutcome:
     """One local round of the ``sampled`` nodes, secure-aggregated: the new global arrays and the round's log."""
-    started = time.perf_counter()
-    start = arrays.to_torch_state_dict()
-    quantizer = setups.quantizer
-    setup = setups.take(server_round, sampled)
-    total, _, round_log = finish_secure_sum(grid, setup, config, UPDATE, quantizer, arrays, server_round)
-    setups.after(round_log)
-    updated = ArrayRecord(apply_update(start, total, round_log.users)) if round_log.users else None
-    round_log.seconds = time.perf_counter() - started
-    log.info("fedsynth round %d: secure sum of %d silo update(s), %d users (%.1f s)", server_round,
-             len(round_log.trained), round_log.users or 0, round_log.seconds)  # fmt: skip
-    return RoundOutcome(updated, round_log)
+    total, _, round_log = setups.secure_sum(server_round, sampled, arrays)
+    updated = apply_update(arrays.to_torch_state_dict(), total, round_log.users) if round_log.users else None
+    return RoundOutcome(ArrayRecord(updated) if updated is not None else None, round_log)

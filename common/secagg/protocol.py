@@ -220,7 +220,7 @@ class SecAggNode:
         members = len(self.neighbours()) + 1
         if not self.params.neighbours:
             require("shares", len(received) + 1, self.params)
-        if len(received) + 1 < share_threshold(self.params, members):
+        elif len(received) + 1 < share_threshold(self.params, members):
             raise SecAggAborted(
                 f"secure aggregation {self.params.label}: only {len(received) + 1} of this node's {members} "
                 "neighbourhood shared; too few to recover it. Nothing was sent."
