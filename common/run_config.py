@@ -77,10 +77,10 @@ class RunConfig:
     delta: float = 0.0
     max_grad_norm: float = 1.0
     vae_share: float = 0.5
-    statistics_share: float = 0.5
+    statistics_share: float = 0.8  # chosen on validation users (docs/results.md, "Marginal-fitted synthesis")
     statistics_clip: float = 4.0
     marginal_items: int = 0  # M items of the second-order DP release the models are fitted to (0: none; see README)
-    cooccurrence_share: float = 0.5  # of the statistics' share of ε, the part for that second-order release
+    cooccurrence_share: float = 0.8  # of the statistics' share of ε, the part for that second-order release
     marginal_fit_steps: int = 300  # Adam steps fitting the generator and the VAE decoder to the DP marginals
     local_epochs: int = 1
     discriminator_steps: int = 10

@@ -136,15 +136,19 @@ def test_bad_run_values_are_refused_before_flower_starts(
 
 
 def test_a_recommender_too_large_to_evaluate_is_named_before_the_run_starts() -> None:
-    """The built-in catalogue's 1,675² = 2,805,625 EASE values against a smaller eval-max-values: a warning that
-    says what to set; the same with enough room says nothing; a train-only pipeline evaluates nothing."""
+    """The built-in catalogue's n² EASE values (n ≈ 1,675; the generated data's last digits follow the BLAS
+    build) against a smaller eval-max-values: a warning that says what to set; the same with enough room
+    says nothing; a train-only pipeline evaluates nothing."""
+    from common.data.pipeline import prepare
+    from common.run_config import RunConfig
     from simulations.jobs import preflight
 
+    items = prepare(RunConfig().data()).interactions.matrix.shape[1]
     small = {"eval-max-values": 2_000_000, "recommenders": "popularity,ease"}
     (warning,) = preflight(small, 5)
-    assert "--recommenders ease: at 1,675 items" in warning and "2,805,625 values" in warning
-    assert "eval-max-values = 2805625 in a --config file (each copy in flight takes 11 MiB)" in warning
-    assert preflight({**small, "eval-max-values": 2_805_625}, 5) == []
+    assert f"--recommenders ease: at {items:,} items" in warning and f"{items * items:,} values" in warning
+    assert f"eval-max-values = {items * items} in a --config file (each copy in flight takes 11 MiB)" in warning
+    assert preflight({**small, "eval-max-values": items * items}, 5) == []
     assert preflight({**small, "pipeline": "train"}, 5) == []
 
 

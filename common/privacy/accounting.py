@@ -11,6 +11,7 @@ cross-check it against Google's dp-accounting for the same events.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +27,10 @@ ACCOUNTANT = "rdp"
 # orders can only give a larger (looser) ε, so a σ calibrated with them never reports more than
 # its target with the default orders; it may add slightly more noise than the least needed.
 FAST_ORDERS: tuple[float, ...] = tuple(float(a) for a in range(2, 64))
+# Orders above 63, only for calibrating a small part of a budget: converting RDP at order α to
+# (ε, δ) costs at least about (log(1/δ) − log α)/(α − 1) (0.07 at α = 63, δ = 1e-4), so a part
+# whose own ε is below that (a 10% share of ε = 1) has no σ at orders ≤ 63 alone.
+LARGE_ORDERS: tuple[float, ...] = (80.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 768.0, 1024.0)
 
 
 @dataclass(frozen=True)
@@ -102,15 +107,23 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
     """The smallest noise multiplier σ whose ``steps`` steps at ``sample_rate`` spend at most ``target_epsilon``.
 
     Bisection on σ over the same accountant used for reporting, so a calibrated plan
-    never reports more than its target.
+    never reports more than its target. A target too small for the orders ≤ 63 to reach at
+    any σ ≤ 10⁴ is calibrated with :data:`LARGE_ORDERS` added (a valid RDP bound at every order).
     """
     if target_epsilon <= 0:
         raise ConfigError(f"the target epsilon must be positive, got {target_epsilon}.")
     if steps <= 0:
         return 0.0
+    orders = FAST_ORDERS
+    with warnings.catch_warnings():  # Opacus warns when the best order is the largest: that is the case here
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        if epsilon([DPEvent("plan", 1e4, sample_rate, steps)], delta, orders) > target_epsilon:
+            orders = FAST_ORDERS + LARGE_ORDERS
 
     def spent(sigma: float) -> float:
-        return epsilon([DPEvent("plan", sigma, sample_rate, steps)], delta, FAST_ORDERS)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return epsilon([DPEvent("plan", sigma, sample_rate, steps)], delta, orders)
 
     low, high = 0.05, 1.0
     while spent(high) > target_epsilon:

@@ -44,7 +44,7 @@ class PrivacyConfig:
     delta: float | None = None
     max_grad_norm: float = 1.0
     vae_share: float = 0.5
-    statistics_share: float = 0.5
+    statistics_share: float = 0.8
     statistics_clip: float = 4.0
     cooccurrence_share: float = 0.0
 
