@@ -42,6 +42,10 @@ def test_the_marginals_bench_scores_every_stage_under_either_aggregation(secure:
     stages = {"synthetic-fitted-gan/ease", "synthetic-fitted-vae/ease", "synthetic/ease", "synthetic-gan/ease"}
     assert stages | {"fedsynth-prior", "dp-popularity", "dp-ease", "real/ease", "pairs-corr"} <= set(scores)
     assert all(0.0 <= scores[row] <= 1.0 for row in stages)
+    synthetic = max(v for k, v in scores.items() if k.startswith("synthetic"))  # the popularity rows included
+    assert {"synthetic-fitted-vae/popularity", "synthetic/popularity"} <= set(scores)
+    assert scores["best-synthetic"] == synthetic
+    assert scores["gap"] == pytest.approx(synthetic - max(scores["dp-popularity"], scores["dp-ease"]))
 
 
 def test_parse_settings_makes_every_combination() -> None:

@@ -53,6 +53,35 @@ def test_calibration_meets_the_target_tightly() -> None:
         calibrate_noise(0.0, 1e-4, 0.05, 400)
 
 
+def test_a_share_too_small_for_orders_up_to_63_is_calibrated_with_larger_orders_and_holds_exactly() -> None:
+    """ε = 0.03 for one Gaussian release (a 3% share of ε = 1): order 63 alone cannot convert below ~0.07.
+    Checked against dp-accounting (its orders reach 1,024) and the exact privacy profile of the Gaussian
+    mechanism (Balle & Wang 2018): δ(ε) = Φ(1/2σ − εσ) − e^ε Φ(−1/2σ − εσ) ≤ the δ asked for."""
+    from scipy.stats import norm
+
+    target, delta = 0.03, 1e-4
+    sigma = calibrate_noise(target, delta, 1.0, 1)
+
+    assert dp_accounting_epsilon([DPEvent("statistics", sigma, 1.0, 1)], delta) <= target * 1.02
+    exact_delta = norm.cdf(0.5 / sigma - target * sigma) - math.exp(target) * norm.cdf(-0.5 / sigma - target * sigma)
+    assert exact_delta <= delta
+    assert dp_accounting_epsilon([DPEvent("statistics", 0.8 * sigma, 1.0, 1)], delta) > target  # not wasteful
+
+
+def test_a_plan_with_most_of_a_small_budget_on_the_statistics_composes_to_the_target() -> None:
+    """statistics-share 0.9 at ε = 1: the models' parts (0.05 each) calibrate, and the whole plan stays ≤ 1."""
+    from client.training import plan_privacy
+    from common.privacy.dp import PrivacyConfig
+    from common.run_config import LocalTrainingConfig
+
+    privacy = PrivacyConfig(target_epsilon=1.0, statistics_share=0.9)
+    plan = plan_privacy(privacy, 120, LocalTrainingConfig(), rounds=3)
+
+    composed = epsilon(plan.run_events(True, 3), plan.delta)
+    assert 0.9 < composed <= 1.0
+    assert dp_accounting_epsilon(list(plan.run_events(True, 3)), plan.delta) <= 1.0 * 1.02
+
+
 def matrix(seed: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.random.default_rng(seed).random((20, 30)) < 0.2).astype(np.float32))
 
