@@ -128,6 +128,7 @@ def marginals_summary(config: RunConfig, training: TrainingResult) -> dict[str, 
         "fitted": True,
         "fit_steps": config.marginal_fit_steps,
         "fitted_row": f"synthetic-fitted-{config.synthesizer_names()[0]}",
+        "fitted_rows": [f"synthetic-fitted-{name}" for name in fitted_model_names(config)],
     }
 
 
@@ -198,16 +199,23 @@ def load_reference(config: RunConfig, num_items: int) -> PreparedData | None:
     return reference
 
 
+def fitted_model_names(config: RunConfig) -> list[str]:
+    """The models fitted to the DP marginals, the headline synthesizer first (both are always fitted)."""
+    headline = config.synthesizer_names()[0]
+    return [headline] + [name for name in ("vae", "gan") if name != headline]
+
+
 def synthesize_all(config: RunConfig, training: TrainingResult, out: Path) -> dict[str, sp.csr_matrix]:
-    """Synthetic users from each synthesizer (headline first), then from the headline's marginal-fitted start
-    (``synthetic-fitted-<name>``, before the rounds refined it), each written to OUT/<label>.parquet."""
+    """Synthetic users from each synthesizer (headline first), then from both models' marginal-fitted start
+    (``synthetic-fitted-<name>``, headline first, before the rounds refined it: the generator is fitted even
+    when the GAN is not trained), each written to OUT/<label>.parquet."""
     num_items = len(training.item_ids)
     synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
     lengths = training.statistics.length_sampler(num_items)
     names = config.synthesizer_names()
     sources = [(synthetic_label(i, name), training.bundle, name) for i, name in enumerate(names)]
     if training.fitted is not None:
-        sources.append((f"synthetic-fitted-{names[0]}", training.fitted, names[0]))
+        sources += [(f"synthetic-fitted-{name}", training.fitted, name) for name in fitted_model_names(config)]
     synthetic: dict[str, sp.csr_matrix] = {}
     for label, bundle, name in sources:
         log.info("fedsynth stage: synthesis (%s, %d users from the %s)", label, synthesis.num_users, name)

@@ -90,6 +90,7 @@ def test_a_run_writes_every_output(finished_run: FinishedRun) -> None:
         "statistics.npz",
         "cooccurrence.npz",
         "synthetic-fitted-vae.parquet",
+        "synthetic-fitted-gan.parquet",
     ):
         assert (finished_run.out / name).is_file(), name
     assert pd.read_parquet(finished_run.out / "synthetic.parquet")["user"].nunique() == 120
@@ -115,6 +116,7 @@ def test_a_run_scores_every_row_on_real_held_out_users(finished_run: FinishedRun
         "synthetic/multvae",
         "synthetic-gan/ease",
         "synthetic-fitted-vae/ease",
+        "synthetic-fitted-gan/ease",
         "fedvae",
         "popularity",
         "fedsynth-prior",
@@ -128,6 +130,7 @@ def test_a_run_scores_every_row_on_real_held_out_users(finished_run: FinishedRun
     assert {"popularity_jsd", "dcr_median_synthetic", "identical_share"} <= set(metrics["fidelity"]["synthetic"])
     assert metrics["evaluation"]["real/ease"]["clients"] == 2
     assert metrics["marginals"]["released"] and metrics["marginals"]["fitted_row"] == "synthetic-fitted-vae"
+    assert metrics["marginals"]["fitted_rows"] == ["synthetic-fitted-vae", "synthetic-fitted-gan"]
     assert -1 <= metrics["fidelity"]["synthetic-fitted-vae"]["cooccurrence_correlation"] <= 1
 
 

@@ -14,10 +14,13 @@ rounds refine them (``simulations.bench.levers.federated_rounds``).
 
 Rows (NDCG@10 on the ``--held-out`` users: ``validation`` for choosing settings, ``test`` to
 report): ``synthetic-fitted-gan/ease`` and ``synthetic-fitted-vae/ease`` (the fitted start alone),
-``synthetic/ease`` and ``synthetic-gan/ease`` (after the DP-SGD rounds), ``fedsynth-prior``,
-the DP baselines at the full ε under the same aggregation, ``popularity`` and ``real/ease``
-(non-private); and ``pairs-corr``, the fitted VAE's synthetic pair co-occurrence correlation with
-the real training users (``common.fidelity``).
+``synthetic/ease`` and ``synthetic-gan/ease`` (after the DP-SGD rounds; the GAN's row only when it
+is a synthesizer, as in the pipeline), the same data under MostPopular (``…/popularity``),
+``fedsynth-prior``, the DP baselines at the full ε under the same aggregation, ``popularity`` and
+``real/ease`` (non-private); ``pairs-corr``, the fitted VAE's synthetic pair co-occurrence
+correlation with the real training users (``common.fidelity``); and the issue's comparisons:
+``best-synthetic`` (the best ``synthetic*`` row), ``best-dp-baseline``, their ``gap``, and
+``retention`` (the best ``synthetic*/ease`` ÷ ``real/ease``).
 """
 
 from __future__ import annotations
@@ -103,11 +106,12 @@ def score(config: RunConfig, seed: int, num_clients: int, held_out_name: str) ->
     data = {
         f"synthetic-fitted-{name}/ease": synthesize(fitted, name, lengths, synthesis, seed) for name in ("gan", "vae")
     }
-    data.update({"synthetic/ease": synthesize(refined, "vae", lengths, synthesis, seed),
-                 "synthetic-gan/ease": synthesize(refined, "gan", lengths, synthesis, seed)})  # fmt: skip
+    data["synthetic/ease"] = synthesize(refined, "vae", lengths, synthesis, seed)
+    if "gan" in config.synthesizer_names():  # a row of the pipeline only when the GAN is trained
+        data["synthetic-gan/ease"] = synthesize(refined, "gan", lengths, synthesis, seed)
     candidates: dict[str, Recommender] = {k: EASE(config.synthetic_ease_l2).fit(m) for k, m in data.items()}
-    for label in ("synthetic-fitted-vae", "synthetic"):  # the pipeline's MostPopular rows on the same synthetic data
-        candidates[f"{label}/popularity"] = MostPopular().fit(data[f"{label}/ease"])
+    for label, matrix in data.items():  # the pipeline's MostPopular rows on the same synthetic data
+        candidates[label.replace("/ease", "/popularity")] = MostPopular().fit(matrix)
     candidates["fedsynth-prior"] = MostPopular.from_counts(statistics.item_counts)
     deltas = [privacy.delta_for(r.shape[0]) for r in rows]
     if privacy.private:
