@@ -19,14 +19,15 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.budget import NodeBudget, Replay, load_replay, save_replay
 from client.secure import masked_release, masked_values, secure_release_of, start_secure_release, update_quantizer
-from client.training import PrivacyPlan, plan_privacy, train_local_round
+from client.training import train_local_round
 from common import keys
 from common.bundle import ModelBundle
 from common.device import training_device
 from common.errors import ConfigError, FedsynthError
 from common.privacy.cooccurrence import COOCCURRENCE, check_items, noisy_cooccurrence, upper
 from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
-from common.privacy.statistics import STATISTICS, noisy_statistics
+from common.privacy.plan import PrivacyPlan, plan_privacy
+from common.privacy.statistics import STATISTICS, NoisyStatistics, noisy_statistics
 from common.run_config import RunConfig
 from common.secagg.updates import UPDATE, encode_update
 from common.seeding import seed_for
@@ -136,13 +137,18 @@ def handle_statistics(
         rows, privacy.statistics_clip, plan.statistics_noise, np.random.default_rng(release_seed(config, "statistics"))
     )
     ledger.record(plan.statistics_events(), STATISTICS, run, round=0, requested_epsilon=privacy.target_epsilon)
+    return statistics_reply(released, ledger, rows.shape[0], plan)
+
+
+def statistics_reply(released: NoisyStatistics, ledger: PrivacyLedger, users: int, plan: PrivacyPlan) -> RecordDict:
+    """A plain first-order release's reply: the noisy counts and histogram, what was spent, the noise std."""
     arrays = ArrayRecord(
         {
             keys.ITEM_COUNTS: torch.from_numpy(released.item_counts),
             keys.LENGTH_HISTOGRAM: torch.from_numpy(released.length_histogram),
         }
     )
-    metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_STD: released.noise_std}
+    metrics = {**spent_metrics(ledger, users, plan), keys.NOISE_STD: released.noise_std}
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
 
 
@@ -154,6 +160,9 @@ def handle_cooccurrence(
 
     Planned with the statistics (``cooccurrence-share`` of their share), checked against the
     ledger and recorded in it; refused when the run planned no such release or already made it.
+    When the server asks for the first order instead (``first-order-instead``: it predicted the
+    co-occurrence to be below its noise), the same budget releases the statistics again, at the
+    co-occurrence's noise multiplier: the same ledger event, the same ε.
     """
     request = content[keys.CONFIG]
     plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)))
@@ -161,19 +170,32 @@ def handle_cooccurrence(
     try:
         ledger = open_ledger(budget, rows, plan, config)
         check_release(ledger, plan, run, COOCCURRENCE)
-        items = check_items(np.asarray(keys.integers(request, keys.MARGINAL_ITEMS)), rows.shape[1])
+        items = (
+            None
+            if first_order_instead(request)
+            else check_items(np.asarray(keys.integers(request, keys.MARGINAL_ITEMS)), rows.shape[1])
+        )
         if keys.SECAGG_LABEL in request:
             return secure_release_reply(content, rows, config, state, ledger, plan, run)
     except (FedsynthError, TypeError) as exc:
         return refusal(str(exc), ledger, plan.delta)
     noise = plan.cooccurrence_noise if plan.private else 0.0
-    released = noisy_cooccurrence(rows, items, noise, np.random.default_rng(release_seed(config, COOCCURRENCE)))
-    ledger.record(
-        plan.cooccurrence_events(), COOCCURRENCE, run, round=0, requested_epsilon=config.privacy().target_epsilon
-    )
+    rng = np.random.default_rng(release_seed(config, COOCCURRENCE))
+    target = config.privacy().target_epsilon
+    if items is None:
+        statistics = noisy_statistics(rows, config.privacy().statistics_clip, noise, rng)
+        ledger.record(plan.cooccurrence_events(), COOCCURRENCE, run, round=0, requested_epsilon=target)
+        return statistics_reply(statistics, ledger, rows.shape[0], plan)
+    released = noisy_cooccurrence(rows, items, noise, rng)
+    ledger.record(plan.cooccurrence_events(), COOCCURRENCE, run, round=0, requested_epsilon=target)
     arrays = ArrayRecord({keys.COOCCURRENCE: torch.from_numpy(upper(released.matrix))})
     metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_STD: released.noise_std}
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
+
+
+def first_order_instead(request: ConfigRecord | Any) -> bool:
+    """Whether a co-occurrence request asks for the first-order statistics instead (see handle_cooccurrence)."""
+    return bool(keys.number(request, keys.FIRST_ORDER_INSTEAD)) if keys.FIRST_ORDER_INSTEAD in request else False
 
 
 def check_release(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, release: str) -> None:

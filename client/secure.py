@@ -30,7 +30,6 @@ import scipy.sparse as sp
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from client.training import PrivacyPlan
 from common import keys
 from common.bundle import ModelBundle
 from common.device import training_device
@@ -45,6 +44,7 @@ from common.privacy.cooccurrence import (
 )
 from common.privacy.fedsgd import FEDSGD, clipped_gradient_sum, gradient_quantizer, poisson_sample
 from common.privacy.ledger import PrivacyLedger, RunIdentity
+from common.privacy.plan import PrivacyPlan
 from common.privacy.skellam import SkellamEvent, SkellamQuantizer, calibrate_variance, skellam_noise
 from common.privacy.statistics import STATISTICS, statistics_contributions, statistics_quantizer
 from common.run_config import LocalTrainingConfig, RunConfig
@@ -91,16 +91,20 @@ def secure_release_of(
 ) -> SecureRelease:
     """The release a request is for: a round (``server-round`` in it; the global weights in ``content`` at the
     masked stage): a FedSGD step or a local round's model update, by the run's round mode; the co-occurrence
-    (``marginal-items`` in it) or the statistics."""
+    (``marginal-items`` in it), the statistics again in its place (``first-order-instead``), or the statistics."""
     if keys.SERVER_ROUND in request and config.round_mode == "fedsgd":
         return fedsgd_release(request, plan, config, num_items, content)
     if keys.SERVER_ROUND in request:
         return update_release(config, num_items)
-    if keys.MARGINAL_ITEMS not in request:
-        clip = config.privacy().statistics_clip
-        quantizer = statistics_quantizer(clip, num_items)
+    clip = config.privacy().statistics_clip
+    if keys.MARGINAL_ITEMS not in request and keys.FIRST_ORDER_INSTEAD not in request:
         return SecureRelease(
-            STATISTICS, quantizer, plan.statistics_noise, plan.statistics_events(),
+            STATISTICS, statistics_quantizer(clip, num_items), plan.statistics_noise, plan.statistics_events(),
+            lambda rows: statistics_contributions(rows, clip),
+        )  # fmt: skip
+    if keys.FIRST_ORDER_INSTEAD in request:  # the co-occurrence's budget spent on the statistics again
+        return SecureRelease(
+            COOCCURRENCE, statistics_quantizer(clip, num_items), plan.cooccurrence_noise, plan.cooccurrence_events(),
             lambda rows: statistics_contributions(rows, clip),
         )  # fmt: skip
     items = check_items(np.asarray(keys.integers(request, keys.MARGINAL_ITEMS)), num_items)

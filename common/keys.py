@@ -33,6 +33,7 @@ NEEDS_STATISTICS = "needs-statistics"  # query request: 1 if the run still has t
 NEEDS_COOCCURRENCE = "needs-cooccurrence"  # query request: 1 if it still has to release the co-occurrence
 COOCCURRENCE = "cooccurrence"  # message action query.cooccurrence; its reply's array (upper triangle, M(M+1)/2)
 MARGINAL_ITEMS = "marginal-items"  # co-occurrence request: the M catalogue indices (chosen from released counts)
+FIRST_ORDER_INSTEAD = "first-order-instead"  # co-occurrence request: 1 = spend its budget on the statistics again
 EPSILON_COOCCURRENCE = "epsilon-cooccurrence"
 RUN_KEY = "run-key"  # every request: the server's key of this run directory, stable across resumes
 REQUESTER = "requester"  # every request: what the server says it is (host, output directory)

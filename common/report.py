@@ -247,6 +247,28 @@ def _secure_aggregation_lines(privacy: dict[str, Any]) -> list[str]:
     ]
 
 
+def _marginals_lines(marginals: dict[str, Any]) -> list[str]:
+    """What the second-order release did: released and fitted to, or its budget spent on the first order again."""
+    if not marginals.get("marginal_items"):
+        return []
+    if marginals.get("first_order_instead"):
+        return [
+            f"Second order (marginal-items {marginals['marginal_items']}): the DP counts predicted the co-occurrence "
+            f"below its noise (cooccurrence-min-signal {marginals['cooccurrence_min_signal']:g}), so its share of ε "
+            "released the item counts and lengths a second time (combined with the first by inverse variance); "
+            "nothing was fitted.",
+            "",
+        ]
+    if marginals.get("released"):
+        rows = ", ".join(f"`{row}/…`" for row in marginals["fitted_rows"])
+        return [
+            f"Second order (marginal-items {marginals['marginal_items']}): the DP co-occurrence was released and the "
+            f"models fitted to it before the rounds; {rows} are trained on data from the fitted models alone.",
+            "",
+        ]
+    return []
+
+
 def write_report(
     out: Path,
     metrics: dict[str, Any],
@@ -268,6 +290,7 @@ def write_report(
         f"δ ≤ {_fmt(privacy['delta'])}, {privacy['accountant']}.",
         "",
         *_secure_aggregation_lines(privacy),
+        *_marginals_lines(metrics.get("marginals") or {}),
         *_attack_lines(metrics.get("attack")),
         "## Recommenders (real held-out users, federated evaluation)",
         "",

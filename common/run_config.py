@@ -21,7 +21,7 @@ from common.models.gan import GANConfig
 from common.models.marginal_fit import MarginalFitConfig
 from common.models.vae import MultVAEConfig
 from common.privacy.baselines import DPBaselineConfig
-from common.privacy.cooccurrence import MAX_MARGINAL_ITEMS
+from common.privacy.cooccurrence import MAX_MARGINAL_ITEMS, MIN_SIGNAL_DEFAULT
 from common.privacy.dp import PrivacyConfig
 from common.recommenders.registry import RECOMMENDER_NAMES, check_recommender_names
 from common.robust import RobustConfig
@@ -82,6 +82,7 @@ class RunConfig:
     marginal_items: int = 0  # M items of the second-order DP release the models are fitted to (0: none; see README)
     cooccurrence_share: float = 0.8  # of the statistics' share of ε, the part for that second-order release
     marginal_fit_steps: int = 300  # Adam steps fitting the generator and the VAE decoder to the DP marginals
+    cooccurrence_min_signal: float = MIN_SIGNAL_DEFAULT  # release the co-occurrence only above it (see README)
     local_epochs: int = 1
     discriminator_steps: int = 10
     generator_steps: int = 1
@@ -186,6 +187,11 @@ class RunConfig:
             raise ConfigError(
                 f"marginal-items must be 0 (no second-order release) or in [2, {MAX_MARGINAL_ITEMS:,}] (a dense "
                 f"items x items matrix per node), got {self.marginal_items}."
+            )
+        if not self.cooccurrence_min_signal >= 0:
+            raise ConfigError(
+                f"cooccurrence-min-signal must be >= 0 (0: always release the co-occurrence), "
+                f"got {self.cooccurrence_min_signal}."
             )
         self.marginal_fit()
 

@@ -27,7 +27,14 @@ from common.bundle import ModelBundle
 from common.errors import ConfigError, FedsynthError
 from common.io import to_plain, write_atomic, write_json_atomic
 from common.models.marginal_fit import MarginalTargets, fit_bundle
-from common.privacy.cooccurrence import NoisyCooccurrence, from_upper, marginal_items
+from common.privacy.cooccurrence import (
+    NoisyCooccurrence,
+    from_upper,
+    marginal_items,
+    popularity_eigenvalue,
+    second_order_pays,
+)
+from common.privacy.plan import plan_privacy
 from common.privacy.statistics import NoisyStatistics, length_bin_edges
 from common.robust import robust_statistics, robust_total
 from common.round_log import RoundLog
@@ -37,7 +44,7 @@ from server.admission import Admission, admit, identity_fields, require_quorum, 
 from server.aggregation import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
 from server.exchange import send_and_receive
 from server.fedsgd import Checkpoint, fedsgd_rounds
-from server.secure_release import RoundSetups, secure_cooccurrence, secure_statistics
+from server.secure_release import RoundSetups, secure_cooccurrence, secure_first_order_instead, secure_statistics
 from server.secure_round import secure_train_round, update_setups
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
@@ -56,6 +63,7 @@ class TrainingResult:
     cooccurrence: NoisyCooccurrence | None = None
     cooccurrence_release: RoundLog | None = None
     fitted: ModelBundle | None = None  # the bundle fitted to the DP marginals, before any round refined it
+    first_order_instead: bool = False  # the co-occurrence's budget released the statistics again (below its noise)
 
     @property
     def logs(self) -> list[RoundLog]:
@@ -105,13 +113,28 @@ def query_statistics(
     if not released:  # allow-degraded and nobody released: no prior, no lengths (said in the log)
         log.warning("fedsynth statistics: no client released DP statistics; no popularity prior, lengths 1-10")
         return NoisyStatistics(np.zeros(num_items), np.zeros(len(length_bin_edges(num_items)) - 1)), release_log
+    return summed_statistics(released, config), release_log
+
+
+def summed_statistics(released: list[RecordDict], config: RunConfig) -> NoisyStatistics:
+    """The plain first-order replies summed (``robust-aggregation``), with the sum's noise std."""
     users, noise = released_users_and_noise(released)
     parts = []
     for content, noise_std in zip(released, noise, strict=True):
         arrays = content[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
         counts, lengths = arrays[keys.ITEM_COUNTS].numpy(), arrays[keys.LENGTH_HISTOGRAM].numpy()
         parts.append(NoisyStatistics(counts, lengths, noise_std))
-    return robust_statistics(parts, users, config.robust()), release_log
+    return robust_statistics(parts, users, config.robust())
+
+
+def query_first_order_instead(
+    grid: Grid, nodes: list[int], config: RunConfig, num_items: int, identity: dict[str, str]
+) -> tuple[NoisyStatistics | None, RoundLog]:
+    """The co-occurrence's budget spent on each client's statistics again, summed (None: nobody released)."""
+    request: dict[str, keys.ConfigValue] = {keys.FIRST_ORDER_INSTEAD: 1, **identity}
+    what = "the DP co-occurrence release (first order instead)"
+    released, release_log = query_release(grid, nodes, config, keys.COOCCURRENCE, request, what)
+    return (summed_statistics(released, config) if released else None), release_log
 
 
 def released_users_and_noise(released: list[RecordDict]) -> tuple[list[int], list[float]]:
@@ -138,27 +161,71 @@ def query_cooccurrence(
 
 def load_or_query_cooccurrence(
     grid: Grid, nodes: list[int], config: RunConfig, statistics: NoisyStatistics, identity: dict[str, str]
-) -> tuple[NoisyCooccurrence | None, RoundLog | None]:
-    """The saved co-occurrence of a resumed run, or a fresh release over the top ``marginal-items`` by DP counts."""
+) -> tuple[NoisyStatistics, NoisyCooccurrence | None, RoundLog | None]:
+    """(the statistics, the co-occurrence, its release's log): the saved ones of a resumed run, or a fresh
+    release over the top ``marginal-items`` by DP counts; or, when those counts predict the co-occurrence
+    to be below its noise (:func:`second_order_pays`), its budget spent on the statistics again, combined
+    with the first release by inverse variance (then no co-occurrence)."""
     if config.marginal_items == 0:
-        return None, None
+        return statistics, None, None
     path = out_directory(config) / "cooccurrence.npz"
     if path.is_file():
         with np.load(path) as saved:
-            return NoisyCooccurrence(saved["items"], saved["matrix"], float(saved["noise_std"])), RoundLog(
-                0, resumed=True
-            )
+            if "item_counts" in saved:  # the first order instead
+                kept = NoisyStatistics(saved["item_counts"], saved["length_histogram"], float(saved["noise_std"]))
+                return statistics.combined(kept), None, RoundLog(0, resumed=True)
+            pairs = NoisyCooccurrence(saved["items"], saved["matrix"], float(saved["noise_std"]))
+            return statistics, pairs, RoundLog(0, resumed=True)
     items = marginal_items(statistics.item_counts, config.marginal_items)
     started = time.perf_counter()
+    if not cooccurrence_expected_to_pay(config, statistics, items, len(nodes)):
+        query = secure_first_order_instead if config.secure_aggregation else query_first_order_instead
+        again, release_log = query(grid, nodes, config, len(statistics.item_counts), identity)
+        release_log.seconds = time.perf_counter() - started
+        if again is None:
+            return statistics, None, release_log
+        counts, histogram, std = again.item_counts, again.length_histogram, again.noise_std
+        write_atomic(path, lambda tmp: np.savez(tmp, item_counts=counts, length_histogram=histogram, noise_std=std))
+        return statistics.combined(again), None, release_log
     release = secure_cooccurrence if config.secure_aggregation else query_cooccurrence
     cooccurrence, release_log = release(grid, nodes, config, items, identity)
     release_log.seconds = time.perf_counter() - started
     if cooccurrence is None:
         log.warning("fedsynth co-occurrence: no client released it; the models are fitted to first-order statistics")
-        return None, release_log
+        return statistics, None, release_log
     saved = {"items": cooccurrence.items, "matrix": cooccurrence.matrix, "noise_std": cooccurrence.noise_std}
     write_atomic(path, lambda tmp: np.savez(tmp, **saved))
-    return cooccurrence, release_log
+    return statistics, cooccurrence, release_log
+
+
+def cooccurrence_expected_to_pay(
+    config: RunConfig, statistics: NoisyStatistics, items: np.ndarray, num_nodes: int
+) -> bool:
+    """:func:`second_order_pays` with the noise std the sum would carry, predicted from the plan of a node of
+    N̂ / K users (N̂: the DP histogram's total); logged either way. Post-processing: no ε."""
+    std = predicted_cooccurrence_std(config, float(statistics.length_histogram.sum()), num_nodes)
+    signal, edge = popularity_eigenvalue(statistics.item_counts, items), 2.0 * std * np.sqrt(len(items))
+    pays = second_order_pays(statistics.item_counts, items, std, config.cooccurrence_min_signal)
+    log.info(
+        "fedsynth co-occurrence: predicted signal %.3g vs noise edge %.3g (cooccurrence-min-signal %g): %s",
+        signal, edge, config.cooccurrence_min_signal,
+        "released" if pays else "below the noise, its budget buys a second first-order release instead",
+    )  # fmt: skip
+    return pays
+
+
+def predicted_cooccurrence_std(config: RunConfig, users: float, num_nodes: int) -> float:
+    """The noise std per entry of the summed co-occurrence, as planned by nodes of ``users`` / K users each:
+    σ·√K with each node's own noise, σ with secure aggregation (noise once, on the sum); 0 without DP."""
+    local = config.local()
+    per_node = max(2, round(users / max(num_nodes, 1)), local.vae.batch_size, local.gan.batch_size)
+    try:
+        plan = plan_privacy(config.privacy(), per_node, local, config.num_server_rounds)
+    except ConfigError:  # a configured δ that such a node would refuse: release as configured
+        return 0.0
+    if not plan.private:
+        return 0.0
+    return plan.cooccurrence_noise * (1.0 if config.secure_aggregation else float(np.sqrt(num_nodes)))
 
 
 def load_or_query_statistics(
@@ -244,11 +311,12 @@ def fitted_bundle(
     """A fresh bundle with the DP popularity prior, its generator and VAE decoder fitted to the DP marginals.
 
     Post-processing of the releases (no ε); deterministic for a seed, so a resumed run fits the same
-    bundle again. With ``marginal-items = 0`` the bundle is returned unfitted (today's start).
+    bundle again. Without a co-occurrence (``marginal-items = 0``, or its budget spent on the first order
+    instead) the bundle is returned unfitted: the prior already holds the first order.
     """
     bundle = ModelBundle.create(num_items, config.local(), seed=config.seed)
     bundle.set_prior(torch.from_numpy(statistics.prior_logits()))
-    if config.marginal_items == 0:
+    if config.marginal_items == 0 or cooccurrence is None:  # nothing beyond the prior's first order to fit
         return bundle
     started = time.perf_counter()
     targets = MarginalTargets.from_releases(statistics, cooccurrence, config.statistics_clip)
@@ -342,7 +410,10 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
     admission = start(grid, config, resumed, identity)
     num_items = len(admission.item_ids)
     statistics, release_log = load_or_query_statistics(grid, admission.nodes, config, num_items, identity)
-    cooccurrence, cooccurrence_log = load_or_query_cooccurrence(grid, admission.nodes, config, statistics, identity)
+    first_release = statistics
+    statistics, cooccurrence, cooccurrence_log = load_or_query_cooccurrence(
+        grid, admission.nodes, config, statistics, identity
+    )
     fitted = fitted_bundle(config, num_items, statistics, cooccurrence)
     bundle = initial_bundle(fitted, resumed)
 
@@ -361,7 +432,7 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
     releases = [release_log] + ([cooccurrence_log] if cooccurrence_log else [])
     summary = training_summary(config, admission, releases, rounds, set(grid.get_node_ids()))
     write_json_atomic(out_dir / "train.json", summary)
-    fitted_start = fitted if config.marginal_items else None
+    fitted_start = fitted if cooccurrence is not None else None
     return TrainingResult(
         bundle,
         statistics,
@@ -372,6 +443,7 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
         cooccurrence,
         cooccurrence_log,
         fitted_start,
+        first_order_instead=statistics is not first_release,
     )
 
 

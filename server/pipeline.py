@@ -120,15 +120,19 @@ def marginals_summary(config: RunConfig, training: TrainingResult) -> dict[str, 
     if config.marginal_items == 0:
         return {"marginal_items": 0, "fitted": False}
     released = training.cooccurrence
+    fitted_rows = [f"synthetic-fitted-{name}" for name in fitted_model_names(config)] if released is not None else []
     return {
         "marginal_items": config.marginal_items,
         "cooccurrence_share_of_statistics": config.cooccurrence_share,
+        "cooccurrence_min_signal": config.cooccurrence_min_signal,
         "released": released is not None,
+        # below the noise (predicted from the DP counts): its budget released the first-order statistics again
+        "first_order_instead": training.first_order_instead,
         "noise_std_of_sum": released.noise_std if released is not None else None,
-        "fitted": True,
+        "fitted": released is not None,
         "fit_steps": config.marginal_fit_steps,
-        "fitted_row": f"synthetic-fitted-{config.synthesizer_names()[0]}",
-        "fitted_rows": [f"synthetic-fitted-{name}" for name in fitted_model_names(config)],
+        "fitted_row": fitted_rows[0] if fitted_rows else None,
+        "fitted_rows": fitted_rows,
     }
 
 

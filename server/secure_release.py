@@ -65,6 +65,17 @@ def secure_statistics(
     return NoisyStatistics(counts, histogram, noise_std), release_log
 
 
+def secure_first_order_instead(
+    grid: Grid, nodes: list[int], config: RunConfig, num_items: int, identity: dict[str, str]
+) -> tuple[NoisyStatistics | None, RoundLog]:
+    """The co-occurrence's budget spent on the statistics again, summed by secure aggregation; the log."""
+    quantizer = statistics_quantizer(config.privacy().statistics_clip, num_items)
+    request: Request = {keys.FIRST_ORDER_INSTEAD: 1}
+    total, noise_std, release_log = secure_sum(grid, nodes, config, COOCCURRENCE, quantizer, identity, request)
+    counts, histogram = split_release(total, num_items)
+    return NoisyStatistics(counts, histogram, noise_std), release_log
+
+
 def secure_cooccurrence(
     grid: Grid, nodes: list[int], config: RunConfig, items: np.ndarray, identity: dict[str, str]
 ) -> tuple[NoisyCooccurrence | None, RoundLog]:

@@ -51,6 +51,11 @@ _RUN_OPTIONS: list[tuple[str, type, str]] = [
     ("statistics-share", float, "Share of ε for the DP statistics (counts, lengths, co-occurrence)."),
     ("marginal-items", int, "Items of the DP co-occurrence the models are fitted to; 0 = none."),
     ("cooccurrence-share", float, "Of the statistics' share of ε, the part for the co-occurrence."),
+    (
+        "cooccurrence-min-signal",
+        float,
+        "Release the co-occurrence only above this multiple of its noise edge (DP counts); else the statistics again.",
+    ),
     ("synthesizers", str, "Comma-separated, headline first: vae, gan."),
     ("synthetic-users", int, "Synthetic users per synthesizer."),
     ("synthesis-temperature", float, "Sampling temperature of synthetic users' items."),

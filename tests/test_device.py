@@ -12,13 +12,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from client.training import plan_privacy, train_local_round
+from client.training import train_local_round
 from common.bundle import ModelBundle
 from common.device import check_device_available, device_description, parse_device, training_device
 from common.errors import ConfigError
 from common.models.gan import GANConfig
 from common.models.vae import MultVAEConfig
 from common.privacy.dp import PrivacyConfig
+from common.privacy.plan import plan_privacy
 from common.run_config import LocalTrainingConfig
 from simulations.cli import main
 

@@ -11,12 +11,13 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader
 
-from client.training import plan_privacy, train_gan_round, train_vae_round
+from client.training import train_gan_round, train_vae_round
 from common.errors import ConfigError
 from common.models.gan import Discriminator, GANConfig, Generator
 from common.models.vae import MultVAE, MultVAEConfig, vae_loss
 from common.privacy.accounting import epsilon
 from common.privacy.dp import CSRRows, PrivacyConfig, make_private
+from common.privacy.plan import plan_privacy
 from common.run_config import LocalTrainingConfig
 
 

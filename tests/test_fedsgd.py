@@ -14,7 +14,6 @@ from flwr.app import ArrayRecord
 from scipy import special, stats
 
 import client.secure
-from client.training import plan_privacy
 from common import keys
 from common.bundle import ModelBundle
 from common.errors import ConfigError
@@ -22,6 +21,7 @@ from common.models.vae import MultVAE, MultVAEConfig
 from common.privacy.accounting import DPEvent, epsilon
 from common.privacy.fedsgd import apply_gradient, clipped_gradient_sum, gradient_quantizer, trainable
 from common.privacy.ledger import ledgers_in
+from common.privacy.plan import plan_privacy
 from common.privacy.skellam import SkellamEvent, SumRoundingQuantizer, rounded_l1_bound, skellam_rdp
 from common.privacy.subsampling import poisson_subsampled_rdp
 from common.run_config import RunConfig

@@ -18,7 +18,6 @@ from flwr.app import ConfigRecord, RecordDict
 
 from client.budget import NodeBudget
 from client.handlers import handle_cooccurrence, handle_statistics
-from client.training import plan_privacy
 from common import keys
 from common.bundle import ModelBundle
 from common.errors import ConfigError
@@ -41,6 +40,7 @@ from common.privacy.cooccurrence import (
     upper,
 )
 from common.privacy.ledger import RunIdentity
+from common.privacy.plan import plan_privacy
 from common.privacy.statistics import LogNormalLengths
 from common.run_config import RunConfig
 from tests.test_secure_release import InProcessGrid, node_rows

@@ -70,8 +70,8 @@ def test_a_share_too_small_for_orders_up_to_63_is_calibrated_with_larger_orders_
 
 def test_a_plan_with_most_of_a_small_budget_on_the_statistics_composes_to_the_target() -> None:
     """statistics-share 0.9 at ε = 1: the models' parts (0.05 each) calibrate, and the whole plan stays ≤ 1."""
-    from client.training import plan_privacy
     from common.privacy.dp import PrivacyConfig
+    from common.privacy.plan import plan_privacy
     from common.run_config import LocalTrainingConfig
 
     privacy = PrivacyConfig(target_epsilon=1.0, statistics_share=0.9)

@@ -67,7 +67,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
     out = root / "run"
     args = ["run", "--config", str(config_file), "--clients", "2", "--rounds", "2", "--epsilon", "4",
             "--gen-users", "240", "--gen-items", "300", "--vae-batch-size", "32", "--gan-batch-size", "32",
-            "--discriminator-steps", "2", "--marginal-items", "50", "--out", str(out)]  # fmt: skip
+            "--discriminator-steps", "2", "--marginal-items", "50", "--cooccurrence-min-signal", "0",
+            "--out", str(out)]  # fmt: skip
 
     result = CliRunner().invoke(cli, args)
 

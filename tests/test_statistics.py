@@ -12,10 +12,10 @@ from flwr.app import ConfigRecord, RecordDict
 
 from client.budget import NodeBudget
 from client.handlers import handle_statistics, handle_train
-from client.training import plan_privacy
 from common import keys
 from common.privacy.accounting import DPEvent, epsilon
 from common.privacy.ledger import RunIdentity
+from common.privacy.plan import plan_privacy
 from common.privacy.statistics import NoisyStatistics, length_bin_edges, noisy_statistics
 from common.run_config import RunConfig
 from tests.test_federation import SMALL, request, rows

@@ -11,10 +11,11 @@ import torch
 from flwr.app import ArrayRecord
 from torch.utils.data import DataLoader
 
-from client.training import plan_privacy, train_vae_round
+from client.training import train_vae_round
 from common.errors import ConfigError
 from common.models.vae import MultVAE, MultVAEConfig, vae_loss
 from common.privacy.dp import CSRRows, PrivacyConfig, local_sgd, make_private
+from common.privacy.plan import plan_privacy
 from common.round_log import RoundLog
 from common.run_config import LocalTrainingConfig, RunConfig
 from common.strategies import FedAdam, ProximalTerm, StrategyConfig

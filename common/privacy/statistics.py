@@ -75,6 +75,24 @@ class NoisyStatistics:
             float(np.hypot(self.noise_std, other.noise_std)),
         )
 
+    def combined(self, other: NoisyStatistics) -> NoisyStatistics:
+        """Two independent releases of the same statistics, weighted by inverse noise variance.
+
+        With noise stds s₁, s₂ the weights w_k = s_k⁻² / (s₁⁻² + s₂⁻²) give an unbiased estimate
+        with std (s₁⁻² + s₂⁻²)^(-1/2), the least of any weighting: post-processing, and for the
+        Gaussian mechanism exactly what one release at the composed noise would carry (Rényi DP
+        of Gaussians adds as 1/σ²). An exact release (std 0) is kept as it is.
+        """
+        if self.noise_std == 0.0 or other.noise_std == 0.0:
+            return self if self.noise_std == 0.0 else other
+        w_self, w_other = self.noise_std**-2, other.noise_std**-2
+        total = w_self + w_other
+        return NoisyStatistics(
+            (w_self * self.item_counts + w_other * other.item_counts) / total,
+            (w_self * self.length_histogram + w_other * other.length_histogram) / total,
+            float(total**-0.5),
+        )
+
     def prior_logits(self, smoothing: float = 1.0) -> np.ndarray:
         """log of the smoothed, non-negative item frequencies (n_items,), as float32."""
         counts = np.clip(self.item_counts, 0.0, None) + smoothing

@@ -27,12 +27,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from client.training import plan_privacy, train_gan_round, train_vae_round
+from client.training import train_gan_round, train_vae_round
 from common.device import check_device_available, device_description, parse_device
 from common.models.gan import Discriminator, GANConfig, Generator
 from common.models.vae import MultVAE, MultVAEConfig
 from common.openmp import with_short_openmp_spin
 from common.privacy.dp import PrivacyConfig, steps_per_epoch
+from common.privacy.plan import plan_privacy
 from common.run_config import LocalTrainingConfig
 
 

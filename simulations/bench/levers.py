@@ -35,7 +35,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.attack import MaliciousSilo, malicious_silo, silo_rows, tampered_train_reply
 from client.secure import central_release_variance, fedsgd_release
-from client.training import PrivacyPlan, plan_privacy, train_local_round
+from client.training import train_local_round
 from common import keys
 from common.attacks import inflate_counts, target_items, target_share
 from common.bundle import ModelBundle
@@ -47,6 +47,7 @@ from common.evaluation import evaluate
 from common.privacy.cooccurrence import NoisyCooccurrence, marginal_items, noisy_cooccurrence
 from common.privacy.fedsgd import apply_gradient, clipped_gradient_sum, gradient_quantizer, poisson_sample
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.plan import PrivacyPlan, plan_privacy
 from common.privacy.skellam import skellam_noise
 from common.privacy.statistics import NoisyStatistics, noisy_statistics
 from common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
@@ -55,7 +56,7 @@ from common.run_config import RunConfig
 from common.seeding import rng_for
 from common.synthesis import SynthesisConfig, synthesize
 from server.baselines import baseline_recommenders
-from server.federation import fitted_bundle
+from server.federation import cooccurrence_expected_to_pay, fitted_bundle
 from server.fedsgd import fedsgd_optimizer
 
 EVAL = EvalConfig(ks=(10,))
@@ -147,7 +148,8 @@ def plain_releases(
     silos: Sequence[MaliciousSilo | None] = (),
 ) -> tuple[NoisyStatistics, NoisyCooccurrence | None]:
     """Each client's Gaussian releases, totalled as the server does (``robust-aggregation``): the statistics,
-    then the co-occurrence when planned. A cheating silo in ``silos`` lies as the ClientApp's would."""
+    then the co-occurrence when planned (or, below its noise, the statistics again, combined). A cheating
+    silo in ``silos`` lies as the ClientApp's would."""
     clip, robust = config.privacy().statistics_clip, config.robust()
     users = [r.shape[0] for r in rows]
     parts = [
@@ -162,6 +164,12 @@ def plain_releases(
     if not config.marginal_items:
         return statistics, None
     items = marginal_items(statistics.item_counts, config.marginal_items)
+    if not cooccurrence_expected_to_pay(config, statistics, items, len(rows)):  # its budget on the first order
+        again = [
+            noisy_statistics(r, clip, p.cooccurrence_noise if p.private else 0.0, rng_for(seed, f"again-{k}"))
+            for k, (r, p) in enumerate(zip(rows, plans, strict=True))
+        ]
+        return statistics.combined(robust_statistics(again, users, robust)), None
     pairs = [
         noisy_cooccurrence(r, items, p.cooccurrence_noise if p.private else 0.0, rng_for(seed, f"pairs-{k}"))
         for k, (r, p) in enumerate(zip(rows, plans, strict=True))

@@ -38,7 +38,6 @@ import scipy.sparse as sp
 from flwr.app import ConfigRecord
 
 from client.secure import central_release_variance, secure_release_of
-from client.training import PrivacyPlan, plan_privacy
 from common import keys
 from common.config import EvalConfig
 from common.data.partition import partition_users
@@ -47,13 +46,14 @@ from common.evaluation import evaluate
 from common.fidelity import cooccurrence_correlation
 from common.privacy.cooccurrence import NoisyCooccurrence, from_upper, marginal_items
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.plan import PrivacyPlan, plan_privacy
 from common.privacy.secure_baselines import secure_release
 from common.privacy.statistics import NoisyStatistics, split_release
 from common.recommenders import EASE, MostPopular, Recommender
 from common.run_config import RunConfig
 from common.synthesis import SynthesisConfig, synthesize
 from server.baselines import baseline_recommenders
-from server.federation import fitted_bundle
+from server.federation import cooccurrence_expected_to_pay, fitted_bundle
 from simulations.bench.levers import federated_rounds, parse_settings, plain_releases
 
 EVAL = EvalConfig(ks=(10,))
@@ -84,6 +84,9 @@ def secure_releases(
     if not config.marginal_items:
         return statistics, None
     items = marginal_items(statistics.item_counts, config.marginal_items)
+    if not cooccurrence_expected_to_pay(config, statistics, items, len(rows)):  # its budget on the first order
+        total, std = secure_sum(rows, plans, config, ConfigRecord({keys.FIRST_ORDER_INSTEAD: 1}), "bench-again")
+        return statistics.combined(NoisyStatistics(*split_release(total, num_items), std)), None
     request = ConfigRecord({keys.MARGINAL_ITEMS: [int(i) for i in items]})
     total, std = secure_sum(rows, plans, config, request, "bench-cooccurrence")
     return statistics, NoisyCooccurrence(items, from_upper(total, len(items)), std)

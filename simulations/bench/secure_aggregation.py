@@ -40,12 +40,12 @@ import scipy.sparse as sp
 from flwr.app import ConfigRecord
 
 from client.secure import central_release_variance, secure_release_of
-from client.training import plan_privacy
 from common.config import EvalConfig
 from common.data.partition import partition_users
 from common.data.pipeline import prepare
 from common.evaluation import evaluate
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.plan import plan_privacy
 from common.privacy.secure_baselines import secure_release
 from common.privacy.statistics import noisy_statistics, statistics_contributions, statistics_quantizer
 from common.recommenders import MostPopular

@@ -1,0 +1,138 @@
+"""The co-occurrence only where it can carry structure; otherwise its budget buys the statistics again.
+
+Checked against closed forms (the popularity eigenvalue, inverse-variance weighting by Monte
+Carlo), the node's own plan (the predicted noise), the ledger (the same event either way, once),
+and the real ClientApp over an in-memory grid, plain and with secure aggregation, including a
+resumed run that reads its saved release instead of asking again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, RecordDict
+
+from client.budget import NodeBudget
+from client.handlers import handle_cooccurrence, handle_statistics
+from common import keys
+from common.errors import ConfigError
+from common.privacy.cooccurrence import marginal_items, popularity_eigenvalue, second_order_pays
+from common.privacy.ledger import RunIdentity
+from common.privacy.plan import plan_privacy
+from common.privacy.statistics import NoisyStatistics, statistics_contributions
+from common.run_config import RunConfig
+from server.federation import load_or_query_cooccurrence, predicted_cooccurrence_std
+from tests.test_marginals import SMALL, binary
+from tests.test_secure_release import InProcessGrid, node_rows
+
+IDENTITY = {keys.RUN_KEY: "k" * 32, keys.REQUESTER: "test"}
+
+
+def test_the_popularity_eigenvalue_is_the_squared_block_norm_over_all_counts() -> None:
+    counts = np.array([10.0, 30.0, -5.0, 60.0])  # a noisy negative count counts as 0
+
+    assert popularity_eigenvalue(counts, np.array([1, 3])) == pytest.approx((30**2 + 60**2) / 100)
+    assert popularity_eigenvalue(np.zeros(4), np.array([0, 1])) == 0.0
+
+
+def test_the_rule_releases_the_cooccurrence_only_above_min_signal_times_the_noise_edge() -> None:
+    counts, items = np.array([400.0, 300.0, 200.0, 100.0]), np.arange(4)
+    signal = popularity_eigenvalue(counts, items)  # 300
+    edge_at = {std: 2 * std * np.sqrt(4) for std in (10.0, 100.0)}  # 40 and 400
+
+    assert second_order_pays(counts, items, 10.0, 0.5) and signal >= 0.5 * edge_at[10.0]
+    assert not second_order_pays(counts, items, 100.0, 1.0) and signal < edge_at[100.0]
+    assert second_order_pays(counts, items, 100.0, 0.0)  # 0: always
+    assert second_order_pays(counts, items, 0.0, 0.5)  # no noise (no DP): always
+
+
+def test_two_releases_combine_by_inverse_variance_to_the_least_noise() -> None:
+    """Monte Carlo against the closed form (1/1² + 1/2²)^(-1/2) = 0.894 for stds 1 and 2."""
+    truth, rng = np.linspace(0, 50, 2_000), np.random.default_rng(0)
+    first = NoisyStatistics(truth + rng.normal(0, 1.0, 2_000), np.zeros(3), 1.0)
+    second = NoisyStatistics(truth + rng.normal(0, 2.0, 2_000), np.zeros(3), 2.0)
+
+    combined = first.combined(second)
+
+    assert combined.noise_std == pytest.approx(0.8944, abs=1e-4)
+    assert (combined.item_counts - truth).std() == pytest.approx(0.8944, rel=0.05)
+    assert first.combined(NoisyStatistics(truth, np.zeros(3), 0.0)).noise_std == 0.0  # an exact release wins
+
+
+def test_the_server_predicts_the_noise_each_node_plans() -> None:
+    config = RunConfig.from_run_config({**SMALL, "epsilon": 2.0})
+    plan = plan_privacy(config.privacy(), 100, config.local(), config.num_server_rounds)
+
+    plain = predicted_cooccurrence_std(config, 500.0, 5)
+    secure = predicted_cooccurrence_std(RunConfig.from_run_config({**SMALL, "epsilon": 2.0,
+                                                                   "secure-aggregation": True}), 500.0, 5)  # fmt: skip
+
+    assert plain == pytest.approx(plan.cooccurrence_noise * np.sqrt(5))  # each node's own noise, summed
+    assert secure == pytest.approx(plan.cooccurrence_noise)  # noise once, on the sum
+    assert predicted_cooccurrence_std(RunConfig.from_run_config({**SMALL, "epsilon": "inf"}), 500.0, 5) == 0.0
+
+
+def test_a_client_asked_for_the_first_order_instead_pays_the_cooccurrence_event_once(tmp_path: Path) -> None:
+    config = RunConfig.from_run_config({**SMALL, "epsilon": 4.0, "num-server-rounds": 2})
+    rows, state, run = binary(80, 60, 0.1, 3), RecordDict(), RunIdentity(run_key="r" * 32)
+    first = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
+    handle_statistics(first, rows, config, state, NodeBudget(tmp_path), run)
+    instead = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2, keys.FIRST_ORDER_INSTEAD: 1})})
+
+    reply = handle_cooccurrence(instead, rows, config, state, NodeBudget(tmp_path), run)
+    twice = handle_cooccurrence(instead, rows, config, state, NodeBudget(tmp_path), run)
+
+    plan = plan_privacy(config.privacy(), 80, config.local(), 2)
+    assert set(reply[keys.ARRAYS].keys()) == {keys.ITEM_COUNTS, keys.LENGTH_HISTOGRAM}  # type: ignore[union-attr]
+    clip = config.privacy().statistics_clip
+    assert reply[keys.METRICS][keys.NOISE_STD] == pytest.approx(plan.cooccurrence_noise * np.sqrt(clip**2 + 1))  # type: ignore[index]
+    assert twice[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
+    ledger = json.loads(next(tmp_path.glob("ledger-*.json")).read_text())
+    assert [e["model"] for e in ledger["events"]] == ["statistics", "cooccurrence"]
+    assert ledger["events"][1]["noise_multiplier"] == pytest.approx(plan.cooccurrence_noise)  # the planned event
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+@pytest.mark.parametrize("secure", [False, True])
+def test_below_the_noise_the_run_releases_the_statistics_again_and_a_resume_reads_them(
+    tmp_path: Path, secure: bool
+) -> None:
+    """cooccurrence-min-signal far above anything: no co-occurrence; the second release, summed over the
+    real ClientApps, has the exact statistics' sum within its stated noise; the combined statistics are
+    less noisy than the first; a resumed run reads OUT/cooccurrence.npz and asks no node again."""
+    settings = {**SMALL, "epsilon": 2.0, "num-server-rounds": 2, "secure-aggregation": secure,
+                "cooccurrence-min-signal": 1e9, "out-dir": str(tmp_path / "out")}  # fmt: skip
+    config = RunConfig.from_run_config(settings)
+    grid = InProcessGrid(settings, 3, tmp_path)
+    rows = node_rows(config, 3)
+    exact = sum(np.asarray(statistics_contributions(r, config.statistics_clip).sum(axis=0)).ravel() for r in rows)
+    num_items = rows[0].shape[1]
+    first = NoisyStatistics(exact[:num_items] + 1.0, exact[num_items:], 5.0)  # stands in for the first release
+
+    statistics, pairs, release_log = load_or_query_cooccurrence(grid, grid.get_node_ids(), config, first, IDENTITY)
+
+    assert pairs is None and release_log is not None and len(release_log.trained) == 3
+    assert 0 < statistics.noise_std < first.noise_std
+    again_std = (statistics.noise_std**-2 - first.noise_std**-2) ** -0.5
+    again = (statistics.item_counts * statistics.noise_std**-2 - first.item_counts * first.noise_std**-2) * again_std**2
+    error = again - exact[:num_items]
+    assert error.std() == pytest.approx(again_std, rel=0.15)
+    for node in range(3):
+        ledger = json.loads(next((tmp_path / f"node-{node}").glob("ledger-*.json")).read_text())
+        assert [e["model"] for e in ledger["events"]] == ["cooccurrence"]
+    sent = len(grid.sent)
+    resumed, _, resumed_log = load_or_query_cooccurrence(grid, grid.get_node_ids(), config, first, IDENTITY)
+    assert len(grid.sent) == sent and resumed_log is not None and resumed_log.resumed
+    assert np.array_equal(resumed.item_counts, statistics.item_counts)
+
+
+def test_a_negative_min_signal_is_refused_before_anything_starts() -> None:
+    with pytest.raises(ConfigError, match="cooccurrence-min-signal must be >= 0"):
+        RunConfig.from_run_config({"cooccurrence-min-signal": -1.0})
+
+
+def test_the_items_stay_the_top_m_by_the_released_counts() -> None:
+    assert list(marginal_items(np.array([5.0, 9.0, 1.0, 7.0]), 2)) == [1, 3]
