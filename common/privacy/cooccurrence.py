@@ -33,7 +33,7 @@ from common.privacy.skellam import SkellamQuantizer
 
 COOCCURRENCE = "cooccurrence"  # the ledger's name for this release, and its message action
 MAX_MARGINAL_ITEMS = 4_000
-MIN_SIGNAL_DEFAULT = 0.5  # of second_order_pays: chosen on validation users (docs/results.md)
+MIN_SIGNAL_DEFAULT = 0.6  # of second_order_pays: chosen on validation users (docs/results.md)
 
 
 def popularity_eigenvalue(item_counts: np.ndarray, items: np.ndarray) -> float:
