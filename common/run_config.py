@@ -79,7 +79,7 @@ class RunConfig:
     vae_share: float = 0.5
     statistics_share: float = 0.8  # chosen on validation users (docs/results.md, "Marginal-fitted synthesis")
     statistics_clip: float = 4.0
-    marginal_items: int = 0  # M items of the second-order DP release the models are fitted to (0: none; see README)
+    marginal_items: int = 500  # M items of the second-order DP release the models are fitted to (0: none; see README)
     cooccurrence_share: float = 0.8  # of the statistics' share of ε, the part for that second-order release
     marginal_fit_steps: int = 300  # Adam steps fitting the generator and the VAE decoder to the DP marginals
     cooccurrence_min_signal: float = MIN_SIGNAL_DEFAULT  # release the co-occurrence only above it (see README)

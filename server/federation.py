@@ -191,7 +191,7 @@ def load_or_query_cooccurrence(
     cooccurrence, release_log = release(grid, nodes, config, items, identity)
     release_log.seconds = time.perf_counter() - started
     if cooccurrence is None:
-        log.warning("fedsynth co-occurrence: no client released it; the models are fitted to first-order statistics")
+        log.warning("fedsynth co-occurrence: no client released it; nothing is fitted beyond the popularity prior")
         return statistics, None, release_log
     saved = {"items": cooccurrence.items, "matrix": cooccurrence.matrix, "noise_std": cooccurrence.noise_std}
     write_atomic(path, lambda tmp: np.savez(tmp, **saved))

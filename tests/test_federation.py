@@ -80,7 +80,8 @@ def test_reply_holds_only_weights_and_aggregate_metrics(tmp_path: Path) -> None:
 
 
 def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path) -> None:
-    config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 2, "epsilon": 2.0})
+    # no co-occurrence planned: the statistics and the two rounds then spend the whole cap
+    config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 2, "epsilon": 2.0, "marginal-items": 0})
     data = rows()
     state = RecordDict()
     release = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
