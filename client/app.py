@@ -79,7 +79,7 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         return handle
 
     app.query(keys.STATISTICS)(on_training_rows(handle_statistics, tampered_statistics_reply))
-    app.query(keys.COOCCURRENCE)(on_training_rows(handle_cooccurrence))
+    app.query(keys.COOCCURRENCE)(on_training_rows(handle_cooccurrence, tampered_statistics_reply))  # or the 1st order
     app.query(keys.FEDSGD)(on_training_rows(handle_fedsgd))
     app.query(UPDATE)(on_training_rows(handle_secure_update))
 

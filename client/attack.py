@@ -60,7 +60,8 @@ def tampered_train_reply(reply: RecordDict, request: RecordDict, silo: Malicious
 
 
 def tampered_statistics_reply(reply: RecordDict, request: RecordDict, silo: MaliciousSilo | None) -> RecordDict:
-    """``reply`` of the DP statistics release with the target items' counts inflated by the silo's users."""
+    """``reply`` of a DP first-order release (the statistics, or the co-occurrence's budget spent on them again)
+    with the target items' counts inflated by the silo's users; any other reply as it is."""
     if silo is None or silo.attack.kind != "inflated-counts" or keys.ARRAYS not in reply:
         return reply
     arrays = reply[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]

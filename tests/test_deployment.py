@@ -114,7 +114,7 @@ def test_deployment_over_real_processes(tmp_path: Path) -> None:
         assert ledger["history"][-1]["epsilon_total"] == pytest.approx(spent_before_crash)
         assert ledger["history"][-1]["run_id"] == submission.run_id and ledger["max_epsilon"] == 8.0
         # synthesizers = "vae": the GAN is not trained and spends nothing, so the ledger has no GAN events
-        assert {e["model"] for e in ledger["events"]} == {"statistics", "vae"}
+        assert {e["model"] for e in ledger["events"]} == {"statistics", "cooccurrence", "vae"}
         deployment.wait_for(
             lambda: any(
                 int(n["node-id"]) == node_ids[2] and n["status"] == "online" for n in deployment.registered_nodes()
@@ -197,7 +197,9 @@ def test_secure_aggregation_over_real_processes_survives_a_node_lost_after_maski
             assert torch.allclose(tensor.double(), expected, atol=1e-6), name
         ledger = json.loads(next((deployment.node_dir(2) / "ledgers").glob("ledger-*.json")).read_text())
         paid = [(h["release"], h["secure_aggregation"]) for h in ledger["history"] if "release" in h]
-        assert paid == [("statistics", True), ("round", True)]  # it paid for what it sent, both masked
+        # it paid for what it sent, all masked: the statistics, the co-occurrence's share (released, or the
+        # statistics again below its noise: the same event) and its round
+        assert paid == [("statistics", True), ("cooccurrence", True), ("round", True)]
         assert not deployment.database.exists(), "the SuperLink kept its state in memory"
     finally:
         deployment.stop()

@@ -156,11 +156,7 @@ def plain_releases(
         noisy_statistics(r, clip, p.statistics_noise if p.private else 0.0, rng_for(seed, f"stats-{k}"))
         for k, (r, p) in enumerate(zip(rows, plans, strict=True))
     ]
-    for k, silo in enumerate(silos):
-        if silo is not None and silo.attack.kind == "inflated-counts":
-            counts = inflate_counts(parts[k].item_counts, silo.targets, users[k])
-            parts[k] = NoisyStatistics(counts, parts[k].length_histogram, parts[k].noise_std)
-    statistics = robust_statistics(parts, users, robust)
+    statistics = robust_statistics(as_sent(parts, silos, users), users, robust)
     if not config.marginal_items:
         return statistics, None
     items = marginal_items(statistics.item_counts, config.marginal_items)
@@ -169,13 +165,25 @@ def plain_releases(
             noisy_statistics(r, clip, p.cooccurrence_noise if p.private else 0.0, rng_for(seed, f"again-{k}"))
             for k, (r, p) in enumerate(zip(rows, plans, strict=True))
         ]
-        return statistics.combined(robust_statistics(again, users, robust)), None
+        return statistics.combined(robust_statistics(as_sent(again, silos, users), users, robust)), None
     pairs = [
         noisy_cooccurrence(r, items, p.cooccurrence_noise if p.private else 0.0, rng_for(seed, f"pairs-{k}"))
         for k, (r, p) in enumerate(zip(rows, plans, strict=True))
     ]
     matrix, pair_noise = robust_total([p.matrix for p in pairs], users, [p.noise_std for p in pairs], robust)
     return statistics, NoisyCooccurrence(items, matrix, pair_noise)
+
+
+def as_sent(
+    parts: list[NoisyStatistics], silos: Sequence[MaliciousSilo | None], users: list[int]
+) -> list[NoisyStatistics]:
+    """Each client's first-order release as it is sent: a cheating silo inflates its targets' counts."""
+    sent = list(parts)
+    for k, silo in enumerate(silos):
+        if silo is not None and silo.attack.kind == "inflated-counts":
+            counts = inflate_counts(sent[k].item_counts, silo.targets, users[k])
+            sent[k] = NoisyStatistics(counts, sent[k].length_histogram, sent[k].noise_std)
+    return sent
 
 
 def federated_rounds(
