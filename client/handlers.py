@@ -193,8 +193,8 @@ def handle_cooccurrence(
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
 
 
-def first_order_instead(request: ConfigRecord | Any) -> bool:
-    """Whether a co-occurrence request asks for the first-order statistics instead (see handle_cooccurrence)."""
+def first_order_instead(request: Any) -> bool:
+    """Whether a co-occurrence request's ConfigRecord asks for the statistics instead (see handle_cooccurrence)."""
     return bool(keys.number(request, keys.FIRST_ORDER_INSTEAD)) if keys.FIRST_ORDER_INSTEAD in request else False
 
 
