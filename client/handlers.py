@@ -18,7 +18,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.budget import NodeBudget, Replay, load_replay, save_replay
-from client.secure import masked_release, masked_values, secure_release_of, start_secure_release, update_quantizer
+from client.secure import (
+    first_order_instead,
+    masked_release,
+    masked_values,
+    secure_release_of,
+    start_secure_release,
+    update_quantizer,
+)
 from client.training import train_local_round
 from common import keys
 from common.bundle import ModelBundle
@@ -191,11 +198,6 @@ def handle_cooccurrence(
     arrays = ArrayRecord({keys.COOCCURRENCE: torch.from_numpy(upper(released.matrix))})
     metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_STD: released.noise_std}
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
-
-
-def first_order_instead(request: Any) -> bool:
-    """Whether a co-occurrence request's ConfigRecord asks for the statistics instead (see handle_cooccurrence)."""
-    return bool(keys.number(request, keys.FIRST_ORDER_INSTEAD)) if keys.FIRST_ORDER_INSTEAD in request else False
 
 
 def check_release(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, release: str) -> None:

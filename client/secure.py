@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -97,12 +98,12 @@ def secure_release_of(
     if keys.SERVER_ROUND in request:
         return update_release(config, num_items)
     clip = config.privacy().statistics_clip
-    if keys.MARGINAL_ITEMS not in request and keys.FIRST_ORDER_INSTEAD not in request:
+    if keys.MARGINAL_ITEMS not in request and not first_order_instead(request):
         return SecureRelease(
             STATISTICS, statistics_quantizer(clip, num_items), plan.statistics_noise, plan.statistics_events(),
             lambda rows: statistics_contributions(rows, clip),
         )  # fmt: skip
-    if keys.FIRST_ORDER_INSTEAD in request:  # the co-occurrence's budget spent on the statistics again
+    if first_order_instead(request):  # the co-occurrence's budget spent on the statistics again
         return SecureRelease(
             COOCCURRENCE, statistics_quantizer(clip, num_items), plan.cooccurrence_noise, plan.cooccurrence_events(),
             lambda rows: statistics_contributions(rows, clip),
@@ -112,6 +113,11 @@ def secure_release_of(
         COOCCURRENCE, cooccurrence_quantizer(len(items)), plan.cooccurrence_noise, plan.cooccurrence_events(),
         lambda rows: cooccurrence_contributions(rows, items),
     )  # fmt: skip
+
+
+def first_order_instead(request: Any) -> bool:
+    """Whether a co-occurrence request's ConfigRecord asks for the statistics instead (see handle_cooccurrence)."""
+    return bool(keys.number(request, keys.FIRST_ORDER_INSTEAD)) if keys.FIRST_ORDER_INSTEAD in request else False
 
 
 def fedsgd_release(
