@@ -189,12 +189,14 @@ def handle_cooccurrence(
     noise = plan.cooccurrence_noise if plan.private else 0.0
     rng = np.random.default_rng(release_seed(config, COOCCURRENCE))
     target = config.privacy().target_epsilon
-    if items is None:
-        statistics = noisy_statistics(rows, config.privacy().statistics_clip, noise, rng)
-        ledger.record(plan.cooccurrence_events(), COOCCURRENCE, run, round=0, requested_epsilon=target)
-        return statistics_reply(statistics, ledger, rows.shape[0], plan)
-    released = noisy_cooccurrence(rows, items, noise, rng)
+    released = (
+        noisy_statistics(rows, config.privacy().statistics_clip, noise, rng)
+        if items is None
+        else noisy_cooccurrence(rows, items, noise, rng)
+    )
     ledger.record(plan.cooccurrence_events(), COOCCURRENCE, run, round=0, requested_epsilon=target)
+    if isinstance(released, NoisyStatistics):
+        return statistics_reply(released, ledger, rows.shape[0], plan)
     arrays = ArrayRecord({keys.COOCCURRENCE: torch.from_numpy(upper(released.matrix))})
     metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_STD: released.noise_std}
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})

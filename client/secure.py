@@ -98,14 +98,14 @@ def secure_release_of(
     if keys.SERVER_ROUND in request:
         return update_release(config, num_items)
     clip = config.privacy().statistics_clip
-    if keys.MARGINAL_ITEMS not in request and not first_order_instead(request):
-        return SecureRelease(
-            STATISTICS, statistics_quantizer(clip, num_items), plan.statistics_noise, plan.statistics_events(),
-            lambda rows: statistics_contributions(rows, clip),
-        )  # fmt: skip
     if first_order_instead(request):  # the co-occurrence's budget spent on the statistics again
         return SecureRelease(
             COOCCURRENCE, statistics_quantizer(clip, num_items), plan.cooccurrence_noise, plan.cooccurrence_events(),
+            lambda rows: statistics_contributions(rows, clip),
+        )  # fmt: skip
+    if keys.MARGINAL_ITEMS not in request:
+        return SecureRelease(
+            STATISTICS, statistics_quantizer(clip, num_items), plan.statistics_noise, plan.statistics_events(),
             lambda rows: statistics_contributions(rows, clip),
         )  # fmt: skip
     items = check_items(np.asarray(keys.integers(request, keys.MARGINAL_ITEMS)), num_items)
