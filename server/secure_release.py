@@ -51,7 +51,7 @@ def exchange(
         )
         for node, request in requests.items()
     ]
-    replies = as_client_replies(send_and_receive(grid, messages, config.reply_timeout), messages)
+    replies = as_client_replies(send_and_receive(grid, messages, config.reply_timeout), messages, config.reply_timeout)
     return {r.node: r.content for r in replies if r.content is not None and reply_problem(r) is None}, replies
 
 
@@ -209,6 +209,7 @@ def finish_secure_sum(
     ``arrays``) and the unmasking; as :func:`secure_sum` returns."""
     params, peers, shared, base, clock = setup.params, setup.peers, setup.shared, setup.base, setup.clock
     what = f"round {server_round}" if server_round else f"the DP {release} release"
+    silent: list[NodeProblem] = []  # the unmask stage's missing answers, named if the sum aborts
     try:
         masked, release_log = masked_stage(grid, shared, base, config, release, arrays, server_round)
         clock.lap("masked")
@@ -218,15 +219,16 @@ def finish_secure_sum(
         require("masked-input", len(masked), params)
         survivors = sorted(masked)
         log.info("fedsynth %s: %d masked vector(s) in; unmasking", release, len(survivors))
-        revealed, _ = exchange(
+        revealed, unmask_replies = exchange(
             grid, keys.SECAGG_UNMASK, {n: ConfigRecord({**base, keys.SECAGG_NODES: survivors}) for n in shared}, config
         )
+        silent = [p for p in map(reply_problem, unmask_replies) if p is not None]
         clock.lap("unmask")
         shares = {n: keys.by_node(c[keys.CONFIG], keys.SHARES) for n, c in revealed.items()}
         total = decode(unmasked_sum(params, peers, sorted(shared), masked, shares, setup.order), params.bits)
         clock.lap("server unmasking")
     except SecAggAborted as exc:
-        raise RunFailed(str(exc)) from exc
+        raise RunFailed(" ".join([str(exc), *(f"Node {p.node}: {p.reason}." for p in silent)])) from exc
     already = {problem.node for problem in release_log.failed}
     for node in sorted(set(shared) - set(revealed) - already):  # lost at the unmask stage
         why = "its masked vector is in the sum, unmasked from the others' shares" if node in masked else "left out"

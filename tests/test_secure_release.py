@@ -170,8 +170,10 @@ def test_a_node_lost_before_its_vector_is_left_out_with_its_noise(tmp_path: Path
 
 def test_too_few_survivors_fail_the_release_and_unmask_nothing(tmp_path: Path) -> None:
     silent = {101: keys.SECAGG_UNMASK, 102: keys.SECAGG_UNMASK, 103: keys.SECAGG_UNMASK}
-    with pytest.raises(RunFailed, match="only 1 node\\(s\\) answered the unmask stage, the threshold is 3"):
+    with pytest.raises(RunFailed, match="only 1 node\\(s\\) answered the unmask stage, the threshold is 3") as failed:
         run_release(tmp_path, nodes=4, silent=silent, **{"min-clients": 1})
+    for node in (101, 102, 103):  # each missing answer named, with why
+        assert f"Node {node}: " in str(failed.value)
 
 
 def test_a_too_small_bit_width_is_refused_before_anything_is_spent(tmp_path: Path) -> None:

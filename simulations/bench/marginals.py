@@ -1,7 +1,8 @@
 """Synthesis fitted to DP marginals, stage by stage, against the simple DP baselines (issue: second order).
 
     python -m simulations.bench.marginals --dataset movielens --data-path ../shared/data/ml-latest-small \\
-        --epsilons 1,2,4,8 --seeds 0,1,2 [--secure-aggregation] [--held-out test] [--set marginal-items=0,500]
+        --epsilons 1,2,4,8 --seeds 0,1,2 [--secure-aggregation] [--held-out test] \\
+        [--set marginal-items=0,500] [--fit-only]
 
 An in-process federation over the clients' own code path (no Flower transport): each client
 calibrates its plan (``plan_privacy``) and makes the pipeline's two releases, first-order
@@ -92,8 +93,9 @@ def secure_releases(
     return statistics, NoisyCooccurrence(items, from_upper(total, len(items)), std)
 
 
-def score(config: RunConfig, seed: int, num_clients: int, held_out_name: str) -> dict[str, float]:
-    """One (config, seed): releases, fit, rounds; NDCG@10 of every row on the held-out users."""
+def score(config: RunConfig, seed: int, num_clients: int, held_out_name: str, rounds: bool = True) -> dict[str, float]:
+    """One (config, seed): releases, fit, rounds (``rounds`` False: skipped, their budget still planned, so the
+    fitted rows are the pipeline's); NDCG@10 of every row on the held-out users."""
     prepared = prepare(config.data())
     clients = partition_users(prepared.interactions, prepared.split, config.partitioning(num_clients))
     rows = [prepared.interactions.matrix[c.train_users] for c in clients]
@@ -102,16 +104,17 @@ def score(config: RunConfig, seed: int, num_clients: int, held_out_name: str) ->
     secure = config.secure_aggregation
     statistics, pairs = secure_releases(rows, plans, config) if secure else plain_releases(rows, plans, config, seed)
     fitted = fitted_bundle(config, num_items, statistics, pairs)
-    refined = copy.deepcopy(fitted)
-    federated_rounds(refined, rows, plans, config, seed)
     lengths = statistics.length_sampler(num_items)
     synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
     data = {
         f"synthetic-fitted-{name}/ease": synthesize(fitted, name, lengths, synthesis, seed) for name in ("gan", "vae")
     }
-    data["synthetic/ease"] = synthesize(refined, "vae", lengths, synthesis, seed)
-    if "gan" in config.synthesizer_names():  # a row of the pipeline only when the GAN is trained
-        data["synthetic-gan/ease"] = synthesize(refined, "gan", lengths, synthesis, seed)
+    if rounds:
+        refined = copy.deepcopy(fitted)
+        federated_rounds(refined, rows, plans, config, seed)
+        data["synthetic/ease"] = synthesize(refined, "vae", lengths, synthesis, seed)
+        if "gan" in config.synthesizer_names():  # a row of the pipeline only when the GAN is trained
+            data["synthetic-gan/ease"] = synthesize(refined, "gan", lengths, synthesis, seed)
     candidates: dict[str, Recommender] = {k: EASE(config.synthetic_ease_l2).fit(m) for k, m in data.items()}
     for label, matrix in data.items():  # the pipeline's MostPopular rows on the same synthetic data
         candidates[label.replace("/ease", "/popularity")] = MostPopular().fit(matrix)
@@ -147,6 +150,7 @@ def main() -> None:
     parser.add_argument("--secure-aggregation", action="store_true")
     parser.add_argument("--set", action="append", default=[], help="KEY=V1,V2 run-config values to compare")
     parser.add_argument("--base", action="append", default=[], help="KEY=VALUE fixed run-config values")
+    parser.add_argument("--fit-only", action="store_true", help="skip the DP-SGD rounds (tuning the fit)")
     args = parser.parse_args()
     base: dict[str, Any] = {"dataset": args.dataset, "data-path": args.data_path,
                             "secure-aggregation": args.secure_aggregation}  # fmt: skip
@@ -157,8 +161,8 @@ def main() -> None:
             for seed in (int(s) for s in args.seeds.split(",")):
                 started = time.perf_counter()
                 config = replace(RunConfig.from_run_config({**base, **setting, "epsilon": epsilon}), seed=seed)
-                row: dict[str, Any] = {**setting, "epsilon": epsilon, "seed": seed,
-                                       **score(config, seed, args.clients, args.held_out)}  # fmt: skip
+                scores = score(config, seed, args.clients, args.held_out, not args.fit_only)
+                row: dict[str, Any] = {**setting, "epsilon": epsilon, "seed": seed, **scores}
                 row["seconds"] = time.perf_counter() - started
                 results.append(row)
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
