@@ -28,6 +28,8 @@ from common.robust import RobustConfig
 from common.strategies import StrategyConfig
 
 NO_DP_EPSILON = 1e9  # the run config's ε for "no DP" (any value at least this large means ∞)
+SYNTHETIC_EASE_L2_PAIRS = 1000.0  # EASE λ on synthetic users fitted to a released co-occurrence
+SYNTHETIC_EASE_L2_FIRST_ORDER = 3000.0  # ... and on synthetic users from the first-order statistics only
 
 
 def epsilon_setting(epsilon: float) -> float:
@@ -108,7 +110,7 @@ class RunConfig:
     recommenders: str = ",".join(RECOMMENDER_NAMES)
     central_vae_epochs: int = 20
     ease_l2: float = 300.0  # EASE λ on real training users (the upper bound)
-    synthetic_ease_l2: float = 3000.0  # EASE λ on synthetic users: more noise, more regularisation
+    synthetic_ease_l2: float = 0.0  # EASE λ on synthetic users (0: automatic, see synthetic_ease_l2_for)
     simulation_reference: bool = True  # simulation: the server may load the data for fidelity and upper bounds
     eval_max_values: int = 50_000_000  # larger recommenders are not sent for federated evaluation
     dp_baselines: bool = True  # simulation: DP popularity and DP-EASE at the full target ε, as comparison rows
@@ -188,6 +190,12 @@ class RunConfig:
                 f"marginal-items must be 0 (no second-order release) or in [2, {MAX_MARGINAL_ITEMS:,}] (a dense "
                 f"items x items matrix per node), got {self.marginal_items}."
             )
+        if not self.synthetic_ease_l2 >= 0:
+            raise ConfigError(
+                f"synthetic-ease-l2 must be 0 (automatic: {SYNTHETIC_EASE_L2_PAIRS:g} when the models were fitted "
+                f"to a released co-occurrence, else {SYNTHETIC_EASE_L2_FIRST_ORDER:g}) or positive, "
+                f"got {self.synthetic_ease_l2}."
+            )
         if not self.cooccurrence_min_signal >= 0:
             raise ConfigError(
                 f"cooccurrence-min-signal must be >= 0 (0: always release the co-occurrence), "
@@ -254,6 +262,17 @@ class RunConfig:
 
     def federated_strategy(self) -> StrategyConfig:
         return StrategyConfig(self.strategy, self.proximal_mu, self.server_learning_rate, tau=self.server_tau)
+
+    def synthetic_ease_l2_for(self, pairs_released: bool) -> float:
+        """EASE's λ on this run's synthetic users: ``synthetic-ease-l2``, or when 0, by what the synthesis carries.
+
+        Fitted to a released co-occurrence (``pairs_released``) the synthetic users carry item-pair structure
+        and a smaller λ lets EASE use it; from the first order alone (nothing second-order released, or
+        ``marginal-items`` 0) their pairs are the generator's guesses and a larger λ keeps EASE near
+        popularity. Both values chosen on validation users (docs/results.md, "EASE's λ on synthetic users")."""
+        if self.synthetic_ease_l2 > 0:
+            return self.synthetic_ease_l2
+        return SYNTHETIC_EASE_L2_PAIRS if pairs_released else SYNTHETIC_EASE_L2_FIRST_ORDER
 
     def baselines(self) -> DPBaselineConfig:
         return DPBaselineConfig(self.statistics_clip, self.dp_ease_clip, self.dp_ease_items, self.ease_l2)

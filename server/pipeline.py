@@ -54,11 +54,11 @@ EVAL = EvalConfig(ks=(10, 20, 50, 100))
 HEADLINE = "ndcg@10"
 
 
-def build_recommender(name: str, config: RunConfig, synthetic: bool) -> Recommender:
-    """A fresh recommender; EASE gets ``synthetic-ease-l2`` on synthetic data and ``ease-l2`` on real data."""
+def build_recommender(name: str, config: RunConfig, ease_l2: float) -> Recommender:
+    """A fresh recommender; EASE gets ``ease_l2`` (``ease-l2`` on real data, on synthetic data
+    :meth:`RunConfig.synthetic_ease_l2_for`)."""
     vae = MultVAEConfig(epochs=config.central_vae_epochs, seed=config.seed)
-    l2 = config.synthetic_ease_l2 if synthetic else config.ease_l2
-    return build_named(name, RecommenderSettings(ease_l2=l2, vae=vae, device=config.device))
+    return build_named(name, RecommenderSettings(ease_l2=ease_l2, vae=vae, device=config.device))
 
 
 def synthetic_label(index: int, synthesizer: str) -> str:
@@ -118,7 +118,7 @@ def secure_aggregation_summary(config: RunConfig) -> dict[str, Any]:
 def marginals_summary(config: RunConfig, training: TrainingResult) -> dict[str, Any]:
     """What second-order statistics were released and what the models were fitted to before the rounds."""
     if config.marginal_items == 0:
-        return {"marginal_items": 0, "fitted": False}
+        return {"marginal_items": 0, "fitted": False, "synthetic_ease_l2": config.synthetic_ease_l2_for(False)}
     released = training.cooccurrence
     fitted_rows = [f"synthetic-fitted-{name}" for name in fitted_model_names(config)] if released is not None else []
     return {
@@ -131,6 +131,7 @@ def marginals_summary(config: RunConfig, training: TrainingResult) -> dict[str, 
         "noise_std_of_sum": released.noise_std if released is not None else None,
         "fitted": released is not None,
         "fit_steps": config.marginal_fit_steps,
+        "synthetic_ease_l2": config.synthetic_ease_l2_for(released is not None),
         "fitted_row": fitted_rows[0] if fitted_rows else None,
         "fitted_rows": fitted_rows,
     }
@@ -255,16 +256,19 @@ def train_candidates(
 
     The central recommenders are fitted lazily, by :func:`evaluate_all`, one at a time: at 20,000
     items each EASE row is a 1.6 GB matrix, and only the one being evaluated is kept."""
+    synthetic_l2 = config.synthetic_ease_l2_for(training.cooccurrence is not None)
     to_train = [
-        (f"{label}/{name}", name, m, True) for label, m in synthetic.items() for name in config.recommender_names()
+        (f"{label}/{name}", name, m, synthetic_l2)
+        for label, m in synthetic.items()
+        for name in config.recommender_names()
     ]
     if reference is not None:
-        to_train += [(real_label(name), name, reference.split.train, False) for name in config.recommender_names()]
+        to_train += [
+            (real_label(name), name, reference.split.train, config.ease_l2) for name in config.recommender_names()
+        ]
     candidates = [
-        Candidate(
-            label, partial(fit_central, name, config, is_synthetic, matrix), size=known_size(name, matrix.shape[1])
-        )
-        for label, name, matrix, is_synthetic in to_train
+        Candidate(label, partial(fit_central, name, config, l2, matrix), size=known_size(name, matrix.shape[1]))
+        for label, name, matrix, l2 in to_train
     ]
     candidates.append(fitted("fedvae", MultVAERecommender.from_model(training.bundle.vae, config.device)))
     candidates.append(fitted("fedsynth-prior", MostPopular.from_counts(training.statistics.item_counts)))
@@ -277,9 +281,9 @@ def train_candidates(
     return candidates, baselines_summary
 
 
-def fit_central(name: str, config: RunConfig, is_synthetic: bool, matrix: sp.csr_matrix) -> Recommender:
-    """Recommender ``name`` (:func:`build_recommender`) fitted on ``matrix`` (users × items)."""
-    return build_recommender(name, config, is_synthetic).fit(matrix)
+def fit_central(name: str, config: RunConfig, ease_l2: float, matrix: sp.csr_matrix) -> Recommender:
+    """Recommender ``name`` (:func:`build_recommender`, EASE with ``ease_l2``) fitted on ``matrix`` (users × items)."""
+    return build_recommender(name, config, ease_l2).fit(matrix)
 
 
 def evaluate_all(

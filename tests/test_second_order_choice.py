@@ -23,7 +23,7 @@ from common.privacy.cooccurrence import marginal_items, popularity_eigenvalue, s
 from common.privacy.ledger import RunIdentity
 from common.privacy.plan import plan_privacy
 from common.privacy.statistics import NoisyStatistics, statistics_contributions
-from common.run_config import RunConfig
+from common.run_config import SYNTHETIC_EASE_L2_FIRST_ORDER, SYNTHETIC_EASE_L2_PAIRS, RunConfig
 from server.federation import load_or_query_cooccurrence, predicted_cooccurrence_std
 from tests.test_marginals import SMALL, binary
 from tests.test_secure_release import InProcessGrid, node_rows
@@ -132,6 +132,17 @@ def test_below_the_noise_the_run_releases_the_statistics_again_and_a_resume_read
 def test_a_negative_min_signal_is_refused_before_anything_starts() -> None:
     with pytest.raises(ConfigError, match="cooccurrence-min-signal must be >= 0"):
         RunConfig.from_run_config({"cooccurrence-min-signal": -1.0})
+
+
+def test_ease_on_synthetic_users_regularises_less_when_they_carry_released_pairs() -> None:
+    automatic = RunConfig.from_run_config({})
+    assert automatic.synthetic_ease_l2 == 0
+    assert automatic.synthetic_ease_l2_for(pairs_released=True) == SYNTHETIC_EASE_L2_PAIRS == 1000.0
+    assert automatic.synthetic_ease_l2_for(pairs_released=False) == SYNTHETIC_EASE_L2_FIRST_ORDER == 3000.0
+    chosen = RunConfig.from_run_config({"synthetic-ease-l2": 250.0})
+    assert chosen.synthetic_ease_l2_for(True) == chosen.synthetic_ease_l2_for(False) == 250.0
+    with pytest.raises(ConfigError, match="synthetic-ease-l2 must be 0 \\(automatic"):
+        RunConfig.from_run_config({"synthetic-ease-l2": -1.0})
 
 
 def test_the_items_stay_the_top_m_by_the_released_counts() -> None:

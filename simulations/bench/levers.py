@@ -71,6 +71,7 @@ class Federation:
     plans: list[PrivacyPlan]
     statistics: NoisyStatistics
     bundle: ModelBundle
+    pairs_released: bool = False  # the models were fitted to a released co-occurrence (EASE's λ on synthetic users)
     targets: np.ndarray | None = None  # an attack's target items (``attack`` set), as the cheating silos hold them
 
 
@@ -97,11 +98,12 @@ def row_metrics(
     synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
     synthetic = synthesize(bundle, "vae", statistics.length_sampler(num_items), synthesis, seed)
     real = federation.prepared.split.train
+    l2 = config.synthetic_ease_l2_for(federation.pairs_released)
     candidates: dict[str, Recommender] = {
-        "synthetic/ease": EASE(config.synthetic_ease_l2).fit(synthetic),
+        "synthetic/ease": EASE(l2).fit(synthetic),
         **(
             {
-                "synthetic-gan/ease": EASE(config.synthetic_ease_l2).fit(
+                "synthetic-gan/ease": EASE(l2).fit(
                     synthesize(bundle, "gan", statistics.length_sampler(num_items), synthesis, seed)
                 )
             }
@@ -137,7 +139,7 @@ def train(config: RunConfig, seed: int, num_clients: int) -> Federation:
     statistics, pairs = plain_releases(rows, plans, config, seed, silos)
     bundle = fitted_bundle(config, num_items, statistics, pairs)
     federated_rounds(bundle, rows, plans, config, seed, silos)
-    return Federation(prepared, rows, plans, statistics, bundle, targets)
+    return Federation(prepared, rows, plans, statistics, bundle, pairs is not None, targets)
 
 
 def plain_releases(

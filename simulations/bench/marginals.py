@@ -115,7 +115,8 @@ def score(config: RunConfig, seed: int, num_clients: int, held_out_name: str, ro
         data["synthetic/ease"] = synthesize(refined, "vae", lengths, synthesis, seed)
         if "gan" in config.synthesizer_names():  # a row of the pipeline only when the GAN is trained
             data["synthetic-gan/ease"] = synthesize(refined, "gan", lengths, synthesis, seed)
-    candidates: dict[str, Recommender] = {k: EASE(config.synthetic_ease_l2).fit(m) for k, m in data.items()}
+    l2 = config.synthetic_ease_l2_for(pairs is not None)
+    candidates: dict[str, Recommender] = {k: EASE(l2).fit(m) for k, m in data.items()}
     for label, matrix in data.items():  # the pipeline's MostPopular rows on the same synthetic data
         candidates[label.replace("/ease", "/popularity")] = MostPopular().fit(matrix)
     candidates["fedsynth-prior"] = MostPopular.from_counts(statistics.item_counts)

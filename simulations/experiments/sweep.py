@@ -137,7 +137,7 @@ def reference_results(config: RunConfig) -> dict[str, dict[str, float]]:
     split = prepare(config.data()).split
     names = dict.fromkeys([*config.recommender_names(), "popularity"])
     return {
-        real_label(name): evaluate(build_recommender(name, config, synthetic=False).fit(split.train), split.test, EVAL)
+        real_label(name): evaluate(build_recommender(name, config, config.ease_l2).fit(split.train), split.test, EVAL)
         for name in names
     }
 
