@@ -28,8 +28,8 @@ from common.robust import RobustConfig
 from common.strategies import StrategyConfig
 
 NO_DP_EPSILON = 1e9  # the run config's ε for "no DP" (any value at least this large means ∞)
-SYNTHETIC_EASE_L2_PAIRS = 1000.0  # EASE λ on synthetic users fitted to a released co-occurrence
-SYNTHETIC_EASE_L2_FIRST_ORDER = 3000.0  # ... and on synthetic users from the first-order statistics only
+SYNTHETIC_EASE_L2_PAIRS = 1000.0  # EASE λ on synthetic users fitted to released taste structure (signal rank ≥ 2)
+SYNTHETIC_EASE_L2_FIRST_ORDER = 3000.0  # ... and on synthetic users that carry popularity only
 
 
 def epsilon_setting(epsilon: float) -> float:
@@ -193,7 +193,7 @@ class RunConfig:
         if not self.synthetic_ease_l2 >= 0:
             raise ConfigError(
                 f"synthetic-ease-l2 must be 0 (automatic: {SYNTHETIC_EASE_L2_PAIRS:g} when the models were fitted "
-                f"to a released co-occurrence, else {SYNTHETIC_EASE_L2_FIRST_ORDER:g}) or positive, "
+                f"to released taste structure, else {SYNTHETIC_EASE_L2_FIRST_ORDER:g}) or positive, "
                 f"got {self.synthetic_ease_l2}."
             )
         if not self.cooccurrence_min_signal >= 0:
@@ -263,16 +263,18 @@ class RunConfig:
     def federated_strategy(self) -> StrategyConfig:
         return StrategyConfig(self.strategy, self.proximal_mu, self.server_learning_rate, tau=self.server_tau)
 
-    def synthetic_ease_l2_for(self, pairs_released: bool) -> float:
+    def synthetic_ease_l2_for(self, signal_rank: int) -> float:
         """EASE's λ on this run's synthetic users: ``synthetic-ease-l2``, or when 0, by what the synthesis carries.
 
-        Fitted to a released co-occurrence (``pairs_released``) the synthetic users carry item-pair structure
-        and a smaller λ lets EASE use it; from the first order alone (nothing second-order released, or
-        ``marginal-items`` 0) their pairs are the generator's guesses and a larger λ keeps EASE near
-        popularity. Both values chosen on validation users (docs/results.md, "EASE's λ on synthetic users")."""
+        ``signal_rank``: the directions of the released co-occurrence above its noise edge
+        (:meth:`NoisyCooccurrence.signal_rank`; 0 when none was released). With r ≥ 2 the models were
+        fitted to taste structure beyond popularity, and a smaller λ lets EASE use it; with r ≤ 1 the
+        synthetic pairs beyond popularity are the generator's guesses, and a larger λ keeps EASE near
+        popularity. Both values and the cut chosen on validation users (docs/results.md, "EASE's λ on
+        synthetic users")."""
         if self.synthetic_ease_l2 > 0:
             return self.synthetic_ease_l2
-        return SYNTHETIC_EASE_L2_PAIRS if pairs_released else SYNTHETIC_EASE_L2_FIRST_ORDER
+        return SYNTHETIC_EASE_L2_PAIRS if signal_rank >= 2 else SYNTHETIC_EASE_L2_FIRST_ORDER
 
     def baselines(self) -> DPBaselineConfig:
         return DPBaselineConfig(self.statistics_clip, self.dp_ease_clip, self.dp_ease_items, self.ease_l2)

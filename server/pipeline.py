@@ -115,11 +115,16 @@ def secure_aggregation_summary(config: RunConfig) -> dict[str, Any]:
     }
 
 
+def signal_rank(training: TrainingResult) -> int:
+    """The released co-occurrence's directions above its noise edge (0: none released)."""
+    return training.cooccurrence.signal_rank() if training.cooccurrence is not None else 0
+
+
 def marginals_summary(config: RunConfig, training: TrainingResult) -> dict[str, Any]:
     """What second-order statistics were released and what the models were fitted to before the rounds."""
     if config.marginal_items == 0:
-        return {"marginal_items": 0, "fitted": False, "synthetic_ease_l2": config.synthetic_ease_l2_for(False)}
-    released = training.cooccurrence
+        return {"marginal_items": 0, "fitted": False, "synthetic_ease_l2": config.synthetic_ease_l2_for(0)}
+    released, rank = training.cooccurrence, signal_rank(training)
     fitted_rows = [f"synthetic-fitted-{name}" for name in fitted_model_names(config)] if released is not None else []
     return {
         "marginal_items": config.marginal_items,
@@ -131,7 +136,8 @@ def marginals_summary(config: RunConfig, training: TrainingResult) -> dict[str, 
         "noise_std_of_sum": released.noise_std if released is not None else None,
         "fitted": released is not None,
         "fit_steps": config.marginal_fit_steps,
-        "synthetic_ease_l2": config.synthetic_ease_l2_for(released is not None),
+        "signal_rank": rank,  # the release's directions above its noise edge; the first is popularity's
+        "synthetic_ease_l2": config.synthetic_ease_l2_for(rank),
         "fitted_row": fitted_rows[0] if fitted_rows else None,
         "fitted_rows": fitted_rows,
     }
@@ -256,7 +262,7 @@ def train_candidates(
 
     The central recommenders are fitted lazily, by :func:`evaluate_all`, one at a time: at 20,000
     items each EASE row is a 1.6 GB matrix, and only the one being evaluated is kept."""
-    synthetic_l2 = config.synthetic_ease_l2_for(training.cooccurrence is not None)
+    synthetic_l2 = config.synthetic_ease_l2_for(signal_rank(training))
     to_train = [
         (f"{label}/{name}", name, m, synthetic_l2)
         for label, m in synthetic.items()

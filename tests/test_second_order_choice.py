@@ -19,7 +19,7 @@ from client.budget import NodeBudget
 from client.handlers import handle_cooccurrence, handle_statistics
 from common import keys
 from common.errors import ConfigError
-from common.privacy.cooccurrence import marginal_items, popularity_eigenvalue, second_order_pays
+from common.privacy.cooccurrence import NoisyCooccurrence, marginal_items, popularity_eigenvalue, second_order_pays
 from common.privacy.ledger import RunIdentity
 from common.privacy.plan import plan_privacy
 from common.privacy.statistics import NoisyStatistics, statistics_contributions
@@ -134,15 +134,30 @@ def test_a_negative_min_signal_is_refused_before_anything_starts() -> None:
         RunConfig.from_run_config({"cooccurrence-min-signal": -1.0})
 
 
-def test_ease_on_synthetic_users_regularises_less_when_they_carry_released_pairs() -> None:
+def test_ease_on_synthetic_users_regularises_less_when_they_carry_released_taste_structure() -> None:
     automatic = RunConfig.from_run_config({})
     assert automatic.synthetic_ease_l2 == 0
-    assert automatic.synthetic_ease_l2_for(pairs_released=True) == SYNTHETIC_EASE_L2_PAIRS == 1000.0
-    assert automatic.synthetic_ease_l2_for(pairs_released=False) == SYNTHETIC_EASE_L2_FIRST_ORDER == 3000.0
+    assert automatic.synthetic_ease_l2_for(signal_rank=2) == SYNTHETIC_EASE_L2_PAIRS == 1000.0
+    for popularity_only in (0, 1):  # nothing released, or only the popularity direction above the noise
+        assert automatic.synthetic_ease_l2_for(popularity_only) == SYNTHETIC_EASE_L2_FIRST_ORDER == 3000.0
     chosen = RunConfig.from_run_config({"synthetic-ease-l2": 250.0})
-    assert chosen.synthetic_ease_l2_for(True) == chosen.synthetic_ease_l2_for(False) == 250.0
+    assert chosen.synthetic_ease_l2_for(5) == chosen.synthetic_ease_l2_for(0) == 250.0
     with pytest.raises(ConfigError, match="synthetic-ease-l2 must be 0 \\(automatic"):
         RunConfig.from_run_config({"synthetic-ease-l2": -1.0})
+
+
+def test_the_signal_rank_counts_the_directions_above_the_noise_edge() -> None:
+    """S = 90 v₁v₁ᵀ + 40 v₂v₂ᵀ + 3 v₃v₃ᵀ + symmetric noise on M = 100 items, stated std 1: edge 2·1·√100 = 20, so
+    two directions clear it (popularity and one taste direction); 3 is far below. (The noise drawn has std 0.5,
+    its spectrum ending near 10, so no pure-noise direction reaches the edge by chance.)"""
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.standard_normal((100, 3)))
+    signal = basis @ np.diag([90.0, 40.0, 3.0]) @ basis.T
+    noise = np.triu(0.5 * rng.standard_normal((100, 100)))
+    noise = noise + np.triu(noise, 1).T
+    released = NoisyCooccurrence(np.arange(100), signal + noise, 1.0)
+    assert released.signal_rank() == 2
+    assert NoisyCooccurrence(np.arange(100), noise, 1.0).signal_rank() == 0
 
 
 def test_the_items_stay_the_top_m_by_the_released_counts() -> None:

@@ -125,6 +125,11 @@ class NoisyCooccurrence:
         keep = values > edge * self.noise_std * np.sqrt(len(self.items))
         return vectors[:, keep], values[keep]
 
+    def signal_rank(self) -> int:
+        """r: how many directions of the release clear the noise edge (:meth:`signal_subspace`). The first is
+        popularity's; r ≥ 2 means taste structure beyond it that the fitted models can reproduce."""
+        return int(self.signal_subspace()[0].shape[1])
+
 
 def noisy_cooccurrence(
     rows: sp.csr_matrix, items: np.ndarray, noise_multiplier: float, rng: np.random.Generator

@@ -71,7 +71,7 @@ class Federation:
     plans: list[PrivacyPlan]
     statistics: NoisyStatistics
     bundle: ModelBundle
-    pairs_released: bool = False  # the models were fitted to a released co-occurrence (EASE's λ on synthetic users)
+    signal_rank: int = 0  # the released co-occurrence's directions above its noise (EASE's λ on synthetic users)
     targets: np.ndarray | None = None  # an attack's target items (``attack`` set), as the cheating silos hold them
 
 
@@ -98,7 +98,7 @@ def row_metrics(
     synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
     synthetic = synthesize(bundle, "vae", statistics.length_sampler(num_items), synthesis, seed)
     real = federation.prepared.split.train
-    l2 = config.synthetic_ease_l2_for(federation.pairs_released)
+    l2 = config.synthetic_ease_l2_for(federation.signal_rank)
     candidates: dict[str, Recommender] = {
         "synthetic/ease": EASE(l2).fit(synthetic),
         **(
@@ -139,7 +139,8 @@ def train(config: RunConfig, seed: int, num_clients: int) -> Federation:
     statistics, pairs = plain_releases(rows, plans, config, seed, silos)
     bundle = fitted_bundle(config, num_items, statistics, pairs)
     federated_rounds(bundle, rows, plans, config, seed, silos)
-    return Federation(prepared, rows, plans, statistics, bundle, pairs is not None, targets)
+    rank = pairs.signal_rank() if pairs is not None else 0
+    return Federation(prepared, rows, plans, statistics, bundle, rank, targets)
 
 
 def plain_releases(

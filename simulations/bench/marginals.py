@@ -115,7 +115,7 @@ def score(config: RunConfig, seed: int, num_clients: int, held_out_name: str, ro
         data["synthetic/ease"] = synthesize(refined, "vae", lengths, synthesis, seed)
         if "gan" in config.synthesizer_names():  # a row of the pipeline only when the GAN is trained
             data["synthetic-gan/ease"] = synthesize(refined, "gan", lengths, synthesis, seed)
-    l2 = config.synthetic_ease_l2_for(pairs is not None)
+    l2 = config.synthetic_ease_l2_for(pairs.signal_rank() if pairs is not None else 0)
     candidates: dict[str, Recommender] = {k: EASE(l2).fit(m) for k, m in data.items()}
     for label, matrix in data.items():  # the pipeline's MostPopular rows on the same synthetic data
         candidates[label.replace("/ease", "/popularity")] = MostPopular().fit(matrix)
