@@ -36,6 +36,7 @@ from common.errors import FedsynthError
 from common.fidelity import fidelity_report
 from common.io import to_plain, write_atomic, write_json_atomic
 from common.models.vae import MultVAEConfig
+from common.privacy.cooccurrence import signal_rank_of
 from common.recommenders import MostPopular, MultVAERecommender, Recommender
 from common.recommenders.registry import RecommenderSettings
 from common.recommenders.registry import build_recommender as build_named
@@ -115,16 +116,11 @@ def secure_aggregation_summary(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def signal_rank(training: TrainingResult) -> int:
-    """The released co-occurrence's directions above its noise edge (0: none released)."""
-    return training.cooccurrence.signal_rank() if training.cooccurrence is not None else 0
-
-
 def marginals_summary(config: RunConfig, training: TrainingResult) -> dict[str, Any]:
     """What second-order statistics were released and what the models were fitted to before the rounds."""
     if config.marginal_items == 0:
         return {"marginal_items": 0, "fitted": False, "synthetic_ease_l2": config.synthetic_ease_l2_for(0)}
-    released, rank = training.cooccurrence, signal_rank(training)
+    released, rank = training.cooccurrence, signal_rank_of(training.cooccurrence)
     fitted_rows = [f"synthetic-fitted-{name}" for name in fitted_model_names(config)] if released is not None else []
     return {
         "marginal_items": config.marginal_items,
@@ -262,7 +258,7 @@ def train_candidates(
 
     The central recommenders are fitted lazily, by :func:`evaluate_all`, one at a time: at 20,000
     items each EASE row is a 1.6 GB matrix, and only the one being evaluated is kept."""
-    synthetic_l2 = config.synthetic_ease_l2_for(signal_rank(training))
+    synthetic_l2 = config.synthetic_ease_l2_for(signal_rank_of(training.cooccurrence))
     to_train = [
         (f"{label}/{name}", name, m, synthetic_l2)
         for label, m in synthetic.items()

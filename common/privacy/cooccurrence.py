@@ -22,6 +22,7 @@ first-order counts only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -121,14 +122,25 @@ class NoisyCooccurrence:
         signal; below it, the release says nothing the noise could not have made. A fit constrained
         on span(V) only leaves the other directions free instead of forcing them to 0.
         """
-        values, vectors = np.linalg.eigh(self.matrix)
+        values, vectors = self.spectrum
         keep = values > edge * self.noise_std * np.sqrt(len(self.items))
         return vectors[:, keep], values[keep]
+
+    @cached_property
+    def spectrum(self) -> tuple[np.ndarray, np.ndarray]:
+        """(eigenvalues (M,) ascending, eigenvectors (M, M)) of the noisy matrix, computed once per release
+        (O(M³): the fit, the λ choice and the report all read it)."""
+        return np.linalg.eigh(self.matrix)
 
     def signal_rank(self) -> int:
         """r: how many directions of the release clear the noise edge (:meth:`signal_subspace`). The first is
         popularity's; r ≥ 2 means taste structure beyond it that the fitted models can reproduce."""
         return int(self.signal_subspace()[0].shape[1])
+
+
+def signal_rank_of(release: NoisyCooccurrence | None) -> int:
+    """:meth:`NoisyCooccurrence.signal_rank` of ``release``; 0 when no co-occurrence was released."""
+    return release.signal_rank() if release is not None else 0
 
 
 def noisy_cooccurrence(

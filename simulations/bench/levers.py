@@ -44,7 +44,7 @@ from common.data.partition import partition_users
 from common.data.pipeline import PreparedData, prepare
 from common.data.split import HeldOutUsers
 from common.evaluation import evaluate
-from common.privacy.cooccurrence import NoisyCooccurrence, marginal_items, noisy_cooccurrence
+from common.privacy.cooccurrence import NoisyCooccurrence, marginal_items, noisy_cooccurrence, signal_rank_of
 from common.privacy.fedsgd import apply_gradient, clipped_gradient_sum, gradient_quantizer, poisson_sample
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.plan import PrivacyPlan, plan_privacy
@@ -139,8 +139,7 @@ def train(config: RunConfig, seed: int, num_clients: int) -> Federation:
     statistics, pairs = plain_releases(rows, plans, config, seed, silos)
     bundle = fitted_bundle(config, num_items, statistics, pairs)
     federated_rounds(bundle, rows, plans, config, seed, silos)
-    rank = pairs.signal_rank() if pairs is not None else 0
-    return Federation(prepared, rows, plans, statistics, bundle, rank, targets)
+    return Federation(prepared, rows, plans, statistics, bundle, signal_rank_of(pairs), targets)
 
 
 def plain_releases(

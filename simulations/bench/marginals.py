@@ -45,7 +45,7 @@ from common.data.partition import partition_users
 from common.data.pipeline import prepare
 from common.evaluation import evaluate
 from common.fidelity import cooccurrence_correlation
-from common.privacy.cooccurrence import NoisyCooccurrence, from_upper, marginal_items
+from common.privacy.cooccurrence import NoisyCooccurrence, from_upper, marginal_items, signal_rank_of
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.plan import PrivacyPlan, plan_privacy
 from common.privacy.secure_baselines import secure_release
@@ -115,7 +115,7 @@ def score(config: RunConfig, seed: int, num_clients: int, held_out_name: str, ro
         data["synthetic/ease"] = synthesize(refined, "vae", lengths, synthesis, seed)
         if "gan" in config.synthesizer_names():  # a row of the pipeline only when the GAN is trained
             data["synthetic-gan/ease"] = synthesize(refined, "gan", lengths, synthesis, seed)
-    l2 = config.synthetic_ease_l2_for(pairs.signal_rank() if pairs is not None else 0)
+    l2 = config.synthetic_ease_l2_for(signal_rank_of(pairs))
     candidates: dict[str, Recommender] = {k: EASE(l2).fit(m) for k, m in data.items()}
     for label, matrix in data.items():  # the pipeline's MostPopular rows on the same synthetic data
         candidates[label.replace("/ease", "/popularity")] = MostPopular().fit(matrix)
