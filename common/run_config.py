@@ -84,6 +84,7 @@ class RunConfig:
     marginal_items: int = 500  # M items of the second-order DP release the models are fitted to (0: none; see README)
     cooccurrence_share: float = 0.8  # of the statistics' share of ε, the part for that second-order release
     marginal_fit_steps: int = 300  # Adam steps fitting the generator and the VAE decoder to the DP marginals
+    marginal_fit_loss: str = "likelihood"  # or "relative" (common/models/marginal_fit.py; presets/large-silos.toml)
     cooccurrence_min_signal: float = MIN_SIGNAL_DEFAULT  # release the co-occurrence only above it (see README)
     local_epochs: int = 1
     discriminator_steps: int = 10
@@ -258,7 +259,9 @@ class RunConfig:
         return RobustConfig(self.robust_aggregation, self.robust_malicious)
 
     def marginal_fit(self) -> MarginalFitConfig:
-        return MarginalFitConfig(steps=self.marginal_fit_steps, temperature=self.synthesis_temperature)
+        return MarginalFitConfig(
+            steps=self.marginal_fit_steps, temperature=self.synthesis_temperature, loss=self.marginal_fit_loss
+        )
 
     def federated_strategy(self) -> StrategyConfig:
         return StrategyConfig(self.strategy, self.proximal_mu, self.server_learning_rate, tau=self.server_tau)

@@ -96,6 +96,7 @@ def test_the_large_silos_preset_is_a_valid_run_config_without_the_gan(tmp_path: 
     assert config.synthesizer_names() == ["vae"] and not config.local().train_gan
     assert config.vae_learning_rate == 0.001 and config.local_epochs == 1  # refining the fitted start
     assert config.marginal_items == 500 and config.marginal_fit_steps == 1000
+    assert config.marginal_fit().loss == "relative" and config.synthetic_users == 30000
 
 
 @pytest.mark.parametrize(("preset", "items"), [("ml20m-shape.toml", 20_000), ("ml32m-shape.toml", 27_000)])

@@ -20,6 +20,12 @@ and the loss is the Gaussian log-likelihood of the measurements, each weighted b
 
 with c̃ the summed noisy counts, S̃ the summed noisy co-occurrence and V (M, r) its eigen-
 directions above the noise's spectral edge 2σ_S√M (:meth:`NoisyCooccurrence.signal_subspace`).
+``loss = "relative"`` (``marginal-fit-loss``) weights the pair (k, l) of the second term by
+median(ℓ) / √(ℓ_k ℓ_l), ℓ = diag(Vᵀ S̃ V) the released eigenvalues: the errors relative to the
+directions' sizes, so the weak taste directions, which EASE's inverse Gram leans on, count as much
+as the strong popularity one. It is not the likelihood any more; where the model cannot match
+every direction (it cannot: at 10⁴ users per silo, ε = 8, the fit's χ² is ~10× the measurements'
+count) it chooses which errors to leave (measured: docs/results.md, "Which loss").
 Vᵀ N V of a symmetric Gaussian noise matrix N with i.i.d. N(0, σ²) entries has i.i.d. N(0, σ²)
 upper entries again (V orthonormal), so the weighting stays the likelihood's; the directions
 below the edge, where the release cannot tell signal from noise, are left free rather than
@@ -48,6 +54,7 @@ if TYPE_CHECKING:
     from common.bundle import ModelBundle
 
 Logits = Callable[[torch.Tensor], torch.Tensor]  # z (B, latent) → item logits (B, n_items)
+FIT_LOSSES = ("likelihood", "relative")
 
 
 @dataclass(frozen=True)
@@ -91,10 +98,13 @@ class MarginalFitConfig:
     batch_size: int = 256  # generated users per step (512: 3× the time per step on 6,298 items, the λ solve)
     learning_rate: float = 3e-3
     temperature: float = 0.5
+    loss: str = "likelihood"  # or "relative": the pair errors relative to the directions' sizes (module docstring)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"marginal-fit-steps must be at least 1, got {self.steps}.")
+        if self.loss not in FIT_LOSSES:
+            raise ConfigError(f"marginal-fit-loss must be one of {', '.join(FIT_LOSSES)}, got {self.loss!r}.")
         if not self.learning_rate > 0 or not self.temperature > 0:
             raise ConfigError("the marginal fit's learning rate and temperature must be positive.")
 
@@ -128,17 +138,42 @@ def expected_marginals(
     return counts, scale * pairs
 
 
-def marginal_loss(p: torch.Tensor, lengths: torch.Tensor, targets: MarginalTargets) -> torch.Tensor:
-    """L = ‖ĉ − c̃‖²/σ_c² + ‖triu(Vᵀ(Ŝ − S̃)V)‖²/σ_S² (noise stds floored at 1e-3 for exact, non-private targets)."""
+@dataclass(frozen=True)
+class SubspaceTarget:
+    """The fitted part of the co-occurrence, computed once per fit: V (M, r), Vᵀ S̃ V (r, r) and the weight
+    of each upper entry of the difference ((r(r + 1)/2,), 1/σ_S² under the likelihood)."""
+
+    basis: torch.Tensor
+    measured: torch.Tensor
+    weights: torch.Tensor
+
+    @classmethod
+    def of(cls, targets: MarginalTargets, loss: str = "likelihood") -> SubspaceTarget | None:
+        """None when nothing second-order is fitted (first order only, or r = 0)."""
+        if targets.basis is None or targets.cooccurrence is None or not targets.basis.size:
+            return None
+        basis = torch.as_tensor(targets.basis, dtype=torch.float32)
+        measured = basis.T @ torch.as_tensor(targets.cooccurrence, dtype=torch.float32) @ basis
+        rows, cols = torch.triu_indices(basis.shape[1], basis.shape[1])
+        weights = torch.full((len(rows),), 1.0 / max(targets.cooccurrence_std, 1e-3) ** 2)
+        if loss == "relative":
+            sizes = torch.clamp(torch.diagonal(measured), min=1e-6)  # above the noise edge, so positive
+            weights = weights * sizes.median() / torch.sqrt(sizes[rows] * sizes[cols])
+        return cls(basis, measured, weights)
+
+
+def marginal_loss(
+    p: torch.Tensor, lengths: torch.Tensor, targets: MarginalTargets, subspace: SubspaceTarget | None = None
+) -> torch.Tensor:
+    """L = ‖ĉ − c̃‖²/σ_c² + Σ w · triu(Vᵀ(Ŝ − S̃)V)² (noise stds floored at 1e-3 for exact, non-private targets);
+    ``subspace`` None: first order only."""
     counts, pairs = expected_marginals(p, lengths, targets)
     observed = torch.as_tensor(targets.item_counts, dtype=p.dtype)
     loss = ((counts - observed) ** 2).sum() / max(targets.counts_std, 1e-3) ** 2
-    if pairs is not None and targets.basis is not None and targets.cooccurrence is not None and targets.basis.size:
-        basis = torch.as_tensor(targets.basis, dtype=p.dtype)
-        measured = basis.T @ torch.as_tensor(targets.cooccurrence, dtype=p.dtype) @ basis
-        rows, cols = torch.triu_indices(basis.shape[1], basis.shape[1])
-        difference = (basis.T @ pairs @ basis - measured)[rows, cols]
-        loss = loss + (difference**2).sum() / max(targets.cooccurrence_std, 1e-3) ** 2
+    if pairs is not None and subspace is not None:
+        rows, cols = torch.triu_indices(subspace.basis.shape[1], subspace.basis.shape[1])
+        difference = (subspace.basis.T @ pairs @ subspace.basis - subspace.measured)[rows, cols]
+        loss = loss + (subspace.weights * difference**2).sum()
     return loss
 
 
@@ -156,12 +191,14 @@ def fit_model(
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.Adam(list(parameters), lr=config.learning_rate)
     num_items = len(targets.item_counts)
+    subspace = SubspaceTarget.of(targets, config.loss)
     first = last = float("nan")
     for step in range(config.steps):
         z = torch.randn(config.batch_size, latent_dim, generator=generator)
         drawn = np.clip(lengths.sample(config.batch_size, rng), 1, max(1, num_items - 1))
         ell = torch.as_tensor(drawn, dtype=torch.float32)
-        loss = marginal_loss(inclusion_probabilities(logits_of(z), ell, config.temperature), ell, targets)
+        p = inclusion_probabilities(logits_of(z), ell, config.temperature)
+        loss = marginal_loss(p, ell, targets, subspace)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
