@@ -19,6 +19,7 @@ from client.budget import NodeBudget
 from client.handlers import handle_cooccurrence, handle_statistics
 from common import keys
 from common.errors import ConfigError
+from common.privacy.clipped_sums import symmetric_noise
 from common.privacy.cooccurrence import NoisyCooccurrence, marginal_items, popularity_eigenvalue, second_order_pays
 from common.privacy.ledger import RunIdentity
 from common.privacy.plan import plan_privacy
@@ -153,8 +154,7 @@ def test_the_signal_rank_counts_the_directions_above_the_noise_edge() -> None:
     rng = np.random.default_rng(0)
     basis, _ = np.linalg.qr(rng.standard_normal((100, 3)))
     signal = basis @ np.diag([90.0, 40.0, 3.0]) @ basis.T
-    noise = np.triu(0.5 * rng.standard_normal((100, 100)))
-    noise = noise + np.triu(noise, 1).T
+    noise = symmetric_noise(100, 0.5, rng)
     released = NoisyCooccurrence(np.arange(100), signal + noise, 1.0)
     assert released.signal_rank() == 2
     assert NoisyCooccurrence(np.arange(100), noise, 1.0).signal_rank() == 0

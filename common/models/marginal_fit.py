@@ -140,11 +140,12 @@ def expected_marginals(
 
 @dataclass(frozen=True)
 class SubspaceTarget:
-    """The fitted part of the co-occurrence, computed once per fit: V (M, r), Vᵀ S̃ V (r, r) and the weight
-    of each upper entry of the difference ((r(r + 1)/2,), 1/σ_S² under the likelihood)."""
+    """The fitted part of the co-occurrence, computed once per fit: V (M, r), Vᵀ S̃ V (r, r), the upper
+    triangle's (rows, cols) and the weight of each of its entries ((r(r + 1)/2,), 1/σ_S² under the likelihood)."""
 
     basis: torch.Tensor
     measured: torch.Tensor
+    upper: tuple[torch.Tensor, torch.Tensor]
     weights: torch.Tensor
 
     @classmethod
@@ -159,20 +160,19 @@ class SubspaceTarget:
         if loss == "relative":
             sizes = torch.clamp(torch.diagonal(measured), min=1e-6)  # above the noise edge, so positive
             weights = weights * sizes.median() / torch.sqrt(sizes[rows] * sizes[cols])
-        return cls(basis, measured, weights)
+        return cls(basis, measured, (rows, cols), weights)
 
 
 def marginal_loss(
-    p: torch.Tensor, lengths: torch.Tensor, targets: MarginalTargets, subspace: SubspaceTarget | None = None
+    p: torch.Tensor, lengths: torch.Tensor, targets: MarginalTargets, subspace: SubspaceTarget | None
 ) -> torch.Tensor:
     """L = ‖ĉ − c̃‖²/σ_c² + Σ w · triu(Vᵀ(Ŝ − S̃)V)² (noise stds floored at 1e-3 for exact, non-private targets);
-    ``subspace`` None: first order only."""
+    ``subspace`` (:meth:`SubspaceTarget.of` of ``targets``) None: first order only."""
     counts, pairs = expected_marginals(p, lengths, targets)
     observed = torch.as_tensor(targets.item_counts, dtype=p.dtype)
     loss = ((counts - observed) ** 2).sum() / max(targets.counts_std, 1e-3) ** 2
     if pairs is not None and subspace is not None:
-        rows, cols = torch.triu_indices(subspace.basis.shape[1], subspace.basis.shape[1])
-        difference = (subspace.basis.T @ pairs @ subspace.basis - subspace.measured)[rows, cols]
+        difference = (subspace.basis.T @ pairs @ subspace.basis - subspace.measured)[subspace.upper]
         loss = loss + (subspace.weights * difference**2).sum()
     return loss
 
