@@ -319,8 +319,9 @@ def fitted_bundle(
     if config.marginal_items == 0 or cooccurrence is None:  # nothing beyond the prior's first order to fit
         return bundle
     started = time.perf_counter()
-    targets = MarginalTargets.from_releases(statistics, cooccurrence, config.statistics_clip)
-    losses = fit_bundle(bundle, targets, statistics.length_sampler(num_items), config.marginal_fit(), config.seed)
+    fit = config.marginal_fit()
+    targets = MarginalTargets.from_releases(statistics, cooccurrence, config.statistics_clip, fit.directions)
+    losses = fit_bundle(bundle, targets, statistics.length_sampler(num_items), fit, config.seed)
     log.info(
         "fedsynth marginal fit: generator and VAE decoder fitted to the DP marginals (%s; %.1f s)",
         ", ".join(f"{name} loss {first:.4g} -> {last:.4g}" for name, (first, last) in losses.items()),

@@ -133,6 +133,7 @@ def marginals_summary(config: RunConfig, training: TrainingResult) -> dict[str, 
         "fitted": released is not None,
         "fit_steps": config.marginal_fit_steps,
         "fit_loss": config.marginal_fit_loss,
+        "fit_directions": config.marginal_fit_directions,
         "signal_rank": rank,  # the release's directions above its noise edge; the first is popularity's
         "synthetic_ease_l2": config.synthetic_ease_l2_for(rank),
         "fitted_row": fitted_rows[0] if fitted_rows else None,

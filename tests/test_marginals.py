@@ -30,7 +30,7 @@ from common.models.marginal_fit import (
     inclusion_probabilities,
 )
 from common.privacy.accounting import epsilon
-from common.privacy.clipped_sums import clipped_counts
+from common.privacy.clipped_sums import clipped_counts, symmetric_noise
 from common.privacy.cooccurrence import (
     NoisyCooccurrence,
     check_items,
@@ -42,7 +42,7 @@ from common.privacy.cooccurrence import (
 )
 from common.privacy.ledger import RunIdentity
 from common.privacy.plan import plan_privacy
-from common.privacy.statistics import LogNormalLengths
+from common.privacy.statistics import LogNormalLengths, NoisyStatistics
 from common.run_config import RunConfig
 from tests.test_secure_release import InProcessGrid, node_rows
 
@@ -117,6 +117,44 @@ def test_bad_item_lists_are_refused_with_the_reason(items: list[int]) -> None:
 def test_an_unknown_fit_loss_is_refused_before_anything_starts_naming_the_key() -> None:
     with pytest.raises(ConfigError, match="marginal-fit-loss must be one of likelihood, relative, got 'chi2'"):
         RunConfig.from_run_config({"marginal-fit-loss": "chi2"})
+
+
+def test_an_unknown_fit_direction_set_is_refused_before_anything_starts_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match="marginal-fit-directions must be one of all, signal, got 'top'"):
+        RunConfig.from_run_config({"marginal-fit-directions": "top"})
+
+
+def test_the_fit_targets_every_direction_of_the_release_or_only_those_above_its_noise_edge() -> None:
+    """One direction of 40 ≫ the edge 2·0.5·√100 = 10 in symmetric noise: "signal" fits it alone, "all" the
+    whole orthonormal eigenbasis, where Vᵀ S̃ V is the diagonal of the release's eigenvalues."""
+    direction = np.ones(100) / 10.0
+    release = NoisyCooccurrence(
+        np.arange(100), 40.0 * np.outer(direction, direction) + symmetric_noise(100, 0.5, np.random.default_rng(1)), 0.5
+    )
+    statistics = NoisyStatistics(np.ones(200), np.array([0.0, 50.0, 50.0]), 1.0)
+    signal = MarginalTargets.from_releases(statistics, release, 4.0, "signal")
+    every = MarginalTargets.from_releases(statistics, release, 4.0, "all")
+    assert signal.basis is not None and every.basis is not None
+    assert signal.basis.shape == (100, 1) and every.basis.shape == (100, 100)
+    np.testing.assert_allclose(every.basis.T @ every.basis, np.eye(100), atol=1e-8)
+    fitted = SubspaceTarget.of(every)
+    assert fitted is not None and len(fitted.weights) == 100 * 101 // 2
+    np.testing.assert_allclose(np.diagonal(fitted.measured.numpy()), release.spectrum[0], rtol=1e-4, atol=1e-3)
+
+
+def test_under_the_relative_loss_directions_of_noise_size_weigh_as_under_the_likelihood() -> None:
+    """Eigenvalues 400 and four below the noise edge 2·1·√5 ≈ 4.47 (σ_S = 1): their sizes floor at the edge, the
+    median is the edge, so the pairs of two noise directions weigh 1/σ² = 1 and (strong, strong) edge/400."""
+    basis = np.linalg.qr(np.random.default_rng(0).normal(size=(5, 5)))[0]
+    release = (basis * np.array([400.0, 3.0, 1.0, -1.0, -3.0])) @ basis.T
+    targets = MarginalTargets(np.ones(5), 1.0, 4.0, 10.0, release, 1.0, np.arange(5), basis)
+    relative = SubspaceTarget.of(targets, "relative")
+    assert relative is not None
+    edge = 2.0 * np.sqrt(5.0)
+    weights = dict(zip(zip(*(i.tolist() for i in relative.upper), strict=True), relative.weights.tolist(), strict=True))
+    assert weights[(0, 0)] == pytest.approx(edge / 400.0, rel=1e-5)
+    assert weights[(0, 3)] == pytest.approx(edge / np.sqrt(400.0 * edge), rel=1e-5)
+    assert all(weights[(k, l)] == pytest.approx(1.0) for k in range(1, 5) for l in range(k, 5))
 
 
 def test_the_relative_loss_weights_each_pair_of_directions_by_the_median_over_their_geometric_mean_size() -> None:
