@@ -85,7 +85,7 @@ class RunConfig:
     cooccurrence_share: float = 0.8  # of the statistics' share of ε, the part for that second-order release
     marginal_fit_steps: int = 300  # Adam steps fitting the generator and the VAE decoder to the DP marginals
     marginal_fit_loss: str = "likelihood"  # or "relative" (common/models/marginal_fit.py; presets/large-silos.toml)
-    marginal_fit_directions: str = "all"  # or "signal": the co-occurrence's directions fitted (common/models/marginal_fit.py)
+    marginal_fit_directions: str = "all"  # or "signal": which directions are fitted (common/models/marginal_fit.py)
     cooccurrence_min_signal: float = MIN_SIGNAL_DEFAULT  # release the co-occurrence only above it (see README)
     local_epochs: int = 1
     discriminator_steps: int = 10

@@ -154,7 +154,7 @@ def test_under_the_relative_loss_directions_of_noise_size_weigh_as_under_the_lik
     weights = dict(zip(zip(*(i.tolist() for i in relative.upper), strict=True), relative.weights.tolist(), strict=True))
     assert weights[(0, 0)] == pytest.approx(edge / 400.0, rel=1e-5)
     assert weights[(0, 3)] == pytest.approx(edge / np.sqrt(400.0 * edge), rel=1e-5)
-    assert all(weights[(k, l)] == pytest.approx(1.0) for k in range(1, 5) for l in range(k, 5))
+    assert all(weights[(k, j)] == pytest.approx(1.0) for k in range(1, 5) for j in range(k, 5))
 
 
 def test_the_relative_loss_weights_each_pair_of_directions_by_the_median_over_their_geometric_mean_size() -> None:
