@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from common.privacy.baselines import dp_gram, dp_popularity
+from common.privacy.cooccurrence import noise_edge
 from common.privacy.secure_baselines import secure_dp_gram, secure_dp_popularity
 from common.recommenders import MostPopular, Recommender
 from common.recommenders.ease import SubsetEASE
@@ -37,7 +38,7 @@ def baseline_recommenders(
         popularity = dp_popularity(clients, target_epsilon, deltas, settings.popularity_clip, seed)
         gram, counts = dp_gram(clients, target_epsilon, deltas, settings, seed)
     assert gram.items is not None
-    l2 = settings.ease_l2 + 2.0 * gram.noise_std * np.sqrt(len(gram.items))
+    l2 = settings.ease_l2 + noise_edge(gram.noise_std, len(gram.items))
     fallback = counts if counts is not None else np.zeros(clients[0].shape[1])
     recommenders: dict[str, Recommender] = {
         "dp-popularity": MostPopular.from_counts(popularity.value),

@@ -31,6 +31,7 @@ from common.privacy.cooccurrence import (
     NoisyCooccurrence,
     from_upper,
     marginal_items,
+    noise_edge,
     popularity_eigenvalue,
     second_order_pays,
 )
@@ -204,7 +205,7 @@ def cooccurrence_expected_to_pay(
     """:func:`second_order_pays` with the noise std the sum would carry, predicted from the plan of a node of
     N̂ / K users (N̂: the DP histogram's total); logged either way. Post-processing: no ε."""
     std = predicted_cooccurrence_std(config, float(statistics.length_histogram.sum()), num_nodes)
-    signal, edge = popularity_eigenvalue(statistics.item_counts, items), 2.0 * std * np.sqrt(len(items))
+    signal, edge = popularity_eigenvalue(statistics.item_counts, items), noise_edge(std, len(items))
     pays = second_order_pays(statistics.item_counts, items, std, config.cooccurrence_min_signal)
     log.info(
         "fedsynth co-occurrence: predicted signal %.3g vs noise edge %.3g (cooccurrence-min-signal %g): %s",

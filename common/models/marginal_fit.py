@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import ConfigError
-from common.privacy.cooccurrence import NoisyCooccurrence
+from common.privacy.cooccurrence import NoisyCooccurrence, noise_edge
 from common.privacy.statistics import LengthSource, NoisyStatistics
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ class SubspaceTarget:
         rows, cols = torch.triu_indices(basis.shape[1], basis.shape[1])
         weights = torch.full((len(rows),), 1.0 / max(targets.cooccurrence_std, 1e-3) ** 2)
         if loss == "relative":  # sizes floored at the noise edge 2σ_S√M (directions of noise size: the likelihood)
-            edge = 2.0 * max(targets.cooccurrence_std, 1e-3) * np.sqrt(len(targets.cooccurrence))
+            edge = noise_edge(max(targets.cooccurrence_std, 1e-3), len(targets.cooccurrence))
             sizes = torch.clamp(torch.diagonal(measured), min=edge)
             weights = weights * sizes.median() / torch.sqrt(sizes[rows] * sizes[cols])
         return cls(basis, measured, (rows, cols), weights)
@@ -197,16 +197,17 @@ def fit_model(
     parameters: Iterable[torch.nn.Parameter],
     latent_dim: int,
     targets: MarginalTargets,
+    subspace: SubspaceTarget | None,
     lengths: LengthSource,
     config: MarginalFitConfig,
     seed: int,
 ) -> tuple[float, float]:
-    """Adam on ``parameters`` to minimise :func:`marginal_loss`; (first step's loss, last step's loss)."""
+    """Adam on ``parameters`` to minimise :func:`marginal_loss` (``subspace``: :meth:`SubspaceTarget.of`
+    ``targets``); (first step's loss, last step's loss)."""
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.Adam(list(parameters), lr=config.learning_rate)
     num_items = len(targets.item_counts)
-    subspace = SubspaceTarget.of(targets, config.loss)
     first = last = float("nan")
     for step in range(config.steps):
         z = torch.randn(config.batch_size, latent_dim, generator=generator)
@@ -229,7 +230,12 @@ def fit_bundle(
     generator, vae = bundle.generator, bundle.vae
     generator.train()
     vae.train()
+    subspace = SubspaceTarget.of(targets, config.loss)  # O(M³) at M × M: once for both models
     return {
-        "gan": fit_model(generator, generator.net.parameters(), generator.noise_dim, targets, lengths, config, seed),
-        "vae": fit_model(vae.decode, vae.decoder.parameters(), vae.latent_dim, targets, lengths, config, seed + 1),
+        "gan": fit_model(
+            generator, generator.net.parameters(), generator.noise_dim, targets, subspace, lengths, config, seed
+        ),
+        "vae": fit_model(
+            vae.decode, vae.decoder.parameters(), vae.latent_dim, targets, subspace, lengths, config, seed + 1
+        ),
     }

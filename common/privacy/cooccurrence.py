@@ -50,6 +50,13 @@ def popularity_eigenvalue(item_counts: np.ndarray, items: np.ndarray) -> float:
     return float(np.sum(counts[items] ** 2) / total) if total > 0 else 0.0
 
 
+def noise_edge(noise_std: float, size: int) -> float:
+    """2σ√M: the top of the spectrum of an M × M symmetric noise matrix with i.i.d. N(0, σ²) entries
+    (semicircle law). A direction of the noisy release above it carries signal; below it, the release says
+    nothing the noise could not have made."""
+    return 2.0 * noise_std * float(np.sqrt(size))
+
+
 def second_order_pays(item_counts: np.ndarray, items: np.ndarray, noise_std: float, min_signal: float) -> bool:
     """Whether the co-occurrence over ``items``, released with noise std ``noise_std`` per entry of the
     sum, is expected to carry structure: :func:`popularity_eigenvalue` ≥ ``min_signal`` × the noise's
@@ -57,8 +64,7 @@ def second_order_pays(item_counts: np.ndarray, items: np.ndarray, noise_std: flo
     edge), and its budget buys more as a second first-order release. Post-processing of released
     counts and of the plan (no data): costs no ε. ``min_signal`` 0: always release it.
     """
-    edge = 2.0 * noise_std * np.sqrt(len(items))
-    return popularity_eigenvalue(item_counts, items) >= min_signal * edge
+    return popularity_eigenvalue(item_counts, items) >= min_signal * noise_edge(noise_std, len(items))
 
 
 def marginal_items(item_counts: np.ndarray, count: int) -> np.ndarray:
@@ -115,15 +121,12 @@ class NoisyCooccurrence:
             self.items, self.matrix + other.matrix, float(np.hypot(self.noise_std, other.noise_std))
         )
 
-    def signal_subspace(self, edge: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
-        """(V (M, r), Λ (r,)): the eigen-directions of the noisy matrix with eigenvalue above ``edge``·σ√M.
-
-        2σ√M is the edge of the noise's spectrum (semicircle law): a direction above it carries
-        signal; below it, the release says nothing the noise could not have made. A fit constrained
-        on span(V) only leaves the other directions free instead of forcing them to 0.
-        """
+    def signal_subspace(self) -> tuple[np.ndarray, np.ndarray]:
+        """(V (M, r), Λ (r,)): the eigen-directions of the noisy matrix with eigenvalue above its
+        :func:`noise_edge` 2σ√M. A fit constrained on span(V) only leaves the other directions free
+        instead of forcing them to 0."""
         values, vectors = self.spectrum
-        keep = values > edge * self.noise_std * np.sqrt(len(self.items))
+        keep = values > noise_edge(self.noise_std, len(self.items))
         return vectors[:, keep], values[keep]
 
     @cached_property
