@@ -9,7 +9,6 @@ the node's own cap, and a request that does not fit is refused with the reason, 
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from client.secure import (
     start_secure_release,
     update_quantizer,
 )
-from client.training import train_local_round
+from client.training import RoundSeeds, train_local_round
 from common import keys
 from common.bundle import ModelBundle
 from common.device import training_device
@@ -37,7 +36,7 @@ from common.privacy.plan import PrivacyPlan, plan_privacy
 from common.privacy.statistics import STATISTICS, NoisyStatistics, noisy_statistics
 from common.run_config import RunConfig
 from common.secagg.updates import UPDATE, encode_update
-from common.seeding import seed_for
+from common.seeding import mechanism_seed
 
 _PLAN = "privacy-plan"
 
@@ -60,15 +59,21 @@ def run_identity(content: RecordDict, run_id: int) -> RunIdentity:
     return RunIdentity(run_id, str(request.get(keys.RUN_KEY, "")), str(request.get(keys.REQUESTER, "")))
 
 
+def reproducible_from(config: RunConfig) -> int | None:
+    """The run seed when the run asks for ``reproducible-noise`` (simulation only: a deployed node refuses
+    it at admission, :func:`client.data.check_node_settings`), else None (fresh OS entropy)."""
+    return config.seed if config.reproducible_noise else None
+
+
 def release_seed(config: RunConfig, purpose: str) -> int:
     """The seed of a release's DP randomness (noise, Poisson sampling, rounding): fresh OS entropy.
 
     Anyone who knows the seed can regenerate the noise and subtract it, and the run config (which
     holds ``seed``) comes from the server; so the noise is never derived from it, unless the run
     asks for ``reproducible-noise`` (simulation studies only: DP then does not hold against whoever
-    knows the run config, which metrics.json states).
+    knows the run config, which metrics.json states). Each ``purpose`` is one mechanism.
     """
-    return seed_for(config.seed, purpose) if config.reproducible_noise else secrets.randbits(63)
+    return mechanism_seed(purpose, reproducible_from(config))
 
 
 def refusal(reason: str, ledger: PrivacyLedger | None = None, delta: float = 0.0) -> RecordDict:
@@ -350,9 +355,9 @@ def train_round(
     local = config.local()
     bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)
     bundle.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
-    seed = release_seed(config, f"local-round-{server_round}")
+    seeds = RoundSeeds.for_round(server_round, reproducible_from(config))  # one per mechanism
     device = training_device(config.device)
-    vae, gan = train_local_round(bundle, rows, plan, config.privacy(), local, server_round, seed, device)
+    vae, gan = train_local_round(bundle, rows, plan, config.privacy(), local, server_round, seeds, device)
     # Opacus counts the private steps it ran; without DP the plan's noise-free events (ε = ∞) are recorded.
     spent = vae.events + gan.events if plan.private else plan.round_events()
     return bundle.state_dict(), {**vae.losses, **gan.losses}, spent

@@ -29,7 +29,28 @@ from common.privacy.accounting import DPEvent
 from common.privacy.dp import CSRRows, PrivacyConfig, loader, local_sgd, steps_per_epoch
 from common.privacy.plan import PrivacyPlan
 from common.run_config import LocalTrainingConfig
+from common.seeding import mechanism_seed
 from common.strategies import ProximalTerm
+
+
+@dataclass(frozen=True)
+class RoundSeeds:
+    """One round's two mechanisms' seeds (:func:`common.seeding.mechanism_seed`, one call each)."""
+
+    vae: int
+    gan: int
+
+    def __post_init__(self) -> None:
+        if self.vae == self.gan:
+            raise ValueError("the VAE's and the discriminator's DP-SGD must not share a seed (their noise would cancel)")
+
+    @classmethod
+    def for_round(cls, server_round: int, reproducible_from: int | None = None) -> RoundSeeds:
+        """Fresh seeds (``reproducible_from=None``), or derived per model and round (simulation studies)."""
+        return cls(
+            mechanism_seed(f"round-{server_round}/vae", reproducible_from),
+            mechanism_seed(f"round-{server_round}/gan", reproducible_from),
+        )
 
 
 @dataclass(frozen=True)
@@ -168,17 +189,19 @@ def train_local_round(
     privacy: PrivacyConfig,
     local: LocalTrainingConfig,
     server_round: int,
-    seed: int,
+    seeds: RoundSeeds,
     device: torch.device | None = None,
 ) -> tuple[RoundResult, RoundResult]:
     """A client's round on ``bundle`` in place: the Mult-VAE, then the GAN (FedProx's term when ``local`` has μ > 0).
 
+    The two models' DP-SGD are two mechanisms composed in the ledger as independent, so each
+    draws its Poisson batches and its noise from its own seed (``seeds.vae`` ≠ ``seeds.gan``).
     ``device``: where to train (the bundle is moved there and back to the CPU afterwards); ``None``: where it is.
     """
     first_step, mu = (server_round - 1) * plan.vae_steps, local.proximal_mu
     home = next(bundle.vae.parameters()).device
     bundle.to(device or home)
-    vae = train_vae_round(bundle.vae, data, plan, privacy, local.vae, first_step, seed, mu)
-    gan = train_gan_round(bundle.generator, bundle.discriminator, data, plan, privacy, local.gan, seed, mu)
+    vae = train_vae_round(bundle.vae, data, plan, privacy, local.vae, first_step, seeds.vae, mu)
+    gan = train_gan_round(bundle.generator, bundle.discriminator, data, plan, privacy, local.gan, seeds.gan, mu)
     bundle.to(home)
     return vae, gan

@@ -43,6 +43,7 @@ from common.recommenders.registry import build_recommender as build_named
 from common.recommenders.transfer import known_size, num_values, pack
 from common.report import write_report
 from common.run_config import RunConfig
+from common.seeding import mechanism_seed
 from common.synthesis import SynthesisConfig, synthesize
 from server.aggregation import client_participation
 from server.baselines import baseline_recommenders
@@ -195,7 +196,9 @@ def simulated_baselines(
     rows = [reference.interactions.matrix[c.train_users] for c in clients]
     privacy = config.privacy()
     deltas = [privacy.delta_for(r.shape[0]) for r in rows]
-    return baseline_recommenders(rows, privacy.target_epsilon, deltas, config, config.seed)
+    # their noise: fresh OS entropy, or the run seed under reproducible-noise (each release its own stream)
+    seed = mechanism_seed("dp-baselines", config.seed if config.reproducible_noise else None)
+    return baseline_recommenders(rows, privacy.target_epsilon, deltas, config, seed)
 
 
 def load_reference(config: RunConfig, num_items: int) -> PreparedData | None:

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from client.training import train_local_round
+from client.training import RoundSeeds, train_local_round
 from common.bundle import ModelBundle
 from common.device import check_device_available, device_description, parse_device, training_device
 from common.errors import ConfigError
@@ -75,7 +75,7 @@ def small_round(device: torch.device | None, epsilon: float = 8.0) -> tuple[Mode
     privacy = PrivacyConfig(target_epsilon=epsilon)
     plan = plan_privacy(privacy, rows.shape[0], local, rounds=2)
     bundle = ModelBundle.create(rows.shape[1], local, seed=0)
-    vae, gan = train_local_round(bundle, rows, plan, privacy, local, server_round=1, seed=3, device=device)
+    vae, gan = train_local_round(bundle, rows, plan, privacy, local, server_round=1, seeds=RoundSeeds(3, 4), device=device)
     return bundle, vae.events + gan.events, {**vae.losses, **gan.losses}
 
 

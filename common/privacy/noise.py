@@ -12,7 +12,7 @@ step on 2 cores, plus ~30 ms of allocation, page faults and passes).
 :class:`NoisedClippedSum` keeps one persistent buffer per parameter and, each step,
 
 1. :meth:`~NoisedClippedSum.draw`: fills buffer p with N(0, (σC/B)²) in place: the buffer is cut
-   into ``workers`` contiguous slices, slice k drawn by generator k (its own seed ``seed + k``)
+   into ``workers`` contiguous slices, slice k drawn by generator k (its own seed ``seed_for(seed, "noise-worker-k")``)
    in its own thread (torch releases the GIL), so the draws use every core;
 2. :meth:`~NoisedClippedSum.add_product` / :meth:`~NoisedClippedSum.add_sum`: adds the clipped
    sum / B into it, for a Linear weight inside the product itself (``addmm_``: buffer + (1/B)·GᵀA,
@@ -38,6 +38,8 @@ import torch
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
+from common.seeding import seed_for
+
 
 def default_workers() -> int:
     """One noise worker per core (at least 1)."""
@@ -56,7 +58,10 @@ class NoisedClippedSum:
         device = params[0].device if params else torch.device("cpu")
         self.std, self.scale = float(std), 1.0 / float(expected_batch_size)
         self.workers = 1 if device.type != "cpu" else workers or default_workers()
-        self.generators = [torch.Generator(device=device).manual_seed(seed + k) for k in range(self.workers)]
+        # worker k's stream: its own hash of (seed, k), so mechanisms whose seeds differ by k never share one
+        self.generators = [
+            torch.Generator(device=device).manual_seed(seed_for(seed, f"noise-worker-{k}")) for k in range(self.workers)
+        ]
         self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         self.buffers = {id(p): torch.empty_like(p, memory_format=torch.contiguous_format) for p in params}
         self._slices: list[list[torch.Tensor]] = [[] for _ in range(self.workers)]
@@ -117,7 +122,7 @@ class NoisedClippedSum:
 class ParallelNoiseDPOptimizer(DPOptimizerFastGradientClipping):
     """``DPOptimizerFastGradientClipping`` whose noise and 1/B are already in the gradients (:attr:`noise`).
 
-    ``seed`` seeds the noise generators (``seed + k`` for worker k). Give :attr:`noise` to the
+    ``seed`` seeds the noise generators (``seed_for(seed, "noise-worker-k")`` for worker k). Give :attr:`noise` to the
     :class:`~common.privacy.linear_clipping.LinearClipper` that forms the gradients.
     """
 

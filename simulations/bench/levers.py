@@ -35,7 +35,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.attack import MaliciousSilo, malicious_silo, silo_rows, tampered_train_reply
 from client.secure import central_release_variance, fedsgd_release
-from client.training import train_local_round
+from client.training import RoundSeeds, train_local_round
 from common import keys
 from common.attacks import inflate_counts, target_items, target_share
 from common.bundle import ModelBundle
@@ -53,7 +53,7 @@ from common.privacy.statistics import NoisyStatistics, noisy_statistics
 from common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
 from common.robust import robust_arrays, robust_statistics, robust_total
 from common.run_config import RunConfig
-from common.seeding import rng_for
+from common.seeding import rng_for, seed_for
 from common.synthesis import SynthesisConfig, synthesize
 from server.baselines import baseline_recommenders
 from server.federation import cooccurrence_expected_to_pay, fitted_bundle
@@ -209,10 +209,11 @@ def federated_rounds(
         current = ArrayRecord(bundle.state_dict())
         request = RecordDict({keys.ARRAYS: current, keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round})})
         contents = []
-        for r, plan, silo in zip(rows, plans, cheats, strict=True):
+        for index, (r, plan, silo) in enumerate(zip(rows, plans, cheats, strict=True)):
             local_bundle = ModelBundle.create(num_items, local, seed=seed)
             local_bundle.load_state_dict(bundle.state_dict())
-            train_local_round(local_bundle, r, plan, privacy, local, server_round, seed + server_round)
+            seeds = RoundSeeds.for_round(server_round, seed_for(seed, f"silo-{index}"))  # each silo its own noise
+            train_local_round(local_bundle, r, plan, privacy, local, server_round, seeds)
             reply = RecordDict(
                 {
                     keys.ARRAYS: ArrayRecord(local_bundle.state_dict()),
