@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 
 from client.attack import tampered_statistics_reply, tampered_train_reply
 from client.budget import NodeBudget, default_ledger_dir
-from client.data import node_data
+from client.data import check_node_settings, node_data
 from client.evaluation import handle_evaluate
 from client.handlers import (
     handle_cooccurrence,
@@ -36,7 +36,10 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     app = ClientApp()
 
     def settings(context: Context) -> RunConfig:
-        return RunConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
+        """The run config the server sent, once this node has checked it weakens none of its noise."""
+        config = RunConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
+        check_node_settings(dict(context.node_config), config)
+        return config
 
     def budget(config: RunConfig, context: Context) -> NodeBudget:
         """The node's own ``ledger-dir`` and ``max-epsilon`` (node config); the ledger dir falls back to
@@ -68,10 +71,14 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         ``tamper`` (simulation) then alters the reply if this silo cheats (:mod:`client.attack`)."""
 
         def handle(msg: Message, context: Context) -> Message:
-            config = settings(context)
-            data = node_data(dict(context.node_config), config)
+            try:
+                config = settings(context)
+                data = node_data(dict(context.node_config), config)
+                node_budget = budget(config, context)
+            except FedsynthError as exc:
+                return Message(refusal(str(exc)), reply_to=msg)
             run = run_identity(msg.content, context.run_id)
-            reply = handler(msg.content, data.train, config, context.state, budget(config, context), run)
+            reply = handler(msg.content, data.train, config, context.state, node_budget, run)
             if tamper is not None:
                 reply = tamper(reply, msg.content, data.malicious)
             return Message(reply, reply_to=msg)
@@ -85,10 +92,13 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
 
     @app.query(keys.SECAGG_KEYS)
     def secagg_keys(msg: Message, context: Context) -> Message:
-        config = settings(context)
-        rows = node_data(dict(context.node_config), config).train
+        try:
+            config = settings(context)
+            rows = node_data(dict(context.node_config), config).train
+            node_budget = budget(config, context)
+        except FedsynthError as exc:
+            return Message(refusal(str(exc)), reply_to=msg)
         run = run_identity(msg.content, context.run_id)
-        node_budget = budget(config, context)
         reply = handle_secagg_keys(msg.content, rows, config, context.state, node_budget, run, context.node_id)
         return Message(reply, reply_to=msg)
 

@@ -24,7 +24,7 @@ import torch
 
 from common.errors import ConfigError
 from common.io import write_atomic
-from common.privacy.ledger import PrivacyLedger, RunIdentity, fingerprint
+from common.privacy.ledger import PrivacyLedger, RunIdentity, fingerprint, node_key
 
 
 def default_ledger_dir() -> Path:
@@ -41,6 +41,7 @@ class NodeBudget:
     ledger_dir: Path
     max_epsilon: float | None = None
     cap_required: bool = False  # deployment: the node must state its own cap
+    identity: str | None = None  # deployment: the node's identity, which keys its ledger (None: simulation)
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any], fallback_dir: Path) -> NodeBudget:
@@ -57,18 +58,51 @@ class NodeBudget:
                     f"node config max-epsilon={node_config['max-epsilon']!r}: give this silo's lifetime epsilon "
                     'budget as a positive number, e.g. --node-config "... max-epsilon=8".'
                 )
-        return cls(directory, cap, cap_required="data-path" in node_config)
+        return cls(directory, cap, cap_required="data-path" in node_config, identity=node_identity(node_config))
 
     def open(self, rows: sp.csr_matrix, delta: float, requested: float) -> PrivacyLedger:
-        """The ledger of ``rows``; a deployed node without a cap of its own is refused (nothing is spent)."""
+        """This node's ledger (deployment: keyed by its identity; simulation: by ``rows``' fingerprint).
+
+        A deployed node without a cap of its own is refused (nothing is spent).
+        """
         print_ = fingerprint(rows)
-        has_ledger = PrivacyLedger.path_for(self.ledger_dir, print_).is_file()
+        key = print_ if self.identity is None else node_key(self.identity)
+        has_ledger = PrivacyLedger.path_for(self.ledger_dir, key).is_file()
         if self.cap_required and self.max_epsilon is None and not has_ledger:
             raise ConfigError(
                 "this node has no max-epsilon in its node config: add its lifetime epsilon budget, e.g. "
                 "--node-config \"data-path='…' catalogue-path='…' max-epsilon=8\" (the server cannot set it)."
             )
+        if self.identity is not None:
+            ledger = PrivacyLedger.open_node(self.ledger_dir, self.identity, print_, delta, self.max_epsilon)
+            if ledger.delta >= 1.0 / rows.shape[0]:
+                raise ConfigError(
+                    f"this node's ledger accounts at delta={ledger.delta:g}, not below 1/n = {1.0 / rows.shape[0]:g} "
+                    f"for its {rows.shape[0]} users now; after reviewing what was spent, start a new ledger on the "
+                    f"node: fedsynth ledger new --ledger-dir {self.ledger_dir} --reason '…'"
+                )
+            return ledger
         return PrivacyLedger.open(self.ledger_dir, print_, delta, self.max_epsilon, requested)
+
+    def fixed_delta(self, num_users: int) -> float | None:
+        """The δ of this node's existing ledger, which its runs keep (None: simulation, or no ledger yet).
+
+        A node's data may grow; its ledger's δ (0.1/n of its first run by default) stays, as long
+        as it is below 1/n for the data it holds now.
+        """
+        if self.identity is None:
+            return None
+        delta = PrivacyLedger.node_delta(self.ledger_dir, self.identity)
+        return delta if delta is not None and delta < 1.0 / num_users else None  # too large: refused at open
+
+
+def node_identity(node_config: dict[str, Any]) -> str | None:
+    """A deployed node's identity (``ledger-id``, else its resolved ``data-path``); None in simulation."""
+    if "ledger-id" in node_config:
+        return f"ledger-id:{node_config['ledger-id']}"
+    if "data-path" in node_config:
+        return f"data-path:{Path(str(node_config['data-path'])).resolve()}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ partition on every node): its training users, and its own held-out test users fo
 federated evaluation.
 
 Deployment: the node config names the node's own file (``data-path``) and the shared public
-item catalogue (``catalogue-path``); see :mod:`common.data.node_file`.
+item catalogue (``catalogue-path``); see :mod:`common.data.node_file`. The node's train/held-out
+split is its own: drawn with its node config's ``split-seed`` (default 0), never with the run
+config's ``seed`` (which the server sends: a new seed would move users between training and
+held-out and, before ledgers were keyed by the node, opened a fresh ledger).
 """
 
 from __future__ import annotations
@@ -77,10 +80,33 @@ def node_data(node_config: dict[str, Any], config: RunConfig) -> NodeData:
                 "this node's config has data-path but no catalogue-path: every node needs the same public item "
                 "catalogue (one item id per line), e.g. --node-config \"data-path='…' catalogue-path='…'\"."
             )
-        return _from_file(str(node_config["data-path"]), str(node_config["catalogue-path"]), config.seed)
+        return _from_file(str(node_config["data-path"]), str(node_config["catalogue-path"]), split_seed(node_config))
     if "partition-id" not in node_config:
         raise ConfigError(
             "this node's config has neither data-path (deployment: its own data file) nor partition-id (simulation)."
         )
     partition_id, num_partitions = int(node_config["partition-id"]), int(node_config["num-partitions"])
     return _partitioned(config, num_partitions)[partition_id]
+
+
+def split_seed(node_config: dict[str, Any]) -> int:
+    """The node's own ``split-seed`` (default 0): which of its users are training and which held out."""
+    value = node_config.get("split-seed", 0)
+    try:
+        return int(str(value))
+    except ValueError:
+        raise ConfigError(f"node config split-seed={value!r}: give a whole number (default 0).") from None
+
+
+def check_node_settings(node_config: dict[str, Any], config: RunConfig) -> None:
+    """Refuse, before anything is computed, run settings that would weaken a deployed node's DP noise.
+
+    ``reproducible-noise`` derives every noise draw from the run seed, which the server knows and
+    could regenerate and subtract: a node with its own data (``data-path``) never obeys it.
+    """
+    if "data-path" in node_config and config.reproducible_noise:
+        raise ConfigError(
+            "the run asks for reproducible-noise = true: DP noise derived from the run seed, which the server "
+            "knows and could subtract. A deployed node (node config data-path) refuses it; nothing was computed "
+            "or spent. Run with reproducible-noise = false (the default)."
+        )

@@ -9,6 +9,7 @@ the node's own cap, and a request that does not fit is refused with the reason, 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -41,14 +42,22 @@ from common.seeding import mechanism_seed
 _PLAN = "privacy-plan"
 
 
-def privacy_plan(state: RecordDict, config: RunConfig, num_users: int, planned_rounds: int) -> PrivacyPlan:
-    """The plan calibrated before round 1, kept in the node's ``context.state`` for later rounds."""
+def privacy_plan(
+    state: RecordDict, config: RunConfig, num_users: int, planned_rounds: int, budget: NodeBudget | None = None
+) -> PrivacyPlan:
+    """The plan calibrated before round 1, kept in the node's ``context.state`` for later rounds.
+
+    A deployed node's ``budget`` fixes δ to its ledger's (:meth:`NodeBudget.fixed_delta`).
+    """
     if _PLAN in state:
         stored: Any = dict(state[_PLAN])
         stored["private"] = bool(stored["private"])
         stored["cooccurrence"] = bool(stored.get("cooccurrence", False))
         return PrivacyPlan(**stored)
-    plan = plan_privacy(config.privacy(), num_users, config.local(), planned_rounds)
+    privacy, delta = config.privacy(), budget.fixed_delta(num_users) if budget is not None else None
+    if delta is not None:
+        privacy = replace(privacy, delta=delta)
+    plan = plan_privacy(privacy, num_users, config.local(), planned_rounds)
     state[_PLAN] = ConfigRecord(dict(plan.__dict__))
     return plan
 
@@ -112,7 +121,7 @@ def handle_query(
     planned, first = int(request[keys.PLANNED_ROUNDS]), int(request.get(keys.FIRST_ROUND, 1))  # type: ignore[arg-type]
     ledger: PrivacyLedger | None = None
     try:
-        plan = privacy_plan(state, config, rows.shape[0], planned)
+        plan = privacy_plan(state, config, rows.shape[0], planned, budget)
         ledger = open_ledger(budget, rows, plan, config)
         statistics = bool(request.get(keys.NEEDS_STATISTICS, 1)) and not ledger.release_charged(run.run_key)
         second = bool(request.get(keys.NEEDS_COOCCURRENCE, 1)) and not ledger.release_charged(run.run_key, COOCCURRENCE)
@@ -136,7 +145,7 @@ def handle_statistics(
     """
     planned_rounds = int(content[keys.CONFIG][keys.PLANNED_ROUNDS])  # type: ignore[arg-type]
     privacy = config.privacy()
-    plan = privacy_plan(state, config, rows.shape[0], planned_rounds)
+    plan = privacy_plan(state, config, rows.shape[0], planned_rounds, budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
@@ -177,7 +186,7 @@ def handle_cooccurrence(
     co-occurrence's noise multiplier: the same ledger event, the same ε.
     """
     request = content[keys.CONFIG]
-    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)))
+    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)), budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
@@ -237,7 +246,7 @@ def handle_fedsgd(
     """The masked stage of a FedSGD step (:mod:`common.privacy.fedsgd`): this node's Poisson sample's clipped
     gradient sum at the global weights, rounded, with its Skellam share, masked; charged as round N."""
     request = content.config_records[keys.CONFIG]
-    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)))
+    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)), budget)
     server_round = int(keys.number(request, keys.SERVER_ROUND))
     ledger: PrivacyLedger | None = None
     try:
@@ -273,7 +282,7 @@ def handle_secagg_keys(
 ) -> RecordDict:  # fmt: skip
     """Stage 1 of a secure release: fresh keys and this node's noise share, if the release fits its budget."""
     request = content.config_records[keys.CONFIG]
-    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)))
+    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)), budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
@@ -319,7 +328,7 @@ def handle_train(
     """
     request = content[keys.CONFIG]
     server_round = int(request[keys.SERVER_ROUND])  # type: ignore[arg-type]
-    plan = privacy_plan(state, config, rows.shape[0], int(request[keys.PLANNED_ROUNDS]))  # type: ignore[arg-type]
+    plan = privacy_plan(state, config, rows.shape[0], int(request[keys.PLANNED_ROUNDS]), budget)  # type: ignore[arg-type]
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
@@ -375,7 +384,7 @@ def handle_secure_update(
     """
     request = content.config_records[keys.CONFIG]
     server_round = int(keys.number(request, keys.SERVER_ROUND))
-    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)))
+    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)), budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)

@@ -42,7 +42,9 @@ class RoundSeeds:
 
     def __post_init__(self) -> None:
         if self.vae == self.gan:
-            raise ValueError("the VAE's and the discriminator's DP-SGD must not share a seed (their noise would cancel)")
+            raise ValueError(
+                "the VAE's and the discriminator's DP-SGD must not share a seed (their noise would cancel)"
+            )
 
     @classmethod
     def for_round(cls, server_round: int, reproducible_from: int | None = None) -> RoundSeeds:

@@ -429,6 +429,23 @@ def ledger_set_cap(ledger_dir: Path, max_epsilon: float, reason: str) -> None:
     set_cap(Console(), ledger_dir, max_epsilon, reason)
 
 
+@ledger.command("new", context_settings=_CONTEXT)
+@_LEDGER_DIR
+@click.option("--reason", required=True, help="Why this node starts a new ledger (recorded with the archive).")
+def ledger_new(ledger_dir: Path, reason: str) -> None:
+    """Start a new ledger: archive the current ones (ledger-dir/archive/TIME/, with the reason); nothing deleted.
+
+    The only way a node's spent budget stops counting, and a deliberate act on the node's disk:
+    only do it when the users the old ledger covered are gone from the node's data.
+    """
+    from simulations.ledger_view import new_ledger
+
+    try:
+        new_ledger(Console(), ledger_dir, reason)
+    except FedsynthError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
 @cli.command(context_settings=_CONTEXT)
 @click.option("--variant", required=True, help="100k, 1m, latest-small or 20m.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Download cache [default: ~/.cache/fedsynth].")

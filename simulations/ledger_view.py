@@ -1,4 +1,5 @@
-"""``fedsynth ledger show|set-cap``: a silo operator's view of its own ledgers, and the one way to change a cap.
+"""``fedsynth ledger show|set-cap|new``: a silo operator's view of its own ledgers, the one way to change a
+cap, and the one way to start a new ledger.
 
 Both act on the node's disk only (its ``ledger-dir``); nothing here talks to a server.
 """
@@ -10,10 +11,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from common.privacy.ledger import PrivacyLedger, ledgers_in
+from common.privacy.ledger import PrivacyLedger, ledgers_in, start_anew
 
 
 def _released(entry: dict[str, object]) -> str:
+    for event in ("created", "adopted", "data_changed", "after_archive"):
+        if event in entry:
+            return f"{event.replace('_', ' ')}: {entry[event]}"
     if "cap" in entry:
         return f"cap {entry['previous_cap']:g} → {entry['cap']:g} ({entry['by']})"
     where = f" {entry['round']}" if entry.get("release") == "round" else ""
@@ -72,3 +76,11 @@ def set_cap(console: Console, directory: Path, max_epsilon: float, reason: str) 
         previous = ledger.max_epsilon
         ledger.change_cap(max_epsilon, f"fedsynth ledger set-cap: {reason}")
         console.print(f"{ledger.path}: cap {previous:g} → {max_epsilon:g} (spent {ledger.spent()['total']:.3f})")
+
+
+def new_ledger(console: Console, directory: Path, reason: str) -> None:
+    """Archive every ledger in ``directory`` (with ``reason``); the node's next run opens a new one."""
+    for ledger in ledgers_in(directory):
+        console.print(f"{ledger.path.name}: spent {ledger.spent()['total']:.3f} at δ {ledger.delta:.3g}, archived")
+    moved = start_anew(directory, reason)
+    console.print(f"archived {len(moved)} file(s) to {moved[0].parent}; the next run starts a new ledger")

@@ -146,7 +146,7 @@ def test_independent_mechanisms_across_two_rounds(monkeypatch: pytest.MonkeyPatc
     round_1_vae, _, round_2_vae, _ = spy.noise
     assert_independent_noise(round_1_vae, round_2_vae)
     first, _, second, _ = spy.datasets()
-    shared, total = overlap(first, second)
+    shared, _ = overlap(first, second)
     assert shared < 32 / 200 + 0.15
 
 
@@ -189,4 +189,3 @@ def test_baselines_noise_is_fresh_unless_reproducible() -> None:
     assert mechanism_seed("dp-baselines") != mechanism_seed("dp-baselines")
     assert mechanism_seed("dp-baselines", 3) == mechanism_seed("dp-baselines", 3)
     assert mechanism_seed("dp-baselines", 3) != mechanism_seed("dp-popularity", 3)
-

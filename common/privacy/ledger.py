@@ -12,6 +12,17 @@ composed with everything already spent, would pass the cap is refused. A lower n
 tightens the ledger's; raising a cap is an operator's act on the node's disk
 (:meth:`PrivacyLedger.set_cap`, ``fedsynth ledger set-cap``), recorded in the history.
 
+**What a ledger is keyed by.** A deployed node's ledger belongs to the node: its key is the
+node's identity (:func:`node_key`: its ``ledger-id``, or its data source, the resolved
+``data-path``), never the data's exact bytes nor anything the server sends (the run's ``seed``
+decides nothing on a node: its train/held-out split is the node's own). Every user in the node's
+data is charged everything the node has spent. Editing or growing the data file continues the
+same ledger (the new data fingerprint is recorded in the history); starting a new ledger is an
+operator's act on the node (:func:`start_anew`, ``fedsynth ledger new``), recorded in an archive.
+A simulated silo has no identity of its own (its users are chosen by the run config), so its
+ledger is keyed by the :func:`fingerprint` of its training rows: a shared ledger directory
+composes runs over the same simulated silo (same data, split, partition and seed) and nothing else.
+
 Every history entry carries the run (Flower run id and the run key the server sends, stable
 across resumes of one run directory), the requester the server named, UTC time, what was
 released and the composed ε after it. Written atomically (temp file, fsync, rename).
@@ -56,6 +67,11 @@ def fingerprint(matrix: sp.csr_matrix) -> str:
     return digest.hexdigest()
 
 
+def node_key(identity: str) -> str:
+    """sha256 of a node's identity (``ledger-id:…`` or ``data-path:/resolved/path``): its ledger's key."""
+    return "node-" + hashlib.sha256(identity.encode()).hexdigest()
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -89,6 +105,8 @@ class PrivacyLedger:
     # server colluded with every other silo): each secure sum carrying only this silo's own noise.
     # Identical to ``events`` for releases sent without secure aggregation.
     own_noise_events: list[Event] = field(default_factory=list)
+    # a node-owned ledger (key from :func:`node_key`): the fingerprint of the data it last saw
+    data_fingerprint: str = ""
 
     @staticmethod
     def path_for(directory: Path, data_fingerprint: str) -> Path:
@@ -114,6 +132,8 @@ class PrivacyLedger:
         ledger = cls.load(path)
         if ledger.fingerprint != data_fingerprint:
             raise FedsynthError(f"{path}: the ledger belongs to other data (fingerprint mismatch).")
+        if ledger.data_fingerprint:  # node-owned: its δ stays (the plan is calibrated at it, :meth:`node_delta`)
+            delta = ledger.delta
         if ledger.events and not np.isclose(ledger.delta, delta, rtol=1e-9, atol=0):
             raise ConfigError(
                 f"{path}: this data's ledger accounts at delta={ledger.delta:g}, but delta={delta:g} was "
@@ -122,6 +142,59 @@ class PrivacyLedger:
         if node_cap is not None and node_cap < ledger.max_epsilon:
             ledger.change_cap(node_cap, "node config max-epsilon (lowered)")
         return ledger
+
+    @classmethod
+    def open_node(
+        cls, directory: Path, identity: str, data_fingerprint: str, delta: float, node_cap: float | None
+    ) -> PrivacyLedger:
+        """The node-owned ledger of ``identity`` (see the module docstring), created on first use.
+
+        A new one adopts every event of the version-2 ledgers already in ``directory`` (keyed by a
+        training split's fingerprint, as before node-owned ledgers): they were spent on this node's
+        users, and adopting them is the conservative reading. Data that changed since the last
+        open continues the ledger, and the change is recorded.
+        """
+        key = node_key(identity)
+        path = cls.path_for(directory, key)
+        if not path.is_file():
+            cap = node_cap if node_cap is not None else math.inf
+            ledger = cls(path, key, delta, cap, "node config max-epsilon", data_fingerprint=data_fingerprint)
+            ledger.history.append({"time": utc_now(), "created": identity, "data_fingerprint": data_fingerprint})
+            archives = sorted((directory / ARCHIVE).glob("*/reason.json"))
+            if archives:  # an operator started this ledger anew: say so, and where the old one is
+                ledger.history.append({"time": utc_now(), "after_archive": str(archives[-1].parent)})
+            ledger.adopt_legacy(directory)
+            ledger.save()
+            return ledger
+        ledger = cls.open(directory, key, delta, node_cap, node_cap or math.inf)
+        if ledger.data_fingerprint != data_fingerprint:
+            ledger.history.append(
+                {
+                    "time": utc_now(),
+                    "data_changed": {"from": ledger.data_fingerprint, "to": data_fingerprint},
+                    "by": "the node's data changed; the ledger continues: every user is charged what was spent",
+                }
+            )
+            ledger.data_fingerprint = data_fingerprint
+            ledger.save()
+        return ledger
+
+    @staticmethod
+    def node_delta(directory: Path, identity: str) -> float | None:
+        """The δ a node's existing ledger accounts at (None: no ledger yet), which its runs keep."""
+        path = PrivacyLedger.path_for(directory, node_key(identity))
+        return PrivacyLedger.load(path).delta if path.is_file() else None
+
+    def adopt_legacy(self, directory: Path) -> None:
+        """Compose the events of the split-keyed ledgers in ``directory`` into this one (recorded)."""
+        for legacy in sorted(directory.glob("ledger-*.json")):
+            if legacy == self.path or legacy.name.startswith("ledger-node-"):
+                continue
+            old = PrivacyLedger.load(legacy)
+            self.events.extend(old.events)
+            self.own_noise_events.extend(old.own_noise_events)
+            spent = old.spent()["total"] if old.events else 0.0
+            self.history.append({"time": utc_now(), "adopted": legacy.name, "epsilon_of_adopted": spent})
 
     @classmethod
     def load(cls, path: Path) -> PrivacyLedger:
@@ -134,7 +207,8 @@ class PrivacyLedger:
             cap = float(payload["max_epsilon"] if "max_epsilon" in payload else payload["target_epsilon"])
             history = list(payload.get("history", payload.get("rounds", [])))
             source = str(payload.get("cap_source", "version-1 ledger: its last target epsilon"))
-            return cls(path, str(payload["fingerprint"]), delta, cap, source, events, history, own)
+            data = str(payload.get("data_fingerprint", ""))
+            return cls(path, str(payload["fingerprint"]), delta, cap, source, events, history, own, data)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise FedsynthError(
                 f"{path}: the privacy ledger is unreadable ({exc}). Do not delete it: it records the budget "
@@ -214,6 +288,7 @@ class PrivacyLedger:
             {
                 "version": LEDGER_VERSION,
                 "fingerprint": self.fingerprint,
+                **({"owner": "node", "data_fingerprint": self.data_fingerprint} if self.data_fingerprint else {}),
                 "delta": self.delta,
                 "max_epsilon": self.max_epsilon,
                 "cap_source": self.cap_source,
@@ -231,3 +306,27 @@ def ledgers_in(directory: Path) -> list[PrivacyLedger]:
     if not paths:
         raise ConfigError(f"--ledger-dir {directory}: no ledger-*.json there (is it the node's ledger-dir?).")
     return [PrivacyLedger.load(p) for p in paths]
+
+
+ARCHIVE = "archive"
+
+
+def start_anew(directory: Path, reason: str) -> list[Path]:
+    """Archive every ledger in ``directory`` (an operator's act on the node): the next run opens a new one.
+
+    The files move to ``directory/archive/<UTC time>/`` with a ``reason.json`` (who, why, the ε each
+    had spent); nothing is deleted, and a new node ledger records the archive in its history.
+    """
+    if not reason.strip():
+        raise ConfigError("--reason is required: say why this node starts a new privacy ledger.")
+    ledgers = sorted(directory.glob("ledger-*.json"))
+    if not ledgers:
+        raise ConfigError(f"--ledger-dir {directory}: no ledger-*.json there (is it the node's ledger-dir?).")
+    target = directory / ARCHIVE / utc_now().replace(":", "")
+    target.mkdir(parents=True, exist_ok=False)
+    spent = {p.name: PrivacyLedger.load(p).spent()["total"] for p in ledgers}
+    write_json_atomic(target / "reason.json", {"time": utc_now(), "reason": reason, "epsilon_spent": spent})
+    moved = []
+    for path in [*ledgers, *directory.glob("replay-*.pt")]:
+        moved.append(path.rename(target / path.name))
+    return moved
