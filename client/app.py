@@ -11,8 +11,8 @@ from flwr.clientapp import ClientApp
 
 from client.attack import tampered_statistics_reply, tampered_train_reply
 from client.budget import NodeBudget, default_ledger_dir
-from client.data import check_node_settings, node_data
-from client.evaluation import handle_evaluate
+from client.data import check_node_settings, dp_evaluation, node_data
+from client.evaluation import handle_dp_evaluate, handle_evaluate
 from client.handlers import (
     handle_cooccurrence,
     handle_fedsgd,
@@ -114,8 +114,18 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        held_out = node_data(dict(context.node_config), settings(context)).test
-        return Message(handle_evaluate(msg.content, held_out), reply_to=msg)
+        """DP metric sums, charged (a deployed node always; simulation with evaluation = "dp"), else exact ones."""
+        try:
+            config = settings(context)
+            data = node_data(dict(context.node_config), config)
+            node_budget = budget(config, context)
+        except FedsynthError as exc:
+            return Message(refusal(str(exc)), reply_to=msg)
+        if not dp_evaluation(dict(context.node_config), config):
+            return Message(handle_evaluate(msg.content, data.test), reply_to=msg)
+        run = run_identity(msg.content, context.run_id)
+        reply = handle_dp_evaluate(msg.content, data.test, data.train, config, context.state, node_budget, run)
+        return Message(reply, reply_to=msg)
 
     return app
 

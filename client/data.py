@@ -101,12 +101,25 @@ def split_seed(node_config: dict[str, Any]) -> int:
 def check_node_settings(node_config: dict[str, Any], config: RunConfig) -> None:
     """Refuse, before anything is computed, run settings that would weaken a deployed node's DP noise.
 
-    ``reproducible-noise`` derives every noise draw from the run seed, which the server knows and
+    ``evaluation = "exact"`` would release exact metric sums over held-out users; ``reproducible-noise``
+    derives every noise draw from the run seed, which the server knows and
     could regenerate and subtract: a node with its own data (``data-path``) never obeys it.
     """
+    if "data-path" in node_config and config.evaluation == "exact":
+        raise ConfigError(
+            'the run asks for evaluation = "exact": exact metric sums over held-out users, not private. A deployed '
+            "node (node config data-path) evaluates under DP only; nothing was computed or spent. Run with "
+            'evaluation = "auto" (the default) or "dp".'
+        )
     if "data-path" in node_config and config.reproducible_noise:
         raise ConfigError(
             "the run asks for reproducible-noise = true: DP noise derived from the run seed, which the server "
             "knows and could subtract. A deployed node (node config data-path) refuses it; nothing was computed "
             "or spent. Run with reproducible-noise = false (the default)."
         )
+
+
+def dp_evaluation(node_config: dict[str, Any], config: RunConfig) -> bool:
+    """Whether this node's federated evaluation is a DP release: always on a deployed node (``data-path``);
+    in simulation when the run asks for ``evaluation = "dp"`` (``auto`` and ``exact``: exact sums)."""
+    return "data-path" in node_config or config.evaluation == "dp"

@@ -1,8 +1,20 @@
 """Federated evaluation on a client: score a recommender the server sent on this node's held-out users.
 
-The request carries one packed recommender (:mod:`common.recommenders.transfer`) and the
-cut-offs; the reply carries only metric sums and counts (and which items were recommended
-at all, for catalogue coverage), never a user's interactions or rankings.
+The request carries one packed recommender (:mod:`common.recommenders.transfer`), the cut-offs and
+the run's identity. What leaves depends on where the node runs:
+
+* **DP (every deployed node; simulation with ``evaluation = "dp"``)**: the per-user metric sums and
+  the user count, with Gaussian noise, charged to the node's ledger like any release. Adjacency is
+  one held-out user added or removed; a user with a target adds 1 to the count and a value in
+  [0, 1] to each of the m sums (Recall, NDCG, HitRate at every K; TargetHitRate in attack studies),
+  a user without one adds nothing, so the vector (count, sums) has L2 sensitivity Δ = √(1 + m).
+  Each release is the Gaussian mechanism N(0, (σ_eval Δ)²) per coordinate: one event
+  (σ_eval, q = 1, 1 step), σ_eval from the plan's ``evaluation-share`` of ε spread over
+  ``evaluation-releases`` evaluations; a run asking for more is refused. Which items were
+  recommended (catalogue coverage) is not released.
+* **exact (simulation only, the default there)**: exact sums and counts and which items were
+  recommended, for coverage: a *measurement tool*, not private, labelled so in metrics.json. A
+  deployed node refuses it (:func:`client.data.check_node_settings`).
 """
 
 from __future__ import annotations
@@ -11,29 +23,109 @@ import io
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
+from client.budget import NodeBudget
+from client.handlers import open_ledger, privacy_plan, refusal, release_seed, spent_metrics
 from common import keys
 from common.config import EvalConfig
 from common.data.split import HeldOutUsers
+from common.errors import FedsynthError
 from common.evaluation import accumulate
+from common.metrics import RankingMetrics
+from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
+from common.privacy.plan import EVALUATION, PrivacyPlan
 from common.recommenders.transfer import unpack
+from common.run_config import RunConfig
 
 
-def handle_evaluate(content: RecordDict, held_out: HeldOutUsers) -> RecordDict:
-    """Metric sums of the sent recommender over ``held_out`` (fold-in → target)."""
+def evaluation_settings(content: RecordDict) -> EvalConfig:
     request = content[keys.CONFIG]
     ks = tuple(int(k) for k in request["ks"])  # type: ignore[union-attr]
+    targets = tuple(int(i) for i in request.get(keys.TARGETS, []))  # type: ignore[union-attr]
+    return EvalConfig(ks=ks, targets=targets)
+
+
+def exact_metrics(content: RecordDict, held_out: HeldOutUsers) -> RankingMetrics:
+    """The sent recommender's metric sums over ``held_out`` (fold-in → target), exactly."""
+    request = content[keys.CONFIG]
     settings = {k[len(keys.SETTING_PREFIX) :]: v for k, v in request.items() if k.startswith(keys.SETTING_PREFIX)}
     recommender = unpack(
         str(request["kind"]),
         tensors_without_copy(content[keys.ARRAYS]),  # type: ignore[arg-type]
         settings,  # type: ignore[arg-type]
     )
-    targets = tuple(int(i) for i in request.get(keys.TARGETS, []))  # type: ignore[union-attr]
-    metrics = accumulate(recommender, held_out, EvalConfig(ks=ks, targets=targets))
-    return RecordDict({keys.METRICS: MetricRecord(metrics.to_numbers())})  # type: ignore[arg-type]
+    return accumulate(recommender, held_out, evaluation_settings(content))
+
+
+def handle_evaluate(content: RecordDict, held_out: HeldOutUsers) -> RecordDict:
+    """Exact metric sums (simulation only: a measurement, not private) and the recommended-item indicators."""
+    numbers = {**exact_metrics(content, held_out).to_numbers(), keys.DP_EVALUATION: 0, keys.REFUSED: 0}
+    return RecordDict({keys.METRICS: MetricRecord(numbers)})  # type: ignore[arg-type]
+
+
+def sensitivity(metrics: RankingMetrics) -> float:
+    """Δ = √(1 + m): one user moves the count by 1 and each of the m sums by at most 1."""
+    return float(np.sqrt(1 + len(metrics.sums)))
+
+
+def noisy_numbers(metrics: RankingMetrics, noise_multiplier: float, rng: np.random.Generator) -> dict[str, float]:
+    """The count and the sums, each + N(0, (σ Δ)²): the Gaussian mechanism on (users, sums)."""
+    std = noise_multiplier * sensitivity(metrics)
+    names = sorted(metrics.sums)
+    noise = rng.normal(0.0, std, 1 + len(names)) if std > 0 else np.zeros(1 + len(names))
+    numbers = {"users": metrics.users + float(noise[0])}
+    numbers.update({f"sum:{name}": metrics.sums[name] + float(z) for name, z in zip(names, noise[1:], strict=True)})
+    numbers[keys.NOISE_STD] = std
+    return numbers
+
+
+def check_evaluation(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity) -> None:
+    """Refuse a DP evaluation the run did not plan, one past the run's planned count, or one over the cap."""
+    if plan.evaluation_releases == 0:
+        raise PrivacyBudgetExceeded(
+            "this run set aside no budget for DP evaluation (evaluation-share = 0); nothing evaluated"
+        )
+    done = sum(1 for entry in ledger.charged(run.run_key) if entry["release"] == EVALUATION)
+    if done >= plan.evaluation_releases:
+        raise PrivacyBudgetExceeded(
+            f"this run's {plan.evaluation_releases} DP evaluations (evaluation-releases) are spent; raise it "
+            "before the run starts to evaluate more rows"
+        )
+    ledger.check(plan.evaluation_events(), what="this DP evaluation")
+
+
+def handle_dp_evaluate(
+    content: RecordDict, held_out: HeldOutUsers, rows: sp.csr_matrix, config: RunConfig, state: RecordDict,
+    budget: NodeBudget, run: RunIdentity,
+) -> RecordDict:  # fmt: skip
+    """Noisy metric sums over ``held_out``, charged to the node's ledger (the module docstring has the maths)."""
+    request = content[keys.CONFIG]
+    ledger: PrivacyLedger | None = None
+    try:
+        plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)), budget)
+        ledger = open_ledger(budget, rows, plan, config)
+        check_evaluation(ledger, plan, run)
+    except (FedsynthError, KeyError, TypeError) as exc:
+        return refusal(str(exc), ledger)
+    metrics = exact_metrics(content, held_out)
+    rng = np.random.default_rng(release_seed(config, f"evaluation-{request.get(keys.EVALUATION_LABEL, '')}"))
+    numbers = noisy_numbers(metrics, plan.evaluation_noise if plan.private else 0.0, rng)
+    label = str(request.get(keys.EVALUATION_LABEL, ""))
+    ledger.record(plan.evaluation_events(), EVALUATION, run, round=0, label=label,
+                  requested_epsilon=config.privacy().target_epsilon)  # fmt: skip
+    spent = spent_metrics(ledger, rows.shape[0], plan)
+    reply = {
+        **numbers,
+        keys.DP_EVALUATION: 1,
+        keys.REFUSED: 0,
+        keys.EPSILON: spent[keys.EPSILON],
+        keys.DELTA: plan.delta,
+    }
+    reply[keys.EPSILON_EVALUATION] = ledger.spent().get(EVALUATION, 0.0)
+    return RecordDict({keys.METRICS: MetricRecord(reply)})
 
 
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}

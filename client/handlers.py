@@ -1,7 +1,9 @@
 """The client's request handlers end to end: start check, statistics release, train round.
 
-Only weights and aggregate metrics leave: a reply holds the model bundle (ArrayRecord) and a
-MetricRecord of counts, losses and ε; a refusal holds a MetricRecord and the reason.
+Only DP releases and public numbers leave: a reply holds the model bundle or a noisy release
+(ArrayRecord) and a MetricRecord of the silo's size, ε spent and the public noise scale; a refusal
+holds a MetricRecord and the reason. Training losses (functions of the private data, not DP)
+never leave the node.
 
 Every budget decision is the node's: :class:`client.budget.NodeBudget` opens the ledger with
 the node's own cap, and a request that does not fit is refused with the reason, spending nothing.
@@ -33,7 +35,7 @@ from common.device import training_device
 from common.errors import ConfigError, FedsynthError
 from common.privacy.cooccurrence import COOCCURRENCE, check_items, noisy_cooccurrence, upper
 from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
-from common.privacy.plan import PrivacyPlan, plan_privacy
+from common.privacy.plan import EVALUATION, PrivacyPlan, plan_privacy
 from common.privacy.statistics import STATISTICS, NoisyStatistics, noisy_statistics
 from common.run_config import RunConfig
 from common.secagg.updates import UPDATE, encode_update
@@ -106,8 +108,9 @@ def handle_query(
     """The shared catalogue (public), this node's user count, and whether the run fits its budget.
 
     Nothing is spent here. The check composes the ledger's history with everything the run
-    still plans (the statistics release unless already made, and every round from the request's
-    first round on, less those already charged to this run key, which would be replays).
+    still plans (the statistics release unless already made, every round from the request's
+    first round on, less those already charged to this run key, which would be replays, and the
+    DP evaluations this run has not made yet).
     """
     request = content[keys.CONFIG] if keys.CONFIG in content else ConfigRecord()
     catalogue = ConfigRecord({keys.ITEM_IDS: item_ids})
@@ -126,7 +129,8 @@ def handle_query(
         statistics = bool(request.get(keys.NEEDS_STATISTICS, 1)) and not ledger.release_charged(run.run_key)
         second = bool(request.get(keys.NEEDS_COOCCURRENCE, 1)) and not ledger.release_charged(run.run_key, COOCCURRENCE)
         rounds_left = set(range(first, planned + 1)) - ledger.charged_rounds(run.run_key)
-        to_spend = plan.run_events(statistics, len(rounds_left), second)
+        evaluated = sum(1 for entry in ledger.charged(run.run_key) if entry["release"] == EVALUATION)
+        to_spend = plan.run_events(statistics, len(rounds_left), second, max(0, plan.evaluation_releases - evaluated))
         ledger.check(to_spend, what=f"this run (it asks to spend epsilon {config.privacy().target_epsilon:g})")
     except FedsynthError as exc:
         return refusal(str(exc), ledger)
@@ -336,12 +340,13 @@ def handle_train(
     except FedsynthError as exc:
         return refusal(str(exc), ledger, plan.delta)
     if replay is not None:
-        metrics = {**spent_metrics(ledger, rows.shape[0], plan), **replay.losses, keys.REPLAYED: 1}
+        metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.REPLAYED: 1}
         return RecordDict({keys.ARRAYS: ArrayRecord(replay.arrays), keys.METRICS: MetricRecord(metrics)})
     trained, losses, spent = train_round(content, rows, config, plan, server_round)
     save_replay(ledger, run, Replay(server_round, trained, losses))  # first: a crash after it loses nothing
     ledger.record(spent, "round", run, round=server_round, requested_epsilon=config.privacy().target_epsilon)
-    metrics = {**spent_metrics(ledger, rows.shape[0], plan), **losses}
+    # the losses stay here: means of unclipped per-user losses, not DP (kept in the replay file on this node)
+    metrics = spent_metrics(ledger, rows.shape[0], plan)
     return RecordDict({keys.ARRAYS: ArrayRecord(trained), keys.METRICS: MetricRecord(metrics)})
 
 

@@ -21,7 +21,7 @@ Accounting, two threat models, both in the ledger:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -36,7 +36,7 @@ from common.bundle import ModelBundle
 from common.device import training_device
 from common.errors import FedsynthError
 from common.models.vae import MultVAE
-from common.privacy.accounting import DPEvent
+from common.privacy.accounting import DPEvent, Event, epsilon
 from common.privacy.cooccurrence import (
     COOCCURRENCE,
     check_items,
@@ -179,17 +179,24 @@ def central_release_variance(
     """
     quantizer = release.quantizer
     if release.repeated:
-        allowed = ledger.epsilon_after(plan.run_events(False, rounds_left, cooccurrence=False))
+        allowed = rdp_after(ledger, plan.run_events(False, rounds_left, cooccurrence=False, evaluations=0))
         repeats, later = rounds_left, []
     else:
         later = plan.run_events(False, rounds_left, cooccurrence=release.name == STATISTICS and plan.cooccurrence)
-        allowed, repeats = ledger.epsilon_after([*release.planned, *later]), 1
+        allowed, repeats = rdp_after(ledger, [*release.planned, *later]), 1
 
     def fits(variance: float) -> bool:
         skellam = SkellamEvent(release.name, variance, quantizer.l2, quantizer.l1, repeats, release.sample_rate)
-        return ledger.epsilon_after([skellam, *later]) <= allowed
+        return rdp_after(ledger, [skellam, *later]) <= allowed
 
     return calibrate_variance(release.noise_multiplier, quantizer.l2, fits)
+
+
+def rdp_after(ledger: PrivacyLedger, planned: Sequence[Event]) -> float:
+    """ε of the ledger's events and ``planned`` composed by RDP, the accountant of every history that holds a
+    Skellam event (:mod:`common.privacy.accounting`): a Gaussian plan and the Skellam release replacing part of it
+    are compared like for like (the plan of a secure run is calibrated under RDP, ``LocalTrainingConfig``)."""
+    return epsilon([*ledger.events, *planned], ledger.delta, accountant="rdp")
 
 
 MAX_BATCH = 64  # the most aggregations one keys stage sets up (each holds private keys in the node's state)

@@ -38,6 +38,9 @@ EPSILON_COOCCURRENCE = "epsilon-cooccurrence"
 RUN_KEY = "run-key"  # every request: the server's key of this run directory, stable across resumes
 REQUESTER = "requester"  # every request: what the server says it is (host, output directory)
 EPSILON_CAP = "epsilon-cap"  # query reply: this silo's lifetime cap (set on the node)
+DP_EVALUATION = "dp-evaluation"  # evaluate reply: 1 if its sums carry DP noise (charged), 0 if exact (simulation)
+EPSILON_EVALUATION = "epsilon-evaluation"
+EVALUATION_LABEL = "label"  # evaluate request: the result row, recorded in the node's ledger
 REPLAYED = "replayed"  # train reply: 1 if it is the saved reply of a round already charged to this run
 LOSS_KEYS = ("vae-loss", "gan-d-loss", "gan-g-loss")
 

@@ -131,6 +131,21 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _evaluation_lines(evaluation: dict[str, Any], privacy: dict[str, Any]) -> list[str]:
+    """How the rows were evaluated: DP (its ε and each row's noise std) or exactly (a simulation measurement)."""
+    if "mode" not in evaluation:
+        return []
+    lines = [f"Evaluation: {evaluation['mode']}."]
+    cost = privacy.get("evaluation", {}).get("epsilon_of_evaluations_max")
+    if cost:
+        noise = {k: v["noise_std_of_mean"] for k, v in evaluation.items() if isinstance(v, dict) and v.get("dp")}
+        lines.append(
+            f"The DP evaluations cost ε {_fmt(cost)} per client (max; included in the ε above). Noise std of each "
+            "row's mean metric: " + ", ".join(f"{k} ±{_fmt(v)}" for k, v in noise.items()) + "."
+        )
+    return [*lines, ""]
+
+
 def metrics_table(results: dict[str, dict[str, float]]) -> str:
     lines = ["| recommender | " + " | ".join(HEADLINE_COLUMNS) + " |", "|---" * (len(HEADLINE_COLUMNS) + 1) + "|"]
     for name, values in results.items():
@@ -302,6 +317,7 @@ def write_report(
         "",
         metrics_table(metrics["recommenders"]),
         "",
+        *_evaluation_lines(metrics.get("evaluation") or {}, privacy),
         _retention_line(metrics["utility_retention"]),
         "",
         "![recommenders](recommenders.png)",

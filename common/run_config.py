@@ -27,6 +27,7 @@ from common.recommenders.registry import RECOMMENDER_NAMES, check_recommender_na
 from common.robust import RobustConfig
 from common.strategies import StrategyConfig
 
+EVALUATION_MODES = ("auto", "dp", "exact")  # federated evaluation (client/evaluation.py)
 NO_DP_EPSILON = 1e9  # the run config's ε for "no DP" (any value at least this large means ∞)
 SYNTHETIC_EASE_L2_PAIRS = 1000.0  # EASE λ on synthetic users fitted to released taste structure (signal rank ≥ 2)
 SYNTHETIC_EASE_L2_FIRST_ORDER = 3000.0  # ... and on synthetic users that carry popularity only
@@ -48,6 +49,8 @@ class LocalTrainingConfig:
     train_gan: bool = True  # False when the GAN is not a synthesizer: no GAN steps, its ε share goes to the VAE
     proximal_mu: float = 0.0  # FedProx: μ/2 ‖w − w_global‖² added to every local objective (0: plain local SGD)
     fedsgd_rate: float = 0.0  # > 0: round-mode fedsgd, one Mult-VAE step per round at this Poisson rate (no GAN)
+    # the DP releases go through SecAgg as Skellam events, which only RDP composes: the plan is calibrated under RDP
+    secure_aggregation: bool = False
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1 or self.discriminator_steps < 1:
@@ -71,6 +74,9 @@ class RunConfig:
     round_mode: str = "local"  # local: local DP-SGD epochs per round | fedsgd: one secure-aggregated step per round
     fedsgd_sample_rate: float = 0.2  # fedsgd: the Poisson rate of every silo per step (best of 0.07, 0.2: validation)
     reproducible_noise: bool = False  # true (studies only): DP noise from the run seed, so NOT private vs the server
+    evaluation: str = "auto"  # auto: DP on deployed nodes, exact on simulated ones | dp | exact (simulation only)
+    evaluation_share: float = 0.1  # of ε, set aside for DP federated evaluation
+    evaluation_releases: int = 24  # the evaluations (result rows) that share it, at most, per run
     strategy: str = "fedavg"  # fedavg | fedprox (clients add μ/2 ‖w − w_global‖²) | fedadam (server-side Adam)
     proximal_mu: float = 0.01  # FedProx μ (used with strategy = "fedprox")
     server_learning_rate: float = 0.03  # FedAdam η (strategy = "fedadam"; best of 0.01–0.3 on validation users)
@@ -137,6 +143,7 @@ class RunConfig:
             raise ConfigError("min-clients must be at least 1.")
         if self.reply_timeout <= 0:
             raise ConfigError(f"reply-timeout must be positive (seconds), got {self.reply_timeout}.")
+        self.check_evaluation()
         if self.pipeline not in ("full", "train"):
             raise ConfigError(f"pipeline must be 'full' or 'train', got {self.pipeline!r}.")
         unknown = [s for s in self.synthesizer_names() if s not in ("gan", "vae")] or not self.synthesizer_names()
@@ -151,6 +158,27 @@ class RunConfig:
         self.check_marginals()
         self.check_attack()
         parse_device(self.device)
+
+    def evaluation_rows(self) -> int:
+        """How many result rows the server evaluates federatedly: synthetic sets (each synthesizer, and both
+        marginal-fitted models when marginal-items > 0) × recommenders, the real-data
+        rows (simulation reference), fedvae and the prior, the DP baselines (simulation, private runs)."""
+        recommenders = len(self.recommender_names())
+        synthetic = len(self.synthesizer_names()) + (2 if self.marginal_items > 0 else 0)  # + the fitted starts
+        reference = recommenders + (2 if self.dp_baselines and self.privacy().private else 0)
+        return synthetic * recommenders + 2 + (reference if self.simulation_reference else 0)
+
+    def check_evaluation(self) -> None:
+        """A known mode, and, where the evaluation may be DP, enough planned releases for every row."""
+        if self.evaluation not in EVALUATION_MODES:
+            raise ConfigError(f"evaluation must be one of {', '.join(EVALUATION_MODES)}, got {self.evaluation!r}.")
+        may_be_dp = self.evaluation == "dp" or (self.evaluation == "auto" and not self.simulation_reference)
+        if may_be_dp and self.pipeline == "full" and self.evaluation_rows() > self.evaluation_releases:
+            raise ConfigError(
+                f"evaluation-releases {self.evaluation_releases} is below the {self.evaluation_rows()} rows this run "
+                "evaluates under DP; raise it (each gets a smaller part of evaluation-share) or evaluate fewer "
+                "recommenders (--recommenders)."
+            )
 
     def check_secure_aggregation(self) -> None:
         if self.secagg_threshold < 0 or self.secagg_threshold == 1:
@@ -249,6 +277,8 @@ class RunConfig:
             self.statistics_share,
             self.statistics_clip,
             self.cooccurrence_share if self.marginal_items > 0 else 0.0,
+            self.evaluation_share,
+            self.evaluation_releases,
         )
 
     def attacks(self) -> AttackConfig:
@@ -302,6 +332,7 @@ class RunConfig:
             train_gan="gan" in self.synthesizer_names(),
             proximal_mu=self.federated_strategy().client_proximal_mu,
             fedsgd_rate=self.fedsgd_sample_rate if self.round_mode == "fedsgd" else 0.0,
+            secure_aggregation=self.secure_aggregation,
         )
 
     def data(self) -> DataSettings:

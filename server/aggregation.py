@@ -128,7 +128,7 @@ def aggregate_replies(
 ) -> RoundOutcome:
     """Split replies into trained / refused / failed, aggregate the trained ones, summarise metrics.
 
-    Losses are weighted by users; the bundle is FedAvg-ed weighted by users, or aggregated by the
+    No losses arrive (not DP: they stay on the nodes); the bundle is FedAvg-ed weighted by users, or aggregated by the
     ``robust`` rule (:mod:`common.robust`; ``norm-bound`` needs the ``current`` global arrays).
     """
     outcome = client_outcomes(replies, server_round)
@@ -136,9 +136,6 @@ def aggregate_replies(
     if not trained:
         return RoundOutcome(None, log)
     weights = np.array([_metric(r, keys.NUM_EXAMPLES) for r in trained])
-    for name in keys.LOSS_KEYS:
-        if all(r.content is not None and name in r.content[keys.METRICS] for r in trained):  # no GAN: no GAN losses
-            log.losses[name] = float(np.dot([_metric(r, name) for r in trained], weights) / weights.sum())
     log.users = int(weights.sum())
     contents = [r.content for r in trained if r.content is not None]
     rule = robust or RobustConfig()

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from common import keys
 from common.attacks import UPDATE_ATTACKS, target_items, target_share
 from common.config import EvalConfig
 from common.data.partition import partition_users
@@ -45,6 +46,7 @@ from common.report import write_report
 from common.run_config import RunConfig
 from common.seeding import mechanism_seed
 from common.synthesis import SynthesisConfig, synthesize
+from server.admission import identity_fields
 from server.aggregation import client_participation
 from server.baselines import baseline_recommenders
 from server.evaluation import evaluation_request, federated_evaluate
@@ -183,9 +185,57 @@ def privacy_summary(training: TrainingResult, config: RunConfig) -> dict[str, An
         ],
         "delta": max(deltas.values(), default=None),
         "delta_per_client": [{"client": node, "delta": value} for node, value in deltas.items()],
-        "accountant": "opacus rdp (Skellam RDP bound for secure sums), all releases and both models of all "
-        "rounds composed per client",
+        "accountant": ACCOUNTANT_NOTE,
+        "assumptions": PRIVACY_ASSUMPTIONS,
     }
+
+
+ACCOUNTANT_NOTE = (
+    "every release, both models of every round and every DP evaluation composed per client from its ledger's "
+    "events: dp-accounting PLD for Gaussian histories, RDP where Skellam (secure aggregation) events are present"
+)
+PRIVACY_ASSUMPTIONS = {
+    "unit": "one user of one silo with their whole history; (epsilon, delta)-DP per silo, add/remove adjacency",
+    "public": "silo sizes n (num-examples, FedAvg weights, delta = 0.1/n), the item catalogue, the length-histogram "
+    "bins, every run setting, each release's noise scale",
+    "threat_model": "honest-but-curious server (epsilon_max); under secure aggregation fewer than secagg-threshold "
+    "colluding nodes, else epsilon_max_own_noise; a server cannot reset, raise or weaken a deployed node's budget",
+    "not_released": "training losses; exact evaluation sums and recommended items (deployed nodes)",
+    "limits": "floating-point Gaussian sampling; silo sizes not protected; see docs/privacy.md",
+}
+
+
+def with_evaluation(privacy: dict[str, Any], evaluation: dict[str, Any], config: RunConfig) -> dict[str, Any]:
+    """The privacy summary after federated evaluation: DP evaluations are charged, so each node's ε is its
+    largest reported after them; ``evaluation`` says what the evaluation was and what it cost."""
+    rows = [who for who in evaluation.values() if isinstance(who, dict) and "dp" in who]
+    after: dict[str, float] = {}
+    cost: dict[str, float] = {}  # ε of all this node's DP evaluations alone (its ledger's "evaluation" events)
+    for who in rows:
+        for node, value in who.get("epsilon_by_client", {}).items():
+            after[node] = max(after.get(node, 0.0), value)
+        for node, value in who.get("epsilon_of_evaluations_by_client", {}).items():
+            cost[node] = max(cost.get(node, 0.0), value)
+    dp = any(who["dp"] for who in rows)
+    evaluation["mode"] = (
+        "dp: noisy sums charged to each node's ledger (evaluation-share of epsilon)"
+        if dp
+        else "exact: simulation measurement over the held-out users, NOT private (a deployed node refuses it)"
+    )
+    for entry in privacy["epsilon_per_client"]:
+        entry["epsilon"] = max(entry["epsilon"], after.get(entry["client"], 0.0))
+    totals = [e["epsilon"] for e in privacy["epsilon_per_client"] if e["epsilon"] is not None]
+    if totals:
+        privacy["epsilon_max"] = max([*totals, *([privacy["epsilon_max"]] if privacy["epsilon_max"] else [])])
+        own = privacy.get("epsilon_max_own_noise") or 0.0
+        privacy["epsilon_max_own_noise"] = max(own, privacy["epsilon_max"])  # evaluations are not secure-summed
+    privacy["evaluation"] = {
+        "dp": dp,
+        "share": config.evaluation_share,
+        "releases": config.evaluation_releases,
+        "epsilon_of_evaluations_max": max(cost.values(), default=0.0),
+    }
+    return privacy
 
 
 def simulated_baselines(
@@ -310,6 +360,7 @@ def evaluate_all(
     and evaluating."""
     results: dict[str, dict[str, float]] = {}
     evaluation: dict[str, Any] = {"users": "each client's real held-out test users (fold-in 80% → target 20%)"}
+    identity = identity_fields(out_directory(config))  # a DP-evaluating node charges this run's ledger entries
     skipped: dict[str, str] = {}
     seconds = {"central_training": 0.0, "evaluation": 0.0}
     settings = EvalConfig(ks=EVAL.ks, targets=tuple(int(i) for i in targets) if targets is not None else ())
@@ -331,7 +382,9 @@ def evaluate_all(
             continue
         log.info("fedsynth stage: federated evaluation of %s", label)
         step = time.perf_counter()
-        content = evaluation_request(recommender, settings)  # the arrays, serialized (a copy)
+        run: dict[str, keys.ConfigValue] = {**identity, keys.PLANNED_ROUNDS: config.num_server_rounds}
+        run[keys.EVALUATION_LABEL] = label
+        content = evaluation_request(recommender, settings, run)  # the arrays, serialized (a copy)
         del recommender  # so only that copy is held while the clients evaluate, and before the next fit
         results[label], who = federated_evaluate(grid, nodes, content, settings, num_items, config.reply_timeout)
         del content
@@ -410,7 +463,7 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
         fidelity["note"] = "simulation only: computed by the server from the real training users"
     synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
     metrics = {
-        "privacy": privacy_summary(training, config),
+        "privacy": with_evaluation(privacy_summary(training, config), evaluation, config),
         "baselines": baselines_summary,
         "clients": client_participation(training.logs, nodes),
         "recommenders": results,

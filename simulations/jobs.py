@@ -49,6 +49,9 @@ _RUN_OPTIONS: list[tuple[str, type, str]] = [
     ("local-epochs", int, "Mult-VAE epochs per round."),
     ("discriminator-steps", int, "Discriminator steps per round."),
     ("statistics-share", float, "Share of ε for the DP statistics (counts, lengths, co-occurrence)."),
+    ("evaluation", str, "Federated evaluation: auto (DP on deployed nodes, exact in simulation) | dp | exact."),
+    ("evaluation-share", float, "Share of ε set aside for DP federated evaluation (docs/privacy.md)."),
+    ("evaluation-releases", int, "DP evaluations (result rows) that share it, at most, per run."),
     ("marginal-items", int, "Items of the DP co-occurrence the models are fitted to; 0 = none."),
     ("cooccurrence-share", float, "Of the statistics' share of ε, the part for the co-occurrence."),
     (

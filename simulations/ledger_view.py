@@ -65,7 +65,8 @@ def show_ledgers(console: Console, directory: Path) -> None:
     for ledger in ledgers_in(directory):
         console.print(ledger_table(ledger))
     console.print(
-        "ε composes (RDP), so 'remaining' is cap − spent as a guide; a node checks each run's plan composed "
+        "ε composes (PLD; RDP once secure-aggregation events are in), so 'remaining' is cap − spent as a guide; "
+        "a node checks each run's plan composed "
         "with its history against the cap and refuses what does not fit."
     )
 

@@ -75,7 +75,9 @@ def small_round(device: torch.device | None, epsilon: float = 8.0) -> tuple[Mode
     privacy = PrivacyConfig(target_epsilon=epsilon)
     plan = plan_privacy(privacy, rows.shape[0], local, rounds=2)
     bundle = ModelBundle.create(rows.shape[1], local, seed=0)
-    vae, gan = train_local_round(bundle, rows, plan, privacy, local, server_round=1, seeds=RoundSeeds(3, 4), device=device)
+    vae, gan = train_local_round(
+        bundle, rows, plan, privacy, local, server_round=1, seeds=RoundSeeds(3, 4), device=device
+    )
     return bundle, vae.events + gan.events, {**vae.losses, **gan.losses}
 
 

@@ -41,7 +41,6 @@ ALLOWED_METRICS = {
     keys.EPSILON_COOCCURRENCE,
     keys.EPSILON_OWN_NOISE,
     keys.DELTA,
-    *keys.LOSS_KEYS,
 }
 
 
@@ -80,8 +79,9 @@ def test_reply_holds_only_weights_and_aggregate_metrics(tmp_path: Path) -> None:
 
 
 def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path) -> None:
-    # no co-occurrence planned: the statistics and the two rounds then spend the whole cap
-    config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 2, "epsilon": 2.0, "marginal-items": 0})
+    # no co-occurrence and no evaluation planned: the statistics and the two rounds then spend the whole cap
+    settings = {**SMALL, "num-server-rounds": 2, "epsilon": 2.0, "marginal-items": 0, "evaluation-share": 0.0}
+    config = RunConfig.from_run_config(settings)
     data = rows()
     state = RecordDict()
     release = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
@@ -148,7 +148,6 @@ def trained_reply(users: int, epsilon: float, value: float) -> RecordDict:
         keys.REFUSED: 0,
         keys.EPSILON: epsilon,
         keys.DELTA: 1e-3,
-        **dict.fromkeys(keys.LOSS_KEYS, value),
     }
     return RecordDict(
         {keys.ARRAYS: ArrayRecord({"vae.w": torch.full((2,), value)}), keys.METRICS: MetricRecord(metrics)}
@@ -179,6 +178,6 @@ def test_server_reports_max_epsilon_and_fedavg_by_users() -> None:
     torch.testing.assert_close(
         outcome.arrays.to_torch_state_dict()["vae.w"], torch.full((2,), 2.0)
     )  # (300·1+100·5)/400
-    assert outcome.log.losses["vae-loss"] == 2.0
+    assert outcome.log.losses == {}  # no loss leaves a node (not DP)
     assert RoundLog.from_plain(outcome.log.to_plain()) == outcome.log  # what train.json and checkpoints hold
-    assert outcome.log.to_plain()["epsilon_max"] == 7.5 and outcome.log.to_plain()["vae-loss"] == 2.0
+    assert outcome.log.to_plain()["epsilon_max"] == 7.5

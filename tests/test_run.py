@@ -102,7 +102,11 @@ def test_a_run_writes_every_output(finished_run: FinishedRun) -> None:
 def test_a_run_reports_its_privacy_per_client(finished_run: FinishedRun) -> None:
     privacy = finished_run.metrics["privacy"]
 
-    assert 3.5 < privacy["epsilon_max"] <= 4.0 + 1e-3 and len(privacy["epsilon_per_client"]) == 2
+    # the evaluation's share is set aside (and not spent: exact evaluation in simulation)
+    assert 3.0 < privacy["epsilon_max"] < 4.0 and len(privacy["epsilon_per_client"]) == 2
+    assert not privacy["evaluation"]["dp"] and privacy["evaluation"]["share"] == 0.1
+    assert {"unit", "public", "threat_model", "not_released", "limits"} <= set(privacy["assumptions"])
+    assert finished_run.metrics["evaluation"]["mode"].startswith("exact: simulation measurement")
     assert 0 < privacy["delta"] < 1 / 80
     assert all(c["cap"] == 4.0 and c["epsilon_before_run"] == 0.0 for c in privacy["epsilon_per_client"])
     meta = json.loads((finished_run.out / "synthetic_meta.json").read_text())

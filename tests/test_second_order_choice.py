@@ -67,12 +67,16 @@ def test_the_server_predicts_the_noise_each_node_plans() -> None:
     config = RunConfig.from_run_config({**SMALL, "epsilon": 2.0})
     plan = plan_privacy(config.privacy(), 100, config.local(), config.num_server_rounds)
 
+    secure_config = RunConfig.from_run_config({**SMALL, "epsilon": 2.0, "secure-aggregation": True})
+    # a secure run's plan is calibrated under RDP (its Skellam events make the ledger an RDP composition)
+    secure_plan = plan_privacy(secure_config.privacy(), 100, secure_config.local(), config.num_server_rounds)
+
     plain = predicted_cooccurrence_std(config, 500.0, 5)
-    secure = predicted_cooccurrence_std(RunConfig.from_run_config({**SMALL, "epsilon": 2.0,
-                                                                   "secure-aggregation": True}), 500.0, 5)  # fmt: skip
+    secure = predicted_cooccurrence_std(secure_config, 500.0, 5)
 
     assert plain == pytest.approx(plan.cooccurrence_noise * np.sqrt(5))  # each node's own noise, summed
-    assert secure == pytest.approx(plan.cooccurrence_noise)  # noise once, on the sum
+    assert secure == pytest.approx(secure_plan.cooccurrence_noise)  # noise once, on the sum
+    assert secure_plan.cooccurrence_noise > plan.cooccurrence_noise  # RDP: more noise for the same ε
     assert predicted_cooccurrence_std(RunConfig.from_run_config({**SMALL, "epsilon": "inf"}), 500.0, 5) == 0.0
 
 

@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.special import ive, logsumexp
 
+from common.errors import ConfigError
 from common.privacy.accounting import DPEvent, epsilon
 from common.privacy.skellam import (
     SkellamEvent,
@@ -62,7 +63,8 @@ def test_the_calibrated_variance_never_spends_more_than_the_gaussian_plan() -> N
     quantizer = SkellamQuantizer.for_clip(math.sqrt(17.0), 2000)
     rounds = [DPEvent("vae", 1.1, 0.05, 300)]
     for sigma in (0.8, 2.0, 5.0):
-        plan = epsilon([DPEvent("statistics", sigma, 1.0, 1), *rounds], 1e-5)
+        # like for like: a history with a Skellam event is composed by RDP, so the Gaussian plan is too here
+        plan = epsilon([DPEvent("statistics", sigma, 1.0, 1), *rounds], 1e-5, accountant="rdp")
 
         def fits(variance: float, plan: float = plan) -> bool:
             release = SkellamEvent("statistics", variance, quantizer.l2, quantizer.l1)
@@ -73,6 +75,11 @@ def test_the_calibrated_variance_never_spends_more_than_the_gaussian_plan() -> N
         assert plan * 0.999 <= spent <= plan
         assert (sigma * quantizer.l2) ** 2 <= variance <= (sigma * quantizer.l2) ** 2 * 1.05  # ≤ 2.5% more std
     assert 1.0 < quantizer.inflation < 1.002
+
+
+def test_calibration_refuses_a_release_no_variance_can_fit_instead_of_searching_forever() -> None:
+    with pytest.raises(ConfigError, match="no Skellam variance fits"):
+        calibrate_variance(1.0, 4100.0, lambda variance: False)
 
 
 def test_the_sum_of_the_nodes_noise_has_the_central_variance() -> None:

@@ -23,9 +23,9 @@ not as a share of the synthetic pipeline's budget.
 Memory limit: the server holds a dense M × M float64 matrix (M = 4,000: 128 MB; 10,000:
 800 MB) and each client sends M(M + 1)/2 numbers, so ``max_items`` is capped at 10,000.
 
-The noise multiplier of each client is calibrated with the same Opacus RDP accountant as the
-pipeline, for that client's own δ (< 1/n); :class:`BaselineRelease` records it so the spend
-can be checked independently (``epsilon_per_client``).
+The noise multiplier of each client is calibrated with the same accountant as the pipeline
+(dp-accounting's PLD, :mod:`common.privacy.accounting`), for that client's own δ (< 1/n);
+:class:`BaselineRelease` records it so the spend can be checked independently (``epsilon_per_client``).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class BaselineRelease:
     own_noise_events_per_client: tuple[tuple[Event, ...], ...] | None = None
 
     def epsilon_per_client(self) -> list[float]:
-        """Each client's ε for its δ, from its recorded events (Opacus RDP; Skellam RDP under SecAgg)."""
+        """Each client's ε for its δ, from its recorded events (PLD; RDP for the Skellam events under SecAgg)."""
         return [epsilon(list(e), d) for e, d in zip(self.events_per_client, self.delta_per_client, strict=True)]
 
     def epsilon_own_noise_per_client(self) -> list[float]:

@@ -37,6 +37,8 @@ class PrivacyConfig:
     rest, ``vae_share`` for the Mult-VAE and the remainder for the GAN's discriminator. Of the
     statistics' share, ``cooccurrence_share`` goes to the second-order release
     (:mod:`common.privacy.cooccurrence`; 0: not released) and the rest to the first-order one.
+    ``evaluation_share`` of ε is set aside first for up to ``evaluation_releases`` DP federated
+    evaluations (one Gaussian release each); the shares above divide the rest.
     ``target_epsilon=inf`` turns DP off (no clipping, no noise) and is reported as non-private.
     """
 
@@ -47,6 +49,8 @@ class PrivacyConfig:
     statistics_share: float = 0.8
     statistics_clip: float = 4.0
     cooccurrence_share: float = 0.0
+    evaluation_share: float = 0.0  # of ε, for DP federated evaluation (:mod:`client.evaluation`)
+    evaluation_releases: int = 0  # the evaluations (recommenders) that share it, at most, per run
 
     def __post_init__(self) -> None:
         if not self.target_epsilon > 0:
@@ -61,6 +65,11 @@ class PrivacyConfig:
             raise ConfigError(f"--statistics-share must be in (0, 1), got {self.statistics_share}.")
         if not 0 <= self.cooccurrence_share < 1:
             raise ConfigError(f"--cooccurrence-share must be in [0, 1), got {self.cooccurrence_share}.")
+        if not 0 <= self.evaluation_share < 1 or (self.evaluation_share > 0 and self.evaluation_releases < 1):
+            raise ConfigError(
+                f"--evaluation-share must be in [0, 1) and --evaluation-releases at least 1 when it is positive, got "
+                f"{self.evaluation_share} and {self.evaluation_releases}."
+            )
         if not self.statistics_clip > 0:
             raise ConfigError(f"--statistics-clip must be positive, got {self.statistics_clip}.")
 

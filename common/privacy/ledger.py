@@ -44,7 +44,7 @@ import scipy.sparse as sp
 
 from common.errors import ConfigError, FedsynthError
 from common.io import write_json_atomic
-from common.privacy.accounting import Event, epsilon, epsilon_by_model, event_from_plain
+from common.privacy.accounting import Event, accountant_name, epsilon, epsilon_by_model, event_from_plain
 from common.privacy.statistics import STATISTICS
 
 LEDGER_VERSION = 2
@@ -292,7 +292,7 @@ class PrivacyLedger:
                 "delta": self.delta,
                 "max_epsilon": self.max_epsilon,
                 "cap_source": self.cap_source,
-                "accountant": "opacus rdp",
+                "accountant": accountant_name(self.events),
                 "events": [asdict(e) for e in self.events],
                 "own_noise_events": [asdict(e) for e in self.own_noise_events],
                 "history": self.history,

@@ -4,7 +4,9 @@ summed by SecAgg with distributed Skellam noise, so they are compared under the 
 Per release: each client's per-user contributions (clipped counts, or the upper triangle of the
 clipped Gram matrix) are rounded per user (:class:`~common.privacy.skellam.SkellamQuantizer`);
 each client k calibrates the central variance V_k its own (ε, δ_k) needs (no more ε than the
-Gaussian baseline at the same target); every client adds Sk(V/t), V = max_k V_k; the SecAgg
+Gaussian baseline at the same target, both composed by RDP: a history holding Skellam events is
+composed by RDP, :mod:`common.privacy.accounting`, so the Gaussian reference is calibrated under RDP
+too); every client adds Sk(V/t), V = max_k V_k; the SecAgg
 protocol runs in this process (:func:`~common.secagg.protocol.aggregate_in_process`) and the server
 divides the unmasked integer sum by the scale. Simulation only, like the Gaussian baselines.
 """
@@ -96,12 +98,12 @@ def client_variances(
     variances = []
     for sigma, delta in zip(sigmas, deltas, strict=True):
         after = [DPEvent(model, sigma, 1.0, releases - len(before) - 1)]
-        allowed = epsilon([DPEvent(model, sigma, 1.0, releases)], delta)
+        allowed = epsilon([DPEvent(model, sigma, 1.0, releases)], delta, accountant="rdp")
 
         def fits(variance: float, after: list[DPEvent] = after, allowed: float = allowed,
                  delta: float = delta) -> bool:  # fmt: skip
             release = SkellamEvent(model, variance, quantizer.l2, quantizer.l1)
-            return epsilon([*before, release, *after], delta) <= allowed
+            return epsilon([*before, release, *after], delta, accountant="rdp") <= allowed
 
         variances.append(calibrate_variance(sigma, quantizer.l2, fits))
     return variances
@@ -117,7 +119,7 @@ def secure_dp_popularity(
 ) -> BaselineRelease:
     """DP popularity at ``target_epsilon`` per client, summed by secure aggregation."""
     quantizer = SkellamQuantizer.for_clip(clip, clients[0].shape[1])
-    sigmas = [calibrate_noise(target_epsilon, delta, 1.0, 1) for delta in deltas]
+    sigmas = [calibrate_noise(target_epsilon, delta, 1.0, 1, "rdp") for delta in deltas]
     variance = max(client_variances(quantizer, sigmas, deltas, "dp-popularity", releases=1))
     total, noise_std = secure_release(
         [count_contributions(rows, clip) for rows in clients], quantizer, variance, threshold, "dp-popularity"
@@ -134,7 +136,7 @@ def secure_dp_gram(
     """DP-EASE's releases under secure aggregation (the DP counts that pick the items, then the Gram)."""
     num_items = clients[0].shape[1]
     select = num_items > config.ease_items
-    sigmas = [calibrate_noise(target_epsilon, delta, 1.0, 2 if select else 1) for delta in deltas]
+    sigmas = [calibrate_noise(target_epsilon, delta, 1.0, 2 if select else 1, "rdp") for delta in deltas]
     counts, quantizers, variances = None, [], []
     items = np.arange(num_items)
     if select:

@@ -216,6 +216,11 @@ def calibrate_variance(noise_multiplier: float, l2: float, fits: Callable[[float
     high = low * 1.01
     while not fits(high):
         low, high = high, high * 1.5
+        if high > 1e12 * (noise_multiplier * l2) ** 2:  # more noise no longer helps: the rest of the plan is over
+            raise ConfigError(
+                "secure aggregation: no Skellam variance fits this release into the plan's epsilon "
+                "(what else the ledger composes already spends it)."
+            )
     while high - low > 1e-4 * high:
         middle = (low + high) / 2
         low, high = (low, middle) if fits(middle) else (middle, high)

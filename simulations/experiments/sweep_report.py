@@ -182,8 +182,9 @@ def cell_table(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFra
                 "cell": record["cell"],
                 "status": record["status"],
                 "ε target": record["epsilon"],
-                "ε spent": value("accountant", "epsilon_opacus_max"),
-                "ε dp-accounting": value("accountant", "epsilon_dp_accounting_max"),
+                "ε spent": value("accountant", "epsilon_max"),
+                "ε rdp": value("accountant", "epsilon_opacus_max"),
+                "ε rdp dp-accounting": value("accountant", "epsilon_dp_accounting_max"),
                 **{g: record["settings"].get(g, "") for g in grid},
                 "synthetic/ease": value("synthetic/ease", HEADLINE),
                 "synthetic/multvae": value("synthetic/multvae", HEADLINE),
@@ -265,8 +266,9 @@ def report_sections(frame: pd.DataFrame, summary: pd.DataFrame, records: list[di
     accountant = frame[(frame["row"] == "accountant") & (frame["metric"] == "relative_difference_max")]["value"]
     summary_text = (
         f"{len(records)} cells, {len(records) - len(failed)} complete, {len(failed)} failed. "
-        "ε is the target per client; 'ε spent' is the largest cumulative ε over clients (Opacus RDP), "
-        "with dp-accounting's ε for the same ledger events beside it"
+        "ε is the target per client; 'ε spent' is the largest cumulative ε over clients (dp-accounting's PLD; "
+        "Opacus RDP where a ledger holds secure-aggregation events), with the same ledger events' RDP by Opacus "
+        "and by dp-accounting beside it"
         + (f" (largest relative difference {accountant.max():.2%})." if len(accountant) else ".")
         + " ∞ = the same pipeline without clipping or noise: non-private."
     )

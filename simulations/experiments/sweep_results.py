@@ -70,6 +70,8 @@ def _rows_of_cell(record: dict[str, Any], reference: dict[str, dict[str, float]]
             "accountant",
             "accountant",
             {
+                # as reported (PLD; RDP where a ledger holds Skellam events); older records: Opacus' RDP
+                "epsilon_max": max(r.get("epsilon", r["epsilon_opacus"]) for r in accountant),
                 "epsilon_opacus_max": max(r["epsilon_opacus"] for r in accountant),
                 # nan where a ledger holds Skellam (secure-aggregation) events, which dp-accounting cannot take
                 "epsilon_dp_accounting_max": max(
