@@ -42,9 +42,12 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         return config
 
     def budget(config: RunConfig, context: Context) -> NodeBudget:
-        """The node's own ``ledger-dir`` and ``max-epsilon`` (node config); the ledger dir falls back to
-        the run config's, then the default. The cap never comes from the run config."""
-        fallback = Path(config.ledger_dir) if config.ledger_dir else default_ledger_dir()
+        """The node's own ``ledger-dir`` and ``max-epsilon`` (node config). A deployed node (``data-path``)
+        falls back to the default ledger dir, never to the run config's (the server's: a new directory would
+        be a fresh ledger); a simulated node to the run config's, then the default. The cap never comes from
+        the run config."""
+        deployed = "data-path" in context.node_config
+        fallback = Path(config.ledger_dir) if config.ledger_dir and not deployed else default_ledger_dir()
         return NodeBudget.from_node_config(dict(context.node_config), fallback)
 
     @app.query()

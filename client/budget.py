@@ -42,6 +42,7 @@ class NodeBudget:
     max_epsilon: float | None = None
     cap_required: bool = False  # deployment: the node must state its own cap
     identity: str | None = None  # deployment: the node's identity, which keys its ledger (None: simulation)
+    delta: float | None = None  # deployment: the node config's δ for a new ledger (None: 0.1 / n)
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any], fallback_dir: Path) -> NodeBudget:
@@ -58,7 +59,8 @@ class NodeBudget:
                     f"node config max-epsilon={node_config['max-epsilon']!r}: give this silo's lifetime epsilon "
                     'budget as a positive number, e.g. --node-config "... max-epsilon=8".'
                 )
-        return cls(directory, cap, cap_required="data-path" in node_config, identity=node_identity(node_config))
+        delta = node_delta(node_config)
+        return cls(directory, cap, "data-path" in node_config, node_identity(node_config), delta)
 
     def open(self, rows: sp.csr_matrix, delta: float, requested: float) -> PrivacyLedger:
         """This node's ledger (deployment: keyed by its identity; simulation: by ``rows``' fingerprint).
@@ -87,13 +89,28 @@ class NodeBudget:
     def fixed_delta(self, num_users: int) -> float | None:
         """The δ of this node's existing ledger, which its runs keep (None: simulation, or no ledger yet).
 
-        A node's data may grow; its ledger's δ (0.1/n of its first run by default) stays, as long
-        as it is below 1/n for the data it holds now.
+        A node's data may grow; its ledger's δ (its node config ``delta``, else 0.1/n of its first run)
+        stays, as long as it is below 1/n for the data it holds now.
         """
         if self.identity is None:
             return None
         delta = PrivacyLedger.node_delta(self.ledger_dir, self.identity)
-        return delta if delta is not None and delta < 1.0 / num_users else None  # too large: refused at open
+        if delta is None:  # a new ledger: the node's δ, never the run config's (the server's)
+            return self.delta if self.delta is not None else 0.1 / num_users
+        return delta if delta < 1.0 / num_users else None  # too large: refused at open
+
+
+def node_delta(node_config: dict[str, Any]) -> float | None:
+    """A deployed node's own ``delta`` (node config), checked to lie in (0, 1); None when not given."""
+    if "delta" not in node_config:
+        return None
+    try:
+        value = float(node_config["delta"])
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0 < value < 1:
+        raise ConfigError(f"node config delta={node_config['delta']!r}: give a number in (0, 1) below 1/n.")
+    return value
 
 
 def node_identity(node_config: dict[str, Any]) -> str | None:

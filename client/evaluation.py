@@ -106,9 +106,10 @@ def handle_dp_evaluate(
     ledger: PrivacyLedger | None = None
     try:
         plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)), budget)
+        evaluation_settings(content)  # distinct cut-offs: the sensitivity √(1 + m) counts each metric once
         ledger = open_ledger(budget, rows, plan, config)
         check_evaluation(ledger, plan, run)
-    except (FedsynthError, KeyError, TypeError) as exc:
+    except (FedsynthError, KeyError, TypeError, ValueError) as exc:
         return refusal(str(exc), ledger)
     metrics = exact_metrics(content, held_out)
     rng = np.random.default_rng(release_seed(config, f"evaluation-{request.get(keys.EVALUATION_LABEL, '')}"))
@@ -125,6 +126,7 @@ def handle_dp_evaluate(
         keys.DELTA: plan.delta,
     }
     reply[keys.EPSILON_EVALUATION] = ledger.spent().get(EVALUATION, 0.0)
+    reply[keys.EPSILON_OWN_NOISE] = ledger.spent_own_noise()
     return RecordDict({keys.METRICS: MetricRecord(reply)})
 
 

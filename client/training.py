@@ -94,8 +94,8 @@ def train_vae_round(
     total, count, step = 0.0, 0, first_step
     for _ in range(plan.vae_steps // max(1, steps_per_epoch(data.shape[0], config.batch_size))):
         for x in sgd.batches:
-            if x.shape[0] == 0:  # an empty Poisson batch (probability (1-q)^n): nothing trained, nothing counted
-                continue
+            # an empty Poisson batch (probability (1-q)^n) is a noise-only step, counted: skipping it would
+            # release "no step" where a neighbour dataset gives a noisy one, which the accountant does not cover
             x = x.to(device, non_blocking=True)
             logits, mu, logvar = model(x)
             per_user = vae_loss(logits, x, mu, logvar, kl_beta(step, config.anneal_steps, config.beta_cap), "none")

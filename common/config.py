@@ -192,6 +192,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check(len(self.ks) > 0 and all(k >= 1 for k in self.ks), f"cut-offs K must be positive, got {self.ks}.")
+        _check(len(set(self.ks)) == len(self.ks), f"cut-offs K must be distinct, got {self.ks}.")
         _check(self.batch_size >= 1, "the evaluation batch size must be at least 1.")
 
 

@@ -98,7 +98,17 @@ def federated_evaluate(
             for r in replies
             if not r.has_error() and flag(r.content, keys.DP_EVALUATION)
         }
-        return means, {**who, "epsilon_by_client": spent, "epsilon_of_evaluations_by_client": evaluation}
+        own = {
+            str(r.metadata.src_node_id): float(r.content[keys.METRICS][keys.EPSILON_OWN_NOISE])  # type: ignore[arg-type]
+            for r in replies
+            if not r.has_error() and flag(r.content, keys.DP_EVALUATION)
+        }
+        return means, {
+            **who,
+            "epsilon_by_client": spent,
+            "epsilon_own_noise_by_client": own,
+            "epsilon_of_evaluations_by_client": evaluation,
+        }
     merged = merge_evaluations(exact, config, num_items)
     return merged.result(), {"clients": len(exact), "users": merged.users, "failed": failed, "dp": False}
 

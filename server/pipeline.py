@@ -211,6 +211,7 @@ def with_evaluation(privacy: dict[str, Any], evaluation: dict[str, Any], config:
     rows = [who for who in evaluation.values() if isinstance(who, dict) and "dp" in who]
     after: dict[str, float] = {}
     cost: dict[str, float] = {}  # ε of all this node's DP evaluations alone (its ledger's "evaluation" events)
+    own = max((v for who in rows for v in who.get("epsilon_own_noise_by_client", {}).values()), default=0.0)
     for who in rows:
         for node, value in who.get("epsilon_by_client", {}).items():
             after[node] = max(after.get(node, 0.0), value)
@@ -227,8 +228,8 @@ def with_evaluation(privacy: dict[str, Any], evaluation: dict[str, Any], config:
     totals = [e["epsilon"] for e in privacy["epsilon_per_client"] if e["epsilon"] is not None]
     if totals:
         privacy["epsilon_max"] = max([*totals, *([privacy["epsilon_max"]] if privacy["epsilon_max"] else [])])
-        own = privacy.get("epsilon_max_own_noise") or 0.0
-        privacy["epsilon_max_own_noise"] = max(own, privacy["epsilon_max"])  # evaluations are not secure-summed
+        before = privacy.get("epsilon_max_own_noise") or 0.0
+        privacy["epsilon_max_own_noise"] = max(before, own, privacy["epsilon_max"])  # evaluations: not secure-summed
     privacy["evaluation"] = {
         "dp": dp,
         "share": config.evaluation_share,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from click.testing import CliRunner
 from flwr.app import ConfigRecord, RecordDict
 
@@ -16,6 +17,10 @@ from client.budget import NodeBudget
 from client.data import check_node_settings, node_data
 from client.handlers import handle_query, handle_statistics
 from common import keys
+from common.config import SplitConfig
+from common.data.interactions import Interactions
+from common.data.report import CleaningReport
+from common.data.split import split_users_by_id
 from common.errors import ConfigError
 from common.privacy.accounting import DPEvent
 from common.privacy.ledger import PrivacyLedger, RunIdentity
@@ -87,9 +92,9 @@ def test_the_node_split_ignores_the_run_seed(tmp_path: Path) -> None:
 
     splits = [node_data(node, config) for config in configs]
 
-    assert (splits[0].train != splits[1].train).nnz == 0
+    assert same(splits[0].train, splits[1].train)
     other = node_data({**node, "split-seed": "7"}, configs[0])  # the node's own choice moves it
-    assert (other.train != splits[0].train).nnz > 0
+    assert not same(other.train, splits[0].train)
 
 
 def test_an_edited_data_file_continues_the_same_ledger(tmp_path: Path) -> None:
@@ -163,3 +168,93 @@ def test_starting_a_new_ledger_is_a_recorded_act_on_the_node(tmp_path: Path) -> 
     assert json.loads(reason.read_text())["reason"] == "data deleted"
     (fresh,) = map(PrivacyLedger.load, ledger_dir.glob("ledger-*.json"))
     assert any("after_archive" in entry for entry in fresh.history)
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_a_deployed_node_ignores_the_run_configs_ledger_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server sends the run config: a ledger-dir of its choosing would be a fresh, empty ledger."""
+    from flwr.app import Context, Message
+
+    from client.app import build_client_app
+
+    node = write_node_files(tmp_path)
+    del node["ledger-dir"]
+    monkeypatch.setenv("FEDSYNTH_LEDGER_DIR", str(tmp_path / "node-default"))
+    app = build_client_app({**SMALL, "ledger-dir": str(tmp_path / "server-chosen")})
+    context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})  # type: ignore[arg-type]
+    message = Message(planned(), dst_node_id=1, message_type=f"query.{keys.STATISTICS}")
+    message.metadata.__dict__["_message_id"] = message.object_id
+
+    app(message, context)
+
+    assert not (tmp_path / "server-chosen").exists()
+    assert len(list((tmp_path / "node-default").glob("ledger-node-*.json"))) == 1
+
+
+def test_the_node_split_of_other_users_does_not_move_when_a_user_is_added() -> None:
+    """Add/remove adjacency: one more user leaves every other user's side and fold-in / target cut unchanged
+    (a seeded permutation of all users, the simulation's split, moves about a tenth of them)."""
+    rng = np.random.default_rng(0)
+    dense = (rng.random((400, 60)) < 0.15).astype(np.float32)
+    dense[:, :3] = 1
+
+    def split_of(rows: np.ndarray, ids: list[str]) -> dict[str, tuple[str, frozenset[str]]]:
+        items = np.array([f"i{j}" for j in range(60)], dtype=object)
+        interactions = Interactions(sp.csr_matrix(rows), np.asarray(ids, dtype=object), items, CleaningReport("t"))
+        split = split_users_by_id(interactions, SplitConfig(seed=3))
+        sides = {ids[u]: ("train", frozenset()) for u in split.train_users}
+        for name, held in (("validation", split.validation), ("test", split.test)):
+            for row, user in enumerate(held.users):
+                sides[ids[user]] = (name, frozenset(items[held.target[row].indices]))
+        return sides
+
+    ids = [f"u{k}" for k in range(400)]
+    before = split_of(dense[:399], ids[:399])
+    after = split_of(dense, ids)
+
+    assert {u: after[u] for u in before} == before
+    assert len({side for side, _ in before.values()}) == 3  # every side is used
+
+
+def test_a_moved_data_file_adopts_the_old_node_ledger(tmp_path: Path) -> None:
+    node = write_node_files(tmp_path)
+    statistics_release(node, {"epsilon": 2.0, "seed": 0}, "a" * 32)
+    spent_before = spent(node)[0]
+    moved = tmp_path / "moved.csv"
+    Path(node["data-path"]).rename(moved)
+    client_data._from_file.cache_clear()
+
+    statistics_release({**node, "data-path": str(moved)}, {"epsilon": 2.0, "seed": 0}, "b" * 32)
+
+    (ledger,) = map(PrivacyLedger.load, Path(node["ledger-dir"]).glob("ledger-*.json"))  # one live ledger
+    assert ledger.spent()["total"] > spent_before
+    assert any("adopted" in entry for entry in ledger.history)
+
+
+def test_two_processes_recording_at_once_cannot_both_spend_the_last_budget(tmp_path: Path) -> None:
+    """Each opened the ledger before the other recorded: the second record re-reads under the lock and refuses."""
+    first = PrivacyLedger.open(tmp_path, "ab" * 32, 1e-3, 1.0, 1.0)
+    second = PrivacyLedger.open(tmp_path, "ab" * 32, 1e-3, 1.0, 1.0)
+    release = [DPEvent("statistics", 3.0, 1.0, 1)]  # ε 0.83 each, 1.26 both: the cap of 1 holds one
+    first.check(release)
+    second.check(release)
+
+    first.record(release, "statistics", RunIdentity(1, "a" * 32))
+    with pytest.raises(Exception, match="another run recorded on this node"):
+        second.record(release, "statistics", RunIdentity(2, "b" * 32))
+
+    assert len(PrivacyLedger.load(first.path).events) == 1
+
+
+def test_the_node_sets_its_own_delta_not_the_server(tmp_path: Path) -> None:
+    node = {**write_node_files(tmp_path), "delta": "0.0005"}
+
+    reply = statistics_release(node, {"epsilon": 2.0, "delta": 0.008}, "a" * 32)
+
+    assert reply[keys.METRICS][keys.DELTA] == pytest.approx(0.0005)  # type: ignore[index]
+    (ledger,) = map(PrivacyLedger.load, Path(node["ledger-dir"]).glob("ledger-*.json"))
+    assert ledger.delta == pytest.approx(0.0005)
+
+
+def same(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
+    return a.shape == b.shape and (a != b).nnz == 0

@@ -20,7 +20,7 @@ from common.config import DataConfig, PreprocessConfig, SplitConfig
 from common.data.interactions import Interactions
 from common.data.loaders import load_table
 from common.data.preprocess import preprocess
-from common.data.split import Split, split_users
+from common.data.split import Split, split_users_by_id
 from common.errors import ConfigError, DataFormatError
 
 
@@ -84,6 +84,7 @@ def load_node_file(data_path: Path, catalogue: np.ndarray, preprocess_config: Pr
 
 
 def split_node_file(data_path: Path, catalogue_path: Path, seed: int) -> tuple[Interactions, Split]:
-    """Load, align and split one node's file."""
+    """Load, align and split one node's file (each user's side by a keyed hash of their own id: stable when
+    other users are added or removed, :func:`split_users_by_id`)."""
     interactions = load_node_file(data_path, read_catalogue(catalogue_path), PreprocessConfig())
-    return interactions, split_users(interactions, SplitConfig(seed=seed))
+    return interactions, split_users_by_id(interactions, SplitConfig(seed=seed))

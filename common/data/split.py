@@ -7,6 +7,7 @@ fold-in part (shown to the model) and a target part (to be predicted).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,4 +136,69 @@ def split_users(interactions: Interactions, config: SplitConfig) -> Split:
         held_out(test_users),
         audit_users,
         interactions.matrix[audit_users] if n_audit else None,
+    )
+
+
+def keyed_uniform(key: str, *parts: object) -> float:
+    """A uniform number in [0, 1) from a keyed hash of ``parts`` (BLAKE2b, 64 bits): the same for the same
+    user (and item) whoever else is in the data."""
+    digest = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), key=key.encode()[:64], digest_size=8)
+    return int.from_bytes(digest.digest(), "big") / 2.0**64
+
+
+def split_users_by_id(interactions: Interactions, config: SplitConfig) -> Split:
+    """A deployed node's split: each user's set, and a held-out user's fold-in / target cut, decided by a keyed
+    hash of their own id (and their items' ids) alone.
+
+    Under add/remove adjacency (docs/privacy.md) adding or removing one user must not move any other
+    user between training and held-out, nor change their fold-in / target cut; a seeded permutation
+    of all users (:func:`split_users`) reshuffles everyone. Here user u with h = H(seed, u) is
+    validation if h < f_val, test if h < f_val + f_test, audit if h < f_val + f_test + f_audit
+    (held-out sets need 2+ items; others train), and a held-out user's items are ordered by
+    H(seed, u, item) with the first max(1, round((1 − fold_in_fraction)·n)) (at most n − 1) as targets.
+    """
+    key = f"fedsynth-split:{config.seed}"
+    lengths = np.diff(interactions.matrix.indptr)
+    draws = np.array([keyed_uniform(key, user) for user in interactions.user_ids])
+    validation_end = config.validation_fraction
+    test_end = validation_end + config.test_fraction
+    audit_end = test_end + config.audit_fraction
+    eligible = lengths >= 2
+    validation_users = np.flatnonzero(eligible & (draws < validation_end))
+    test_users = np.flatnonzero(eligible & (draws >= validation_end) & (draws < test_end))
+    audit_users = np.flatnonzero((draws >= test_end) & (draws < audit_end) | ~eligible & (draws < audit_end))
+    held = np.zeros(len(lengths), dtype=bool)
+    held[np.concatenate([validation_users, test_users, audit_users])] = True
+    train_users = np.flatnonzero(~held)
+    if len(train_users) == 0 or len(test_users) == 0:
+        raise EmptyDataError(
+            "this node's data leaves no training users or no held-out test users after its split; it needs more "
+            "users with 2+ interactions in the catalogue."
+        )
+
+    def held_out(users: np.ndarray) -> HeldOutUsers:
+        rows = interactions.matrix[users].tocsr()
+        rows.sort_indices()
+        is_target = np.zeros(rows.nnz, dtype=bool)
+        for row, user in enumerate(interactions.user_ids[users]):
+            start, end = rows.indptr[row], rows.indptr[row + 1]
+            items = interactions.item_ids[rows.indices[start:end]]
+            order = np.argsort([keyed_uniform(key, user, item) for item in items], kind="stable")
+            n = end - start
+            n_target = int(np.clip(round((1.0 - config.fold_in_fraction) * n), 1, n - 1))
+            is_target[start + order[:n_target]] = True
+        coo = rows.tocoo()
+
+        def part(mask: np.ndarray) -> sp.csr_matrix:
+            return sp.csr_matrix((coo.data[mask], (coo.row[mask], coo.col[mask])), shape=rows.shape)
+
+        return HeldOutUsers(users, part(~is_target), part(is_target))
+
+    return Split(
+        train_users,
+        interactions.matrix[train_users],
+        held_out(validation_users),
+        held_out(test_users),
+        audit_users,
+        interactions.matrix[audit_users] if len(audit_users) else None,
     )

@@ -33,7 +33,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -186,15 +187,24 @@ class PrivacyLedger:
         return PrivacyLedger.load(path).delta if path.is_file() else None
 
     def adopt_legacy(self, directory: Path) -> None:
-        """Compose the events of the split-keyed ledgers in ``directory`` into this one (recorded)."""
-        for legacy in sorted(directory.glob("ledger-*.json")):
-            if legacy == self.path or legacy.name.startswith("ledger-node-"):
-                continue
+        """Compose the events of every other ledger in ``directory`` into this one, and archive them (recorded).
+
+        They are split-keyed ledgers from before node-owned ledgers, or the node ledger of an earlier
+        identity (a moved data file, a new ``ledger-id``): either way spent on this node's users, so
+        adopting them is the conservative reading, and archiving them keeps one live ledger per node.
+        """
+        adopted = [p for p in sorted(directory.glob("ledger-*.json")) if p != self.path]
+        if not adopted:
+            return
+        archive = directory / ARCHIVE / f"{utc_now().replace(':', '')}-adopted"
+        archive.mkdir(parents=True, exist_ok=True)
+        for legacy in adopted:
             old = PrivacyLedger.load(legacy)
             self.events.extend(old.events)
             self.own_noise_events.extend(old.own_noise_events)
             spent = old.spent()["total"] if old.events else 0.0
             self.history.append({"time": utc_now(), "adopted": legacy.name, "epsilon_of_adopted": spent})
+            legacy.rename(archive / legacy.name)
 
     @classmethod
     def load(cls, path: Path) -> PrivacyLedger:
@@ -267,12 +277,27 @@ class PrivacyLedger:
         ``own_noise``: the same release accounted with this silo's noise share alone (secure
         aggregation); None when the release carried the silo's full noise (then it is ``spent``).
         """
-        self.events.extend(spent)
-        self.own_noise_events.extend(spent if own_noise is None else own_noise)
-        entry = {"time": utc_now(), "release": release, **asdict(run), **details}
-        totals = {"epsilon_total": self.spent()["total"], "epsilon_total_own_noise": self.spent_own_noise()}
-        self.history.append({**entry, **totals})
-        self.save()
+        with locked(self.path):
+            self.catch_up(spent)
+            self.events.extend(spent)
+            self.own_noise_events.extend(spent if own_noise is None else own_noise)
+            entry = {"time": utc_now(), "release": release, **asdict(run), **details}
+            totals = {"epsilon_total": self.spent()["total"], "epsilon_total_own_noise": self.spent_own_noise()}
+            self.history.append({**entry, **totals})
+            self.save()
+
+    def catch_up(self, spent: Sequence[Event]) -> None:
+        """Under the ledger's lock: if another process recorded since this ledger was read (two runs on one
+        node at once), take the file's history and check ``spent`` against it again (refused: nothing is
+        recorded, and the caller's release never leaves)."""
+        if not self.path.is_file():
+            return
+        disk = PrivacyLedger.load(self.path)
+        if len(disk.history) == len(self.history):
+            return
+        self.events, self.own_noise_events, self.history = disk.events, disk.own_noise_events, disk.history
+        self.max_epsilon, self.cap_source = disk.max_epsilon, disk.cap_source
+        self.check(spent, what="this release (another run recorded on this node meanwhile)")
 
     def change_cap(self, max_epsilon: float, why: str) -> None:
         """Set the cap (an act on the node's side only) and record the change in the history."""
@@ -330,3 +355,17 @@ def start_anew(directory: Path, reason: str) -> list[Path]:
     for path in [*ledgers, *directory.glob("replay-*.pt")]:
         moved.append(path.rename(target / path.name))
     return moved
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path``'s ledger (``flock`` on a ``.lock`` file beside it) for a read-check-write."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -38,7 +38,8 @@ MODES: dict[str, dict[str, Any]] = {
 
 def run(out: Path, clients: int, settings: dict[str, Any]) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
-    return run_job(Console(quiet=True), out, clients, {**settings, "out-dir": str(out)})
+    ledgers = str((out / "ledgers").resolve())  # each run its own simulated silos' ledgers
+    return run_job(Console(quiet=True), out, clients, {**settings, "out-dir": str(out), "ledger-dir": ledgers})
 
 
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
