@@ -173,3 +173,16 @@ def test_too_few_evaluation_releases_for_a_dp_evaluation_is_refused_before_anyth
     with pytest.raises(ConfigError, match="evaluation must be one of auto, dp, exact"):
         RunConfig.from_run_config({"evaluation": "private"})
     assert RunConfig.from_run_config({"evaluation": "exact", "evaluation-releases": 4}).evaluation == "exact"
+
+
+def test_a_repeated_cut_off_is_refused_before_anything_is_charged(tmp_path: Path) -> None:
+    """ks = (10, 10) would add each user's metric twice while the sensitivity counts it once."""
+    app, context, node = deployed_node(tmp_path)
+    evaluation = evaluation_request(MostPopular.from_counts(np.arange(40.0)), EvalConfig(), {**RUN, "label": "pop"})
+    evaluation[keys.CONFIG]["ks"] = [10, 10]  # type: ignore[index]
+
+    reply = ask(app, context, evaluation, MessageType.EVALUATE)
+
+    assert reply[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
+    assert "distinct" in str(reply[keys.CONFIG][keys.REASON])  # type: ignore[index]
+    assert not any(PrivacyLedger.load(p).events for p in Path(node["ledger-dir"]).glob("ledger-*.json"))
