@@ -277,21 +277,79 @@ def sweep(
 
 
 @cli.command(context_settings=_CONTEXT)
+@click.argument("run_path", metavar="[RUN_DIR]", required=False, type=click.Path(path_type=Path, file_okay=False))
 @click.option(
     "--run",
     "run_dir",
     type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    help="A complete run directory.",
+    help="A complete run directory (the same as RUN_DIR).",
 )
 @click.option("--bootstrap", type=int, default=200, show_default=True, help="Bootstrap resamples of the intervals.")
-def audit(run_dir: Path, bootstrap: int) -> None:
+@click.option(
+    "--canaries",
+    type=int,
+    help="M: instead, the white-box one-run audit of the DP releases with M canaries (no run directory needed).",
+)
+@click.option("--epsilon", "epsilons", help="With --canaries: target ε values, comma-separated [default: 1,4,8].")
+@click.option(
+    "--release",
+    type=click.Choice(["statistics", "cooccurrence", "vae-round", "all"]),
+    help="With --canaries: which release to audit [default: all].",
+)
+@click.option(
+    "--broken",
+    type=click.Choice(["none", "shared-noise", "half-noise", "uncharged"]),
+    help="With --canaries: a deliberately broken variant, for demonstrations [default: none].",
+)
+@click.option("--seed", type=int, help="With --canaries: seed of the silo, the canaries and the noise [default: 0].")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="With --canaries: where audit.json goes [default: runs/mechanism-audit].",
+)
+def audit(
+    run_path: Path | None,
+    run_dir: Path | None,
+    bootstrap: int,
+    canaries: int | None,
+    epsilons: str | None,
+    release: str | None,
+    broken: str | None,
+    seed: int | None,
+    out: Path | None,
+) -> None:
     """Membership-inference audit of a finished simulation run: DCR, density ratio, discriminator, VAE ELBO.
 
     Members are the clients' training users, non-members the users reserved by audit-fraction.
     Prints AUC and TPR at 1% / 10% FPR with bootstrap 95% intervals against the (ε, δ) bound,
     and writes RUN/audit.json.
+
+    With --canaries M: the one-run audit of the DP mechanisms (Steinke, Nasr, Jagielski 2023): M canary
+    users put into one silo with probability 1/2 each, every release made once with the project's own code
+    and privacy plan, each canary scored from what the server receives; prints the ε the accountant charges
+    for each release and the empirical lower bound at 95%, and writes OUT/audit.json (exit status 3 when a
+    correct release's bound is above its accounted ε: a bug to investigate).
     """
+    if run_path is not None and run_dir is not None and run_path != run_dir:
+        raise click.UsageError(f"two run directories given ({run_path} and --run {run_dir}); give one.")
+    run_dir = run_dir or run_path
+    if canaries is not None:
+        if run_dir is not None:
+            raise click.UsageError(
+                "--canaries runs the one-run audit of the DP releases, which reads no run directory; "
+                "drop the run directory, or drop --canaries for the membership-inference audit of that run."
+            )
+        _mechanism_audit(canaries, epsilons, release, broken, seed, out)
+        return
+    given = [name for name, value in (("--epsilon", epsilons), ("--release", release), ("--broken", broken),
+                                      ("--seed", seed), ("--out", out)) if value is not None]  # fmt: skip
+    if given:
+        raise click.UsageError(f"{', '.join(given)}: only for the one-run audit; add --canaries M to run it.")
+    if run_dir is None:
+        raise click.UsageError(
+            "give a run directory (fedsynth audit RUN_DIR) for the membership-inference audit of a finished run, "
+            "or --canaries M for the one-run audit of the DP releases."
+        )
     from common.audit import AuditConfig
     from simulations.experiments.audit import audit_run, run_settings
 
@@ -313,6 +371,52 @@ def audit(run_dir: Path, bootstrap: int) -> None:
         console.print(f"[bold red]ABOVE THE DP BOUND (a bug to investigate): {line}[/bold red]")
     console.print(f"wrote {run_dir / 'audit.json'}")
     if result["violations"]:
+        sys.exit(3)
+
+
+def _epsilons(text: str) -> list[float]:
+    try:
+        values = [float(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise click.BadParameter(
+            f"expected positive, finite target epsilons separated by commas (e.g. 1,4,8), got {text!r}",
+            param_hint="--epsilon",
+        )
+    return values
+
+
+def _mechanism_audit(
+    canaries: int, epsilons: str | None, release: str | None, broken: str | None, seed: int | None, out: Path | None
+) -> None:
+    """`fedsynth audit --canaries M`: the one-run audit of the DP releases (experiments/mechanism_audit.py)."""
+    from simulations.experiments.mechanism_audit import RELEASES, audit_mechanisms, print_audit, write_audit
+
+    if canaries < 2:
+        raise click.BadParameter(f"at least 2 canaries are needed, got {canaries}.", param_hint="--canaries")
+    targets = _epsilons(epsilons or "1,4,8")
+    releases = list(RELEASES) if release in (None, "all") else [str(release)]
+    variant, seed, out = broken or "none", 0 if seed is None else seed, out or Path("runs/mechanism-audit")
+    console = Console()
+    with console.status(f"auditing {', '.join(releases)} at epsilon {', '.join(f'{e:g}' for e in targets)}"):
+        results = audit_mechanisms(releases, targets, canaries, variant, seed)
+    print_audit(console, results)
+    settings = {"canaries": canaries, "epsilons": targets, "releases": releases, "broken": variant, "seed": seed}
+    console.print(f"wrote {write_audit(out, results, settings)}")
+    above = [r for r in results if r.violation]
+    if variant != "none":
+        missed = [f"{r.release} at {r.target_epsilon:g}" for r in results if not r.violation]
+        console.print(
+            f"broken variant {variant}: above the accounted epsilon in {len(above)} of {len(results)} audits"
+            + (f"; not detected with {canaries:,} canaries: {', '.join(missed)}" if missed else "")
+        )
+    elif above:
+        for r in above:
+            console.print(
+                f"[bold red]ABOVE THE ACCOUNTED EPSILON (a bug to investigate): {r.release} at target "
+                f"{r.target_epsilon:g}: {r.empirical:.3f} > {r.accounted:.3f}[/bold red]"
+            )
         sys.exit(3)
 
 

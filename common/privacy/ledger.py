@@ -164,9 +164,9 @@ class PrivacyLedger:
             archives = sorted((directory / ARCHIVE).glob("*/reason.json"))
             if archives:  # an operator started this ledger anew: say so, and where the old one is
                 ledger.history.append({"time": utc_now(), "after_archive": str(archives[-1].parent)})
-            ledger.adopt_legacy(directory)
-            ledger.save()
-            return ledger
+            if ledger.adopt_legacy(directory):
+                ledger.save()  # at once: the adopted files are archived, their events must be on disk here
+            return ledger  # else written at its first release: opening alone leaves no file
         ledger = cls.open(directory, key, delta, node_cap, node_cap or math.inf)
         if ledger.data_fingerprint != data_fingerprint:
             ledger.history.append(
@@ -186,16 +186,17 @@ class PrivacyLedger:
         path = PrivacyLedger.path_for(directory, node_key(identity))
         return PrivacyLedger.load(path).delta if path.is_file() else None
 
-    def adopt_legacy(self, directory: Path) -> None:
+    def adopt_legacy(self, directory: Path) -> bool:
         """Compose the events of every other ledger in ``directory`` into this one, and archive them (recorded).
 
         They are split-keyed ledgers from before node-owned ledgers, or the node ledger of an earlier
         identity (a moved data file, a new ``ledger-id``): either way spent on this node's users, so
         adopting them is the conservative reading, and archiving them keeps one live ledger per node.
+        Returns whether anything was adopted.
         """
         adopted = [p for p in sorted(directory.glob("ledger-*.json")) if p != self.path]
         if not adopted:
-            return
+            return False
         archive = directory / ARCHIVE / f"{utc_now().replace(':', '')}-adopted"
         archive.mkdir(parents=True, exist_ok=True)
         for legacy in adopted:
@@ -205,6 +206,7 @@ class PrivacyLedger:
             spent = old.spent()["total"] if old.events else 0.0
             self.history.append({"time": utc_now(), "adopted": legacy.name, "epsilon_of_adopted": spent})
             legacy.rename(archive / legacy.name)
+        return True
 
     @classmethod
     def load(cls, path: Path) -> PrivacyLedger:

@@ -12,7 +12,8 @@ once), all evaluated on the same simulated held-out users:
 * ``dp``: the default share spent on DP evaluation (``evaluation = "dp"``, what every deployed node
   does): the numbers a deployment would print, with each row's noise std of the mean.
 
-Prints, per seed and mode, NDCG@10 of the headline rows, the DP evaluation's noise std of the mean
+Every run uses ``reproducible-noise`` (simulation only): paired draws across the modes. Prints,
+per seed and mode, NDCG@10 of the headline rows, the DP evaluation's noise std of the mean
 (NDCG's error bar) and ε: the total spent (max over clients) and the evaluations' own.
 """
 
@@ -75,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         for mode, settings in MODES.items():
-            given = {"epsilon": args.epsilon, "seed": seed, **settings, **extra}
+            # reproducible-noise (a study tool): the three modes draw the same standard normals, so their rows
+            # differ by the share and the evaluation noise, not by another draw of the training noise
+            given = {"epsilon": args.epsilon, "seed": seed, "reproducible-noise": True, **settings, **extra}
             metrics = run(args.out / f"seed-{seed}-{mode}", args.clients, given)
             results[f"seed {seed} {mode}"] = summary(metrics)
             print(f"seed {seed} {mode}: {json.dumps(results[f'seed {seed} {mode}'])}", flush=True)
