@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 
 from client.attack import tampered_statistics_reply, tampered_train_reply
 from client.budget import NodeBudget, default_ledger_dir
-from client.data import check_node_settings, dp_evaluation, node_data
+from client.data import NodeData, check_node_settings, dp_evaluation, node_data
 from client.evaluation import handle_dp_evaluate, handle_evaluate
 from client.handlers import (
     handle_cooccurrence,
@@ -50,28 +50,11 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         fallback = Path(config.ledger_dir) if config.ledger_dir and not deployed else default_ledger_dir()
         return NodeBudget.from_node_config(dict(context.node_config), fallback)
 
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        """Catalogue and users; with a run plan in the request, whether it fits this silo's budget.
-
-        A node that cannot load its data or has no valid budget policy says why, in one line.
-        """
-        try:
-            config = settings(context)
-            data = node_data(dict(context.node_config), config)
-            node_budget = budget(config, context)
-        except FedsynthError as exc:
-            return Message(refusal(str(exc)), reply_to=msg)
-        run = run_identity(msg.content, context.run_id)
-        item_ids = [str(i) for i in data.item_ids]
-        reply = handle_query(msg.content, data.train, item_ids, config, context.state, node_budget, run)
-        return Message(reply, reply_to=msg)
-
-    def on_training_rows(
-        handler: Callable[..., RecordDict], tamper: Callable[..., RecordDict] | None = None
+    def answering(
+        body: Callable[[Message, Context, RunConfig, NodeData, NodeBudget], RecordDict],
     ) -> Callable[[Message, Context], Message]:
-        """A message handler that runs ``handler`` on this node's training rows, budget and run identity;
-        ``tamper`` (simulation) then alters the reply if this silo cheats (:mod:`client.attack`)."""
+        """A handler replying with ``body``'s RecordDict, given this node's checked settings, data and budget;
+        a node that cannot load its data, has no valid budget policy or refuses the settings says why."""
 
         def handle(msg: Message, context: Context) -> Message:
             try:
@@ -80,13 +63,30 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
                 node_budget = budget(config, context)
             except FedsynthError as exc:
                 return Message(refusal(str(exc)), reply_to=msg)
-            run = run_identity(msg.content, context.run_id)
-            reply = handler(msg.content, data.train, config, context.state, node_budget, run)
-            if tamper is not None:
-                reply = tamper(reply, msg.content, data.malicious)
-            return Message(reply, reply_to=msg)
+            return Message(body(msg, context, config, data, node_budget), reply_to=msg)
 
         return handle
+
+    @app.query()
+    @answering
+    def query(msg: Message, context: Context, config: RunConfig, data: NodeData, node_budget: NodeBudget) -> RecordDict:
+        """Catalogue and users; with a run plan in the request, whether it fits this silo's budget."""
+        run = run_identity(msg.content, context.run_id)
+        item_ids = [str(i) for i in data.item_ids]
+        return handle_query(msg.content, data.train, item_ids, config, context.state, node_budget, run)
+
+    def on_training_rows(
+        handler: Callable[..., RecordDict], tamper: Callable[..., RecordDict] | None = None
+    ) -> Callable[[Message, Context], Message]:
+        """A message handler that runs ``handler`` on this node's training rows, budget and run identity;
+        ``tamper`` (simulation) then alters the reply if this silo cheats (:mod:`client.attack`)."""
+
+        def body(msg: Message, context: Context, config: RunConfig, data: NodeData, budget: NodeBudget) -> RecordDict:
+            run = run_identity(msg.content, context.run_id)
+            reply = handler(msg.content, data.train, config, context.state, budget, run)
+            return tamper(reply, msg.content, data.malicious) if tamper is not None else reply
+
+        return answering(body)
 
     app.query(keys.STATISTICS)(on_training_rows(handle_statistics, tampered_statistics_reply))
     app.query(keys.COOCCURRENCE)(on_training_rows(handle_cooccurrence, tampered_statistics_reply))  # or the 1st order
@@ -94,16 +94,12 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     app.query(UPDATE)(on_training_rows(handle_secure_update))
 
     @app.query(keys.SECAGG_KEYS)
-    def secagg_keys(msg: Message, context: Context) -> Message:
-        try:
-            config = settings(context)
-            rows = node_data(dict(context.node_config), config).train
-            node_budget = budget(config, context)
-        except FedsynthError as exc:
-            return Message(refusal(str(exc)), reply_to=msg)
+    @answering
+    def secagg_keys(
+        msg: Message, context: Context, config: RunConfig, data: NodeData, budget: NodeBudget
+    ) -> RecordDict:
         run = run_identity(msg.content, context.run_id)
-        reply = handle_secagg_keys(msg.content, rows, config, context.state, node_budget, run, context.node_id)
-        return Message(reply, reply_to=msg)
+        return handle_secagg_keys(msg.content, data.train, config, context.state, budget, run, context.node_id)
 
     @app.query(keys.SECAGG_SHARES)
     def secagg_shares(msg: Message, context: Context) -> Message:
@@ -116,19 +112,13 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     app.train()(on_training_rows(handle_train, tampered_train_reply))
 
     @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
+    @answering
+    def evaluate(msg: Message, context: Context, config: RunConfig, data: NodeData, budget: NodeBudget) -> RecordDict:
         """DP metric sums, charged (a deployed node always; simulation with evaluation = "dp"), else exact ones."""
-        try:
-            config = settings(context)
-            data = node_data(dict(context.node_config), config)
-            node_budget = budget(config, context)
-        except FedsynthError as exc:
-            return Message(refusal(str(exc)), reply_to=msg)
         if not dp_evaluation(dict(context.node_config), config):
-            return Message(handle_evaluate(msg.content, data.test), reply_to=msg)
+            return handle_evaluate(msg.content, data.test)
         run = run_identity(msg.content, context.run_id)
-        reply = handle_dp_evaluate(msg.content, data.test, data.train, config, context.state, node_budget, run)
-        return Message(reply, reply_to=msg)
+        return handle_dp_evaluate(msg.content, data.test, data.train, config, context.state, budget, run)
 
     return app
 

@@ -85,10 +85,14 @@ def fold_in_target(
     order = np.lexsort((keys, row_of_entry))
     rank = np.empty(rows.nnz, dtype=np.int64)
     rank[order] = np.arange(rows.nnz) - np.repeat(rows.indptr[:-1], lengths)
-    is_target = rank < n_target[row_of_entry]
+    return cut(rows, rank < n_target[row_of_entry])
+
+
+def cut(rows: sp.csr_matrix, is_target: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(fold-in, target) of canonical CSR ``rows``, ``is_target`` (nnz,) marking each stored entry in order
+    (tocoo() of a canonical CSR keeps the entry order, so the mask lines up)."""
     coo = rows.tocoo()
 
-    # tocoo() of a canonical CSR keeps the entry order, so masks line up with ``rank``.
     def part(mask: np.ndarray) -> sp.csr_matrix:
         return sp.csr_matrix((coo.data[mask], (coo.row[mask], coo.col[mask])), shape=rows.shape)
 
@@ -187,12 +191,7 @@ def split_users_by_id(interactions: Interactions, config: SplitConfig) -> Split:
             n = end - start
             n_target = int(np.clip(round((1.0 - config.fold_in_fraction) * n), 1, n - 1))
             is_target[start + order[:n_target]] = True
-        coo = rows.tocoo()
-
-        def part(mask: np.ndarray) -> sp.csr_matrix:
-            return sp.csr_matrix((coo.data[mask], (coo.row[mask], coo.col[mask])), shape=rows.shape)
-
-        return HeldOutUsers(users, part(~is_target), part(is_target))
+        return HeldOutUsers(users, *cut(rows, is_target))
 
     return Split(
         train_users,
