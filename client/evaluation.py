@@ -28,7 +28,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from client.budget import NodeBudget
-from client.handlers import open_ledger, privacy_plan, refusal, release_seed, spent_metrics
+from client.handlers import open_ledger, privacy_plan, refusal, release_seed
 from common import keys
 from common.config import EvalConfig
 from common.data.split import HeldOutUsers
@@ -88,7 +88,7 @@ def check_evaluation(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity)
         raise PrivacyBudgetExceeded(
             "this run set aside no budget for DP evaluation (evaluation-share = 0); nothing evaluated"
         )
-    done = sum(1 for entry in ledger.charged(run.run_key) if entry["release"] == EVALUATION)
+    done = ledger.times_charged(run.run_key, EVALUATION)
     if done >= plan.evaluation_releases:
         raise PrivacyBudgetExceeded(
             f"this run's {plan.evaluation_releases} DP evaluations (evaluation-releases) are spent; raise it "
@@ -117,16 +117,16 @@ def handle_dp_evaluate(
     label = str(request.get(keys.EVALUATION_LABEL, ""))
     ledger.record(plan.evaluation_events(), EVALUATION, run, round=0, label=label,
                   requested_epsilon=config.privacy().target_epsilon)  # fmt: skip
-    spent = spent_metrics(ledger, rows.shape[0], plan)
-    reply = {
+    spent = ledger.spent()  # composed once: the total and the evaluations' own part
+    reply: dict[str, int | float | list[int] | list[float]] = {
         **numbers,
         keys.DP_EVALUATION: 1,
         keys.REFUSED: 0,
-        keys.EPSILON: spent[keys.EPSILON],
+        keys.EPSILON: spent["total"],
+        keys.EPSILON_EVALUATION: spent.get(EVALUATION, 0.0),
+        keys.EPSILON_OWN_NOISE: ledger.spent_own_noise(),
         keys.DELTA: plan.delta,
     }
-    reply[keys.EPSILON_EVALUATION] = ledger.spent().get(EVALUATION, 0.0)
-    reply[keys.EPSILON_OWN_NOISE] = ledger.spent_own_noise()
     return RecordDict({keys.METRICS: MetricRecord(reply)})
 
 

@@ -129,7 +129,7 @@ def handle_query(
         statistics = bool(request.get(keys.NEEDS_STATISTICS, 1)) and not ledger.release_charged(run.run_key)
         second = bool(request.get(keys.NEEDS_COOCCURRENCE, 1)) and not ledger.release_charged(run.run_key, COOCCURRENCE)
         rounds_left = set(range(first, planned + 1)) - ledger.charged_rounds(run.run_key)
-        evaluated = sum(1 for entry in ledger.charged(run.run_key) if entry["release"] == EVALUATION)
+        evaluated = ledger.times_charged(run.run_key, EVALUATION)
         to_spend = plan.run_events(statistics, len(rounds_left), second, max(0, plan.evaluation_releases - evaluated))
         ledger.check(to_spend, what=f"this run (it asks to spend epsilon {config.privacy().target_epsilon:g})")
     except FedsynthError as exc:

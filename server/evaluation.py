@@ -87,27 +87,13 @@ def federated_evaluate(
         raise FedsynthError("some nodes evaluated under DP and others exactly; their sums cannot be merged")
     if noisy:
         means, users, std = merge_noisy(noisy)
-        spent = {
-            str(r.metadata.src_node_id): float(r.content[keys.METRICS][keys.EPSILON])  # type: ignore[arg-type]
-            for r in replies
-            if not r.has_error() and flag(r.content, keys.DP_EVALUATION)
-        }
         who = {"clients": len(noisy), "users": users, "failed": failed, "dp": True, "noise_std_of_mean": std}
-        evaluation = {
-            str(r.metadata.src_node_id): float(r.content[keys.METRICS][keys.EPSILON_EVALUATION])  # type: ignore[arg-type]
-            for r in replies
-            if not r.has_error() and flag(r.content, keys.DP_EVALUATION)
-        }
-        own = {
-            str(r.metadata.src_node_id): float(r.content[keys.METRICS][keys.EPSILON_OWN_NOISE])  # type: ignore[arg-type]
-            for r in replies
-            if not r.has_error() and flag(r.content, keys.DP_EVALUATION)
-        }
+        dp_replies = [r for r in replies if not r.has_error() and flag(r.content, keys.DP_EVALUATION)]
         return means, {
             **who,
-            "epsilon_by_client": spent,
-            "epsilon_own_noise_by_client": own,
-            "epsilon_of_evaluations_by_client": evaluation,
+            "epsilon_by_client": by_node(dp_replies, keys.EPSILON),
+            "epsilon_own_noise_by_client": by_node(dp_replies, keys.EPSILON_OWN_NOISE),
+            "epsilon_of_evaluations_by_client": by_node(dp_replies, keys.EPSILON_EVALUATION),
         }
     merged = merge_evaluations(exact, config, num_items)
     return merged.result(), {"clients": len(exact), "users": merged.users, "failed": failed, "dp": False}
@@ -117,3 +103,8 @@ def flag(content: RecordDict, name: str) -> bool:
     """A 0/1 metric of a reply (absent: 0)."""
     metrics = content.metric_records.get(keys.METRICS)
     return bool(metrics is not None and int(metrics.get(name, 0)))  # type: ignore[arg-type]
+
+
+def by_node(replies: list[Message], name: str) -> dict[str, float]:
+    """Metric ``name`` of each reply, keyed by the replying node."""
+    return {str(r.metadata.src_node_id): float(r.content[keys.METRICS][name]) for r in replies}  # type: ignore[arg-type]

@@ -56,6 +56,13 @@ class Split:
     audit_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (n_audit,) row indices
     audit: sp.csr_matrix | None = None  # (n_audit, n_items) full histories; None when none are reserved
 
+    @classmethod
+    def of(
+        cls, data: Interactions, train: np.ndarray, validation: HeldOutUsers, test: HeldOutUsers, audit: np.ndarray
+    ) -> Split:
+        """The split with these users (row indices of ``data``), the training and audit rows read from it."""
+        return cls(train, data.matrix[train], validation, test, audit, data.matrix[audit] if len(audit) else None)
+
     def summary(self) -> dict[str, int]:
         return {
             "train_users": len(self.train_users),
@@ -133,14 +140,7 @@ def split_users(interactions: Interactions, config: SplitConfig) -> Split:
         fold_in, target = fold_in_target(interactions.matrix[users], config.fold_in_fraction, rng)
         return HeldOutUsers(users, fold_in, target)
 
-    return Split(
-        train_users,
-        interactions.matrix[train_users],
-        held_out(validation_users),
-        held_out(test_users),
-        audit_users,
-        interactions.matrix[audit_users] if n_audit else None,
-    )
+    return Split.of(interactions, train_users, held_out(validation_users), held_out(test_users), audit_users)
 
 
 def keyed_uniform(key: str, *parts: object) -> float:
@@ -193,11 +193,4 @@ def split_users_by_id(interactions: Interactions, config: SplitConfig) -> Split:
             is_target[start + order[:n_target]] = True
         return HeldOutUsers(users, *cut(rows, is_target))
 
-    return Split(
-        train_users,
-        interactions.matrix[train_users],
-        held_out(validation_users),
-        held_out(test_users),
-        audit_users,
-        interactions.matrix[audit_users] if len(audit_users) else None,
-    )
+    return Split.of(interactions, train_users, held_out(validation_users), held_out(test_users), audit_users)

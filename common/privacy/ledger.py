@@ -264,7 +264,11 @@ class PrivacyLedger:
 
     def release_charged(self, run_key: str, release: str = STATISTICS) -> bool:
         """Whether ``run_key`` already paid for the one-off ``release`` (the DP statistics by default)."""
-        return any(e["release"] == release for e in self.charged(run_key))
+        return self.times_charged(run_key, release) > 0
+
+    def times_charged(self, run_key: str, release: str) -> int:
+        """How many ``release`` s ``run_key`` has paid for (e.g. its DP evaluations)."""
+        return sum(1 for e in self.charged(run_key) if e["release"] == release)
 
     def record(
         self,
