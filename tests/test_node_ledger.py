@@ -258,3 +258,14 @@ def test_the_node_sets_its_own_delta_not_the_server(tmp_path: Path) -> None:
 
 def same(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
     return a.shape == b.shape and (a != b).nnz == 0
+
+
+def test_a_cap_change_does_not_wipe_a_release_another_process_recorded(tmp_path: Path) -> None:
+    stale = PrivacyLedger.open(tmp_path, "ab" * 32, 1e-3, 4.0, 4.0)
+    other = PrivacyLedger.open(tmp_path, "ab" * 32, 1e-3, 4.0, 4.0)
+    other.record([DPEvent("statistics", 3.0, 1.0, 1)], "statistics", RunIdentity(2, "b" * 32))
+
+    stale.change_cap(2.0, "operator")
+
+    on_disk = PrivacyLedger.load(stale.path)
+    assert on_disk.events == [DPEvent("statistics", 3.0, 1.0, 1)] and on_disk.max_epsilon == 2.0

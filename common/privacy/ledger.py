@@ -164,21 +164,31 @@ class PrivacyLedger:
             archives = sorted((directory / ARCHIVE).glob("*/reason.json"))
             if archives:  # an operator started this ledger anew: say so, and where the old one is
                 ledger.history.append({"time": utc_now(), "after_archive": str(archives[-1].parent)})
-            if ledger.adopt_legacy(directory):
-                ledger.save()  # at once: the adopted files are archived, their events must be on disk here
-            return ledger  # else written at its first release: opening alone leaves no file
+            with locked(path):  # another process may be creating it, or adopting the same files
+                if not path.is_file():
+                    adopted = ledger.adopt_legacy(directory)
+                    if adopted:  # saved first, then the adopted files archived: a crash between over-charges
+                        ledger.save()
+                        archive_files(directory, adopted, "adopted")
+                    return ledger  # else written at its first release: opening alone leaves no file
         ledger = cls.open(directory, key, delta, node_cap, node_cap or math.inf)
         if ledger.data_fingerprint != data_fingerprint:
-            ledger.history.append(
-                {
-                    "time": utc_now(),
-                    "data_changed": {"from": ledger.data_fingerprint, "to": data_fingerprint},
-                    "by": "the node's data changed; the ledger continues: every user is charged what was spent",
-                }
-            )
-            ledger.data_fingerprint = data_fingerprint
-            ledger.save()
+            with locked(path):
+                ledger.note_data_change(data_fingerprint)
         return ledger
+
+    def note_data_change(self, data_fingerprint: str) -> None:
+        """Record (under the ledger's lock) that the node's data changed; the ledger continues."""
+        self.catch_up([])
+        self.history.append(
+            {
+                "time": utc_now(),
+                "data_changed": {"from": self.data_fingerprint, "to": data_fingerprint},
+                "by": "the node's data changed; the ledger continues: every user is charged what was spent",
+            }
+        )
+        self.data_fingerprint = data_fingerprint
+        self.save()
 
     @staticmethod
     def node_delta(directory: Path, identity: str) -> float | None:
@@ -186,27 +196,22 @@ class PrivacyLedger:
         path = PrivacyLedger.path_for(directory, node_key(identity))
         return PrivacyLedger.load(path).delta if path.is_file() else None
 
-    def adopt_legacy(self, directory: Path) -> bool:
-        """Compose the events of every other ledger in ``directory`` into this one, and archive them (recorded).
+    def adopt_legacy(self, directory: Path) -> list[Path]:
+        """Compose the events of every other ledger in ``directory`` into this one (recorded); returns their files.
 
         They are split-keyed ledgers from before node-owned ledgers, or the node ledger of an earlier
         identity (a moved data file, a new ``ledger-id``): either way spent on this node's users, so
-        adopting them is the conservative reading, and archiving them keeps one live ledger per node.
-        Returns whether anything was adopted.
+        adopting them is the conservative reading; the caller saves this ledger, then archives them, so
+        that a directory keeps one live ledger per node (nodes must not share a ``ledger-dir``).
         """
         adopted = [p for p in sorted(directory.glob("ledger-*.json")) if p != self.path]
-        if not adopted:
-            return False
-        archive = directory / ARCHIVE / f"{utc_now().replace(':', '')}-adopted"
-        archive.mkdir(parents=True, exist_ok=True)
         for legacy in adopted:
             old = PrivacyLedger.load(legacy)
             self.events.extend(old.events)
             self.own_noise_events.extend(old.own_noise_events)
             spent = old.spent()["total"] if old.events else 0.0
             self.history.append({"time": utc_now(), "adopted": legacy.name, "epsilon_of_adopted": spent})
-            legacy.rename(archive / legacy.name)
-        return True
+        return adopted
 
     @classmethod
     def load(cls, path: Path) -> PrivacyLedger:
@@ -299,7 +304,7 @@ class PrivacyLedger:
         if not self.path.is_file():
             return
         disk = PrivacyLedger.load(self.path)
-        if len(disk.history) == len(self.history):
+        if disk.history == self.history:
             return
         self.events, self.own_noise_events, self.history = disk.events, disk.own_noise_events, disk.history
         self.max_epsilon, self.cap_source = disk.max_epsilon, disk.cap_source
@@ -309,9 +314,11 @@ class PrivacyLedger:
         """Set the cap (an act on the node's side only) and record the change in the history."""
         if not max_epsilon > 0 or math.isnan(max_epsilon):
             raise ConfigError(f"max-epsilon must be positive, got {max_epsilon}.")
-        self.history.append({"time": utc_now(), "cap": max_epsilon, "previous_cap": self.max_epsilon, "by": why})
-        self.max_epsilon, self.cap_source = max_epsilon, why
-        self.save()
+        with locked(self.path):
+            self.catch_up([])
+            self.history.append({"time": utc_now(), "cap": max_epsilon, "previous_cap": self.max_epsilon, "by": why})
+            self.max_epsilon, self.cap_source = max_epsilon, why
+            self.save()
 
     def save(self) -> None:
         write_json_atomic(
@@ -353,25 +360,38 @@ def start_anew(directory: Path, reason: str) -> list[Path]:
     ledgers = sorted(directory.glob("ledger-*.json"))
     if not ledgers:
         raise ConfigError(f"--ledger-dir {directory}: no ledger-*.json there (is it the node's ledger-dir?).")
+    spent = {p.name: PrivacyLedger.load(p).spent()["total"] for p in ledgers}
     target = directory / ARCHIVE / utc_now().replace(":", "")
     target.mkdir(parents=True, exist_ok=False)
-    spent = {p.name: PrivacyLedger.load(p).spent()["total"] for p in ledgers}
     write_json_atomic(target / "reason.json", {"time": utc_now(), "reason": reason, "epsilon_spent": spent})
-    moved = []
-    for path in [*ledgers, *directory.glob("replay-*.pt")]:
-        moved.append(path.rename(target / path.name))
-    return moved
+    return archive_files(directory, [*ledgers, *directory.glob("replay-*.pt")], "", target)
+
+
+def archive_files(directory: Path, paths: Sequence[Path], label: str, target: Path | None = None) -> list[Path]:
+    """Move ``paths`` to ``target`` (default ``directory/archive/<UTC time>-<label>``); returns the new paths."""
+    target = target or directory / ARCHIVE / f"{utc_now().replace(':', '')}-{label}"
+    target.mkdir(parents=True, exist_ok=True)
+    return [path.rename(target / path.name) for path in paths]
 
 
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path``'s ledger (``flock`` on a ``.lock`` file beside it) for a read-check-write."""
+    """An exclusive lock on ``path``'s ledger (``flock`` on a ``.lock`` file beside it) for a read-check-write;
+    re-entrant within a process (a record that changes the cap holds it once)."""
     import fcntl
 
+    if path in _HELD:
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        _HELD.add(path)
         try:
             yield
         finally:
+            _HELD.discard(path)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_HELD: set[Path] = set()  # ledger paths whose lock this process holds
