@@ -9,11 +9,11 @@ from typing import Any
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.attack import tampered_statistics_reply, tampered_train_reply
-from client.budget import NodeBudget, default_ledger_dir
-from client.data import NodeData, check_node_settings, dp_evaluation, node_data
-from client.evaluation import handle_dp_evaluate, handle_evaluate
-from client.handlers import (
+from fedsynth.client.attack import tampered_statistics_reply, tampered_train_reply
+from fedsynth.client.budget import NodeBudget, default_ledger_dir
+from fedsynth.client.data import NodeData, check_node_settings, dp_evaluation, node_data
+from fedsynth.client.evaluation import handle_dp_evaluate, handle_evaluate
+from fedsynth.client.handlers import (
     handle_cooccurrence,
     handle_fedsgd,
     handle_query,
@@ -24,11 +24,11 @@ from client.handlers import (
     refusal,
     run_identity,
 )
-from client.secure import handle_shares, handle_unmask
-from common import keys
-from common.errors import FedsynthError
-from common.run_config import RunConfig
-from common.secagg.updates import UPDATE
+from fedsynth.client.secure import handle_shares, handle_unmask
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.federated import wire
+from fedsynth.common.secagg.updates import UPDATE
 
 
 def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
@@ -79,7 +79,7 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         handler: Callable[..., RecordDict], tamper: Callable[..., RecordDict] | None = None
     ) -> Callable[[Message, Context], Message]:
         """A message handler that runs ``handler`` on this node's training rows, budget and run identity;
-        ``tamper`` (simulation) then alters the reply if this silo cheats (:mod:`client.attack`)."""
+        ``tamper`` (simulation) then alters the reply if this silo cheats (:mod:`fedsynth.client.attack`)."""
 
         def body(msg: Message, context: Context, config: RunConfig, data: NodeData, budget: NodeBudget) -> RecordDict:
             run = run_identity(msg.content, context.run_id)
@@ -88,12 +88,12 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
 
         return answering(body)
 
-    app.query(keys.STATISTICS)(on_training_rows(handle_statistics, tampered_statistics_reply))
-    app.query(keys.COOCCURRENCE)(on_training_rows(handle_cooccurrence, tampered_statistics_reply))  # or the 1st order
-    app.query(keys.FEDSGD)(on_training_rows(handle_fedsgd))
+    app.query(wire.STATISTICS)(on_training_rows(handle_statistics, tampered_statistics_reply))
+    app.query(wire.COOCCURRENCE)(on_training_rows(handle_cooccurrence, tampered_statistics_reply))  # or the 1st order
+    app.query(wire.FEDSGD)(on_training_rows(handle_fedsgd))
     app.query(UPDATE)(on_training_rows(handle_secure_update))
 
-    @app.query(keys.SECAGG_KEYS)
+    @app.query(wire.SECAGG_KEYS)
     @answering
     def secagg_keys(
         msg: Message, context: Context, config: RunConfig, data: NodeData, budget: NodeBudget
@@ -101,11 +101,11 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         run = run_identity(msg.content, context.run_id)
         return handle_secagg_keys(msg.content, data.train, config, context.state, budget, run, context.node_id)
 
-    @app.query(keys.SECAGG_SHARES)
+    @app.query(wire.SECAGG_SHARES)
     def secagg_shares(msg: Message, context: Context) -> Message:
         return Message(handle_shares(msg.content, context.state), reply_to=msg)
 
-    @app.query(keys.SECAGG_UNMASK)
+    @app.query(wire.SECAGG_UNMASK)
     def secagg_unmask(msg: Message, context: Context) -> Message:
         return Message(handle_unmask(msg.content, context.state), reply_to=msg)
 

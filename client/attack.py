@@ -1,8 +1,10 @@
-"""A simulated malicious silo's side (simulation only; see :mod:`common.attacks`): what it sends instead.
+"""A simulated malicious silo's side: what it sends instead (simulation only).
+
+See :mod:`fedsynth.common.robustness.attacks`.
 
 The honest handlers run unchanged; a silo that cheats then alters its reply: its trained bundle
 (``scaled-update``, ``random-update``) or its DP item counts (``inflated-counts``). The
-``target-items`` attack is in its data (:mod:`client.data` adds the fake users before anything
+``target-items`` attack is in its data (:mod:`fedsynth.client.data` adds the fake users before anything
 is computed), so every reply of that silo is honest about poisoned data.
 """
 
@@ -15,9 +17,9 @@ import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
-from common import keys
-from common.attacks import UPDATE_ATTACKS, AttackConfig, inflate_counts, poison_rows, tampered_state
-from common.seeding import rng_for
+from fedsynth.common.federated import wire
+from fedsynth.common.robustness.attacks import UPDATE_ATTACKS, AttackConfig, inflate_counts, poison_rows, tampered_state
+from fedsynth.common.runtime.seeding import rng_for
 
 
 @dataclass(frozen=True)
@@ -49,24 +51,24 @@ def silo_rows(rows: sp.csr_matrix, silo: MaliciousSilo | None) -> sp.csr_matrix:
 
 def tampered_train_reply(reply: RecordDict, request: RecordDict, silo: MaliciousSilo | None) -> RecordDict:
     """``reply`` to a train request, its bundle replaced by the update attack's (unchanged otherwise)."""
-    if silo is None or silo.attack.kind not in UPDATE_ATTACKS or keys.ARRAYS not in reply:
+    if silo is None or silo.attack.kind not in UPDATE_ATTACKS or wire.ARRAYS not in reply:
         return reply
-    server_round = int(keys.number(request[keys.CONFIG], keys.SERVER_ROUND))
+    server_round = int(wire.number(request[wire.CONFIG], wire.SERVER_ROUND))
     rng = rng_for(silo.seed, f"attack-update-{silo.partition_id}-{server_round}")
-    current = request[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
-    trained = reply[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    current = request[wire.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    trained = reply[wire.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
     sent = tampered_state(silo.attack.kind, current, trained, silo.attack.scale, rng)
-    return RecordDict({keys.ARRAYS: ArrayRecord(sent), keys.METRICS: reply[keys.METRICS]})
+    return RecordDict({wire.ARRAYS: ArrayRecord(sent), wire.METRICS: reply[wire.METRICS]})
 
 
 def tampered_statistics_reply(reply: RecordDict, request: RecordDict, silo: MaliciousSilo | None) -> RecordDict:
     """``reply`` of a DP first-order release (the statistics, or the co-occurrence's budget spent on them again)
     with the target items' counts inflated by the silo's users; any other reply as it is."""
-    if silo is None or silo.attack.kind != "inflated-counts" or keys.ARRAYS not in reply:
+    if silo is None or silo.attack.kind != "inflated-counts" or wire.ARRAYS not in reply:
         return reply
-    arrays = reply[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
-    if keys.ITEM_COUNTS not in arrays:  # a masked (secure) release: not simulated, refused by the run config
+    arrays = reply[wire.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    if wire.ITEM_COUNTS not in arrays:  # a masked (secure) release: not simulated, refused by the run config
         return reply
-    users = int(keys.number(reply[keys.METRICS], keys.NUM_EXAMPLES))
-    arrays[keys.ITEM_COUNTS] = torch.from_numpy(inflate_counts(arrays[keys.ITEM_COUNTS].numpy(), silo.targets, users))
-    return RecordDict({keys.ARRAYS: ArrayRecord(arrays), keys.METRICS: reply[keys.METRICS]})
+    users = int(wire.number(reply[wire.METRICS], wire.NUM_EXAMPLES))
+    arrays[wire.ITEM_COUNTS] = torch.from_numpy(inflate_counts(arrays[wire.ITEM_COUNTS].numpy(), silo.targets, users))
+    return RecordDict({wire.ARRAYS: ArrayRecord(arrays), wire.METRICS: reply[wire.METRICS]})

@@ -3,7 +3,7 @@
 The cap comes from the node only: ``max-epsilon`` in its node config (required in a deployment,
 where a node has a ``data-path``), never from the run config a server sends. A simulated node
 has no node config, so its ledger's cap is the first run's ε and stays (see
-:mod:`common.privacy.ledger`); ``fedsynth ledger set-cap`` changes it on the node's disk.
+:mod:`fedsynth.common.privacy.ledger`); ``fedsynth ledger set-cap`` changes it on the node's disk.
 
 **Replays.** A round's reply is saved beside the ledger before the round's events are recorded.
 If the same run (same run key) asks for a round already charged — a resumed run whose server
@@ -22,9 +22,9 @@ from typing import Any
 import scipy.sparse as sp
 import torch
 
-from common.errors import ConfigError
-from common.io import write_atomic
-from common.privacy.ledger import PrivacyLedger, RunIdentity, fingerprint, node_key
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.privacy.ledger import PrivacyLedger, RunIdentity, fingerprint, node_key
+from fedsynth.common.runtime.files import write_atomic
 
 
 def default_ledger_dir() -> Path:

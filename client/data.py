@@ -6,7 +6,7 @@ partition on every node): its training users, and its own held-out test users fo
 federated evaluation.
 
 Deployment: the node config names the node's own file (``data-path``) and the shared public
-item catalogue (``catalogue-path``); see :mod:`common.data.node_file`. The node's train/held-out
+item catalogue (``catalogue-path``); see :mod:`fedsynth.common.data.node_file`. The node's train/held-out
 split is its own: drawn with its node config's ``split-seed`` (default 0), never with the run
 config's ``seed`` (which the server sends: a new seed would move users between training and
 held-out and, before ledgers were keyed by the node, opened a fresh ledger).
@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from client.attack import MaliciousSilo, malicious_silo, silo_rows
-from common.attacks import AttackConfig, target_items
-from common.config import PartitionConfig
-from common.data.node_file import split_node_file
-from common.data.partition import partition_users
-from common.data.pipeline import DataSettings, prepare
-from common.data.split import HeldOutUsers
-from common.errors import ConfigError
-from common.run_config import RunConfig
+from fedsynth.client.attack import MaliciousSilo, malicious_silo, silo_rows
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.config.sections import PartitionConfig
+from fedsynth.common.data.node_file import split_node_file
+from fedsynth.common.data.partition import partition_users
+from fedsynth.common.data.prepare import DataSettings, prepare
+from fedsynth.common.data.split import HeldOutUsers
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.robustness.attacks import AttackConfig, target_items
 
 
 @dataclass(frozen=True)

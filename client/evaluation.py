@@ -1,6 +1,6 @@
 """Federated evaluation on a client: score a recommender the server sent on this node's held-out users.
 
-The request carries one packed recommender (:mod:`common.recommenders.transfer`), the cut-offs and
+The request carries one packed recommender (:mod:`fedsynth.common.recommenders.transfer`), the cut-offs and
 the run's identity. What leaves depends on where the node runs:
 
 * **DP (every deployed node; simulation with ``evaluation = "dp"``)**: the per-user metric sums and
@@ -14,7 +14,7 @@ the run's identity. What leaves depends on where the node runs:
   recommended (catalogue coverage) is not released.
 * **exact (simulation only, the default there)**: exact sums and counts and which items were
   recommended, for coverage: a *measurement tool*, not private, labelled so in metrics.json. A
-  deployed node refuses it (:func:`client.data.check_node_settings`).
+  deployed node refuses it (:func:`fedsynth.client.data.check_node_settings`).
 """
 
 from __future__ import annotations
@@ -27,34 +27,34 @@ import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
-from client.budget import NodeBudget
-from client.handlers import open_ledger, privacy_plan, refusal, release_seed
-from common import keys
-from common.config import EvalConfig
-from common.data.split import HeldOutUsers
-from common.errors import FedsynthError
-from common.evaluation import accumulate
-from common.metrics import RankingMetrics
-from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
-from common.privacy.plan import EVALUATION, PrivacyPlan
-from common.recommenders.transfer import unpack
-from common.run_config import RunConfig
+from fedsynth.client.budget import NodeBudget
+from fedsynth.client.handlers import open_ledger, privacy_plan, refusal, release_seed
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.config.sections import EvalConfig
+from fedsynth.common.data.split import HeldOutUsers
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.evaluation.metrics import RankingMetrics
+from fedsynth.common.evaluation.scoring import accumulate
+from fedsynth.common.federated import wire
+from fedsynth.common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
+from fedsynth.common.privacy.plan import EVALUATION, PrivacyPlan
+from fedsynth.common.recommenders.transfer import unpack
 
 
 def evaluation_settings(content: RecordDict) -> EvalConfig:
-    request = content[keys.CONFIG]
+    request = content[wire.CONFIG]
     ks = tuple(int(k) for k in request["ks"])  # type: ignore[union-attr]
-    targets = tuple(int(i) for i in request.get(keys.TARGETS, []))  # type: ignore[union-attr]
+    targets = tuple(int(i) for i in request.get(wire.TARGETS, []))  # type: ignore[union-attr]
     return EvalConfig(ks=ks, targets=targets)
 
 
 def exact_metrics(content: RecordDict, held_out: HeldOutUsers) -> RankingMetrics:
     """The sent recommender's metric sums over ``held_out`` (fold-in → target), exactly."""
-    request = content[keys.CONFIG]
-    settings = {k[len(keys.SETTING_PREFIX) :]: v for k, v in request.items() if k.startswith(keys.SETTING_PREFIX)}
+    request = content[wire.CONFIG]
+    settings = {k[len(wire.SETTING_PREFIX) :]: v for k, v in request.items() if k.startswith(wire.SETTING_PREFIX)}
     recommender = unpack(
         str(request["kind"]),
-        tensors_without_copy(content[keys.ARRAYS]),  # type: ignore[arg-type]
+        tensors_without_copy(content[wire.ARRAYS]),  # type: ignore[arg-type]
         settings,  # type: ignore[arg-type]
     )
     return accumulate(recommender, held_out, evaluation_settings(content))
@@ -62,8 +62,8 @@ def exact_metrics(content: RecordDict, held_out: HeldOutUsers) -> RankingMetrics
 
 def handle_evaluate(content: RecordDict, held_out: HeldOutUsers) -> RecordDict:
     """Exact metric sums (simulation only: a measurement, not private) and the recommended-item indicators."""
-    numbers = {**exact_metrics(content, held_out).to_numbers(), keys.DP_EVALUATION: 0, keys.REFUSED: 0}
-    return RecordDict({keys.METRICS: MetricRecord(numbers)})  # type: ignore[arg-type]
+    numbers = {**exact_metrics(content, held_out).to_numbers(), wire.DP_EVALUATION: 0, wire.REFUSED: 0}
+    return RecordDict({wire.METRICS: MetricRecord(numbers)})  # type: ignore[arg-type]
 
 
 def sensitivity(metrics: RankingMetrics) -> float:
@@ -78,7 +78,7 @@ def noisy_numbers(metrics: RankingMetrics, noise_multiplier: float, rng: np.rand
     noise = rng.normal(0.0, std, 1 + len(names)) if std > 0 else np.zeros(1 + len(names))
     numbers = {"users": metrics.users + float(noise[0])}
     numbers.update({f"sum:{name}": metrics.sums[name] + float(z) for name, z in zip(names, noise[1:], strict=True)})
-    numbers[keys.NOISE_STD] = std
+    numbers[wire.NOISE_STD] = std
     return numbers
 
 
@@ -102,32 +102,32 @@ def handle_dp_evaluate(
     budget: NodeBudget, run: RunIdentity,
 ) -> RecordDict:  # fmt: skip
     """Noisy metric sums over ``held_out``, charged to the node's ledger (the module docstring has the maths)."""
-    request = content[keys.CONFIG]
+    request = content[wire.CONFIG]
     ledger: PrivacyLedger | None = None
     try:
-        plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)), budget)
+        plan = privacy_plan(state, config, rows.shape[0], int(wire.number(request, wire.PLANNED_ROUNDS)), budget)
         evaluation_settings(content)  # distinct cut-offs: the sensitivity √(1 + m) counts each metric once
         ledger = open_ledger(budget, rows, plan, config)
         check_evaluation(ledger, plan, run)
     except (FedsynthError, KeyError, TypeError, ValueError) as exc:
         return refusal(str(exc), ledger)
     metrics = exact_metrics(content, held_out)
-    rng = np.random.default_rng(release_seed(config, f"evaluation-{request.get(keys.EVALUATION_LABEL, '')}"))
+    rng = np.random.default_rng(release_seed(config, f"evaluation-{request.get(wire.EVALUATION_LABEL, '')}"))
     numbers = noisy_numbers(metrics, plan.evaluation_noise if plan.private else 0.0, rng)
-    label = str(request.get(keys.EVALUATION_LABEL, ""))
+    label = str(request.get(wire.EVALUATION_LABEL, ""))
     ledger.record(plan.evaluation_events(), EVALUATION, run, round=0, label=label,
                   requested_epsilon=config.privacy().target_epsilon)  # fmt: skip
     spent = ledger.spent()  # composed once: the total and the evaluations' own part
     reply: dict[str, int | float | list[int] | list[float]] = {
         **numbers,
-        keys.DP_EVALUATION: 1,
-        keys.REFUSED: 0,
-        keys.EPSILON: spent["total"],
-        keys.EPSILON_EVALUATION: spent.get(EVALUATION, 0.0),
-        keys.EPSILON_OWN_NOISE: ledger.spent_own_noise(),
-        keys.DELTA: plan.delta,
+        wire.DP_EVALUATION: 1,
+        wire.REFUSED: 0,
+        wire.EPSILON: spent["total"],
+        wire.EPSILON_EVALUATION: spent.get(EVALUATION, 0.0),
+        wire.EPSILON_OWN_NOISE: ledger.spent_own_noise(),
+        wire.DELTA: plan.delta,
     }
-    return RecordDict({keys.METRICS: MetricRecord(reply)})
+    return RecordDict({wire.METRICS: MetricRecord(reply)})
 
 
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}

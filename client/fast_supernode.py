@@ -1,14 +1,14 @@
 """``flower-supernode`` with its idle polls shortened from 3 s and 0.5 s to 0.2 s (what ``fedsynth-node`` starts).
 
-Its object pulls from the SuperLink retry quickly too (:mod:`common.object_pulls`).
+Its object pulls from the SuperLink retry quickly too (:mod:`fedsynth.common.runtime.object_pulls`).
 
-    python -m client.fast_supernode <flower-supernode arguments>
+    python -m fedsynth.client.fast_supernode <flower-supernode arguments>
 
 Flower 1.42's SuperNode main loop (``flwr.supernode.start_client_internal``) pulls one message
 from the SuperLink, waits for the ClientApp's reply polling every 0.5 s, pushes it, and when a
 pull finds nothing sleeps 3 s before the next. In a deployed run the next round's message thus
 waits 0–3 s (1.5 s on average) at every node, plus 0–0.5 s for each reply: measured as part of
-the ~5.7 s between a node's reply and its next task (``python -m simulations.bench.deployment``,
+the ~5.7 s between a node's reply and its next task (``python -m fedsynth.simulations.bench.deployment``,
 docs/scale.md). The sleeps are hard-coded, so this entry point replaces the ``time`` that module
 sees by one whose ``sleep`` sleeps at most :data:`IDLE_POLL_SECONDS`, then runs Flower's own
 ``flower_supernode()``; nothing else changes (every other call goes to the real ``time``). The
@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from common.object_pulls import shorten_object_pull_backoff
+from fedsynth.common.runtime.object_pulls import shorten_object_pull_backoff
 
 IDLE_POLL_SECONDS = 0.2
 

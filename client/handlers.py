@@ -5,7 +5,7 @@ Only DP releases and public numbers leave: a reply holds the model bundle or a n
 holds a MetricRecord and the reason. Training losses (functions of the private data, not DP)
 never leave the node.
 
-Every budget decision is the node's: :class:`client.budget.NodeBudget` opens the ledger with
+Every budget decision is the node's: :class:`fedsynth.client.budget.NodeBudget` opens the ledger with
 the node's own cap, and a request that does not fit is refused with the reason, spending nothing.
 """
 
@@ -19,8 +19,8 @@ import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from client.budget import NodeBudget, Replay, load_replay, save_replay
-from client.secure import (
+from fedsynth.client.budget import NodeBudget, Replay, load_replay, save_replay
+from fedsynth.client.secure import (
     first_order_instead,
     masked_release,
     masked_values,
@@ -28,18 +28,18 @@ from client.secure import (
     start_secure_release,
     update_quantizer,
 )
-from client.training import RoundSeeds, train_local_round
-from common import keys
-from common.bundle import ModelBundle
-from common.device import training_device
-from common.errors import ConfigError, FedsynthError
-from common.privacy.cooccurrence import COOCCURRENCE, check_items, noisy_cooccurrence, upper
-from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
-from common.privacy.plan import EVALUATION, PrivacyPlan, plan_privacy
-from common.privacy.statistics import STATISTICS, NoisyStatistics, noisy_statistics
-from common.run_config import RunConfig
-from common.secagg.updates import UPDATE, encode_update
-from common.seeding import mechanism_seed
+from fedsynth.client.training import RoundSeeds, train_local_round
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.errors import ConfigError, FedsynthError
+from fedsynth.common.federated import wire
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
+from fedsynth.common.privacy.plan import EVALUATION, PrivacyPlan, plan_privacy
+from fedsynth.common.privacy.releases.cooccurrence import COOCCURRENCE, check_items, noisy_cooccurrence, upper
+from fedsynth.common.privacy.releases.statistics import STATISTICS, NoisyStatistics, noisy_statistics
+from fedsynth.common.runtime.device import training_device
+from fedsynth.common.runtime.seeding import mechanism_seed
+from fedsynth.common.secagg.updates import UPDATE, encode_update
 
 _PLAN = "privacy-plan"
 
@@ -66,13 +66,13 @@ def privacy_plan(
 
 def run_identity(content: RecordDict, run_id: int) -> RunIdentity:
     """Who asks: Flower's run id (the node's own SuperLink says it) and what the server sent."""
-    request = content[keys.CONFIG] if keys.CONFIG in content else ConfigRecord()
-    return RunIdentity(run_id, str(request.get(keys.RUN_KEY, "")), str(request.get(keys.REQUESTER, "")))
+    request = content[wire.CONFIG] if wire.CONFIG in content else ConfigRecord()
+    return RunIdentity(run_id, str(request.get(wire.RUN_KEY, "")), str(request.get(wire.REQUESTER, "")))
 
 
 def reproducible_from(config: RunConfig) -> int | None:
     """The run seed when the run asks for ``reproducible-noise`` (simulation only: a deployed node refuses
-    it at admission, :func:`client.data.check_node_settings`), else None (fresh OS entropy)."""
+    it at admission, :func:`fedsynth.client.data.check_node_settings`), else None (fresh OS entropy)."""
     return config.seed if config.reproducible_noise else None
 
 
@@ -92,9 +92,9 @@ def refusal(reason: str, ledger: PrivacyLedger | None = None, delta: float = 0.0
     spent = ledger.spent()["total"] if ledger is not None else 0.0
     own = ledger.spent_own_noise() if ledger is not None else 0.0
     metrics = MetricRecord(
-        {keys.REFUSED: 1, keys.NUM_EXAMPLES: 0, keys.EPSILON: spent, keys.EPSILON_OWN_NOISE: own, keys.DELTA: delta}
+        {wire.REFUSED: 1, wire.NUM_EXAMPLES: 0, wire.EPSILON: spent, wire.EPSILON_OWN_NOISE: own, wire.DELTA: delta}
     )
-    return RecordDict({keys.METRICS: metrics, keys.CONFIG: ConfigRecord({keys.REASON: reason})})
+    return RecordDict({wire.METRICS: metrics, wire.CONFIG: ConfigRecord({wire.REASON: reason})})
 
 
 def open_ledger(budget: NodeBudget, rows: sp.csr_matrix, plan: PrivacyPlan, config: RunConfig) -> PrivacyLedger:
@@ -112,30 +112,30 @@ def handle_query(
     first round on, less those already charged to this run key, which would be replays, and the
     DP evaluations this run has not made yet).
     """
-    request = content[keys.CONFIG] if keys.CONFIG in content else ConfigRecord()
-    catalogue = ConfigRecord({keys.ITEM_IDS: item_ids})
+    request = content[wire.CONFIG] if wire.CONFIG in content else ConfigRecord()
+    catalogue = ConfigRecord({wire.ITEM_IDS: item_ids})
     metrics: dict[str, int | float | list[int] | list[float]] = {
-        keys.NUM_ITEMS: rows.shape[1],
-        keys.NUM_EXAMPLES: rows.shape[0],
-        keys.REFUSED: 0,
+        wire.NUM_ITEMS: rows.shape[1],
+        wire.NUM_EXAMPLES: rows.shape[0],
+        wire.REFUSED: 0,
     }
-    if keys.PLANNED_ROUNDS not in request:
-        return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CONFIG: catalogue})
-    planned, first = int(request[keys.PLANNED_ROUNDS]), int(request.get(keys.FIRST_ROUND, 1))  # type: ignore[arg-type]
+    if wire.PLANNED_ROUNDS not in request:
+        return RecordDict({wire.METRICS: MetricRecord(metrics), wire.CONFIG: catalogue})
+    planned, first = int(request[wire.PLANNED_ROUNDS]), int(request.get(wire.FIRST_ROUND, 1))  # type: ignore[arg-type]
     ledger: PrivacyLedger | None = None
     try:
         plan = privacy_plan(state, config, rows.shape[0], planned, budget)
         ledger = open_ledger(budget, rows, plan, config)
-        statistics = bool(request.get(keys.NEEDS_STATISTICS, 1)) and not ledger.release_charged(run.run_key)
-        second = bool(request.get(keys.NEEDS_COOCCURRENCE, 1)) and not ledger.release_charged(run.run_key, COOCCURRENCE)
+        statistics = bool(request.get(wire.NEEDS_STATISTICS, 1)) and not ledger.release_charged(run.run_key)
+        second = bool(request.get(wire.NEEDS_COOCCURRENCE, 1)) and not ledger.release_charged(run.run_key, COOCCURRENCE)
         rounds_left = set(range(first, planned + 1)) - ledger.charged_rounds(run.run_key)
         evaluated = ledger.times_charged(run.run_key, EVALUATION)
         to_spend = plan.run_events(statistics, len(rounds_left), second, max(0, plan.evaluation_releases - evaluated))
         ledger.check(to_spend, what=f"this run (it asks to spend epsilon {config.privacy().target_epsilon:g})")
     except FedsynthError as exc:
         return refusal(str(exc), ledger)
-    metrics.update({keys.EPSILON: ledger.spent()["total"], keys.EPSILON_CAP: ledger.max_epsilon})
-    return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CONFIG: catalogue})
+    metrics.update({wire.EPSILON: ledger.spent()["total"], wire.EPSILON_CAP: ledger.max_epsilon})
+    return RecordDict({wire.METRICS: MetricRecord(metrics), wire.CONFIG: catalogue})
 
 
 def handle_statistics(
@@ -147,14 +147,14 @@ def handle_statistics(
     The release is planned in the same calibration as the rounds (``statistics-share`` of ε),
     checked against the ledger and recorded in it, like a round.
     """
-    planned_rounds = int(content[keys.CONFIG][keys.PLANNED_ROUNDS])  # type: ignore[arg-type]
+    planned_rounds = int(content[wire.CONFIG][wire.PLANNED_ROUNDS])  # type: ignore[arg-type]
     privacy = config.privacy()
     plan = privacy_plan(state, config, rows.shape[0], planned_rounds, budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
         check_release(ledger, plan, run, STATISTICS)
-        if keys.SECAGG_LABEL in content[keys.CONFIG]:
+        if wire.SECAGG_LABEL in content[wire.CONFIG]:
             return secure_release_reply(content, rows, config, state, ledger, plan, run)
     except FedsynthError as exc:
         return refusal(str(exc), ledger, plan.delta)
@@ -169,12 +169,12 @@ def statistics_reply(released: NoisyStatistics, ledger: PrivacyLedger, users: in
     """A plain first-order release's reply: the noisy counts and histogram, what was spent, the noise std."""
     arrays = ArrayRecord(
         {
-            keys.ITEM_COUNTS: torch.from_numpy(released.item_counts),
-            keys.LENGTH_HISTOGRAM: torch.from_numpy(released.length_histogram),
+            wire.ITEM_COUNTS: torch.from_numpy(released.item_counts),
+            wire.LENGTH_HISTOGRAM: torch.from_numpy(released.length_histogram),
         }
     )
-    metrics = {**spent_metrics(ledger, users, plan), keys.NOISE_STD: released.noise_std}
-    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
+    metrics = {**spent_metrics(ledger, users, plan), wire.NOISE_STD: released.noise_std}
+    return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
 
 
 def handle_cooccurrence(
@@ -189,8 +189,8 @@ def handle_cooccurrence(
     co-occurrence to be below its noise), the same budget releases the statistics again, at the
     co-occurrence's noise multiplier: the same ledger event, the same ε.
     """
-    request = content[keys.CONFIG]
-    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)), budget)
+    request = content[wire.CONFIG]
+    plan = privacy_plan(state, config, rows.shape[0], int(wire.number(request, wire.PLANNED_ROUNDS)), budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
@@ -198,9 +198,9 @@ def handle_cooccurrence(
         items = (
             None
             if first_order_instead(request)
-            else check_items(np.asarray(keys.integers(request, keys.MARGINAL_ITEMS)), rows.shape[1])
+            else check_items(np.asarray(wire.integers(request, wire.MARGINAL_ITEMS)), rows.shape[1])
         )
-        if keys.SECAGG_LABEL in request:
+        if wire.SECAGG_LABEL in request:
             return secure_release_reply(content, rows, config, state, ledger, plan, run)
     except (FedsynthError, TypeError) as exc:
         return refusal(str(exc), ledger, plan.delta)
@@ -215,9 +215,9 @@ def handle_cooccurrence(
     ledger.record(plan.cooccurrence_events(), COOCCURRENCE, run, round=0, requested_epsilon=target)
     if isinstance(released, NoisyStatistics):
         return statistics_reply(released, ledger, rows.shape[0], plan)
-    arrays = ArrayRecord({keys.COOCCURRENCE: torch.from_numpy(upper(released.matrix))})
-    metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_STD: released.noise_std}
-    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
+    arrays = ArrayRecord({wire.COOCCURRENCE: torch.from_numpy(upper(released.matrix))})
+    metrics = {**spent_metrics(ledger, rows.shape[0], plan), wire.NOISE_STD: released.noise_std}
+    return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
 
 
 def check_release(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, release: str) -> None:
@@ -247,11 +247,13 @@ def handle_fedsgd(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
     run: RunIdentity,
 ) -> RecordDict:  # fmt: skip
-    """The masked stage of a FedSGD step (:mod:`common.privacy.fedsgd`): this node's Poisson sample's clipped
-    gradient sum at the global weights, rounded, with its Skellam share, masked; charged as round N."""
-    request = content.config_records[keys.CONFIG]
-    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)), budget)
-    server_round = int(keys.number(request, keys.SERVER_ROUND))
+    """The masked stage of a FedSGD step (:mod:`fedsynth.common.privacy.dpsgd.fedsgd`).
+
+    This node's Poisson sample's clipped gradient sum at the global weights, rounded, with its
+    Skellam share, masked; charged as round N."""
+    request = content.config_records[wire.CONFIG]
+    plan = privacy_plan(state, config, rows.shape[0], int(wire.number(request, wire.PLANNED_ROUNDS)), budget)
+    server_round = int(wire.number(request, wire.SERVER_ROUND))
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
@@ -263,21 +265,21 @@ def handle_fedsgd(
     target = config.privacy().target_epsilon
     ledger.record(central, "round", run, own_noise=own, round=server_round, requested_epsilon=target,
                   secure_aggregation=True, mode="fedsgd")  # fmt: skip
-    metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_VARIANCE: variance}
-    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
+    metrics = {**spent_metrics(ledger, rows.shape[0], plan), wire.NOISE_VARIANCE: variance}
+    return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
 
 
 def secure_release_reply(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger: PrivacyLedger,
     plan: PrivacyPlan, run: RunIdentity,
 ) -> RecordDict:  # fmt: skip
-    """A release under secure aggregation (:mod:`client.secure`): masked, charged both ways."""
-    release = secure_release_of(content.config_records[keys.CONFIG], plan, config, rows.shape[1])
+    """A release under secure aggregation (:mod:`fedsynth.client.secure`): masked, charged both ways."""
+    release = secure_release_of(content.config_records[wire.CONFIG], plan, config, rows.shape[1])
     arrays, central, own, variance = masked_release(content, rows, release, state)
     target = config.privacy().target_epsilon
     ledger.record(central, release.name, run, own_noise=own, round=0, requested_epsilon=target, secure_aggregation=True)
-    metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_VARIANCE: variance}
-    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
+    metrics = {**spent_metrics(ledger, rows.shape[0], plan), wire.NOISE_VARIANCE: variance}
+    return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
 
 
 def handle_secagg_keys(
@@ -285,23 +287,23 @@ def handle_secagg_keys(
     run: RunIdentity, node: int,
 ) -> RecordDict:  # fmt: skip
     """Stage 1 of a secure release: fresh keys and this node's noise share, if the release fits its budget."""
-    request = content.config_records[keys.CONFIG]
-    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)), budget)
+    request = content.config_records[wire.CONFIG]
+    plan = privacy_plan(state, config, rows.shape[0], int(wire.number(request, wire.PLANNED_ROUNDS)), budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
         release = secure_release_of(request, plan, config, rows.shape[1])
         if release.name == UPDATE:
-            round_replay(ledger, plan, run, int(keys.number(request, keys.SERVER_ROUND)))
+            round_replay(ledger, plan, run, int(wire.number(request, wire.SERVER_ROUND)))
         elif release.repeated:
-            check_step(ledger, plan, run, int(keys.number(request, keys.SERVER_ROUND)), config)
+            check_step(ledger, plan, run, int(wire.number(request, wire.SERVER_ROUND)), config)
         else:
             check_release(ledger, plan, run, release.name)
         public_keys, variance = start_secure_release(request, node, ledger, release, plan, state, run)
     except (FedsynthError, TypeError) as exc:
         return refusal(str(exc), ledger, plan.delta)
-    metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.NOISE_VARIANCE: variance}
-    return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CONFIG: public_keys})
+    metrics = {**spent_metrics(ledger, rows.shape[0], plan), wire.NOISE_VARIANCE: variance}
+    return RecordDict({wire.METRICS: MetricRecord(metrics), wire.CONFIG: public_keys})
 
 
 def spent_metrics(
@@ -310,15 +312,15 @@ def spent_metrics(
     """Users, cumulative ε per release/model and in total, and δ: what a reply says about privacy."""
     spent = ledger.spent()
     return {
-        keys.NUM_EXAMPLES: num_users,
-        keys.REFUSED: 0,
-        keys.EPSILON: spent["total"],
-        keys.EPSILON_VAE: spent.get("vae", 0.0),
-        keys.EPSILON_GAN: spent.get("gan", 0.0),
-        keys.EPSILON_STATISTICS: spent.get(STATISTICS, 0.0),
-        keys.EPSILON_COOCCURRENCE: spent.get(COOCCURRENCE, 0.0),
-        keys.EPSILON_OWN_NOISE: ledger.spent_own_noise(),
-        keys.DELTA: plan.delta,
+        wire.NUM_EXAMPLES: num_users,
+        wire.REFUSED: 0,
+        wire.EPSILON: spent["total"],
+        wire.EPSILON_VAE: spent.get("vae", 0.0),
+        wire.EPSILON_GAN: spent.get("gan", 0.0),
+        wire.EPSILON_STATISTICS: spent.get(STATISTICS, 0.0),
+        wire.EPSILON_COOCCURRENCE: spent.get(COOCCURRENCE, 0.0),
+        wire.EPSILON_OWN_NOISE: ledger.spent_own_noise(),
+        wire.DELTA: plan.delta,
     }
 
 
@@ -330,9 +332,9 @@ def handle_train(
 
     A round already charged to this run is answered with its saved reply (no new ε) or refused.
     """
-    request = content[keys.CONFIG]
-    server_round = int(request[keys.SERVER_ROUND])  # type: ignore[arg-type]
-    plan = privacy_plan(state, config, rows.shape[0], int(request[keys.PLANNED_ROUNDS]), budget)  # type: ignore[arg-type]
+    request = content[wire.CONFIG]
+    server_round = int(request[wire.SERVER_ROUND])  # type: ignore[arg-type]
+    plan = privacy_plan(state, config, rows.shape[0], int(request[wire.PLANNED_ROUNDS]), budget)  # type: ignore[arg-type]
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
@@ -340,14 +342,14 @@ def handle_train(
     except FedsynthError as exc:
         return refusal(str(exc), ledger, plan.delta)
     if replay is not None:
-        metrics = {**spent_metrics(ledger, rows.shape[0], plan), keys.REPLAYED: 1}
-        return RecordDict({keys.ARRAYS: ArrayRecord(replay.arrays), keys.METRICS: MetricRecord(metrics)})
+        metrics = {**spent_metrics(ledger, rows.shape[0], plan), wire.REPLAYED: 1}
+        return RecordDict({wire.ARRAYS: ArrayRecord(replay.arrays), wire.METRICS: MetricRecord(metrics)})
     trained, losses, spent = train_round(content, rows, config, plan, server_round)
     save_replay(ledger, run, Replay(server_round, trained, losses))  # first: a crash after it loses nothing
     ledger.record(spent, "round", run, round=server_round, requested_epsilon=config.privacy().target_epsilon)
     # the losses stay here: means of unclipped per-user losses, not DP (kept in the replay file on this node)
     metrics = spent_metrics(ledger, rows.shape[0], plan)
-    return RecordDict({keys.ARRAYS: ArrayRecord(trained), keys.METRICS: MetricRecord(metrics)})
+    return RecordDict({wire.ARRAYS: ArrayRecord(trained), wire.METRICS: MetricRecord(metrics)})
 
 
 def round_replay(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, server_round: int) -> Replay | None:
@@ -368,7 +370,7 @@ def train_round(
     """Local DP-SGD epochs from the global bundle in ``content``: (the trained state, losses, ε events spent)."""
     local = config.local()
     bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)
-    bundle.load_state_dict(content[keys.ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
+    bundle.load_state_dict(content[wire.ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
     seeds = RoundSeeds.for_round(server_round, reproducible_from(config))  # one per mechanism
     device = training_device(config.device)
     vae, gan = train_local_round(bundle, rows, plan, config.privacy(), local, server_round, seeds, device)
@@ -381,15 +383,15 @@ def handle_secure_update(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
     run: RunIdentity,
 ) -> RecordDict:  # fmt: skip
-    """The masked stage of a secure local round (:mod:`common.secagg.updates`): train as :func:`handle_train`
+    """The masked stage of a secure local round (:mod:`fedsynth.common.secagg.updates`): train as :func:`handle_train`
     does, then send only the users-weighted update, fixed-point and masked; charged as round N.
 
     No loss leaves (a function of the private data); the ε events are Opacus' own, the same under both
     threat models. A round already charged sends its saved result again, masked afresh (no new ε).
     """
-    request = content.config_records[keys.CONFIG]
-    server_round = int(keys.number(request, keys.SERVER_ROUND))
-    plan = privacy_plan(state, config, rows.shape[0], int(keys.number(request, keys.PLANNED_ROUNDS)), budget)
+    request = content.config_records[wire.CONFIG]
+    server_round = int(wire.number(request, wire.SERVER_ROUND))
+    plan = privacy_plan(state, config, rows.shape[0], int(wire.number(request, wire.PLANNED_ROUNDS)), budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
@@ -397,7 +399,7 @@ def handle_secure_update(
             raise ConfigError("this run is in round-mode fedsgd; a local round's update is not sent")
         quantizer = update_quantizer(config, rows.shape[1])
         replay = round_replay(ledger, plan, run, server_round)
-        start = content.array_records[keys.ARRAYS].to_torch_state_dict()
+        start = content.array_records[wire.ARRAYS].to_torch_state_dict()
         trained, losses, spent = (replay.arrays, replay.losses, []) if replay else train_round(
             content, rows, config, plan, server_round
         )  # fmt: skip
@@ -408,5 +410,5 @@ def handle_secure_update(
         save_replay(ledger, run, Replay(server_round, trained, losses))
         ledger.record(spent, "round", run, round=server_round, requested_epsilon=config.privacy().target_epsilon,
                       secure_aggregation=True, mode="local")  # fmt: skip
-    metrics = {**spent_metrics(ledger, rows.shape[0], plan), **({keys.REPLAYED: 1} if replay else {})}
-    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
+    metrics = {**spent_metrics(ledger, rows.shape[0], plan), **({wire.REPLAYED: 1} if replay else {})}
+    return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})

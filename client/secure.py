@@ -1,6 +1,6 @@
 """A node's side of a secure DP release (statistics or co-occurrence): SecAgg stages, distributed Skellam noise.
 
-Stages (see :mod:`common.secagg.protocol`): ``keys`` (the node checks the release fits its
+Stages (see :mod:`fedsynth.common.secagg.protocol`): ``keys`` (the node checks the release fits its
 budget, calibrates its Skellam share and makes fresh keys; nothing is spent), ``shares``,
 then the release itself (quantize, add the node's noise share, mask, *charge the ledger*, send)
 and ``unmask``. The node's SecAgg state (private keys included) lives in its ``context.state``
@@ -31,26 +31,26 @@ import scipy.sparse as sp
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from common import keys
-from common.bundle import ModelBundle
-from common.device import training_device
-from common.errors import FedsynthError
-from common.models.vae import MultVAE
-from common.privacy.accounting import DPEvent, Event, epsilon
-from common.privacy.cooccurrence import (
+from fedsynth.common.config.run import LocalTrainingConfig, RunConfig
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.federated import wire
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.models.vae import MultVAE
+from fedsynth.common.privacy.accounting import DPEvent, Event, epsilon
+from fedsynth.common.privacy.dpsgd.fedsgd import FEDSGD, clipped_gradient_sum, gradient_quantizer, poisson_sample
+from fedsynth.common.privacy.ledger import PrivacyLedger, RunIdentity
+from fedsynth.common.privacy.plan import PrivacyPlan
+from fedsynth.common.privacy.releases.cooccurrence import (
     COOCCURRENCE,
     check_items,
     cooccurrence_contributions,
     cooccurrence_quantizer,
 )
-from common.privacy.fedsgd import FEDSGD, clipped_gradient_sum, gradient_quantizer, poisson_sample
-from common.privacy.ledger import PrivacyLedger, RunIdentity
-from common.privacy.plan import PrivacyPlan
-from common.privacy.skellam import SkellamEvent, SkellamQuantizer, calibrate_variance, skellam_noise
-from common.privacy.statistics import STATISTICS, statistics_contributions, statistics_quantizer
-from common.run_config import LocalTrainingConfig, RunConfig
-from common.secagg.protocol import SecAggNode, SecAggParams, encode
-from common.secagg.updates import UPDATE, UpdateQuantizer, update_size
+from fedsynth.common.privacy.releases.statistics import STATISTICS, statistics_contributions, statistics_quantizer
+from fedsynth.common.runtime.device import training_device
+from fedsynth.common.secagg.protocol import SecAggNode, SecAggParams, encode
+from fedsynth.common.secagg.skellam import SkellamEvent, SkellamQuantizer, calibrate_variance, skellam_noise
+from fedsynth.common.secagg.updates import UPDATE, UpdateQuantizer, update_size
 
 _STATE = "secagg-state"
 _VARIANCE = "secagg-variance"
@@ -93,9 +93,9 @@ def secure_release_of(
     """The release a request is for: a round (``server-round`` in it; the global weights in ``content`` at the
     masked stage): a FedSGD step or a local round's model update, by the run's round mode; the co-occurrence
     (``marginal-items`` in it), the statistics again in its place (``first-order-instead``), or the statistics."""
-    if keys.SERVER_ROUND in request and config.round_mode == "fedsgd":
+    if wire.SERVER_ROUND in request and config.round_mode == "fedsgd":
         return fedsgd_release(request, plan, config, num_items, content)
-    if keys.SERVER_ROUND in request:
+    if wire.SERVER_ROUND in request:
         return update_release(config, num_items)
     clip = config.privacy().statistics_clip
     if first_order_instead(request):  # the co-occurrence's budget spent on the statistics again
@@ -103,12 +103,12 @@ def secure_release_of(
             COOCCURRENCE, statistics_quantizer(clip, num_items), plan.cooccurrence_noise, plan.cooccurrence_events(),
             lambda rows: statistics_contributions(rows, clip),
         )  # fmt: skip
-    if keys.MARGINAL_ITEMS not in request:
+    if wire.MARGINAL_ITEMS not in request:
         return SecureRelease(
             STATISTICS, statistics_quantizer(clip, num_items), plan.statistics_noise, plan.statistics_events(),
             lambda rows: statistics_contributions(rows, clip),
         )  # fmt: skip
-    items = check_items(np.asarray(keys.integers(request, keys.MARGINAL_ITEMS)), num_items)
+    items = check_items(np.asarray(wire.integers(request, wire.MARGINAL_ITEMS)), num_items)
     return SecureRelease(
         COOCCURRENCE, cooccurrence_quantizer(len(items)), plan.cooccurrence_noise, plan.cooccurrence_events(),
         lambda rows: cooccurrence_contributions(rows, items),
@@ -117,22 +117,25 @@ def secure_release_of(
 
 def first_order_instead(request: Any) -> bool:
     """Whether a co-occurrence request's ConfigRecord asks for the statistics instead (see handle_cooccurrence)."""
-    return bool(keys.number(request, keys.FIRST_ORDER_INSTEAD)) if keys.FIRST_ORDER_INSTEAD in request else False
+    return bool(wire.number(request, wire.FIRST_ORDER_INSTEAD)) if wire.FIRST_ORDER_INSTEAD in request else False
 
 
 def fedsgd_release(
     request: ConfigRecord, plan: PrivacyPlan, config: RunConfig, num_items: int, content: RecordDict | None
 ) -> SecureRelease:
-    """One FedSGD step (:mod:`common.privacy.fedsgd`): this node's Poisson sample's clipped gradient sum."""
-    server_round, vae = int(keys.number(request, keys.SERVER_ROUND)), config.local().vae
+    """One FedSGD step (:mod:`fedsynth.common.privacy.dpsgd.fedsgd`).
+
+    This node's Poisson sample's clipped gradient sum.
+    """
+    server_round, vae = int(wire.number(request, wire.SERVER_ROUND)), config.local().vae
     clip = config.privacy().max_grad_norm
     quantizer = gradient_quantizer(num_items, vae, clip)
 
     def step(rows: sp.csr_matrix, rng: np.random.Generator) -> np.ndarray:
-        if content is None or keys.ARRAYS not in content:
+        if content is None or wire.ARRAYS not in content:
             raise FedsynthError("a FedSGD step needs the global weights in the request")
         model = MultVAE.from_config(num_items, vae)
-        model.load_state_dict(content.array_records[keys.ARRAYS].to_torch_state_dict())
+        model.load_state_dict(content.array_records[wire.ARRAYS].to_torch_state_dict())
         model.to(training_device(config.device))
         torch.manual_seed(int(rng.integers(2**62)))  # dropout and the reparameterisation draw
         batch = poisson_sample(rows, plan.vae_rate, rng)
@@ -143,7 +146,7 @@ def fedsgd_release(
 
 
 def update_release(config: RunConfig, num_items: int) -> SecureRelease:
-    """A local round's model update (:mod:`common.secagg.updates`): fixed-point, no noise added here."""
+    """A local round's model update (:mod:`fedsynth.common.secagg.updates`): fixed-point, no noise added here."""
     return SecureRelease(UPDATE, update_quantizer(config, num_items), 0.0, [], noise_free=True)
 
 
@@ -194,8 +197,9 @@ def central_release_variance(
 
 def rdp_after(ledger: PrivacyLedger, planned: Sequence[Event]) -> float:
     """ε of the ledger's events and ``planned`` composed by RDP, the accountant of every history that holds a
-    Skellam event (:mod:`common.privacy.accounting`): a Gaussian plan and the Skellam release replacing part of it
-    are compared like for like (the plan of a secure run is calibrated under RDP, ``LocalTrainingConfig``)."""
+    Skellam event (:mod:`fedsynth.common.privacy.accounting`): a Gaussian plan and the Skellam release
+    replacing part of it are compared like for like (the plan of a secure run is calibrated under RDP,
+    ``LocalTrainingConfig``)."""
     return epsilon([*ledger.events, *planned], ledger.delta, accountant="rdp")
 
 
@@ -214,7 +218,7 @@ def start_secure_release(
     needs (public, like a noise std); the server answers with the largest any node needs, and every
     node adds that divided by t.
     """
-    planned = int(keys.number(request, keys.PLANNED_ROUNDS))
+    planned = int(wire.number(request, wire.PLANNED_ROUNDS))
     rounds_left = planned - len(ledger.charged_rounds(run.run_key))
 
     def calibrate() -> float:
@@ -222,13 +226,13 @@ def start_secure_release(
             return 0.0
         return central_release_variance(ledger, plan, release, rounds_left)
 
-    labels = keys.texts(request, keys.SECAGG_LABELS)
+    labels = wire.texts(request, wire.SECAGG_LABELS)
     if not 1 <= len(labels) <= MAX_BATCH or len(set(labels)) != len(labels):
         raise FedsynthError(f"secure aggregation: asked to set up {len(labels)} aggregation(s); 1 to {MAX_BATCH}, "
                             "each named once")  # fmt: skip
     variance = step_variance(state, run, calibrate) if release.repeated else calibrate()
-    threshold = int(keys.number(request, keys.SECAGG_THRESHOLD))
-    neighbours = int(keys.number(request, keys.SECAGG_NEIGHBOURS)) if keys.SECAGG_NEIGHBOURS in request else 0
+    threshold = int(wire.number(request, wire.SECAGG_THRESHOLD))
+    neighbours = int(wire.number(request, wire.SECAGG_NEIGHBOURS)) if wire.SECAGG_NEIGHBOURS in request else 0
     channels, masks = [], []
     for label in labels:
         secure = SecAggNode(node, SecAggParams(label, threshold, 64, release.quantizer.dim, neighbours))
@@ -236,7 +240,7 @@ def start_secure_release(
         channels.append(channel)
         masks.append(mask)
         _save(state, secure, variance)
-    return ConfigRecord({keys.CHANNEL_KEY: channels, keys.MASK_KEY: masks}), variance
+    return ConfigRecord({wire.CHANNEL_KEY: channels, wire.MASK_KEY: masks}), variance
 
 
 def step_variance(state: RecordDict, run: RunIdentity, calibrate: Callable[[], float]) -> float:
@@ -244,10 +248,10 @@ def step_variance(state: RecordDict, run: RunIdentity, calibrate: Callable[[], f
     in the node's state, so every step of the run carries the same noise and the whole run spends no more
     than its plan (a node that lost its state calibrates again for the steps left)."""
     saved = state.config_records.get(_STEP_VARIANCE)
-    if saved is not None and keys.text(saved, keys.RUN_KEY) == run.run_key:
-        return keys.number(saved, _VARIANCE)
+    if saved is not None and wire.text(saved, wire.RUN_KEY) == run.run_key:
+        return wire.number(saved, _VARIANCE)
     variance = calibrate()
-    state[_STEP_VARIANCE] = ConfigRecord({keys.RUN_KEY: run.run_key, _VARIANCE: variance})
+    state[_STEP_VARIANCE] = ConfigRecord({wire.RUN_KEY: run.run_key, _VARIANCE: variance})
     return variance
 
 
@@ -259,10 +263,10 @@ def _load(state: RecordDict, label: str) -> tuple[SecAggNode, float]:
     if _slot(label) not in state:
         raise FedsynthError(f"secure aggregation {label}: this node holds no state for it (restarted mid-release?)")
     saved = state.config_records[_slot(label)]
-    secure = SecAggNode.from_bytes(keys.blob(saved, "node"))
+    secure = SecAggNode.from_bytes(wire.blob(saved, "node"))
     if secure.params.label != label:
         raise FedsynthError(f"secure aggregation {label}: this node's state is for {secure.params.label}")
-    return secure, keys.number(saved, _VARIANCE)
+    return secure, wire.number(saved, _VARIANCE)
 
 
 def _save(state: RecordDict, secure: SecAggNode, variance: float) -> None:
@@ -272,13 +276,13 @@ def _save(state: RecordDict, secure: SecAggNode, variance: float) -> None:
 def handle_shares(content: RecordDict, state: RecordDict) -> RecordDict:
     """The shares stage: encrypted Shamir shares of this node's secrets for every other node, for each
     aggregation of the batch (key lists and the reply's SHARES aggregation-major)."""
-    request = content.config_records[keys.CONFIG]
-    labels, nodes = keys.texts(request, keys.SECAGG_LABELS), keys.integers(request, keys.SECAGG_NODES)
-    channels, masks = keys.blobs(request, keys.CHANNEL_KEY), keys.blobs(request, keys.MASK_KEY)
+    request = content.config_records[wire.CONFIG]
+    labels, nodes = wire.texts(request, wire.SECAGG_LABELS), wire.integers(request, wire.SECAGG_NODES)
+    channels, masks = wire.blobs(request, wire.CHANNEL_KEY), wire.blobs(request, wire.MASK_KEY)
     if not len(channels) == len(masks) == len(labels) * len(nodes):
         raise FedsynthError(f"secure aggregation: {len(channels)} keys for {len(labels)} aggregation(s) of "
                             f"{len(nodes)} nodes")  # fmt: skip
-    variance, bits = keys.number(request, keys.SECAGG_VARIANCE), int(keys.number(request, keys.SECAGG_BITS))
+    variance, bits = wire.number(request, wire.SECAGG_VARIANCE), int(wire.number(request, wire.SECAGG_BITS))
     recipients: list[int] = []
     out: list[bytes] = []
     for index, label in enumerate(labels):
@@ -290,19 +294,19 @@ def handle_shares(content: RecordDict, state: RecordDict) -> RecordDict:
             )
         batch = slice(index * len(nodes), (index + 1) * len(nodes))
         peers = dict(zip(nodes, zip(channels[batch], masks[batch], strict=True), strict=True))
-        shares = secure.share(peers, bits, keys.integers(request, keys.SECAGG_ORDER))
+        shares = secure.share(peers, bits, wire.integers(request, wire.SECAGG_ORDER))
         _save(state, secure, variance)
         recipients = sorted(shares)
         out += [shares[n] for n in recipients]
-    return RecordDict({keys.CONFIG: ConfigRecord({keys.SECAGG_NODES: recipients, keys.SHARES: out})})
+    return RecordDict({wire.CONFIG: ConfigRecord({wire.SECAGG_NODES: recipients, wire.SHARES: out})})
 
 
 def masked_release(
     content: RecordDict, rows: sp.csr_matrix, release: SecureRelease, state: RecordDict
 ) -> tuple[ArrayRecord, list[SkellamEvent], list[SkellamEvent], float]:  # fmt: skip
     """The release: Σ rounded contributions + this node's Skellam share, masked; and its two events."""
-    request = content.config_records[keys.CONFIG]
-    secure, variance = _load(state, keys.text(request, keys.SECAGG_LABEL))
+    request = content.config_records[wire.CONFIG]
+    secure, variance = _load(state, wire.text(request, wire.SECAGG_LABEL))
     quantizer = release.quantizer
     if quantizer.dim != secure.params.length:
         raise FedsynthError(f"secure aggregation {secure.params.label}: the request is for another release")
@@ -316,19 +320,19 @@ def masked_release(
 
 def masked_values(request: ConfigRecord, values: np.ndarray, state: RecordDict) -> ArrayRecord:
     """``values`` (int64, the aggregation's length) masked with this node's SecAgg state and the shares it got."""
-    secure, variance = _load(state, keys.text(request, keys.SECAGG_LABEL))
+    secure, variance = _load(state, wire.text(request, wire.SECAGG_LABEL))
     if values.shape != (secure.params.length,):
         raise FedsynthError(f"secure aggregation {secure.params.label}: the request is for another release")
-    masked = secure.mask(encode(values, secure.params.bits), keys.by_node(request, keys.SHARES))
+    masked = secure.mask(encode(values, secure.params.bits), wire.by_node(request, wire.SHARES))
     _save(state, secure, variance)
-    return ArrayRecord({keys.MASKED: Array(masked)})
+    return ArrayRecord({wire.MASKED: Array(masked)})
 
 
 def handle_unmask(content: RecordDict, state: RecordDict) -> RecordDict:
-    """The unmask stage: shares of the survivors' self-mask seeds and of the dropped nodes' mask keys."""
-    request = content.config_records[keys.CONFIG]
-    label = keys.text(request, keys.SECAGG_LABEL)
+    """The unmask stage: shares of the survivors' self-mask seeds and of the dropped nodes' mask wire."""
+    request = content.config_records[wire.CONFIG]
+    label = wire.text(request, wire.SECAGG_LABEL)
     secure, _ = _load(state, label)
-    shares = secure.unmask(keys.integers(request, keys.SECAGG_NODES))
+    shares = secure.unmask(wire.integers(request, wire.SECAGG_NODES))
     del state[_slot(label)]
-    return RecordDict({keys.CONFIG: ConfigRecord(keys.as_lists(shares, keys.SHARES))})
+    return RecordDict({wire.CONFIG: ConfigRecord(wire.as_lists(shares, wire.SHARES))})

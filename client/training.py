@@ -14,8 +14,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from common.bundle import ModelBundle
-from common.models.gan import (
+from fedsynth.common.config.run import LocalTrainingConfig
+from fedsynth.common.federated.strategies import ProximalTerm
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.models.gan import (
     Discriminator,
     GANConfig,
     Generator,
@@ -23,19 +25,17 @@ from common.models.gan import (
     discriminator_loss,
     generator_loss,
 )
-from common.models.optim import adam
-from common.models.vae import MultVAE, MultVAEConfig, kl_beta, vae_loss
-from common.privacy.accounting import DPEvent
-from common.privacy.dp import CSRRows, PrivacyConfig, loader, local_sgd, steps_per_epoch
-from common.privacy.plan import PrivacyPlan
-from common.run_config import LocalTrainingConfig
-from common.seeding import mechanism_seed
-from common.strategies import ProximalTerm
+from fedsynth.common.models.optim import adam
+from fedsynth.common.models.vae import MultVAE, MultVAEConfig, kl_beta, vae_loss
+from fedsynth.common.privacy.accounting import DPEvent
+from fedsynth.common.privacy.dpsgd.training import CSRRows, PrivacyConfig, loader, local_sgd, steps_per_epoch
+from fedsynth.common.privacy.plan import PrivacyPlan
+from fedsynth.common.runtime.seeding import mechanism_seed
 
 
 @dataclass(frozen=True)
 class RoundSeeds:
-    """One round's two mechanisms' seeds (:func:`common.seeding.mechanism_seed`, one call each)."""
+    """One round's two mechanisms' seeds (:func:`fedsynth.common.runtime.seeding.mechanism_seed`, one call each)."""
 
     vae: int
     gan: int

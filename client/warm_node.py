@@ -1,15 +1,15 @@
 """A SuperNode whose ClientApp processes start warm: forked from a process that imported torch once.
 
-    fedsynth-node <flower-supernode arguments>      (python -m client.warm_node … is the same)
+    fedsynth-node <flower-supernode arguments>      (python -m fedsynth.client.warm_node … is the same)
 
 Flower 1.42 runs every message a SuperNode receives in a fresh ``flwr-clientapp`` process,
 started by the node's SuperExec, which polls for tasks once a second. Each such process pays
 Python's start-up and the imports of Flower, NumPy/SciPy/pandas, torch and Opacus before the
 ClientApp sees its message: measured on 2 cores, 6–11 s per message with three nodes on one
 machine, the largest part of the +18 s per round a loopback deployment cost over a simulation
-(``python -m simulations.bench.deployment``; the data load is 0.05–0.1 s and was never the cost).
+(``python -m fedsynth.simulations.bench.deployment``; the data load is 0.05–0.1 s and was never the cost).
 
-This launcher starts ``flower-supernode`` (with its idle polls shortened, :mod:`client.fast_supernode`)
+This launcher starts ``flower-supernode`` (with its idle polls shortened, :mod:`fedsynth.client.fast_supernode`)
 with the arguments given plus ``--isolation process``
 (so the SuperNode starts no SuperExec of its own), then becomes that node's SuperExec itself:
 Flower's own ``run_superexec`` loop, polling every 0.1 s, with one change, the executor. The
@@ -43,7 +43,7 @@ from flwr.supercore.superexec import run_superexec as superexec
 from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
 
-from common.openmp import with_short_openmp_spin
+from fedsynth.common.runtime.openmp import with_short_openmp_spin
 
 PRELOADED = (
     "numpy",
@@ -86,7 +86,7 @@ def _run_forked_clientapp(spec: ExecutionSpec) -> None:
             os.dup2(devnull, 2)
         from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
-        from common.object_pulls import shorten_object_pull_backoff
+        from fedsynth.common.runtime.object_pulls import shorten_object_pull_backoff
 
         shorten_object_pull_backoff()  # the message pull starts before the SuperNode has it all
         sys.argv = clientapp_argv(spec)
@@ -179,8 +179,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if option(arguments, refused) is not None or refused in arguments:
             sys.exit(f"error: fedsynth-node does not take {refused}: {why}; remove it from the arguments.")
     address = runtime_address(arguments)
-    os.environ.update(with_short_openmp_spin(os.environ))  # before torch loads libgomp (common/openmp.py)
-    supernode = subprocess.Popen([sys.executable, "-m", "client.fast_supernode", *arguments, "--isolation", "process"])
+    os.environ.update(with_short_openmp_spin(os.environ))  # before torch loads libgomp (common/runtime/openmp.py)
+    supernode = subprocess.Popen(
+        [sys.executable, "-m", "fedsynth.client.fast_supernode", *arguments, "--isolation", "process"]
+    )
     threading.Thread(target=exit_with, args=(supernode,), name="supernode-exit", daemon=True).start()
     preload()
     os.environ.setdefault(POLL_ENV, POLL_SECONDS)

@@ -24,13 +24,13 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from common import keys
-from common.errors import FedsynthError
-from common.io import write_text_atomic
-from common.round_log import RoundLog
-from common.run_config import RunConfig
-from server.aggregation import ClientReply, as_client_replies, reply_problem
-from server.exchange import send_and_receive
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.federated import wire
+from fedsynth.common.federated.round_log import RoundLog
+from fedsynth.common.runtime.files import write_text_atomic
+from fedsynth.server.aggregation import ClientReply, as_client_replies, reply_problem
+from fedsynth.server.exchange import send_and_receive
 
 
 class RunFailed(FedsynthError):
@@ -49,7 +49,7 @@ def run_key(out_dir: Path) -> str:
 
 def identity_fields(out_dir: Path) -> dict[str, str]:
     """What every request says about the run: its key and the requester (host and output directory)."""
-    return {keys.RUN_KEY: run_key(out_dir), keys.REQUESTER: f"{socket.gethostname()}:{out_dir.resolve()}"}
+    return {wire.RUN_KEY: run_key(out_dir), wire.REQUESTER: f"{socket.gethostname()}:{out_dir.resolve()}"}
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _problem(reply: ClientReply) -> str | None:
 def admit(grid: Grid, nodes: list[int], config: RunConfig, request: dict[str, Any]) -> Admission:
     """Query ``nodes`` with the run's plan (``request``); raise RunFailed if the run cannot start."""
     messages = [
-        Message(RecordDict({keys.CONFIG: ConfigRecord(request)}), dst_node_id=n, message_type=MessageType.QUERY)
+        Message(RecordDict({wire.CONFIG: ConfigRecord(request)}), dst_node_id=n, message_type=MessageType.QUERY)
         for n in nodes
     ]
     replies = as_client_replies(send_and_receive(grid, messages, config.reply_timeout), messages)
@@ -85,7 +85,7 @@ def decide_admission(replies: list[ClientReply], config: RunConfig) -> Admission
     """Which nodes take part, from their answers to the start query (see the module docstring)."""
     problems = {r.node: p for r in replies if (p := _problem(r)) is not None}
     catalogues = {
-        r.node: tuple(str(i) for i in r.content[keys.CONFIG][keys.ITEM_IDS])  # type: ignore[union-attr, index]
+        r.node: tuple(str(i) for i in r.content[wire.CONFIG][wire.ITEM_IDS])  # type: ignore[union-attr, index]
         for r in replies
         if r.node not in problems
     }
@@ -111,9 +111,9 @@ def decide_admission(replies: list[ClientReply], config: RunConfig) -> Admission
             f"only {len(admitted)} node(s) can take part, min-clients is {config.min_clients} ({listed}); "
             "nothing was spent. Fix the nodes named or lower min-clients."
         )
-    reported = {r.node: r.content[keys.METRICS] for r in replies if r.node in admitted and r.content is not None}
-    caps = {n: keys.number(m, keys.EPSILON_CAP) for n, m in reported.items() if keys.EPSILON_CAP in m}
-    before = {n: keys.number(m, keys.EPSILON) for n, m in reported.items() if keys.EPSILON in m}
+    reported = {r.node: r.content[wire.METRICS] for r in replies if r.node in admitted and r.content is not None}
+    caps = {n: wire.number(m, wire.EPSILON_CAP) for n, m in reported.items() if wire.EPSILON_CAP in m}
+    before = {n: wire.number(m, wire.EPSILON) for n, m in reported.items() if wire.EPSILON in m}
     return Admission(admitted, list(shared), problems, caps, before)
 
 

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
-from common import keys
-from common.robust import RobustConfig, robust_arrays
-from common.round_log import NodeProblem, RoundLog
+from fedsynth.common.federated import wire
+from fedsynth.common.federated.round_log import NodeProblem, RoundLog
+from fedsynth.common.robustness.rules import RobustConfig, robust_arrays
 
 
 @dataclass(frozen=True)
@@ -68,22 +68,22 @@ def with_silent(replies: list[ClientReply], expected: list[int], timeout: float)
 
 def _metric(reply: ClientReply, name: str) -> float:
     assert reply.content is not None
-    return keys.number(reply.content[keys.METRICS], name)
+    return wire.number(reply.content[wire.METRICS], name)
 
 
 def _own_noise_epsilon(reply: ClientReply) -> float:
     """ε counting only the node's own noise in secure sums (answered or refused; never below its ε)."""
     assert reply.content is not None
-    own = keys.EPSILON_OWN_NOISE in reply.content[keys.METRICS]
-    return _metric(reply, keys.EPSILON_OWN_NOISE if own else keys.EPSILON)
+    own = wire.EPSILON_OWN_NOISE in reply.content[wire.METRICS]
+    return _metric(reply, wire.EPSILON_OWN_NOISE if own else wire.EPSILON)
 
 
 def reply_problem(reply: ClientReply) -> NodeProblem | None:
     """Why a node did not answer (failed: ``epsilon`` None; refused: its reported ε), or None if it did."""
     if reply.content is None:
         return NodeProblem(reply.node, str(reply.error))
-    if keys.METRICS in reply.content and keys.number(reply.content[keys.METRICS], keys.REFUSED):
-        return NodeProblem(reply.node, str(reply.content[keys.CONFIG][keys.REASON]), _metric(reply, keys.EPSILON))
+    if wire.METRICS in reply.content and wire.number(reply.content[wire.METRICS], wire.REFUSED):
+        return NodeProblem(reply.node, str(reply.content[wire.CONFIG][wire.REASON]), _metric(reply, wire.EPSILON))
     return None
 
 
@@ -100,11 +100,11 @@ def client_outcomes(replies: list[ClientReply], server_round: int = 0) -> Client
         else:
             (log.failed if problem.epsilon is None else log.refused).append(problem)
     log.trained = [r.node for r in trained]
-    log.epsilon_by_node = {str(r.node): _metric(r, keys.EPSILON) for r in trained}
+    log.epsilon_by_node = {str(r.node): _metric(r, wire.EPSILON) for r in trained}
     log.epsilon_own_noise_by_node = {str(r.node): _own_noise_epsilon(r) for r in replies if r.content is not None}
     # a resumed run's round already charged: the node sent its saved reply again (no new ε)
-    log.replayed = [r.node for r in trained if r.content and keys.REPLAYED in r.content[keys.METRICS]]
-    log.delta_by_node = {str(r.node): _metric(r, keys.DELTA) for r in trained}
+    log.replayed = [r.node for r in trained if r.content and wire.REPLAYED in r.content[wire.METRICS]]
+    log.delta_by_node = {str(r.node): _metric(r, wire.DELTA) for r in trained}
     return ClientOutcomes(trained, log)
 
 
@@ -129,13 +129,13 @@ def aggregate_replies(
     """Split replies into trained / refused / failed, aggregate the trained ones, summarise metrics.
 
     No losses arrive (not DP: they stay on the nodes); the bundle is FedAvg-ed weighted by users, or aggregated by the
-    ``robust`` rule (:mod:`common.robust`; ``norm-bound`` needs the ``current`` global arrays).
+    ``robust`` rule (:mod:`fedsynth.common.robustness.rules`; ``norm-bound`` needs the ``current`` global arrays).
     """
     outcome = client_outcomes(replies, server_round)
     trained, log = outcome.trained, outcome.log
     if not trained:
         return RoundOutcome(None, log)
-    weights = np.array([_metric(r, keys.NUM_EXAMPLES) for r in trained])
+    weights = np.array([_metric(r, wire.NUM_EXAMPLES) for r in trained])
     log.users = int(weights.sum())
     contents = [r.content for r in trained if r.content is not None]
     rule = robust or RobustConfig()

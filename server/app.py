@@ -2,7 +2,7 @@
 
 A run that fails for a reason a user can fix (too few clients could take part, bad settings)
 writes ``OUT/failed.json`` with that one-line reason, logs it and re-raises, so that Flower marks
-the run ``finished:failed``; wrappers read the file to say why (see :mod:`simulations.runner`).
+the run ``finished:failed``; wrappers read the file to say why (see :mod:`fedsynth.simulations.runner`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.errors import FedsynthError
-from common.io import write_json_atomic
-from common.object_pulls import shorten_object_pull_backoff
-from common.run_config import RunConfig
-from server.federation import log, out_directory, run_federation
-from server.pipeline import run_pipeline
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.runtime.files import write_json_atomic
+from fedsynth.common.runtime.object_pulls import shorten_object_pull_backoff
+from fedsynth.server.federation import log, out_directory, run_federation
+from fedsynth.server.pipeline import run_pipeline
 
 FAILED = "failed.json"
 CRASH = "logs/serverapp-crash.log"

@@ -1,6 +1,6 @@
 """The simple DP baselines as comparison rows (simulation: computed by the evaluator, as each client would).
 
-See :mod:`common.privacy.baselines` for the mechanisms. Each is an *alternative* to the
+See :mod:`fedsynth.common.recommenders.dp_baselines` for the mechanisms. Each is an *alternative* to the
 synthetic pipeline, computed at the run's full target ε per client, so it is not part of the
 clients' ledgers: in a deployment no client releases it (the rows exist in simulation only,
 like the real-data upper bounds). Their per-client ε is reported next to them.
@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from common.privacy.baselines import dp_gram, dp_popularity
-from common.privacy.cooccurrence import noise_edge
-from common.privacy.secure_baselines import secure_dp_gram, secure_dp_popularity
-from common.recommenders import MostPopular, Recommender
-from common.recommenders.ease import SubsetEASE
-from common.run_config import RunConfig
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.privacy.releases.cooccurrence import noise_edge
+from fedsynth.common.recommenders import MostPopular, Recommender
+from fedsynth.common.recommenders.dp_baselines import dp_gram, dp_popularity
+from fedsynth.common.recommenders.dp_baselines_secure import secure_dp_gram, secure_dp_popularity
+from fedsynth.common.recommenders.ease import SubsetEASE
 
 
 def baseline_recommenders(

@@ -22,12 +22,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from common import keys
-from common.bundle import ModelBundle
-from common.errors import ConfigError, FedsynthError
-from common.io import to_plain, write_atomic, write_json_atomic
-from common.models.marginal_fit import MarginalTargets, fit_bundle
-from common.privacy.cooccurrence import (
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.errors import ConfigError, FedsynthError
+from fedsynth.common.federated import wire
+from fedsynth.common.federated.round_log import RoundLog
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.privacy.plan import plan_privacy
+from fedsynth.common.privacy.releases.cooccurrence import (
     NoisyCooccurrence,
     from_upper,
     marginal_items,
@@ -35,18 +36,22 @@ from common.privacy.cooccurrence import (
     popularity_eigenvalue,
     second_order_pays,
 )
-from common.privacy.plan import plan_privacy
-from common.privacy.statistics import NoisyStatistics, length_bin_edges
-from common.robust import robust_statistics, robust_total
-from common.round_log import RoundLog
-from common.run_config import RunConfig
-from common.seeding import seed_for
-from server.admission import Admission, admit, identity_fields, require_quorum, require_training
-from server.aggregation import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
-from server.exchange import send_and_receive
-from server.fedsgd import Checkpoint, fedsgd_rounds
-from server.secure_release import RoundSetups, secure_cooccurrence, secure_first_order_instead, secure_statistics
-from server.secure_round import secure_train_round, update_setups
+from fedsynth.common.privacy.releases.statistics import NoisyStatistics, length_bin_edges
+from fedsynth.common.robustness.rules import robust_statistics, robust_total
+from fedsynth.common.runtime.files import to_plain, write_atomic, write_json_atomic
+from fedsynth.common.runtime.seeding import seed_for
+from fedsynth.common.synthesis.marginal_fit import MarginalTargets, fit_bundle
+from fedsynth.server.admission import Admission, admit, identity_fields, require_quorum, require_training
+from fedsynth.server.aggregation import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
+from fedsynth.server.exchange import send_and_receive
+from fedsynth.server.fedsgd import Checkpoint, fedsgd_rounds
+from fedsynth.server.secure_release import (
+    RoundSetups,
+    secure_cooccurrence,
+    secure_first_order_instead,
+    secure_statistics,
+)
+from fedsynth.server.secure_round import secure_train_round, update_setups
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
 
@@ -92,12 +97,12 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 120.0) -> list[int
 
 
 def query_release(
-    grid: Grid, nodes: list[int], config: RunConfig, action: str, request: Mapping[str, keys.ConfigValue], what: str
+    grid: Grid, nodes: list[int], config: RunConfig, action: str, request: Mapping[str, wire.ConfigValue], what: str
 ) -> tuple[list[RecordDict], RoundLog]:
     """One plain (not secure) DP release ``query.<action>`` from every node: the released contents and the log."""
-    record = ConfigRecord({keys.PLANNED_ROUNDS: config.num_server_rounds, **request})
+    record = ConfigRecord({wire.PLANNED_ROUNDS: config.num_server_rounds, **request})
     messages = [
-        Message(RecordDict({keys.CONFIG: record}), dst_node_id=n, message_type=f"{MessageType.QUERY}.{action}")
+        Message(RecordDict({wire.CONFIG: record}), dst_node_id=n, message_type=f"{MessageType.QUERY}.{action}")
         for n in nodes
     ]
     replies = send_and_receive(grid, messages, config.reply_timeout)
@@ -110,7 +115,7 @@ def query_statistics(
     grid: Grid, nodes: list[int], config: RunConfig, num_items: int, identity: dict[str, str]
 ) -> tuple[NoisyStatistics, RoundLog]:
     """Each client's DP item counts and length histogram, summed; and the release's log (ε per client)."""
-    released, release_log = query_release(grid, nodes, config, keys.STATISTICS, identity, "the DP statistics release")
+    released, release_log = query_release(grid, nodes, config, wire.STATISTICS, identity, "the DP statistics release")
     if not released:  # allow-degraded and nobody released: no prior, no lengths (said in the log)
         log.warning("fedsynth statistics: no client released DP statistics; no popularity prior, lengths 1-10")
         return NoisyStatistics(np.zeros(num_items), np.zeros(len(length_bin_edges(num_items)) - 1)), release_log
@@ -122,8 +127,8 @@ def summed_statistics(released: list[RecordDict], config: RunConfig) -> NoisySta
     users, noise = released_users_and_noise(released)
     parts = []
     for content, noise_std in zip(released, noise, strict=True):
-        arrays = content[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
-        counts, lengths = arrays[keys.ITEM_COUNTS].numpy(), arrays[keys.LENGTH_HISTOGRAM].numpy()
+        arrays = content[wire.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+        counts, lengths = arrays[wire.ITEM_COUNTS].numpy(), arrays[wire.LENGTH_HISTOGRAM].numpy()
         parts.append(NoisyStatistics(counts, lengths, noise_std))
     return robust_statistics(parts, users, config.robust())
 
@@ -132,30 +137,30 @@ def query_first_order_instead(
     grid: Grid, nodes: list[int], config: RunConfig, num_items: int, identity: dict[str, str]
 ) -> tuple[NoisyStatistics | None, RoundLog]:
     """The co-occurrence's budget spent on each client's statistics again, summed (None: nobody released)."""
-    request: dict[str, keys.ConfigValue] = {keys.FIRST_ORDER_INSTEAD: 1, **identity}
+    request: dict[str, wire.ConfigValue] = {wire.FIRST_ORDER_INSTEAD: 1, **identity}
     what = "the DP co-occurrence release (first order instead)"
-    released, release_log = query_release(grid, nodes, config, keys.COOCCURRENCE, request, what)
+    released, release_log = query_release(grid, nodes, config, wire.COOCCURRENCE, request, what)
     return (summed_statistics(released, config) if released else None), release_log
 
 
 def released_users_and_noise(released: list[RecordDict]) -> tuple[list[int], list[float]]:
     """Each plain release's user count and noise std per coordinate, as its node reported them."""
-    users = [int(keys.number(c[keys.METRICS], keys.NUM_EXAMPLES)) for c in released]
-    return users, [keys.number(c[keys.METRICS], keys.NOISE_STD) for c in released]
+    users = [int(wire.number(c[wire.METRICS], wire.NUM_EXAMPLES)) for c in released]
+    return users, [wire.number(c[wire.METRICS], wire.NOISE_STD) for c in released]
 
 
 def query_cooccurrence(
     grid: Grid, nodes: list[int], config: RunConfig, items: np.ndarray, identity: dict[str, str]
 ) -> tuple[NoisyCooccurrence | None, RoundLog]:
     """Each client's DP co-occurrence over ``items``, summed (None if nobody released, allow-degraded)."""
-    request: dict[str, keys.ConfigValue] = {keys.MARGINAL_ITEMS: [int(i) for i in items], **identity}
+    request: dict[str, wire.ConfigValue] = {wire.MARGINAL_ITEMS: [int(i) for i in items], **identity}
     released, release_log = query_release(
-        grid, nodes, config, keys.COOCCURRENCE, request, "the DP co-occurrence release"
+        grid, nodes, config, wire.COOCCURRENCE, request, "the DP co-occurrence release"
     )
     if not released:
         return None, release_log
     users, noise = released_users_and_noise(released)
-    values = [content[keys.ARRAYS][keys.COOCCURRENCE].numpy() for content in released]  # type: ignore[union-attr]
+    values = [content[wire.ARRAYS][wire.COOCCURRENCE].numpy() for content in released]  # type: ignore[union-attr]
     total, noise_std = robust_total(values, users, noise, config.robust())
     return NoisyCooccurrence(items, from_upper(total, len(items)), noise_std), release_log
 
@@ -287,10 +292,10 @@ def start(grid: Grid, config: RunConfig, resumed: ResumePoint, identity: dict[st
     nodes = wait_for_nodes(grid, config.min_clients)
     out_dir = out_directory(config)
     request = {
-        keys.PLANNED_ROUNDS: config.num_server_rounds,
-        keys.FIRST_ROUND: len(resumed.rounds) + 1,
-        keys.NEEDS_STATISTICS: int(not (out_dir / "statistics.npz").is_file()),
-        keys.NEEDS_COOCCURRENCE: int(config.marginal_items > 0 and not (out_dir / "cooccurrence.npz").is_file()),
+        wire.PLANNED_ROUNDS: config.num_server_rounds,
+        wire.FIRST_ROUND: len(resumed.rounds) + 1,
+        wire.NEEDS_STATISTICS: int(not (out_dir / "statistics.npz").is_file()),
+        wire.NEEDS_COOCCURRENCE: int(config.marginal_items > 0 and not (out_dir / "cooccurrence.npz").is_file()),
         **identity,
     }
     admission = admit(grid, nodes, config, request)
@@ -360,7 +365,7 @@ def train_round(
     setups: RoundSetups | None = None,
 ) -> RoundOutcome:
     """Send the global bundle to a sample of the admitted nodes still connected; FedAvg their replies (by a
-    secure sum with ``secure-aggregation``: :mod:`server.secure_round`, keys from ``setups`` or set up for
+    secure sum with ``secure-aggregation``: :mod:`fedsynth.server.secure_round`, keys from ``setups`` or set up for
     this round alone)."""
     started = time.perf_counter()
     sampled, missing = round_sample(grid, config, server_round, participants)
@@ -390,9 +395,9 @@ def plain_train_round(
     identity: dict[str, str],
 ) -> RoundOutcome:  # fmt: skip
     """Each sampled node trains and sends its bundle; FedAvg (or the robust rule) of the replies."""
-    request = ConfigRecord({keys.SERVER_ROUND: server_round, keys.PLANNED_ROUNDS: config.num_server_rounds, **identity})
+    request = ConfigRecord({wire.SERVER_ROUND: server_round, wire.PLANNED_ROUNDS: config.num_server_rounds, **identity})
     messages = [
-        Message(RecordDict({keys.ARRAYS: arrays, keys.CONFIG: request}), dst_node_id=n, message_type=MessageType.TRAIN)
+        Message(RecordDict({wire.ARRAYS: arrays, wire.CONFIG: request}), dst_node_id=n, message_type=MessageType.TRAIN)
         for n in sampled
     ]
     replies = send_and_receive(grid, messages, config.reply_timeout)
@@ -404,7 +409,7 @@ def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
 
     Stages: admission (nothing spent) → DP statistics → DP co-occurrence → fit to the marginals
     (server, no ε) → rounds from the fitted start → summary. A stage in which fewer
-    than ``min-clients`` answered raises :class:`RunFailed` (see :mod:`server.admission`).
+    than ``min-clients`` answered raises :class:`RunFailed` (see :mod:`fedsynth.server.admission`).
     """
     out_dir = out_directory(config)
     resumed = resume_point(out_dir, config)

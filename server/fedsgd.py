@@ -1,10 +1,10 @@
 """round-mode fedsgd on the server: each round, one secure-aggregated DP-SGD step of the Mult-VAE.
 
 The server sends the global Mult-VAE with the masked stage of a secure sum
-(:func:`server.secure_release.secure_sum`, action ``query.fedsgd``); each silo answers with its
+(:func:`fedsynth.server.secure_release.secure_sum`, action ``query.fedsgd``); each silo answers with its
 Poisson sample's clipped gradient sum, rounded, plus its Skellam noise share, masked. The
 server unmasks only the sum and takes one Adam step on ĝ = sum / (q · N), N the users of the
-silos in the sum (:mod:`common.privacy.fedsgd` has the maths). The Adam state is saved with each
+silos in the sum (:mod:`fedsynth.common.privacy.dpsgd.fedsgd` has the maths). The Adam state is saved with each
 round's checkpoint, so a resumed run continues the same optimisation; a step already charged on
 a node cannot be replayed (its masks are gone) and is refused there.
 """
@@ -20,13 +20,13 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
-from common import keys
-from common.bundle import ModelBundle
-from common.models.optim import adam
-from common.privacy.fedsgd import apply_gradient, gradient_quantizer, trainable
-from common.round_log import RoundLog
-from common.run_config import RunConfig
-from server.secure_release import RoundSetups
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.federated import wire
+from fedsynth.common.federated.round_log import RoundLog
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.models.optim import adam
+from fedsynth.common.privacy.dpsgd.fedsgd import apply_gradient, gradient_quantizer, trainable
+from fedsynth.server.secure_release import RoundSetups
 
 log = logging.getLogger("flwr")
 Checkpoint = Callable[[int, ArrayRecord, RoundLog, Any], None]  # (round, global state, log, optimizer state)
@@ -70,7 +70,7 @@ def step_setups(
 ) -> RoundSetups:
     """The steps' keys and shares, set up ``ROUNDS_PER_SETUP`` steps at a time (or one, ``per_round``)."""
     quantizer = gradient_quantizer(bundle.vae.num_items, config.local().vae, config.max_grad_norm)
-    return RoundSetups(grid, config, keys.FEDSGD, quantizer, identity, per_round)
+    return RoundSetups(grid, config, wire.FEDSGD, quantizer, identity, per_round)
 
 
 def fedsgd_rounds(

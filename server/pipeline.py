@@ -8,7 +8,7 @@ Rows of the results (all scored by federated evaluation on the same real held-ou
 * ``fedvae``: the federated DP Mult-VAE used directly as the recommender;
 * ``fedsynth-prior``: items ranked by the pipeline's own DP item counts (its popularity prior,
   a share of the same ε);
-* simulation only, the simple DP baselines (:mod:`server.baselines`), each an alternative that
+* simulation only, the simple DP baselines (:mod:`fedsynth.server.baselines`), each an alternative that
   spends the full target ε per client on its own: ``dp-popularity`` and ``dp-ease``;
 * simulation only, labelled non-private: ``popularity`` (MostPopular) and ``real/<rec>``, trained
   on the real training users, which the server may load only because it is a simulation.
@@ -28,29 +28,29 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from common import keys
-from common.attacks import UPDATE_ATTACKS, target_items, target_share
-from common.config import EvalConfig
-from common.data.partition import partition_users
-from common.data.pipeline import PreparedData, prepare
-from common.errors import FedsynthError
-from common.fidelity import fidelity_report
-from common.io import to_plain, write_atomic, write_json_atomic
-from common.models.vae import MultVAEConfig
-from common.privacy.cooccurrence import signal_rank_of
-from common.recommenders import MostPopular, MultVAERecommender, Recommender
-from common.recommenders.registry import RecommenderSettings
-from common.recommenders.registry import build_recommender as build_named
-from common.recommenders.transfer import known_size, num_values, pack
-from common.report import write_report
-from common.run_config import RunConfig
-from common.seeding import mechanism_seed
-from common.synthesis import SynthesisConfig, synthesize
-from server.admission import identity_fields
-from server.aggregation import client_participation
-from server.baselines import baseline_recommenders
-from server.evaluation import evaluation_request, federated_evaluate
-from server.federation import TrainingResult, out_directory
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.config.sections import EvalConfig
+from fedsynth.common.data.partition import partition_users
+from fedsynth.common.data.prepare import PreparedData, prepare
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.evaluation.fidelity import fidelity_report
+from fedsynth.common.evaluation.report import write_report
+from fedsynth.common.federated import wire
+from fedsynth.common.models.vae import MultVAEConfig
+from fedsynth.common.privacy.releases.cooccurrence import signal_rank_of
+from fedsynth.common.recommenders import MostPopular, MultVAERecommender, Recommender
+from fedsynth.common.recommenders.registry import RecommenderSettings
+from fedsynth.common.recommenders.registry import build_recommender as build_named
+from fedsynth.common.recommenders.transfer import known_size, num_values, pack
+from fedsynth.common.robustness.attacks import UPDATE_ATTACKS, target_items, target_share
+from fedsynth.common.runtime.files import to_plain, write_atomic, write_json_atomic
+from fedsynth.common.runtime.seeding import mechanism_seed
+from fedsynth.common.synthesis.sampling import SynthesisConfig, synthesize
+from fedsynth.server.admission import identity_fields
+from fedsynth.server.aggregation import client_participation
+from fedsynth.server.baselines import baseline_recommenders
+from fedsynth.server.evaluation import evaluation_request, federated_evaluate
+from fedsynth.server.federation import TrainingResult, out_directory
 
 log = logging.getLogger("flwr")
 
@@ -383,8 +383,8 @@ def evaluate_all(
             continue
         log.info("fedsynth stage: federated evaluation of %s", label)
         step = time.perf_counter()
-        run: dict[str, keys.ConfigValue] = {**identity, keys.PLANNED_ROUNDS: config.num_server_rounds}
-        run[keys.EVALUATION_LABEL] = label
+        run: dict[str, wire.ConfigValue] = {**identity, wire.PLANNED_ROUNDS: config.num_server_rounds}
+        run[wire.EVALUATION_LABEL] = label
         content = evaluation_request(recommender, settings, run)  # the arrays, serialized (a copy)
         del recommender  # so only that copy is held while the clients evaluate, and before the next fit
         results[label], who = federated_evaluate(grid, nodes, content, settings, num_items, config.reply_timeout)

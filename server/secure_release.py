@@ -2,13 +2,13 @@
 
 The server only relays and sums: it sees public keys, encrypted shares, masked vectors (uniform
 residues mod 2^b), and in the end the sum, never one node's vector. Stages and threat model:
-:mod:`common.secagg.protocol`; the nodes' side and the two ε numbers: :mod:`client.secure`.
+:mod:`fedsynth.common.secagg.protocol`; the nodes' side and the two ε numbers: :mod:`fedsynth.client.secure`.
 
 Dropouts: a node lost after sending its masked vector is unmasked from the others' shares; one
 lost before is left out of the sum (with its noise). Fewer than t nodes at any stage: the release
 fails (:class:`RunFailed`) and nothing is unmasked. The bit width b is fixed after the keys stage
 from what the nodes said (users, noise variance), so the sum cannot wrap except with probability
-≤ 2^-40 (:func:`common.privacy.skellam.required_bits`); a smaller ``secagg-bits`` is refused there,
+≤ 2^-40 (:func:`fedsynth.common.secagg.skellam.required_bits`); a smaller ``secagg-bits`` is refused there,
 before any node has spent anything.
 """
 
@@ -22,20 +22,33 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from common import keys
-from common.errors import ConfigError
-from common.privacy.cooccurrence import COOCCURRENCE, NoisyCooccurrence, cooccurrence_quantizer, from_upper
-from common.privacy.skellam import SkellamQuantizer, required_bits
-from common.privacy.statistics import STATISTICS, NoisyStatistics, split_release, statistics_quantizer
-from common.round_log import NodeProblem, RoundLog
-from common.run_config import RunConfig
-from common.secagg.protocol import SecAggAborted, SecAggParams, decode, require, ring_order, route, unmasked_sum
-from server.admission import RunFailed, require_quorum
-from server.aggregation import ClientReply, as_client_replies, client_outcomes, reply_problem
-from server.exchange import send_and_receive
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.federated import wire
+from fedsynth.common.federated.round_log import NodeProblem, RoundLog
+from fedsynth.common.privacy.releases.cooccurrence import (
+    COOCCURRENCE,
+    NoisyCooccurrence,
+    cooccurrence_quantizer,
+    from_upper,
+)
+from fedsynth.common.privacy.releases.statistics import STATISTICS, NoisyStatistics, split_release, statistics_quantizer
+from fedsynth.common.secagg.protocol import (
+    SecAggAborted,
+    SecAggParams,
+    decode,
+    require,
+    ring_order,
+    route,
+    unmasked_sum,
+)
+from fedsynth.common.secagg.skellam import SkellamQuantizer, required_bits
+from fedsynth.server.admission import RunFailed, require_quorum
+from fedsynth.server.aggregation import ClientReply, as_client_replies, client_outcomes, reply_problem
+from fedsynth.server.exchange import send_and_receive
 
 log = logging.getLogger("flwr")
-Request = dict[str, keys.ConfigValue]  # what every stage's request says (label, plan, run identity)
+Request = dict[str, wire.ConfigValue]  # what every stage's request says (label, plan, run identity)
 
 
 def exchange(
@@ -45,7 +58,7 @@ def exchange(
     every reply)."""
     messages = [
         Message(
-            RecordDict({keys.CONFIG: request, **({keys.ARRAYS: arrays} if arrays is not None else {})}),
+            RecordDict({wire.CONFIG: request, **({wire.ARRAYS: arrays} if arrays is not None else {})}),
             dst_node_id=node,
             message_type=f"{MessageType.QUERY}.{action}",
         )
@@ -70,7 +83,7 @@ def secure_first_order_instead(
 ) -> tuple[NoisyStatistics | None, RoundLog]:
     """The co-occurrence's budget spent on the statistics again, summed by secure aggregation; the log."""
     quantizer = statistics_quantizer(config.privacy().statistics_clip, num_items)
-    request: Request = {keys.FIRST_ORDER_INSTEAD: 1}
+    request: Request = {wire.FIRST_ORDER_INSTEAD: 1}
     total, noise_std, release_log = secure_sum(grid, nodes, config, COOCCURRENCE, quantizer, identity, request)
     counts, histogram = split_release(total, num_items)
     return NoisyStatistics(counts, histogram, noise_std), release_log
@@ -80,7 +93,7 @@ def secure_cooccurrence(
     grid: Grid, nodes: list[int], config: RunConfig, items: np.ndarray, identity: dict[str, str]
 ) -> tuple[NoisyCooccurrence | None, RoundLog]:
     """The DP co-occurrence over ``items`` summed by secure aggregation; the release's log."""
-    request: Request = {keys.MARGINAL_ITEMS: [int(i) for i in items]}
+    request: Request = {wire.MARGINAL_ITEMS: [int(i) for i in items]}
     quantizer = cooccurrence_quantizer(len(items))
     total, noise_std, release_log = secure_sum(grid, nodes, config, COOCCURRENCE, quantizer, identity, request)
     return NoisyCooccurrence(items, from_upper(total, len(items)), noise_std), release_log
@@ -104,7 +117,7 @@ class SecureSetup:
 
 def label_for(identity: dict[str, str], release: str, server_round: int) -> str:
     """One aggregation's label: run key / release (/ round): unique per run, bound into every derived key."""
-    return f"{identity[keys.RUN_KEY]}/{release}" + (f"/{server_round}" if server_round else "")
+    return f"{identity[wire.RUN_KEY]}/{release}" + (f"/{server_round}" if server_round else "")
 
 
 def secure_setup(
@@ -117,29 +130,29 @@ def secure_setup(
     clock = StageClock()
     labels = [label_for(identity, release, r) for r in rounds]
     threshold = config.threshold_for(len(nodes))
-    base: Request = {keys.PLANNED_ROUNDS: config.num_server_rounds, **identity, **request}
-    own: list[Request] = [{**base, keys.SECAGG_LABEL: label} for label in labels]  # each aggregation's stages 3-4
+    base: Request = {wire.PLANNED_ROUNDS: config.num_server_rounds, **identity, **request}
+    own: list[Request] = [{**base, wire.SECAGG_LABEL: label} for label in labels]  # each aggregation's stages 3-4
     for request_of, r in zip(own, rounds, strict=True):
         if r:
-            request_of[keys.SERVER_ROUND] = r
-    batch: Request = {**own[0], keys.SECAGG_LABELS: labels}  # the batch's first round: the node checks it fits
-    del batch[keys.SECAGG_LABEL]
-    stage1 = {**batch, keys.SECAGG_THRESHOLD: threshold, keys.SECAGG_NEIGHBOURS: config.secagg_neighbours}
-    keyed, replies = exchange(grid, keys.SECAGG_KEYS, {n: ConfigRecord(stage1) for n in nodes}, config)
+            request_of[wire.SERVER_ROUND] = r
+    batch: Request = {**own[0], wire.SECAGG_LABELS: labels}  # the batch's first round: the node checks it fits
+    del batch[wire.SECAGG_LABEL]
+    stage1 = {**batch, wire.SECAGG_THRESHOLD: threshold, wire.SECAGG_NEIGHBOURS: config.secagg_neighbours}
+    keyed, replies = exchange(grid, wire.SECAGG_KEYS, {n: ConfigRecord(stage1) for n in nodes}, config)
     clock.lap("keys")
     early = client_outcomes(replies, server_round=0).log  # refusals (budget) and failures before anything is spent
-    variance = max((keys.number(c[keys.METRICS], keys.NOISE_VARIANCE) for c in keyed.values()), default=0.0)
+    variance = max((wire.number(c[wire.METRICS], wire.NOISE_VARIANCE) for c in keyed.values()), default=0.0)
     bits = release_bits(keyed, variance, threshold, config, quantizer)
     what = f"round {rounds[0]}" if rounds[0] else f"the DP {release} release"
     require_quorum(what, early, config)  # too few at the keys stage: the nodes' own reasons, nothing spent
     params = [SecAggParams(label, threshold, bits, quantizer.dim, config.secagg_neighbours) for label in labels]
     try:
         require("keys", len(keyed), params[0])
-        channels = {n: keys.blobs(c[keys.CONFIG], keys.CHANNEL_KEY) for n, c in keyed.items()}
-        masks = {n: keys.blobs(c[keys.CONFIG], keys.MASK_KEY) for n, c in keyed.items()}
+        channels = {n: wire.blobs(c[wire.CONFIG], wire.CHANNEL_KEY) for n, c in keyed.items()}
+        masks = {n: wire.blobs(c[wire.CONFIG], wire.MASK_KEY) for n, c in keyed.items()}
         peers = [{n: (channels[n][a], masks[n][a]) for n in keyed} for a in range(len(labels))]
         order = ring_order(list(keyed))
-        shared = share_stage(grid, peers, params, {**batch, keys.SECAGG_VARIANCE: variance}, config, order)
+        shared = share_stage(grid, peers, params, {**batch, wire.SECAGG_VARIANCE: variance}, config, order)
     except (SecAggAborted, IndexError) as exc:
         raise RunFailed(str(exc)) from exc
     clock.lap("shares")
@@ -220,11 +233,11 @@ def finish_secure_sum(
         survivors = sorted(masked)
         log.info("fedsynth %s: %d masked vector(s) in; unmasking", release, len(survivors))
         revealed, unmask_replies = exchange(
-            grid, keys.SECAGG_UNMASK, {n: ConfigRecord({**base, keys.SECAGG_NODES: survivors}) for n in shared}, config
+            grid, wire.SECAGG_UNMASK, {n: ConfigRecord({**base, wire.SECAGG_NODES: survivors}) for n in shared}, config
         )
         silent = [p for p in map(reply_problem, unmask_replies) if p is not None]
         clock.lap("unmask")
-        shares = {n: keys.by_node(c[keys.CONFIG], keys.SHARES) for n, c in revealed.items()}
+        shares = {n: wire.by_node(c[wire.CONFIG], wire.SHARES) for n, c in revealed.items()}
         total = decode(unmasked_sum(params, peers, sorted(shared), masked, shares, setup.order), params.bits)
         clock.lap("server unmasking")
     except SecAggAborted as exc:
@@ -261,7 +274,7 @@ def release_bits(
     keyed: dict[int, RecordDict], variance: float, threshold: int, config: RunConfig, quantizer: SkellamQuantizer
 ) -> int:
     """b for this release: the fewest that hold Σ users·Δ₂ plus every node's Sk(V/t), or ``secagg-bits`` if enough."""
-    users = sum(keys.number(c[keys.METRICS], keys.NUM_EXAMPLES) for c in keyed.values())
+    users = sum(wire.number(c[wire.METRICS], wire.NUM_EXAMPLES) for c in keyed.values())
     needed = required_bits(users * quantizer.l2, len(keyed) * variance / threshold, quantizer.dim)
     if needed > 64:
         raise RunFailed(f"a secure sum of {users:.0f} users needs {needed} bits, more than 64; nothing was spent.")
@@ -288,25 +301,25 @@ def share_stage(
     request = ConfigRecord(
         {
             **base,
-            keys.SECAGG_BITS: params[0].bits,
-            keys.SECAGG_NODES: order,
-            keys.SECAGG_ORDER: ring,
-            keys.CHANNEL_KEY: [batch[n][0] for batch in peers for n in order],
-            keys.MASK_KEY: [batch[n][1] for batch in peers for n in order],
+            wire.SECAGG_BITS: params[0].bits,
+            wire.SECAGG_NODES: order,
+            wire.SECAGG_ORDER: ring,
+            wire.CHANNEL_KEY: [batch[n][0] for batch in peers for n in order],
+            wire.MASK_KEY: [batch[n][1] for batch in peers for n in order],
         }
     )
-    answered, _ = exchange(grid, keys.SECAGG_SHARES, dict.fromkeys(order, request), config)
+    answered, _ = exchange(grid, wire.SECAGG_SHARES, dict.fromkeys(order, request), config)
     require("shares", len(answered), params[0])
     routed = []
     for a in range(len(params)):
-        outgoing = {n: split_batch(c.config_records[keys.CONFIG], a, len(params)) for n, c in answered.items()}
+        outgoing = {n: split_batch(c.config_records[wire.CONFIG], a, len(params)) for n, c in answered.items()}
         routed.append(route(outgoing))
     return routed
 
 
 def split_batch(record: ConfigRecord, index: int, count: int) -> dict[int, bytes]:
     """Aggregation ``index``'s shares in a batch reply: recipient → ciphertext (SHARES is aggregation-major)."""
-    recipients, shares = keys.integers(record, keys.SECAGG_NODES), keys.blobs(record, keys.SHARES)
+    recipients, shares = wire.integers(record, wire.SECAGG_NODES), wire.blobs(record, wire.SHARES)
     if len(shares) != count * len(recipients):
         raise SecAggAborted(f"a node sent {len(shares)} shares for {count} aggregation(s) of {len(recipients)} peers")
     per = len(recipients)
@@ -318,11 +331,11 @@ def masked_stage(
     arrays: ArrayRecord | None = None, server_round: int = 0,
 ) -> tuple[dict[int, np.ndarray], RoundLog]:  # fmt: skip
     """Stage 3: each node of U2 gets the shares addressed to it and releases its masked vector (and pays)."""
-    requests = {n: ConfigRecord({**base, **keys.as_lists(incoming, keys.SHARES)}) for n, incoming in shared.items()}
+    requests = {n: ConfigRecord({**base, **wire.as_lists(incoming, wire.SHARES)}) for n, incoming in shared.items()}
     _, replies = exchange(grid, release, requests, config, arrays)
     outcome = client_outcomes(replies, server_round=server_round)
     answered = [r for r in outcome.trained if r.content is not None]
-    masked = {r.node: r.content.array_records[keys.ARRAYS][keys.MASKED].numpy() for r in answered}  # type: ignore[union-attr]
-    users = [keys.number(r.content[keys.METRICS], keys.NUM_EXAMPLES) for r in answered if r.content is not None]
+    masked = {r.node: r.content.array_records[wire.ARRAYS][wire.MASKED].numpy() for r in answered}  # type: ignore[union-attr]
+    users = [wire.number(r.content[wire.METRICS], wire.NUM_EXAMPLES) for r in answered if r.content is not None]
     outcome.log.users = int(sum(users))
     return masked, outcome.log

@@ -1,10 +1,10 @@
 """A local round under secure aggregation: the server sees only the sum of the silos' model updates.
 
 ``round-mode = local`` with ``secure-aggregation = true``: the round is one secure sum
-(:func:`server.secure_release.secure_sum`, action ``query.update``) whose masked stage carries the
+(:func:`fedsynth.server.secure_release.secure_sum`, action ``query.update``) whose masked stage carries the
 global bundle; each sampled silo trains locally with DP-SGD, as in a plain round, and answers with
 its users-weighted update in fixed point, masked. The server unmasks the sum and applies the
-survivors' FedAvg (:mod:`common.secagg.updates` has the maths and the bit bound); a silo lost after
+survivors' FedAvg (:mod:`fedsynth.common.secagg.updates` has the maths and the bit bound); a silo lost after
 masking is unmasked from the others' shares and stays in the average, one lost before is left out.
 
 What it does not change: each update carries the silo's own DP-SGD noise, so the rounds' ε is the
@@ -16,10 +16,10 @@ from __future__ import annotations
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
-from common.run_config import RunConfig
-from common.secagg.updates import UPDATE, UpdateQuantizer, apply_update, update_size
-from server.aggregation import RoundOutcome
-from server.secure_release import RoundSetups
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.secagg.updates import UPDATE, UpdateQuantizer, apply_update, update_size
+from fedsynth.server.aggregation import RoundOutcome
+from fedsynth.server.secure_release import RoundSetups
 
 
 def update_setups(

@@ -1,6 +1,6 @@
 """``python -m simulations`` runs the fedsynth command."""
 
-from simulations.cli import main
+from fedsynth.simulations.cli import main
 
 if __name__ == "__main__":
     main()

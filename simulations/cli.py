@@ -16,12 +16,12 @@ from typing import Any
 import click
 from rich.console import Console
 
-from common.config import EvalConfig
-from common.errors import FedsynthError
-from common.models.vae import MultVAEConfig
-from common.recommenders.registry import RECOMMENDER_NAMES
-from simulations.jobs import run_options
-from simulations.options import data_options, partition_options
+from fedsynth.common.config.sections import EvalConfig
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.models.vae import MultVAEConfig
+from fedsynth.common.recommenders.registry import RECOMMENDER_NAMES
+from fedsynth.simulations.jobs import run_options
+from fedsynth.simulations.options import data_options, partition_options
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -79,8 +79,8 @@ def baseline(
     Writes OUT/baseline.json: the protocol (settings, data summary, cleaning report) and
     each recommender's Recall/NDCG/HitRate/coverage@K. These are the non-private upper bounds.
     """
-    from simulations.console import print_data_report, print_results
-    from simulations.experiments.upper_bounds import UpperBoundConfig, run_baseline, save_baseline
+    from fedsynth.simulations.console import print_data_report, print_results
+    from fedsynth.simulations.experiments.upper_bounds import UpperBoundConfig, run_baseline, save_baseline
 
     console = Console()
     config = UpperBoundConfig(
@@ -96,7 +96,7 @@ def baseline(
         eval=EvalConfig(ks=_ks(ks)),
         device=device,
     )
-    from common.data.pipeline import prepare
+    from fedsynth.common.data.prepare import prepare
 
     with console.status("loading and preparing data"):
         prepared = prepare(settings)
@@ -119,10 +119,10 @@ def baseline(
 )
 def data(settings: Any, partition: Any, out: Path | None, seed: int) -> None:
     """Load, clean, split and partition the data; print (and save) what each step did."""
-    from common.data.partition import partition_table, partition_users, save_partitions
-    from common.data.pipeline import prepare
-    from common.io import write_json_atomic
-    from simulations.console import print_data_report, print_frame
+    from fedsynth.common.data.partition import partition_table, partition_users, save_partitions
+    from fedsynth.common.data.prepare import prepare
+    from fedsynth.common.runtime.files import write_json_atomic
+    from fedsynth.simulations.console import print_data_report, print_frame
 
     console = Console()
     prepared = prepare(settings)
@@ -149,8 +149,8 @@ def run(config_file: Path | None, clients: int, out: Path, **given: Any) -> None
     OUT/metrics.json, OUT/report.md (+ PNGs), OUT/synthetic.parquet, OUT/synthetic_meta.json,
     OUT/train.json and OUT/checkpoints/. Run the same command again to resume an interrupted run.
     """
-    from simulations.console import print_results
-    from simulations.jobs import resolve_run_config, run_job
+    from fedsynth.simulations.console import print_results
+    from fedsynth.simulations.jobs import resolve_run_config, run_job
 
     console = Console()
     run_config = resolve_run_config(config_file, given, out)
@@ -189,7 +189,7 @@ def train(config_file: Path | None, clients: int, out: Path, **given: Any) -> No
     OUT/logs/flwr-run.log. Each client's spent ε is kept in its ledger (OUT/ledgers unless
     --ledger-dir) across runs.
     """
-    from simulations.jobs import resolve_run_config, run_job
+    from fedsynth.simulations.jobs import resolve_run_config, run_job
 
     console = Console()
     run_config = resolve_run_config(config_file, given, out)
@@ -233,9 +233,9 @@ def sweep(
     retried on the next run). Writes OUT/results.csv (+ .parquet), OUT/summary.csv,
     OUT/report.md, OUT/report.html and one run directory per cell under OUT/cells/.
     """
-    from common.audit import AuditConfig
-    from common.errors import ConfigError
-    from simulations.experiments.sweep import (
+    from fedsynth.common.errors import ConfigError
+    from fedsynth.common.evaluation.membership_audit import AuditConfig
+    from fedsynth.simulations.experiments.sweep import (
         SweepPlan,
         check_sweep_settings,
         finish_sweep,
@@ -245,7 +245,7 @@ def sweep(
         parse_seeds,
         run_sweep,
     )
-    from simulations.jobs import resolve_run_config, run_job
+    from fedsynth.simulations.jobs import resolve_run_config, run_job
 
     for name in ("epsilon", "seed"):
         if given.get(name) is not None:
@@ -350,8 +350,8 @@ def audit(
             "give a run directory (fedsynth audit RUN_DIR) for the membership-inference audit of a finished run, "
             "or --canaries M for the one-run audit of the DP releases."
         )
-    from common.audit import AuditConfig
-    from simulations.experiments.audit import audit_run, run_settings
+    from fedsynth.common.evaluation.membership_audit import AuditConfig
+    from fedsynth.simulations.experiments.audit import audit_run, run_settings
 
     console = Console()
     with console.status(f"auditing {run_dir}"):
@@ -391,7 +391,7 @@ def _mechanism_audit(
     canaries: int, epsilons: str | None, release: str | None, broken: str | None, seed: int | None, out: Path | None
 ) -> None:
     """`fedsynth audit --canaries M`: the one-run audit of the DP releases (experiments/mechanism_audit.py)."""
-    from simulations.experiments.mechanism_audit import RELEASES, audit_mechanisms, print_audit, write_audit
+    from fedsynth.simulations.experiments.mechanism_audit import RELEASES, audit_mechanisms, print_audit, write_audit
 
     if canaries < 2:
         raise click.BadParameter(f"at least 2 canaries are needed, got {canaries}.", param_hint="--canaries")
@@ -431,7 +431,7 @@ def deploy() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("deploy/certs"), show_default=True)
 def certs(hosts: tuple[str, ...], days: int, out: Path) -> None:
     """A CA and a SuperLink TLS certificate (subject alternative names = every --host)."""
-    from simulations.deployment.setup import make_certificates
+    from fedsynth.simulations.deployment.setup import make_certificates
 
     paths = make_certificates(out, list(hosts), days)
     click.echo(
@@ -447,8 +447,8 @@ def certs(hosts: tuple[str, ...], days: int, out: Path) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("deploy/keys"), show_default=True)
 def keys(nodes: int | None, names: tuple[str, ...], out: Path) -> None:
     """ECDSA P-384 SuperNode key pairs (OpenSSH format) for node authentication."""
-    from common.errors import ConfigError
-    from simulations.deployment.setup import make_node_keys
+    from fedsynth.common.errors import ConfigError
+    from fedsynth.simulations.deployment.setup import make_node_keys
 
     chosen = list(names) + [f"node-{i}" for i in range(nodes or 0)]
     if not chosen:
@@ -466,7 +466,7 @@ def keys(nodes: int | None, names: tuple[str, ...], out: Path) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("deploy/data"), show_default=True)
 def split_data_command(settings: Any, nodes: int, out: Path, seed: int) -> None:
     """Cut a dataset into one file of disjoint users per node, plus the shared item catalogue (for trials)."""
-    from simulations.deployment.setup import split_data
+    from fedsynth.simulations.deployment.setup import split_data
 
     files = split_data(settings, nodes, out, seed)
     click.echo(f"catalogue (give to every node): {files.catalogue}")
@@ -492,8 +492,8 @@ def local(config_file: Path | None, clients: int, out: Path, node_max_epsilon: f
     every process at the end. Outputs land in OUT as with `fedsynth run` (the server never reads
     the data: simulation-reference is off).
     """
-    from simulations.deployment.local import run_local_deployment
-    from simulations.jobs import resolve_run_config
+    from fedsynth.simulations.deployment.local import run_local_deployment
+    from fedsynth.simulations.jobs import resolve_run_config
 
     console = Console()
     run_config = resolve_run_config(config_file, given, out)
@@ -517,7 +517,7 @@ _LEDGER_DIR = click.option(
 @_LEDGER_DIR
 def ledger_show(ledger_dir: Path) -> None:
     """Print each ledger's cap, spent ε, remaining budget and every release with the run that asked for it."""
-    from simulations.ledger_view import show_ledgers
+    from fedsynth.simulations.ledger_view import show_ledgers
 
     show_ledgers(Console(width=160), ledger_dir)
 
@@ -528,7 +528,7 @@ def ledger_show(ledger_dir: Path) -> None:
 @click.option("--reason", default="operator", show_default=True, help="Recorded in the ledger's history.")
 def ledger_set_cap(ledger_dir: Path, max_epsilon: float, reason: str) -> None:
     """Change the silo's lifetime cap: an act on the node's own disk, recorded in each ledger's history."""
-    from simulations.ledger_view import set_cap
+    from fedsynth.simulations.ledger_view import set_cap
 
     set_cap(Console(), ledger_dir, max_epsilon, reason)
 
@@ -542,7 +542,7 @@ def ledger_new(ledger_dir: Path, reason: str) -> None:
     The only way a node's spent budget stops counting, and a deliberate act on the node's disk:
     only do it when the users the old ledger covered are gone from the node's data.
     """
-    from simulations.ledger_view import new_ledger
+    from fedsynth.simulations.ledger_view import new_ledger
 
     try:
         new_ledger(Console(), ledger_dir, reason)
@@ -556,7 +556,7 @@ def ledger_new(ledger_dir: Path, reason: str) -> None:
 @click.option("--mirror", help="Base URL to download from instead of files.grouplens.org.")
 def download(variant: str, cache_dir: Path | None, mirror: str | None) -> None:
     """Download a MovieLens release, verify its size and sha256, and unpack it into the cache."""
-    from common.data.download import fetch_movielens
+    from fedsynth.common.data.download import fetch_movielens
 
     path = fetch_movielens(variant, cache_dir, mirror)
     click.echo(f"MovieLens {variant} verified and unpacked in {path}")

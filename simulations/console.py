@@ -9,7 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from common.data.pipeline import PreparedData
+from fedsynth.common.data.prepare import PreparedData
 
 HEADLINE_METRICS = ("ndcg@10", "recall@20", "ndcg@100", "hitrate@10", "coverage@10")
 

@@ -1,6 +1,6 @@
 """``fedsynth run`` / ``fedsynth train``: one local Flower simulation of the whole pipeline (or its rounds).
 
-Settings come, in increasing priority, from the defaults of :class:`common.run_config.RunConfig`,
+Settings come, in increasing priority, from the defaults of :class:`fedsynth.common.config.run.RunConfig`,
 a TOML file (``--config``: run-config keys at top level or under ``[tool.flwr.app.config]``),
 and the options given on the command line; the result is validated once, before anything runs.
 
@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-import tomllib
 from rich.console import Console
 
-from common.config import from_mapping
-from common.device import check_device_available
-from common.errors import ConfigError, FedsynthError
-from common.io import write_json_atomic
-from common.run_config import RunConfig, epsilon_setting
-from simulations.runner import run_simulation
+from fedsynth.common.config.run import RunConfig, epsilon_setting
+from fedsynth.common.config.sections import from_mapping
+from fedsynth.common.errors import ConfigError, FedsynthError
+from fedsynth.common.runtime.device import check_device_available
+from fedsynth.common.runtime.files import write_json_atomic
+from fedsynth.simulations.runner import run_simulation
 
 # Command-line options → run-config keys. Defaults are None ("not given", so a TOML value stands); the help
 # shows RunConfig's own default, read from the dataclass (never written twice).
@@ -218,8 +218,8 @@ def preflight(run_config: dict[str, Any], clients: int) -> list[str]:
     secure-aggregation threshold above the number of clients, EASE that does not fit in memory.
     Returns warnings to print (recommenders too large to evaluate, :func:`evaluation_size_warnings`).
     """
-    from common.data.partition import partition_users
-    from common.data.pipeline import prepare
+    from fedsynth.common.data.partition import partition_users
+    from fedsynth.common.data.prepare import prepare
 
     config = RunConfig.from_run_config(run_config)
     prepared = prepare(config.data())
@@ -240,10 +240,10 @@ def evaluation_size_warnings(config: RunConfig, num_items: int) -> list[str]:
     EASE over M items sends M² values for federated evaluation; above ``eval-max-values`` the
     server skips it without fitting it (a warning now, the reason in the report). EASE that will
     be fitted needs a dense M × M matrix on the server: refused now where memory is short
-    (:func:`common.recommenders.ease.check_dense_fits`), not after the rounds.
+    (:func:`fedsynth.common.recommenders.ease.check_dense_fits`), not after the rounds.
     """
-    from common.recommenders.ease import check_dense_fits
-    from common.recommenders.transfer import known_size
+    from fedsynth.common.recommenders.ease import check_dense_fits
+    from fedsynth.common.recommenders.transfer import known_size
 
     warnings = []
     for name in config.recommender_names():
@@ -268,7 +268,7 @@ def float32_size(values: int) -> str:
 
 def check_attack_setup(config: RunConfig, matrix: Any, clients: int) -> None:
     """Refuse now an attack or defence the simulated federation cannot hold (too few silos, too few targets)."""
-    from common.attacks import target_items
+    from fedsynth.common.robustness.attacks import target_items
 
     attack = config.attacks()
     if attack.active and attack.clients >= clients:

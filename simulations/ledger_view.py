@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from common.privacy.ledger import PrivacyLedger, ledgers_in, start_anew
+from fedsynth.common.privacy.ledger import PrivacyLedger, ledgers_in, start_anew
 
 
 def _released(entry: dict[str, object]) -> str:

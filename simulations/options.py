@@ -10,8 +10,15 @@ from typing import Any
 
 import click
 
-from common.config import DATASETS, DataConfig, GeneratedDataConfig, PartitionConfig, PreprocessConfig, SplitConfig
-from common.data.pipeline import DataSettings
+from fedsynth.common.config.sections import (
+    DATASETS,
+    DataConfig,
+    GeneratedDataConfig,
+    PartitionConfig,
+    PreprocessConfig,
+    SplitConfig,
+)
+from fedsynth.common.data.prepare import DataSettings
 
 _DATA_OPTIONS = [
     click.option(

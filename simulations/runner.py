@@ -20,14 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import server
-from common.errors import FedsynthError
-from common.openmp import with_short_openmp_spin
+import fedsynth.server
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.runtime.openmp import with_short_openmp_spin
 
 
 def project_root() -> Path:
     """The source checkout holding ``pyproject.toml`` with the Flower app (editable installs)."""
-    root = Path(server.__file__).resolve().parents[1]
+    root = Path(fedsynth.server.__file__).resolve().parents[1]
     if not (root / "pyproject.toml").is_file():
         raise FedsynthError(
             f"fedsynth train needs the source checkout (pyproject.toml with [tool.flwr.app]); none at {root}. "
@@ -54,7 +54,8 @@ def flower_environment(flwr_home: Path) -> dict[str, str]:
     """This process's environment with a private ``FLWR_HOME`` and this venv's bin first on PATH.
 
     `flwr run` starts `flower-superlink` by name: this finds the environment's own even when it
-    is not activated. OpenMP's idle spin is shortened for DP-SGD's noise threads (:mod:`common.openmp`).
+    is not activated. OpenMP's idle spin is shortened for DP-SGD's noise threads
+    (:mod:`fedsynth.common.runtime.openmp`).
     """
     return {
         **with_short_openmp_spin(os.environ),
@@ -185,7 +186,7 @@ def check_outcome(out_dir: Path, code: int, status: str | None, log: Path) -> No
 
     ``status``: the SuperLink's status of the run (None if the run never started).
     """
-    from server.app import crash_path, failure_path
+    from fedsynth.server.app import crash_path, failure_path
 
     failed, crashed = failure_path(out_dir), crash_path(out_dir)
     if failed.is_file():

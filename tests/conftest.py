@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from common.config import GeneratedDataConfig, PreprocessConfig, SplitConfig
-from common.data.generated import generate_table
-from common.data.interactions import Interactions
-from common.data.preprocess import preprocess
-from common.data.split import Split, split_users
+from fedsynth.common.config.sections import GeneratedDataConfig, PreprocessConfig, SplitConfig
+from fedsynth.common.data.generated import generate_table
+from fedsynth.common.data.interactions import Interactions
+from fedsynth.common.data.preprocess import preprocess
+from fedsynth.common.data.split import Split, split_users
 
 
 def shared_data_dir() -> Path:

@@ -11,15 +11,28 @@ import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from client.attack import MaliciousSilo, malicious_silo, silo_rows, tampered_statistics_reply, tampered_train_reply
-from common import keys
-from common.attacks import AttackConfig, inflate_counts, poison_rows, tampered_state, target_items, target_share
-from common.config import EvalConfig
-from common.errors import ConfigError
-from common.evaluation import accumulate
-from common.metrics import RankingMetrics
-from common.run_config import RunConfig
-from simulations.jobs import check_attack_setup
+from fedsynth.client.attack import (
+    MaliciousSilo,
+    malicious_silo,
+    silo_rows,
+    tampered_statistics_reply,
+    tampered_train_reply,
+)
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.config.sections import EvalConfig
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.evaluation.metrics import RankingMetrics
+from fedsynth.common.evaluation.scoring import accumulate
+from fedsynth.common.federated import wire
+from fedsynth.common.robustness.attacks import (
+    AttackConfig,
+    inflate_counts,
+    poison_rows,
+    tampered_state,
+    target_items,
+    target_share,
+)
+from fedsynth.simulations.jobs import check_attack_setup
 
 
 def popularity_matrix() -> sp.csr_matrix:
@@ -81,13 +94,13 @@ def test_inflated_counts_add_the_silos_users_to_the_target_counts_only() -> None
 
 def test_the_statistics_reply_of_a_lying_silo_carries_the_inflated_counts() -> None:
     silo = MaliciousSilo(AttackConfig("inflated-counts", targets=1), np.array([2]), 0, 0)
-    arrays = {keys.ITEM_COUNTS: torch.tensor([1.0, 2.0, 3.0]), keys.LENGTH_HISTOGRAM: torch.tensor([4.0])}
-    reply = RecordDict({keys.ARRAYS: ArrayRecord(arrays), keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 50})})
+    arrays = {wire.ITEM_COUNTS: torch.tensor([1.0, 2.0, 3.0]), wire.LENGTH_HISTOGRAM: torch.tensor([4.0])}
+    reply = RecordDict({wire.ARRAYS: ArrayRecord(arrays), wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 50})})
 
     sent = tampered_statistics_reply(reply, RecordDict(), silo)
     honest = tampered_statistics_reply(reply, RecordDict(), None)
 
-    assert sent[keys.ARRAYS].to_torch_state_dict()[keys.ITEM_COUNTS].tolist() == [1.0, 2.0, 53.0]
+    assert sent[wire.ARRAYS].to_torch_state_dict()[wire.ITEM_COUNTS].tolist() == [1.0, 2.0, 53.0]
     assert honest is reply
 
 
@@ -118,14 +131,14 @@ def test_the_random_update_has_s_times_the_honest_norm_in_a_random_direction() -
 
 def test_a_cheating_silos_train_reply_is_tampered_and_an_honest_ones_is_not() -> None:
     request = RecordDict(
-        {keys.ARRAYS: ArrayRecord(bundle_state(1.0)), keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: 2})}
+        {wire.ARRAYS: ArrayRecord(bundle_state(1.0)), wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 2})}
     )
-    reply = RecordDict({keys.ARRAYS: ArrayRecord(bundle_state(2.0)), keys.METRICS: MetricRecord({"num-examples": 5})})
+    reply = RecordDict({wire.ARRAYS: ArrayRecord(bundle_state(2.0)), wire.METRICS: MetricRecord({"num-examples": 5})})
     silo = MaliciousSilo(AttackConfig("scaled-update", scale=4.0), np.array([0]), 0, 0)
 
     sent = tampered_train_reply(reply, request, silo)
 
-    assert torch.allclose(sent[keys.ARRAYS].to_torch_state_dict()["w"], torch.full((2, 3), 5.0))
+    assert torch.allclose(sent[wire.ARRAYS].to_torch_state_dict()["w"], torch.full((2, 3), 5.0))
     assert tampered_train_reply(reply, request, None) is reply
 
 
@@ -179,7 +192,7 @@ def test_the_federation_must_be_large_enough_for_the_attack_and_the_rule() -> No
 
 
 def test_a_deployment_refuses_simulated_attacks_before_starting_anything(tmp_path: Path) -> None:
-    from simulations.deployment.local import run_local_deployment
+    from fedsynth.simulations.deployment.local import run_local_deployment
 
     with pytest.raises(ConfigError, match="simulate malicious silos in `fedsynth run` only"):
         run_local_deployment(None, tmp_path / "out", 2, {"attack": "scaled-update"})
@@ -187,10 +200,10 @@ def test_a_deployment_refuses_simulated_attacks_before_starting_anything(tmp_pat
 
 
 def test_the_evaluation_request_carries_the_targets_to_the_clients() -> None:
-    from client.evaluation import handle_evaluate
-    from common.data.split import HeldOutUsers
-    from common.recommenders import MostPopular
-    from server.evaluation import evaluation_request, merge_evaluations
+    from fedsynth.client.evaluation import handle_evaluate
+    from fedsynth.common.data.split import HeldOutUsers
+    from fedsynth.common.recommenders import MostPopular
+    from fedsynth.server.evaluation import evaluation_request, merge_evaluations
 
     config = EvalConfig(ks=(2,), targets=(0,))
     fold_in = sp.csr_matrix(np.array([[0, 0, 0, 1], [1, 0, 0, 0]], dtype=np.float32))
@@ -212,7 +225,7 @@ def test_a_flower_run_with_a_lying_silo_shows_the_promotion_and_the_median_undoe
 
     from click.testing import CliRunner
 
-    from simulations.cli import cli
+    from fedsynth.simulations.cli import cli
 
     config_file = tmp_path / "tiny.toml"
     config_file.write_text(

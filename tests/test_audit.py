@@ -9,7 +9,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from common.audit import (
+from fedsynth.common.config.sections import SplitConfig
+from fedsynth.common.data.interactions import Interactions
+from fedsynth.common.data.split import split_users
+from fedsynth.common.evaluation.membership_audit import (
     AuditConfig,
     AuditInputs,
     auc,
@@ -23,10 +26,7 @@ from common.audit import (
     tpr_at_fpr,
     vae_scores,
 )
-from common.config import SplitConfig
-from common.data.interactions import Interactions
-from common.data.split import split_users
-from common.models.vae import MultVAE, vae_loss
+from fedsynth.common.models.vae import MultVAE, vae_loss
 
 CONFIG = AuditConfig(bootstrap=50, seed=0)
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from common.errors import ConfigError
-from common.privacy.accounting import calibrate_noise
-from common.privacy.baselines import DPBaselineConfig, dp_gram, dp_popularity
-from common.privacy.clipped_sums import clipped_counts, clipped_gram, symmetric_noise
-from common.privacy.crosscheck import dp_accounting_epsilon
-from common.recommenders import EASE
-from common.recommenders.ease import SubsetEASE
-from common.recommenders.transfer import pack, unpack
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.privacy.accounting import calibrate_noise
+from fedsynth.common.privacy.crosscheck import dp_accounting_epsilon
+from fedsynth.common.privacy.releases.clipped_sums import clipped_counts, clipped_gram, symmetric_noise
+from fedsynth.common.recommenders import EASE
+from fedsynth.common.recommenders.dp_baselines import DPBaselineConfig, dp_gram, dp_popularity
+from fedsynth.common.recommenders.ease import SubsetEASE
+from fedsynth.common.recommenders.transfer import pack, unpack
 
 
 def _rows(num_users: int, num_items: int, seed: int, density: float = 0.1) -> sp.csr_matrix:
@@ -144,7 +144,7 @@ def test_baseline_config_rejects_bad_values(kwargs: dict[str, float], message: s
 
 
 def test_secure_baselines_spend_the_target_and_carry_the_central_noise_only() -> None:
-    from common.privacy.secure_baselines import secure_dp_gram, secure_dp_popularity
+    from fedsynth.common.recommenders.dp_baselines_secure import secure_dp_gram, secure_dp_popularity
 
     clients = [_rows(80, 60, seed) for seed in range(5)]
     deltas = [1e-3] * 5

@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from common.run_config import RunConfig
-from simulations.bench.levers import federate, parse_settings
-from simulations.bench.utility import goals_table, is_fedsynth_row
-from simulations.jobs import resolve_run_config
+from fedsynth.common.config.run import RunConfig
+from fedsynth.simulations.bench.levers import federate, parse_settings
+from fedsynth.simulations.bench.utility import goals_table, is_fedsynth_row
+from fedsynth.simulations.jobs import resolve_run_config
 
 
 def test_in_process_federation_scores_every_row_on_validation_users() -> None:
@@ -29,7 +29,7 @@ def test_in_process_federation_scores_every_row_on_validation_users() -> None:
 
 @pytest.mark.parametrize("secure", [False, True])
 def test_the_marginals_bench_scores_every_stage_under_either_aggregation(secure: bool) -> None:
-    from simulations.bench.marginals import score
+    from fedsynth.simulations.bench.marginals import score
 
     config = RunConfig.from_run_config(
         {"epsilon": 4.0, "gen-users": 300, "gen-items": 300, "vae-batch-size": 16, "gan-batch-size": 16,
@@ -118,7 +118,7 @@ def test_min_item_interactions_reaches_the_preprocessing() -> None:
 def test_the_large_run_bench_names_processes_and_reads_their_memory() -> None:
     import os
 
-    from simulations.bench.large import memory_of, role_of
+    from fedsynth.simulations.bench.large import memory_of, role_of
 
     assert role_of(["/v/bin/python", "/v/bin/flower-superlink", "--insecure"]) == "flower-superlink"
     assert role_of(["ray::ClientAppActor.run"]) == "ray::ClientAppActor"  # an actor's task is the actor

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from simulations.cli import cli, main
+from fedsynth.simulations.cli import cli, main
 from tests.conftest import write
 
 SMALL = ["--gen-users", "200", "--gen-items", "300", "--gen-mean-history", "30"]
@@ -139,9 +139,9 @@ def test_a_recommender_too_large_to_evaluate_is_named_before_the_run_starts() ->
     """The built-in catalogue's n² EASE values (n ≈ 1,675; the generated data's last digits follow the BLAS
     build) against a smaller eval-max-values: a warning that says what to set; the same with enough room
     says nothing; a train-only pipeline evaluates nothing."""
-    from common.data.pipeline import prepare
-    from common.run_config import RunConfig
-    from simulations.jobs import preflight
+    from fedsynth.common.config.run import RunConfig
+    from fedsynth.common.data.prepare import prepare
+    from fedsynth.simulations.jobs import preflight
 
     items = prepare(RunConfig().data()).interactions.matrix.shape[1]
     small = {"eval-max-values": 2_000_000, "recommenders": "popularity,ease"}
@@ -202,6 +202,6 @@ def test_train_runs_flower_stops_its_superlink_and_the_ledger_refuses_a_second_r
     assert greedy.exit_code != 0 and "asks to spend epsilon 16" in str(greedy.exception)
     assert {p: p.read_bytes() for p in (tmp_path / "ledgers").glob("ledger-*.json")} == ledgers
     assert len(ledgers) == 2 and all(json.loads(b)["max_epsilon"] == 3.0 for b in ledgers.values())
-    from simulations.runner import stop_superlinks
+    from fedsynth.simulations.runner import stop_superlinks
 
     assert stop_superlinks(tmp_path / "a" / "flwr_home") == 0  # nothing was left running

@@ -13,13 +13,13 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from flwr.app import RecordDict
 
-from common.data.node_file import split_node_file
-from common.errors import FedsynthError
-from common.round_log import NodeProblem, RoundLog
-from common.run_config import RunConfig
-from server.aggregation import ClientReply, client_participation, with_silent
-from simulations.deployment.local import LocalDeployment, deployment_run_config, node_threads, thread_share
-from simulations.deployment.setup import make_certificates, make_node_keys, split_data
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.data.node_file import split_node_file
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.federated.round_log import NodeProblem, RoundLog
+from fedsynth.server.aggregation import ClientReply, client_participation, with_silent
+from fedsynth.simulations.deployment.local import LocalDeployment, deployment_run_config, node_threads, thread_share
+from fedsynth.simulations.deployment.setup import make_certificates, make_node_keys, split_data
 
 
 def test_certificates_are_signed_by_the_ca_for_every_host(tmp_path: Path) -> None:

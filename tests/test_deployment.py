@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.data.node_file import split_node_file
-from common.run_config import RunConfig
-from common.secagg.updates import UPDATE
-from simulations.deployment.local import LocalDeployment, NodeSettings, deployment_run_config, thread_share
-from simulations.deployment.setup import make_certificates, make_node_keys, split_data
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.data.node_file import split_node_file
+from fedsynth.common.secagg.updates import UPDATE
+from fedsynth.simulations.deployment.local import LocalDeployment, NodeSettings, deployment_run_config, thread_share
+from fedsynth.simulations.deployment.setup import make_certificates, make_node_keys, split_data
 
 pytestmark = pytest.mark.slow
 

@@ -12,16 +12,16 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from client.training import RoundSeeds, train_local_round
-from common.bundle import ModelBundle
-from common.device import check_device_available, device_description, parse_device, training_device
-from common.errors import ConfigError
-from common.models.gan import GANConfig
-from common.models.vae import MultVAEConfig
-from common.privacy.dp import PrivacyConfig
-from common.privacy.plan import plan_privacy
-from common.run_config import LocalTrainingConfig
-from simulations.cli import main
+from fedsynth.client.training import RoundSeeds, train_local_round
+from fedsynth.common.config.run import LocalTrainingConfig
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.models.gan import GANConfig
+from fedsynth.common.models.vae import MultVAEConfig
+from fedsynth.common.privacy.dpsgd.training import PrivacyConfig
+from fedsynth.common.privacy.plan import plan_privacy
+from fedsynth.common.runtime.device import check_device_available, device_description, parse_device, training_device
+from fedsynth.simulations.cli import main
 
 CUDA = torch.cuda.is_available()
 
@@ -63,7 +63,7 @@ def test_fedsynth_run_refuses_cuda_without_a_gpu_before_flower_starts(
 
 @pytest.mark.usefixtures("no_cuda")
 def test_a_node_without_the_gpu_trains_on_the_cpu_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="common.device"):
+    with caplog.at_level(logging.WARNING, logger="fedsynth.common.runtime.device"):
         assert training_device("cuda:1") == torch.device("cpu")
     assert "the run asks for device cuda:1" in caplog.text and "trains on the CPU" in caplog.text
 
@@ -105,7 +105,7 @@ def test_a_dp_round_on_cuda_counts_the_same_steps_and_returns_cpu_weights() -> N
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA"))])
 def test_the_noise_has_the_planned_standard_deviation_on_the_parameters_device(device: str) -> None:
-    from common.privacy.noise import ParallelNoiseDPOptimizer
+    from fedsynth.common.privacy.dpsgd.noise import ParallelNoiseDPOptimizer
 
     param = torch.nn.Parameter(torch.zeros(1_000_000, device=device))
     optimizer = ParallelNoiseDPOptimizer(
@@ -121,7 +121,7 @@ def test_the_noise_has_the_planned_standard_deviation_on_the_parameters_device(d
 
 
 def test_the_short_openmp_spin_is_added_unless_the_user_chose_how_threads_wait() -> None:
-    from common.openmp import with_short_openmp_spin
+    from fedsynth.common.runtime.openmp import with_short_openmp_spin
 
     assert with_short_openmp_spin({"A": "1"}) == {"A": "1", "GOMP_SPINCOUNT": "10000"}
     assert with_short_openmp_spin({"GOMP_SPINCOUNT": "5"})["GOMP_SPINCOUNT"] == "5"
@@ -129,7 +129,7 @@ def test_the_short_openmp_spin_is_added_unless_the_user_chose_how_threads_wait()
 
 
 def test_flower_processes_inherit_the_short_spin(tmp_path, monkeypatch) -> None:
-    from simulations.runner import flower_environment
+    from fedsynth.simulations.runner import flower_environment
 
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from common.config import DataConfig
-from common.data import download
-from common.data.download import RemoteArchive, fetch_archive, fetch_movielens
-from common.data.loaders import load_table
-from common.errors import DownloadError
+from fedsynth.common.config.sections import DataConfig
+from fedsynth.common.data import download
+from fedsynth.common.data.download import RemoteArchive, fetch_archive, fetch_movielens
+from fedsynth.common.data.loaders import load_table
+from fedsynth.common.errors import DownloadError
 
 
 def make_archive(folder: Path) -> tuple[Path, RemoteArchive]:

@@ -11,14 +11,14 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader
 
-from client.training import train_gan_round, train_vae_round
-from common.errors import ConfigError
-from common.models.gan import Discriminator, GANConfig, Generator
-from common.models.vae import MultVAE, MultVAEConfig, vae_loss
-from common.privacy.accounting import epsilon
-from common.privacy.dp import CSRRows, PrivacyConfig, make_private
-from common.privacy.plan import plan_privacy
-from common.run_config import LocalTrainingConfig
+from fedsynth.client.training import train_gan_round, train_vae_round
+from fedsynth.common.config.run import LocalTrainingConfig
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.models.gan import Discriminator, GANConfig, Generator
+from fedsynth.common.models.vae import MultVAE, MultVAEConfig, vae_loss
+from fedsynth.common.privacy.accounting import epsilon
+from fedsynth.common.privacy.dpsgd.training import CSRRows, PrivacyConfig, make_private
+from fedsynth.common.privacy.plan import plan_privacy
 
 
 def data(n_users: int = 40, n_items: int = 30, seed: int = 0) -> sp.csr_matrix:

@@ -1,4 +1,4 @@
-"""server.exchange.send_and_receive: push once, pull until every reply is in or the timeout passes."""
+"""fedsynth.server.exchange.send_and_receive: push once, pull until every reply is in or the timeout passes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from server.exchange import send_and_receive
+from fedsynth.server.exchange import send_and_receive
 
 
 class SlowGrid:
@@ -48,9 +48,9 @@ def test_a_silent_node_costs_the_timeout_and_the_others_replies_are_kept() -> No
 
 
 def test_polls_start_short_and_grow_by_half_up_to_the_poll_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    import server.exchange
+    import fedsynth.server.exchange
 
     slept: list[float] = []
-    monkeypatch.setattr(server.exchange.time, "sleep", slept.append)
+    monkeypatch.setattr(fedsynth.server.exchange.time, "sleep", slept.append)
     send_and_receive(SlowGrid([7]), ["a"], timeout=None, poll=0.05)  # type: ignore[arg-type]
     assert slept == pytest.approx([0.01, 0.015, 0.0225, 0.03375, 0.05, 0.05])  # six waits, then the reply

@@ -13,14 +13,14 @@ import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from client.budget import NodeBudget
-from client.handlers import handle_statistics, handle_train
-from common import keys
-from common.bundle import ModelBundle
-from common.privacy.ledger import RunIdentity
-from common.round_log import RoundLog
-from common.run_config import RunConfig
-from server.aggregation import ClientReply, aggregate_replies
+from fedsynth.client.budget import NodeBudget
+from fedsynth.client.handlers import handle_statistics, handle_train
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.federated import wire
+from fedsynth.common.federated.round_log import RoundLog
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.privacy.ledger import RunIdentity
+from fedsynth.server.aggregation import ClientReply, aggregate_replies
 
 SMALL = {
     "gen-users": 300,
@@ -32,15 +32,15 @@ SMALL = {
     "vae-latent": 8,
 }
 ALLOWED_METRICS = {
-    keys.NUM_EXAMPLES,
-    keys.REFUSED,
-    keys.EPSILON,
-    keys.EPSILON_VAE,
-    keys.EPSILON_GAN,
-    keys.EPSILON_STATISTICS,
-    keys.EPSILON_COOCCURRENCE,
-    keys.EPSILON_OWN_NOISE,
-    keys.DELTA,
+    wire.NUM_EXAMPLES,
+    wire.REFUSED,
+    wire.EPSILON,
+    wire.EPSILON_VAE,
+    wire.EPSILON_GAN,
+    wire.EPSILON_STATISTICS,
+    wire.EPSILON_COOCCURRENCE,
+    wire.EPSILON_OWN_NOISE,
+    wire.DELTA,
 }
 
 
@@ -48,8 +48,8 @@ def request(config: RunConfig, num_items: int, server_round: int) -> RecordDict:
     bundle = ModelBundle.create(num_items, config.local(), seed=0)
     return RecordDict(
         {
-            keys.ARRAYS: ArrayRecord(bundle.state_dict()),
-            keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round, keys.PLANNED_ROUNDS: config.num_server_rounds}),
+            wire.ARRAYS: ArrayRecord(bundle.state_dict()),
+            wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: server_round, wire.PLANNED_ROUNDS: config.num_server_rounds}),
         }
     )
 
@@ -66,16 +66,16 @@ def test_reply_holds_only_weights_and_aggregate_metrics(tmp_path: Path) -> None:
 
     reply = handle_train(request(config, 50, 1), data, config, RecordDict(), NodeBudget(tmp_path), RunIdentity())
 
-    assert set(reply.keys()) == {keys.ARRAYS, keys.METRICS}
-    assert isinstance(reply[keys.ARRAYS], ArrayRecord)
-    arrays = reply[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    assert set(reply.keys()) == {wire.ARRAYS, wire.METRICS}
+    assert isinstance(reply[wire.ARRAYS], ArrayRecord)
+    arrays = reply[wire.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
     assert set(arrays) == set(ModelBundle.create(50, config.local(), 0).state_dict())
-    assert all(name.startswith(keys.MODEL_PREFIXES) for name in arrays)
-    metrics = dict(reply[keys.METRICS])  # type: ignore[arg-type]
+    assert all(name.startswith(wire.MODEL_PREFIXES) for name in arrays)
+    metrics = dict(reply[wire.METRICS])  # type: ignore[arg-type]
     assert set(metrics) <= ALLOWED_METRICS
     assert all(isinstance(v, (int, float)) for v in metrics.values())  # numbers only, no per-user data
-    assert metrics[keys.NUM_EXAMPLES] == 64
-    assert 0 < metrics[keys.EPSILON] <= 4.0
+    assert metrics[wire.NUM_EXAMPLES] == 64
+    assert 0 < metrics[wire.EPSILON] <= 4.0
 
 
 def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path) -> None:
@@ -84,25 +84,25 @@ def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path)
     config = RunConfig.from_run_config(settings)
     data = rows()
     state = RecordDict()
-    release = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
+    release = RecordDict({wire.CONFIG: ConfigRecord({wire.PLANNED_ROUNDS: 2})})
     assert (
-        handle_statistics(release, data, config, state, NodeBudget(tmp_path), RunIdentity())[keys.METRICS][keys.REFUSED]
+        handle_statistics(release, data, config, state, NodeBudget(tmp_path), RunIdentity())[wire.METRICS][wire.REFUSED]
         == 0
     )  # type: ignore[index]
     for server_round in (1, 2):
         reply = handle_train(
             request(config, 50, server_round), data, config, state, NodeBudget(tmp_path), RunIdentity()
         )
-        assert reply[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
-    spent = reply[keys.METRICS][keys.EPSILON]  # type: ignore[index]
+        assert reply[wire.METRICS][wire.REFUSED] == 0  # type: ignore[index]
+    spent = reply[wire.METRICS][wire.EPSILON]  # type: ignore[index]
 
     # A restarted client: a fresh state, the same data, the same ledger directory.
     refused = handle_train(request(config, 50, 1), data, config, RecordDict(), NodeBudget(tmp_path), RunIdentity())
 
-    assert refused[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
-    assert refused[keys.METRICS][keys.EPSILON] == pytest.approx(spent)  # type: ignore[index]
-    assert "above this silo's cap 2" in str(refused[keys.CONFIG][keys.REASON])  # type: ignore[index]
-    assert keys.ARRAYS not in refused
+    assert refused[wire.METRICS][wire.REFUSED] == 1  # type: ignore[index]
+    assert refused[wire.METRICS][wire.EPSILON] == pytest.approx(spent)  # type: ignore[index]
+    assert "above this silo's cap 2" in str(refused[wire.CONFIG][wire.REASON])  # type: ignore[index]
+    assert wire.ARRAYS not in refused
     ledger = json.loads(next(tmp_path.glob("ledger-*.json")).read_text())
     assert [r["round"] for r in ledger["history"]] == [0, 1, 2]
 
@@ -112,8 +112,8 @@ def test_rounds_past_the_budget_are_refused_even_after_a_restart(tmp_path: Path)
 def test_two_clients_one_round_through_flower_simulation(tmp_path: Path, strategy: str) -> None:
     from flwr.simulation import run_simulation
 
-    from client.app import build_client_app
-    from server.app import build_server_app
+    from fedsynth.client.app import build_client_app
+    from fedsynth.server.app import build_server_app
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     overrides = {
@@ -144,21 +144,21 @@ def test_two_clients_one_round_through_flower_simulation(tmp_path: Path, strateg
 
 def trained_reply(users: int, epsilon: float, value: float) -> RecordDict:
     metrics = {
-        keys.NUM_EXAMPLES: users,
-        keys.REFUSED: 0,
-        keys.EPSILON: epsilon,
-        keys.DELTA: 1e-3,
+        wire.NUM_EXAMPLES: users,
+        wire.REFUSED: 0,
+        wire.EPSILON: epsilon,
+        wire.DELTA: 1e-3,
     }
     return RecordDict(
-        {keys.ARRAYS: ArrayRecord({"vae.w": torch.full((2,), value)}), keys.METRICS: MetricRecord(metrics)}
+        {wire.ARRAYS: ArrayRecord({"vae.w": torch.full((2,), value)}), wire.METRICS: MetricRecord(metrics)}
     )
 
 
 def test_server_reports_max_epsilon_and_fedavg_by_users() -> None:
     refusal = RecordDict(
         {
-            keys.METRICS: MetricRecord({keys.REFUSED: 1, keys.NUM_EXAMPLES: 0, keys.EPSILON: 7.5}),
-            keys.CONFIG: ConfigRecord({keys.REASON: "budget"}),
+            wire.METRICS: MetricRecord({wire.REFUSED: 1, wire.NUM_EXAMPLES: 0, wire.EPSILON: 7.5}),
+            wire.CONFIG: ConfigRecord({wire.REASON: "budget"}),
         }
     )
     replies = [

@@ -13,21 +13,21 @@ import torch
 from flwr.app import ArrayRecord
 from scipy import special, stats
 
-import client.secure
-from common import keys
-from common.bundle import ModelBundle
-from common.errors import ConfigError
-from common.models.vae import MultVAE, MultVAEConfig
-from common.privacy.accounting import DPEvent, epsilon
-from common.privacy.fedsgd import apply_gradient, clipped_gradient_sum, gradient_quantizer, trainable
-from common.privacy.ledger import ledgers_in
-from common.privacy.plan import plan_privacy
-from common.privacy.skellam import SkellamEvent, SumRoundingQuantizer, rounded_l1_bound, skellam_rdp
-from common.privacy.subsampling import poisson_subsampled_rdp
-from common.run_config import RunConfig
-from server.admission import RunFailed
-from server.fedsgd import fedsgd_optimizer, fedsgd_round
-from server.secure_release import secure_sum
+import fedsynth.client.secure
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.federated import wire
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.models.vae import MultVAE, MultVAEConfig
+from fedsynth.common.privacy.accounting import DPEvent, epsilon
+from fedsynth.common.privacy.dpsgd.fedsgd import apply_gradient, clipped_gradient_sum, gradient_quantizer, trainable
+from fedsynth.common.privacy.ledger import ledgers_in
+from fedsynth.common.privacy.plan import plan_privacy
+from fedsynth.common.privacy.subsampling import poisson_subsampled_rdp
+from fedsynth.common.secagg.skellam import SkellamEvent, SumRoundingQuantizer, rounded_l1_bound, skellam_rdp
+from fedsynth.server.admission import RunFailed
+from fedsynth.server.fedsgd import fedsgd_optimizer, fedsgd_round
+from fedsynth.server.secure_release import secure_sum
 from tests.test_secure_release import ALLOWED_METRICS, InProcessGrid
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -44,7 +44,7 @@ SETTINGS: dict[str, Any] = {
     "fedsgd-sample-rate": 0.2,
     "synthesizers": "vae",
 }
-IDENTITY = {keys.RUN_KEY: "f" * 32, keys.REQUESTER: "test"}
+IDENTITY = {wire.RUN_KEY: "f" * 32, wire.REQUESTER: "test"}
 
 
 def _mixture_renyi(order: int, variance: float, shift: int, rate: float) -> float:
@@ -156,7 +156,7 @@ def test_fedsgd_settings_that_cannot_work_are_refused(change: dict[str, Any], me
 def _grid(tmp_path: Path, nodes: int = 3) -> tuple[RunConfig, InProcessGrid, ModelBundle]:
     config = RunConfig.from_run_config(SETTINGS)
     grid = InProcessGrid(SETTINGS, nodes, tmp_path)
-    from common.data.pipeline import prepare
+    from fedsynth.common.data.prepare import prepare
 
     num_items = prepare(config.data()).interactions.num_items
     return config, grid, ModelBundle.create(num_items, config.local(), seed=0)
@@ -172,30 +172,30 @@ def test_a_secure_step_sums_every_silos_clipped_gradients_with_the_central_noise
         sums.append(clipped_gradient_sum(*args, **kwargs))
         return sums[-1]
 
-    monkeypatch.setattr(client.secure, "clipped_gradient_sum", recorded)
+    monkeypatch.setattr(fedsynth.client.secure, "clipped_gradient_sum", recorded)
     quantizer = gradient_quantizer(bundle.vae.num_items, config.local().vae, config.max_grad_norm)
     arrays = ArrayRecord(bundle.vae.state_dict())
     total, noise_std, log = secure_sum(
-        grid, grid.get_node_ids(), config, keys.FEDSGD, quantizer, IDENTITY, {keys.SERVER_ROUND: 1}, arrays, 1
+        grid, grid.get_node_ids(), config, wire.FEDSGD, quantizer, IDENTITY, {wire.SERVER_ROUND: 1}, arrays, 1
     )
     assert len(sums) == 3 and log.round == 1 and log.trained == [100, 101, 102]
     error = total - np.sum(sums, axis=0)
     assert abs(error.std() / noise_std - 1) < 0.1  # Σ_k Sk(V/t), nothing more, nothing less
     assert log.users == sum(ledger_users(tmp_path, k, config) for k in range(3))  # N of the expected batch q·N
     for reply in grid.replies[-6:-3]:  # the masked stage's replies: residues mod 2^b and aggregate metrics only
-        assert set(reply.content.array_records[keys.ARRAYS]) == {keys.MASKED}
-        assert reply.content.array_records[keys.ARRAYS][keys.MASKED].numpy().dtype == np.uint64
-        assert set(reply.content.metric_records[keys.METRICS]) <= ALLOWED_METRICS
+        assert set(reply.content.array_records[wire.ARRAYS]) == {wire.MASKED}
+        assert reply.content.array_records[wire.ARRAYS][wire.MASKED].numpy().dtype == np.uint64
+        assert set(reply.content.metric_records[wire.METRICS]) <= ALLOWED_METRICS
     for k in range(3):
         (ledger,) = ledgers_in(tmp_path / f"node-{k}")
         (event,) = ledger.events
         assert isinstance(event, SkellamEvent) and event.model == "vae" and event.sample_rate == 0.2
         assert ledger.history[-1]["round"] == 1 and ledger.history[-1]["mode"] == "fedsgd"
         assert ledger.spent_own_noise() > ledger.spent()["total"] > 0
-        assert ledger.charged_rounds(IDENTITY[keys.RUN_KEY]) == {1}
+        assert ledger.charged_rounds(IDENTITY[wire.RUN_KEY]) == {1}
     with pytest.raises(RunFailed, match="already charged"):  # a step is never charged twice
-        secure_sum(grid, grid.get_node_ids(), config, keys.FEDSGD, quantizer, IDENTITY,
-                   {keys.SERVER_ROUND: 1}, arrays, 1)  # fmt: skip
+        secure_sum(grid, grid.get_node_ids(), config, wire.FEDSGD, quantizer, IDENTITY,
+                   {wire.SERVER_ROUND: 1}, arrays, 1)  # fmt: skip
 
 
 def test_fedsgd_rounds_move_the_global_model_and_spend_no_more_than_the_plan(tmp_path: Path) -> None:
@@ -223,7 +223,7 @@ def test_fedsgd_rounds_move_the_global_model_and_spend_no_more_than_the_plan(tmp
 
 
 def ledger_users(tmp_path: Path, k: int, config: RunConfig) -> int:
-    from client.data import node_data
+    from fedsynth.client.data import node_data
 
     return node_data({"partition-id": k, "num-partitions": 3}, config).train.shape[0]
 
@@ -234,6 +234,6 @@ def test_a_node_not_in_fedsgd_mode_refuses_a_step_and_spends_nothing(tmp_path: P
     grid = InProcessGrid(local, 3, tmp_path)
     quantizer = gradient_quantizer(300, config.local().vae, config.max_grad_norm)
     with pytest.raises(RunFailed, match="not in round-mode fedsgd"):
-        secure_sum(grid, grid.get_node_ids(), config, keys.FEDSGD, quantizer, IDENTITY, {keys.SERVER_ROUND: 1})
+        secure_sum(grid, grid.get_node_ids(), config, wire.FEDSGD, quantizer, IDENTITY, {wire.SERVER_ROUND: 1})
     assert all(not ledgers_in(tmp_path / f"node-{k}")[0].events for k in range(3) if (tmp_path / f"node-{k}").exists()
                and list((tmp_path / f"node-{k}").glob("ledger-*.json")))  # fmt: skip

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.config import GeneratedDataConfig
-from common.data.generated import generate_table
-from common.errors import ConfigError
+from fedsynth.common.config.sections import GeneratedDataConfig
+from fedsynth.common.data.generated import generate_table
+from fedsynth.common.errors import ConfigError
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:

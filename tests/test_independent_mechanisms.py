@@ -23,17 +23,17 @@ import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from client.budget import NodeBudget
-from client.handlers import handle_cooccurrence, handle_statistics, privacy_plan, train_round
-from client.training import RoundSeeds
-from common import keys
-from common.bundle import ModelBundle
-from common.privacy import noise
-from common.privacy.clipped_sums import clipped_counts
-from common.privacy.dp import CSRRows
-from common.privacy.ledger import RunIdentity
-from common.run_config import RunConfig
-from common.seeding import mechanism_seed
+from fedsynth.client.budget import NodeBudget
+from fedsynth.client.handlers import handle_cooccurrence, handle_statistics, privacy_plan, train_round
+from fedsynth.client.training import RoundSeeds
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.federated import wire
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.privacy.dpsgd import noise
+from fedsynth.common.privacy.dpsgd.training import CSRRows
+from fedsynth.common.privacy.ledger import RunIdentity
+from fedsynth.common.privacy.releases.clipped_sums import clipped_counts
+from fedsynth.common.runtime.seeding import mechanism_seed
 
 SMALL = {
     "gen-users": 300,
@@ -88,8 +88,8 @@ def rows(n_users: int = 200, n_items: int = 50) -> sp.csr_matrix:
 
 def train_request(config: RunConfig, num_items: int, server_round: int) -> RecordDict:
     bundle = ModelBundle.create(num_items, config.local(), seed=0)
-    request = ConfigRecord({keys.SERVER_ROUND: server_round, keys.PLANNED_ROUNDS: config.num_server_rounds})
-    return RecordDict({keys.ARRAYS: ArrayRecord(bundle.state_dict()), keys.CONFIG: request})
+    request = ConfigRecord({wire.SERVER_ROUND: server_round, wire.PLANNED_ROUNDS: config.num_server_rounds})
+    return RecordDict({wire.ARRAYS: ArrayRecord(bundle.state_dict()), wire.CONFIG: request})
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int]:
@@ -159,15 +159,15 @@ def test_independent_mechanisms_statistics_and_second_release(tmp_path: Path, re
     )
     data = rows(200, 2000)  # 2,000 noise draws per release
     state, budget = RecordDict(), NodeBudget(tmp_path)
-    planned = ConfigRecord({keys.PLANNED_ROUNDS: 2})
-    again = ConfigRecord({keys.PLANNED_ROUNDS: 2, keys.FIRST_ORDER_INSTEAD: 1})
+    planned = ConfigRecord({wire.PLANNED_ROUNDS: 2})
+    again = ConfigRecord({wire.PLANNED_ROUNDS: 2, wire.FIRST_ORDER_INSTEAD: 1})
 
-    first = handle_statistics(RecordDict({keys.CONFIG: planned}), data, config, state, budget, RunIdentity())
-    second = handle_cooccurrence(RecordDict({keys.CONFIG: again}), data, config, state, budget, RunIdentity())
+    first = handle_statistics(RecordDict({wire.CONFIG: planned}), data, config, state, budget, RunIdentity())
+    second = handle_cooccurrence(RecordDict({wire.CONFIG: again}), data, config, state, budget, RunIdentity())
 
     exact = clipped_counts(data, config.privacy().statistics_clip)
     noises = [
-        torch.from_numpy(r[keys.ARRAYS].to_torch_state_dict()[keys.ITEM_COUNTS].numpy() - exact)  # type: ignore[union-attr]
+        torch.from_numpy(r[wire.ARRAYS].to_torch_state_dict()[wire.ITEM_COUNTS].numpy() - exact)  # type: ignore[union-attr]
         for r in (first, second)
     ]
     assert_independent_noise(*noises)

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.errors import ConfigError
-from common.models.gan import Discriminator, discriminator_loss
-from common.models.vae import MultVAE, vae_loss
-from common.privacy.dp import make_private
-from common.privacy.linear_clipping import LinearClipper
-from common.privacy.noise import ParallelNoiseDPOptimizer
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.models.gan import Discriminator, discriminator_loss
+from fedsynth.common.models.vae import MultVAE, vae_loss
+from fedsynth.common.privacy.dpsgd.linear_clipping import LinearClipper
+from fedsynth.common.privacy.dpsgd.noise import ParallelNoiseDPOptimizer
+from fedsynth.common.privacy.dpsgd.training import make_private
 
 
 def batch(users: int = 12, items: int = 20, seed: int = 0) -> torch.Tensor:

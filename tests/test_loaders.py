@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.config import DataConfig
-from common.data.loaders import find_movielens_file, load_lastfm, load_movielens, load_table
-from common.errors import ConfigError, DataFormatError
+from fedsynth.common.config.sections import DataConfig
+from fedsynth.common.data.loaders import find_movielens_file, load_lastfm, load_movielens, load_table
+from fedsynth.common.errors import ConfigError, DataFormatError
 from tests.conftest import write
 
 

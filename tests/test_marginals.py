@@ -16,22 +16,17 @@ import scipy.sparse as sp
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
-from client.budget import NodeBudget
-from client.handlers import handle_cooccurrence, handle_statistics
-from common import keys
-from common.bundle import ModelBundle
-from common.errors import ConfigError
-from common.models.marginal_fit import (
-    MarginalFitConfig,
-    MarginalTargets,
-    SubspaceTarget,
-    expected_marginals,
-    fit_bundle,
-    inclusion_probabilities,
-)
-from common.privacy.accounting import epsilon
-from common.privacy.clipped_sums import clipped_counts, symmetric_noise
-from common.privacy.cooccurrence import (
+from fedsynth.client.budget import NodeBudget
+from fedsynth.client.handlers import handle_cooccurrence, handle_statistics
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.federated import wire
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.privacy.accounting import epsilon
+from fedsynth.common.privacy.ledger import RunIdentity
+from fedsynth.common.privacy.plan import plan_privacy
+from fedsynth.common.privacy.releases.clipped_sums import clipped_counts, symmetric_noise
+from fedsynth.common.privacy.releases.cooccurrence import (
     NoisyCooccurrence,
     check_items,
     cooccurrence_contributions,
@@ -40,10 +35,15 @@ from common.privacy.cooccurrence import (
     normalised_cooccurrence,
     upper,
 )
-from common.privacy.ledger import RunIdentity
-from common.privacy.plan import plan_privacy
-from common.privacy.statistics import LogNormalLengths, NoisyStatistics
-from common.run_config import RunConfig
+from fedsynth.common.privacy.releases.statistics import LogNormalLengths, NoisyStatistics
+from fedsynth.common.synthesis.marginal_fit import (
+    MarginalFitConfig,
+    MarginalTargets,
+    SubspaceTarget,
+    expected_marginals,
+    fit_bundle,
+    inclusion_probabilities,
+)
 from tests.test_secure_release import InProcessGrid, node_rows
 
 SMALL = {"gen-users": 500, "gen-items": 400, "vae-batch-size": 16, "gan-batch-size": 16, "marginal-items": 20}
@@ -194,26 +194,26 @@ def test_the_plan_includes_the_release_only_when_marginal_items_are_set() -> Non
 
 
 def request(items: list[int]) -> RecordDict:
-    return RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2, keys.MARGINAL_ITEMS: items})})
+    return RecordDict({wire.CONFIG: ConfigRecord({wire.PLANNED_ROUNDS: 2, wire.MARGINAL_ITEMS: items})})
 
 
 def test_a_client_releases_the_cooccurrence_once_and_charges_its_ledger(tmp_path: Path) -> None:
     config = RunConfig.from_run_config({**SMALL, "epsilon": 4.0, "num-server-rounds": 2})
     rows, state, run = binary(80, 60, 0.1, 3), RecordDict(), RunIdentity(run_key="r" * 32)
-    statistics = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
+    statistics = RecordDict({wire.CONFIG: ConfigRecord({wire.PLANNED_ROUNDS: 2})})
     handle_statistics(statistics, rows, config, state, NodeBudget(tmp_path), run)
 
     reply = handle_cooccurrence(request(list(range(20))), rows, config, state, NodeBudget(tmp_path), run)
     twice = handle_cooccurrence(request(list(range(20))), rows, config, state, NodeBudget(tmp_path), run)
 
-    assert set(reply.keys()) == {keys.ARRAYS, keys.METRICS}
-    assert list(reply[keys.ARRAYS].keys()) == [keys.COOCCURRENCE]  # type: ignore[union-attr]
-    assert reply[keys.ARRAYS][keys.COOCCURRENCE].numpy().shape == (210,)  # type: ignore[index, union-attr]
-    assert twice[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
-    assert "already released" in str(twice[keys.CONFIG][keys.REASON])  # type: ignore[index]
+    assert set(reply.keys()) == {wire.ARRAYS, wire.METRICS}
+    assert list(reply[wire.ARRAYS].keys()) == [wire.COOCCURRENCE]  # type: ignore[union-attr]
+    assert reply[wire.ARRAYS][wire.COOCCURRENCE].numpy().shape == (210,)  # type: ignore[index, union-attr]
+    assert twice[wire.METRICS][wire.REFUSED] == 1  # type: ignore[index]
+    assert "already released" in str(twice[wire.CONFIG][wire.REASON])  # type: ignore[index]
     ledger = json.loads(next(tmp_path.glob("ledger-*.json")).read_text())
     assert [e["model"] for e in ledger["events"]] == ["statistics", "cooccurrence"]
-    assert reply[keys.METRICS][keys.EPSILON_COOCCURRENCE] > 0  # type: ignore[index]
+    assert reply[wire.METRICS][wire.EPSILON_COOCCURRENCE] > 0  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
@@ -228,8 +228,8 @@ def test_unplanned_or_malformed_cooccurrence_requests_are_refused_and_spend_noth
     reply = handle_cooccurrence(request(items), binary(80, 60, 0.1, 4), config, RecordDict(), NodeBudget(tmp_path),
                                 RunIdentity())  # fmt: skip
 
-    assert reply[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
-    assert reason in str(reply[keys.CONFIG][keys.REASON])  # type: ignore[index]
+    assert reply[wire.METRICS][wire.REFUSED] == 1  # type: ignore[index]
+    assert reason in str(reply[wire.CONFIG][wire.REASON])  # type: ignore[index]
     assert all(not json.loads(p.read_text())["events"] for p in tmp_path.glob("ledger-*.json"))
 
 
@@ -237,13 +237,13 @@ def test_unplanned_or_malformed_cooccurrence_requests_are_refused_and_spend_noth
 def test_the_secure_cooccurrence_is_the_exact_sum_plus_the_central_noise_and_each_node_pays_both_ways(
     tmp_path: Path,
 ) -> None:
-    from server.secure_release import secure_cooccurrence
+    from fedsynth.server.secure_release import secure_cooccurrence
 
     settings = {**SMALL, "epsilon": 2.0, "num-server-rounds": 2, "secure-aggregation": True}
     config = RunConfig.from_run_config(settings)
     grid = InProcessGrid(settings, 3, tmp_path)
     items = np.arange(0, 40, 2)
-    identity = {keys.RUN_KEY: "k" * 32, keys.REQUESTER: "test"}
+    identity = {wire.RUN_KEY: "k" * 32, wire.REQUESTER: "test"}
 
     released, log = secure_cooccurrence(grid, grid.get_node_ids(), config, items, identity)
 
@@ -257,8 +257,8 @@ def test_the_secure_cooccurrence_is_the_exact_sum_plus_the_central_noise_and_eac
         assert [e["model"] for e in ledger["events"]] == ["cooccurrence"]
         assert "variance" in ledger["events"][0]  # a Skellam event, with the node's own share kept too
         assert ledger["history"][-1]["epsilon_total_own_noise"] > ledger["history"][-1]["epsilon_total"]
-    wire = [m for m in grid.replies if m.content.array_records]
-    assert all(set(m.content.array_records[keys.ARRAYS].keys()) == {keys.MASKED} for m in wire)
+    masked = [m for m in grid.replies if m.content.array_records]
+    assert all(set(m.content.array_records[wire.ARRAYS].keys()) == {wire.MASKED} for m in masked)
 
 
 def test_inclusion_probabilities_sum_to_each_users_length() -> None:

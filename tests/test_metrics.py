@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from common.metrics import RankingMetrics, mask_seen, top_k_items
+from fedsynth.common.evaluation.metrics import RankingMetrics, mask_seen, top_k_items
 
 
 def rows(*sets: set[int], n_items: int = 6) -> sp.csr_matrix:

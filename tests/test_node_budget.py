@@ -11,18 +11,18 @@ import pytest
 from click.testing import CliRunner
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-from client.budget import NodeBudget
-from client.handlers import handle_query, handle_statistics, handle_train
-from common import keys
-from common.errors import ConfigError, FedsynthError
-from common.privacy.accounting import DPEvent
-from common.privacy.ledger import PrivacyLedger, RunIdentity, fingerprint
-from common.round_log import NodeProblem, RoundLog
-from common.run_config import RunConfig
-from server.admission import RunFailed, decide_admission, require_quorum, require_training
-from server.aggregation import ClientReply
-from simulations.cli import cli
-from simulations.runner import check_outcome, started_run_id
+from fedsynth.client.budget import NodeBudget
+from fedsynth.client.handlers import handle_query, handle_statistics, handle_train
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.errors import ConfigError, FedsynthError
+from fedsynth.common.federated import wire
+from fedsynth.common.federated.round_log import NodeProblem, RoundLog
+from fedsynth.common.privacy.accounting import DPEvent
+from fedsynth.common.privacy.ledger import PrivacyLedger, RunIdentity, fingerprint
+from fedsynth.server.admission import RunFailed, decide_admission, require_quorum, require_training
+from fedsynth.server.aggregation import ClientReply
+from fedsynth.simulations.cli import cli
+from fedsynth.simulations.runner import check_outcome, started_run_id
 from tests.test_federation import SMALL, request, rows
 
 RUN = RunIdentity(run_id=11, run_key="a" * 32, requester="server:/out")
@@ -30,29 +30,29 @@ RUN = RunIdentity(run_id=11, run_key="a" * 32, requester="server:/out")
 
 def start_query(planned_rounds: int, first_round: int = 1, statistics: bool = True) -> RecordDict:
     fields = {
-        keys.PLANNED_ROUNDS: planned_rounds,
-        keys.FIRST_ROUND: first_round,
-        keys.NEEDS_STATISTICS: int(statistics),
+        wire.PLANNED_ROUNDS: planned_rounds,
+        wire.FIRST_ROUND: first_round,
+        wire.NEEDS_STATISTICS: int(statistics),
     }
-    return RecordDict({keys.CONFIG: ConfigRecord(fields)})
+    return RecordDict({wire.CONFIG: ConfigRecord(fields)})
 
 
 def release(planned_rounds: int) -> RecordDict:
-    return RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: planned_rounds})})
+    return RecordDict({wire.CONFIG: ConfigRecord({wire.PLANNED_ROUNDS: planned_rounds})})
 
 
 def spend_a_whole_run(config: RunConfig, budget: NodeBudget, run: RunIdentity = RUN) -> None:
     """The statistics release and every round of ``config``, as a node answers them."""
     data, state = rows(), RecordDict()
     assert (
-        handle_statistics(release(config.num_server_rounds), data, config, state, budget, run)[keys.METRICS][
-            keys.REFUSED
+        handle_statistics(release(config.num_server_rounds), data, config, state, budget, run)[wire.METRICS][
+            wire.REFUSED
         ]
         == 0
     )  # type: ignore[index]
     for server_round in range(1, config.num_server_rounds + 1):
         reply = handle_train(request(config, 50, server_round), data, config, state, budget, run)
-        assert reply[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
+        assert reply[wire.METRICS][wire.REFUSED] == 0  # type: ignore[index]
 
 
 def query(config: RunConfig, budget: NodeBudget, content: RecordDict, run: RunIdentity = RUN) -> RecordDict:
@@ -69,8 +69,8 @@ def test_the_cap_is_fixed_when_the_ledger_is_created_and_a_run_cannot_raise_it(t
     greedy = RunConfig.from_run_config({**SMALL, "num-server-rounds": 1, "epsilon": 40.0})
     refused = query(greedy, NodeBudget(tmp_path), start_query(1), RunIdentity(12, "b" * 32))
 
-    assert refused[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
-    reason = str(refused[keys.CONFIG][keys.REASON])  # type: ignore[index]
+    assert refused[wire.METRICS][wire.REFUSED] == 1  # type: ignore[index]
+    reason = str(refused[wire.CONFIG][wire.REASON])  # type: ignore[index]
     assert "asks to spend epsilon 40" in reason and "above this silo's cap 2" in reason
     assert path.read_bytes() == before, "a refused request must not touch the ledger"
     assert json.loads(before)["max_epsilon"] == 2.0
@@ -93,9 +93,9 @@ def test_a_server_asking_more_than_the_node_cap_is_refused_and_the_ledger_unchan
     ]
 
     for reply in refusals:
-        assert reply[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
-        assert "above this silo's cap 3" in str(reply[keys.CONFIG][keys.REASON])  # type: ignore[index]
-        assert keys.ARRAYS not in reply
+        assert reply[wire.METRICS][wire.REFUSED] == 1  # type: ignore[index]
+        assert "above this silo's cap 3" in str(reply[wire.CONFIG][wire.REASON])  # type: ignore[index]
+        assert wire.ARRAYS not in reply
     assert path.read_bytes() == before
     assert json.loads(before)["max_epsilon"] == 3.0 and json.loads(before)["cap_source"] == "node config max-epsilon"
 
@@ -106,8 +106,8 @@ def test_a_deployed_node_without_its_own_cap_is_refused_at_the_start(tmp_path: P
 
     reply = query(config, budget, start_query(1))
 
-    assert reply[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
-    assert "no max-epsilon in its node config" in str(reply[keys.CONFIG][keys.REASON])  # type: ignore[index]
+    assert reply[wire.METRICS][wire.REFUSED] == 1  # type: ignore[index]
+    assert "no max-epsilon in its node config" in str(reply[wire.CONFIG][wire.REASON])  # type: ignore[index]
     assert not list(tmp_path.glob("ledger-*.json"))
     with pytest.raises(ConfigError, match="max-epsilon='lots'"):
         NodeBudget.from_node_config({"max-epsilon": "lots"}, tmp_path)
@@ -164,20 +164,20 @@ def test_a_resumed_run_gets_a_charged_round_again_at_no_cost(tmp_path: Path) -> 
     again = handle_train(request(config, 50, 1), data, config, RecordDict(), budget, RUN)
     resumed_start = query(config, budget, start_query(2, first_round=1, statistics=True))
 
-    assert again[keys.METRICS][keys.REPLAYED] == 1  # type: ignore[index]
-    first_arrays = first[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
-    again_arrays = again[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    assert again[wire.METRICS][wire.REPLAYED] == 1  # type: ignore[index]
+    first_arrays = first[wire.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    again_arrays = again[wire.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
     assert all((first_arrays[k] == again_arrays[k]).all() for k in first_arrays)
     assert json.loads(next(tmp_path.glob("ledger-*.json")).read_text())["events"] == events
-    assert resumed_start[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]  # only round 2 is left to pay
+    assert resumed_start[wire.METRICS][wire.REFUSED] == 0  # type: ignore[index]  # only round 2 is left to pay
     twice = handle_statistics(release(2), data, config, RecordDict(), budget, RUN)
-    assert "already released" in str(twice[keys.CONFIG][keys.REASON])  # type: ignore[index]
+    assert "already released" in str(twice[wire.CONFIG][wire.REASON])  # type: ignore[index]
 
 
 def answered(node: int, items: int = 3, refused: str = "") -> ClientReply:
-    metrics = {keys.REFUSED: int(bool(refused)), keys.NUM_EXAMPLES: 10, keys.EPSILON: 1.0, keys.EPSILON_CAP: 8.0}
-    config = {keys.REASON: refused} if refused else {keys.ITEM_IDS: [str(i) for i in range(items)]}
-    return ClientReply(node, RecordDict({keys.METRICS: MetricRecord(metrics), keys.CONFIG: ConfigRecord(config)}))
+    metrics = {wire.REFUSED: int(bool(refused)), wire.NUM_EXAMPLES: 10, wire.EPSILON: 1.0, wire.EPSILON_CAP: 8.0}
+    config = {wire.REASON: refused} if refused else {wire.ITEM_IDS: [str(i) for i in range(items)]}
+    return ClientReply(node, RecordDict({wire.METRICS: MetricRecord(metrics), wire.CONFIG: ConfigRecord(config)}))
 
 
 def test_a_node_that_cannot_take_part_stops_the_run_at_the_start_with_its_name() -> None:
@@ -235,12 +235,12 @@ def test_a_serverapp_killed_by_a_fatal_signal_leaves_its_stacks_and_the_cli_name
     import subprocess
     import sys
 
-    from server.app import crash_path
+    from fedsynth.server.app import crash_path
 
     script = (
         "import ctypes, sys\n"
         "from pathlib import Path\n"
-        "from server.app import fatal_signal_trace\n"
+        "from fedsynth.server.app import fatal_signal_trace\n"
         "with fatal_signal_trace(Path(sys.argv[1])):\n"
         "    ctypes.string_at(0)\n"  # SIGSEGV in native code, as a BLAS crash would be
     )
@@ -252,7 +252,7 @@ def test_a_serverapp_killed_by_a_fatal_signal_leaves_its_stacks_and_the_cli_name
 
 
 def test_a_run_without_a_fatal_signal_leaves_no_crash_log(tmp_path: Path) -> None:
-    from server.app import crash_path, fatal_signal_trace
+    from fedsynth.server.app import crash_path, fatal_signal_trace
 
     with fatal_signal_trace(tmp_path):
         pass

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.data import node_data
-from common.errors import ConfigError, DataFormatError
-from common.run_config import RunConfig
+from fedsynth.client.data import node_data
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.errors import ConfigError, DataFormatError
 
 
 def write_node(tmp_path: Path, users: int, seed: int, extra_item: bool = False) -> Path:

@@ -12,20 +12,20 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 from flwr.app import ConfigRecord, RecordDict
 
-from client import data as client_data
-from client.budget import NodeBudget
-from client.data import check_node_settings, node_data
-from client.handlers import handle_query, handle_statistics
-from common import keys
-from common.config import SplitConfig
-from common.data.interactions import Interactions
-from common.data.report import CleaningReport
-from common.data.split import split_users_by_id
-from common.errors import ConfigError
-from common.privacy.accounting import DPEvent
-from common.privacy.ledger import PrivacyLedger, RunIdentity
-from common.run_config import RunConfig
-from simulations.cli import cli
+from fedsynth.client import data as client_data
+from fedsynth.client.budget import NodeBudget
+from fedsynth.client.data import check_node_settings, node_data
+from fedsynth.client.handlers import handle_query, handle_statistics
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.config.sections import SplitConfig
+from fedsynth.common.data.cleaning_report import CleaningReport
+from fedsynth.common.data.interactions import Interactions
+from fedsynth.common.data.split import split_users_by_id
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.federated import wire
+from fedsynth.common.privacy.accounting import DPEvent
+from fedsynth.common.privacy.ledger import PrivacyLedger, RunIdentity
+from fedsynth.simulations.cli import cli
 
 SMALL = {"vae-batch-size": 32, "gan-batch-size": 32, "vae-hidden": 32, "vae-latent": 8, "num-server-rounds": 1}
 
@@ -46,7 +46,7 @@ def write_node_files(directory: Path, users: int = 120, items: int = 40, seed: i
 
 
 def planned(rounds: int = 1) -> RecordDict:
-    return RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: rounds})})
+    return RecordDict({wire.CONFIG: ConfigRecord({wire.PLANNED_ROUNDS: rounds})})
 
 
 def statistics_release(node_config: dict[str, str], run_config: dict[str, object], run_key: str) -> RecordDict:
@@ -62,7 +62,7 @@ def admission(node_config: dict[str, str], run_config: dict[str, object], run_ke
     config = RunConfig.from_run_config({**SMALL, **run_config})
     data = node_data(node_config, config)
     budget = NodeBudget.from_node_config(node_config, Path("unused"))
-    request = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 1, keys.FIRST_ROUND: 1})})
+    request = RecordDict({wire.CONFIG: ConfigRecord({wire.PLANNED_ROUNDS: 1, wire.FIRST_ROUND: 1})})
     return handle_query(request, data.train, list(data.item_ids), config, RecordDict(), budget, RunIdentity(1, run_key))
 
 
@@ -76,13 +76,13 @@ def test_a_new_run_seed_does_not_give_a_deployed_node_a_fresh_budget(tmp_path: P
     """Finding 2: node capped at 4, a run at 4 with seed 0 spends it; the same node with seed 1 is refused."""
     node = write_node_files(tmp_path)
     first = statistics_release(node, {"epsilon": 4.0, "statistics-share": 0.99, "seed": 0}, "a" * 32)
-    assert first[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
+    assert first[wire.METRICS][wire.REFUSED] == 0  # type: ignore[index]
     before = spent(node)
 
     again = admission(node, {"epsilon": 4.0, "seed": 1}, "b" * 32)
 
-    assert again[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
-    assert "above this silo's cap 4" in str(again[keys.CONFIG][keys.REASON])  # type: ignore[index]
+    assert again[wire.METRICS][wire.REFUSED] == 1  # type: ignore[index]
+    assert "above this silo's cap 4" in str(again[wire.CONFIG][wire.REASON])  # type: ignore[index]
     assert spent(node) == before and len(before) == 1  # one ledger, nothing more spent
 
 
@@ -126,18 +126,18 @@ def test_a_deployed_node_refuses_reproducible_noise_before_anything_is_spent(tmp
 def test_the_client_app_refuses_reproducible_noise_in_its_reply(tmp_path: Path) -> None:
     from flwr.app import Context, Message
 
-    from client.app import build_client_app
+    from fedsynth.client.app import build_client_app
 
     node = write_node_files(tmp_path)
     app = build_client_app({**SMALL, "reproducible-noise": True})
     context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})  # type: ignore[arg-type]
-    message = Message(planned(), dst_node_id=1, message_type=f"query.{keys.STATISTICS}")
+    message = Message(planned(), dst_node_id=1, message_type=f"query.{wire.STATISTICS}")
     message.metadata.__dict__["_message_id"] = message.object_id
 
     reply = app(message, context)
 
-    assert reply.content[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
-    assert "reproducible-noise" in str(reply.content[keys.CONFIG][keys.REASON])  # type: ignore[index]
+    assert reply.content[wire.METRICS][wire.REFUSED] == 1  # type: ignore[index]
+    assert "reproducible-noise" in str(reply.content[wire.CONFIG][wire.REASON])  # type: ignore[index]
     assert list(Path(node["ledger-dir"]).glob("*.json")) == []
 
 
@@ -175,14 +175,14 @@ def test_a_deployed_node_ignores_the_run_configs_ledger_dir(tmp_path: Path, monk
     """The server sends the run config: a ledger-dir of its choosing would be a fresh, empty ledger."""
     from flwr.app import Context, Message
 
-    from client.app import build_client_app
+    from fedsynth.client.app import build_client_app
 
     node = write_node_files(tmp_path)
     del node["ledger-dir"]
     monkeypatch.setenv("FEDSYNTH_LEDGER_DIR", str(tmp_path / "node-default"))
     app = build_client_app({**SMALL, "ledger-dir": str(tmp_path / "server-chosen")})
     context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})  # type: ignore[arg-type]
-    message = Message(planned(), dst_node_id=1, message_type=f"query.{keys.STATISTICS}")
+    message = Message(planned(), dst_node_id=1, message_type=f"query.{wire.STATISTICS}")
     message.metadata.__dict__["_message_id"] = message.object_id
 
     app(message, context)
@@ -251,7 +251,7 @@ def test_the_node_sets_its_own_delta_not_the_server(tmp_path: Path) -> None:
 
     reply = statistics_release(node, {"epsilon": 2.0, "delta": 0.008}, "a" * 32)
 
-    assert reply[keys.METRICS][keys.DELTA] == pytest.approx(0.0005)  # type: ignore[index]
+    assert reply[wire.METRICS][wire.DELTA] == pytest.approx(0.0005)  # type: ignore[index]
     (ledger,) = map(PrivacyLedger.load, Path(node["ledger-dir"]).glob("ledger-*.json"))
     assert ledger.delta == pytest.approx(0.0005)
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from common.errors import ConfigError
-from common.privacy.one_run_audit import (
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.privacy.one_run_audit import (
     audit_scores,
     count_correct,
     epsilon_lower_bound,
@@ -26,8 +26,8 @@ from common.privacy.one_run_audit import (
     guess,
     p_value,
 )
-from simulations.cli import cli
-from simulations.experiments.mechanism_audit import BROKEN, RELEASES, ReleaseAudit, audit_release
+from fedsynth.simulations.cli import cli
+from fedsynth.simulations.experiments.mechanism_audit import BROKEN, RELEASES, ReleaseAudit, audit_release
 
 # ---------------------------------------------------------------------------------------------- the maths
 
@@ -195,7 +195,7 @@ def test_vae_round_scores_see_the_canaries_when_the_noise_is_small(monkeypatch: 
     """The VAE audit's power: at σ = 0.001 the returned model tells the canaries apart (its ε̂ then says so)."""
     import dataclasses
 
-    from simulations.experiments import mechanism_audit
+    from fedsynth.simulations.experiments import mechanism_audit
 
     plan_of = mechanism_audit.silo_plan
     monkeypatch.setattr(

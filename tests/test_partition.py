@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.config import PartitionConfig
-from common.data.interactions import Interactions
-from common.data.partition import partition_users, save_partitions
-from common.data.split import Split
-from common.errors import ConfigError
+from fedsynth.common.config.sections import PartitionConfig
+from fedsynth.common.data.interactions import Interactions
+from fedsynth.common.data.partition import partition_users, save_partitions
+from fedsynth.common.data.split import Split
+from fedsynth.common.errors import ConfigError
 
 
 def all_users(clients: list) -> np.ndarray:  # type: ignore[type-arg]

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.config import PreprocessConfig
-from common.data.preprocess import k_core, preprocess
-from common.data.report import CleaningReport
-from common.data.table import InteractionTable
-from common.errors import EmptyDataError
+from fedsynth.common.config.sections import PreprocessConfig
+from fedsynth.common.data.cleaning_report import CleaningReport
+from fedsynth.common.data.preprocess import k_core, preprocess
+from fedsynth.common.data.table import InteractionTable
+from fedsynth.common.errors import EmptyDataError
 
 
 def make_table(rows: list[tuple[object, object, float, float]], feedback: str = "rating") -> InteractionTable:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from common.errors import ConfigError
-from common.privacy.accounting import (
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.privacy.accounting import (
     ACCOUNTANT,
     FAST_ORDERS,
     PLD_INTERVAL,
@@ -26,9 +26,9 @@ from common.privacy.accounting import (
     epsilon_pld,
     epsilon_rdp,
 )
-from common.privacy.crosscheck import crosscheck_ledgers, dp_accounting_epsilon
-from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity, fingerprint
-from common.privacy.skellam import SkellamEvent
+from fedsynth.common.privacy.crosscheck import crosscheck_ledgers, dp_accounting_epsilon
+from fedsynth.common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity, fingerprint
+from fedsynth.common.secagg.skellam import SkellamEvent
 
 HISTORY = [DPEvent("statistics", 2.0, 1.0, 1), DPEvent("vae", 1.1, 0.1, 30), DPEvent("gan", 0.9, 0.1, 10)]
 
@@ -209,9 +209,9 @@ def test_a_small_share_of_one_gaussian_release_is_calibrated_and_holds_exactly()
 
 def test_a_plan_with_most_of_a_small_budget_on_the_statistics_composes_to_the_target() -> None:
     """statistics-share 0.9 at ε = 1: the models' parts (0.05 each) calibrate, and the whole plan stays ≤ 1."""
-    from common.privacy.dp import PrivacyConfig
-    from common.privacy.plan import plan_privacy
-    from common.run_config import LocalTrainingConfig
+    from fedsynth.common.config.run import LocalTrainingConfig
+    from fedsynth.common.privacy.dpsgd.training import PrivacyConfig
+    from fedsynth.common.privacy.plan import plan_privacy
 
     privacy = PrivacyConfig(target_epsilon=1.0, statistics_share=0.9)
     plan = plan_privacy(privacy, 120, LocalTrainingConfig(), rounds=3)
@@ -228,8 +228,8 @@ def test_the_default_plan_composes_to_its_target_under_pld_and_less_noise_than_u
     """The defaults of pyproject.toml (co-occurrence release, GAN, 3 rounds): ≤ target and within 0.2% of it."""
     from dataclasses import replace
 
-    from common.privacy.plan import plan_privacy
-    from common.run_config import RunConfig
+    from fedsynth.common.config.run import RunConfig
+    from fedsynth.common.privacy.plan import plan_privacy
 
     config = replace(RunConfig(), epsilon=target)
     plan = plan_privacy(config.privacy(), users, config.local(), config.num_server_rounds)
@@ -243,8 +243,8 @@ def test_the_default_plan_composes_to_its_target_under_pld_and_less_noise_than_u
 def test_a_secure_run_is_planned_under_rdp_the_accountant_of_its_skellam_events() -> None:
     from dataclasses import replace
 
-    from common.privacy.plan import plan_privacy
-    from common.run_config import RunConfig
+    from fedsynth.common.config.run import RunConfig
+    from fedsynth.common.privacy.plan import plan_privacy
 
     config = replace(RunConfig(), epsilon=4.0, secure_aggregation=True)
     plan = plan_privacy(config.privacy(), 132, config.local(), config.num_server_rounds)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from common.config import DataConfig, EvalConfig, PreprocessConfig
-from common.data.loaders import load_lastfm, load_movielens
-from common.data.pipeline import DataSettings
-from common.data.preprocess import preprocess
-from simulations.experiments.upper_bounds import UpperBoundConfig, run_baseline
+from fedsynth.common.config.sections import DataConfig, EvalConfig, PreprocessConfig
+from fedsynth.common.data.loaders import load_lastfm, load_movielens
+from fedsynth.common.data.prepare import DataSettings
+from fedsynth.common.data.preprocess import preprocess
+from fedsynth.simulations.experiments.upper_bounds import UpperBoundConfig, run_baseline
 
 
 def test_movielens_latest_small_loads_every_row(real_data_dir: Path) -> None:

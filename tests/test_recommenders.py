@@ -10,13 +10,13 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from common.config import EvalConfig
-from common.data.split import Split
-from common.errors import ConfigError
-from common.evaluation import evaluate
-from common.models.vae import MultVAE, MultVAEConfig, kl_beta, vae_loss
-from common.recommenders import EASE, ItemKNN, MostPopular, MultVAERecommender
-from common.recommenders import ease as ease_module
+from fedsynth.common.config.sections import EvalConfig
+from fedsynth.common.data.split import Split
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.evaluation.scoring import evaluate
+from fedsynth.common.models.vae import MultVAE, MultVAEConfig, kl_beta, vae_loss
+from fedsynth.common.recommenders import EASE, ItemKNN, MostPopular, MultVAERecommender
+from fedsynth.common.recommenders import ease as ease_module
 
 
 def random_binary(n_users: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:
@@ -78,7 +78,7 @@ def test_ease_names_a_gram_that_is_not_positive_definite() -> None:
 
 def test_the_ease_inversion_lets_other_threads_run() -> None:
     """Flower's ServerApp heartbeat is a Python thread: a factorisation that held the GIL for a minute got the run
-    revoked by the SuperLink (module docstring of common.recommenders.ease)."""
+    revoked by the SuperLink (module docstring of fedsynth.common.recommenders.ease)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((3000, 3000)).astype(np.float32)
     matrix = a @ a.T + 3000 * np.eye(3000, dtype=np.float32)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
-from common import keys
-from common.errors import ConfigError
-from common.robust import RobustConfig, robust_arrays, robust_total
-from server.aggregation import ClientReply, aggregate_replies
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.federated import wire
+from fedsynth.common.robustness.rules import RobustConfig, robust_arrays, robust_total
+from fedsynth.server.aggregation import ClientReply, aggregate_replies
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -19,11 +19,11 @@ pytestmark = pytest.mark.usefixtures("flower_task_identity")
 def reply(values: list[float], users: int = 10, bias: float = 0.0) -> RecordDict:
     """A trained reply: arrays ``w`` (the values) and ``b`` (one value), and its user count."""
     arrays = ArrayRecord({"w": Array(np.asarray(values)), "b": Array(np.asarray([bias]))})
-    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: users})})
+    return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: users})})
 
 
 def aggregated(contents: list[RecordDict], kind: str, current: ArrayRecord | None = None, f: int = 1) -> np.ndarray:
-    out = robust_arrays(contents, current or reply([0.0, 0.0]).array_records[keys.ARRAYS], RobustConfig(kind, f))
+    out = robust_arrays(contents, current or reply([0.0, 0.0]).array_records[wire.ARRAYS], RobustConfig(kind, f))
     return np.concatenate([out["w"].numpy(), out["b"].numpy()])
 
 
@@ -42,7 +42,7 @@ def test_median_and_trimmed_mean_are_coordinate_wise_and_ignore_one_outlier() ->
 
 
 def test_norm_bound_scales_each_update_to_the_median_norm_before_fedavg() -> None:
-    current = reply([1.0, 1.0]).array_records[keys.ARRAYS]  # global w = (1, 1), b = 0
+    current = reply([1.0, 1.0]).array_records[wire.ARRAYS]  # global w = (1, 1), b = 0
     contents = [reply([2.0, 1.0]), reply([1.0, 2.0]), reply([31.0, 41.0])]  # updates (1,0), (0,1), (30,40)
 
     # norms 1, 1, 50: the median is 1, so the third update becomes (0.6, 0.8); mean update (1.6, 1.8) / 3
@@ -103,11 +103,11 @@ def test_each_rule_matches_flowers_own_strategy(kind: str) -> None:
 
 
 def test_the_round_aggregation_uses_the_configured_rule() -> None:
-    metrics = {keys.EPSILON: 1.0, keys.DELTA: 1e-5}
+    metrics = {wire.EPSILON: 1.0, wire.DELTA: 1e-5}
     replies = []
     for node, values in enumerate(([1.0, 1.0], [2.0, 2.0], [1000.0, 1000.0])):
         content = reply(values)
-        content[keys.METRICS] = MetricRecord({**dict(content[keys.METRICS]), **metrics, keys.REFUSED: 0})
+        content[wire.METRICS] = MetricRecord({**dict(content[wire.METRICS]), **metrics, wire.REFUSED: 0})
         replies.append(ClientReply(node, content))
 
     plain = aggregate_replies(1, replies)

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from common.errors import ConfigError
-from simulations.cli import cli, main
-from simulations.jobs import resolve_run_config
+from fedsynth.common.errors import ConfigError
+from fedsynth.simulations.cli import cli, main
+from fedsynth.simulations.jobs import resolve_run_config
 
 TINY_TOML = """
 central-vae-epochs = 2
@@ -188,7 +188,7 @@ def test_ctrl_c_leaves_a_consistent_directory_stops_every_process_and_resumes(tm
     import sys
     import time
 
-    from simulations.runner import _matching_pids
+    from fedsynth.simulations.runner import _matching_pids
 
     config_file = tmp_path / "tiny.toml"
     config_file.write_text(TINY_TOML + 'synthesizers = "vae"\n')

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.errors import ConfigError
-from common.run_config import RunConfig
-from common.secagg import crypto
-from common.secagg.protocol import (
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.secagg import crypto
+from fedsynth.common.secagg.protocol import (
     SecAggAborted,
     SecAggNode,
     SecAggParams,

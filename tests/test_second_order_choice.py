@@ -15,21 +15,26 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from client.budget import NodeBudget
-from client.handlers import handle_cooccurrence, handle_statistics
-from common import keys
-from common.errors import ConfigError
-from common.privacy.clipped_sums import symmetric_noise
-from common.privacy.cooccurrence import NoisyCooccurrence, marginal_items, popularity_eigenvalue, second_order_pays
-from common.privacy.ledger import RunIdentity
-from common.privacy.plan import plan_privacy
-from common.privacy.statistics import NoisyStatistics, statistics_contributions
-from common.run_config import SYNTHETIC_EASE_L2_FIRST_ORDER, SYNTHETIC_EASE_L2_PAIRS, RunConfig
-from server.federation import load_or_query_cooccurrence, predicted_cooccurrence_std
+from fedsynth.client.budget import NodeBudget
+from fedsynth.client.handlers import handle_cooccurrence, handle_statistics
+from fedsynth.common.config.run import SYNTHETIC_EASE_L2_FIRST_ORDER, SYNTHETIC_EASE_L2_PAIRS, RunConfig
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.federated import wire
+from fedsynth.common.privacy.ledger import RunIdentity
+from fedsynth.common.privacy.plan import plan_privacy
+from fedsynth.common.privacy.releases.clipped_sums import symmetric_noise
+from fedsynth.common.privacy.releases.cooccurrence import (
+    NoisyCooccurrence,
+    marginal_items,
+    popularity_eigenvalue,
+    second_order_pays,
+)
+from fedsynth.common.privacy.releases.statistics import NoisyStatistics, statistics_contributions
+from fedsynth.server.federation import load_or_query_cooccurrence, predicted_cooccurrence_std
 from tests.test_marginals import SMALL, binary
 from tests.test_secure_release import InProcessGrid, node_rows
 
-IDENTITY = {keys.RUN_KEY: "k" * 32, keys.REQUESTER: "test"}
+IDENTITY = {wire.RUN_KEY: "k" * 32, wire.REQUESTER: "test"}
 
 
 def test_the_popularity_eigenvalue_is_the_squared_block_norm_over_all_counts() -> None:
@@ -83,18 +88,18 @@ def test_the_server_predicts_the_noise_each_node_plans() -> None:
 def test_a_client_asked_for_the_first_order_instead_pays_the_cooccurrence_event_once(tmp_path: Path) -> None:
     config = RunConfig.from_run_config({**SMALL, "epsilon": 4.0, "num-server-rounds": 2})
     rows, state, run = binary(80, 60, 0.1, 3), RecordDict(), RunIdentity(run_key="r" * 32)
-    first = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
+    first = RecordDict({wire.CONFIG: ConfigRecord({wire.PLANNED_ROUNDS: 2})})
     handle_statistics(first, rows, config, state, NodeBudget(tmp_path), run)
-    instead = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2, keys.FIRST_ORDER_INSTEAD: 1})})
+    instead = RecordDict({wire.CONFIG: ConfigRecord({wire.PLANNED_ROUNDS: 2, wire.FIRST_ORDER_INSTEAD: 1})})
 
     reply = handle_cooccurrence(instead, rows, config, state, NodeBudget(tmp_path), run)
     twice = handle_cooccurrence(instead, rows, config, state, NodeBudget(tmp_path), run)
 
     plan = plan_privacy(config.privacy(), 80, config.local(), 2)
-    assert set(reply[keys.ARRAYS].keys()) == {keys.ITEM_COUNTS, keys.LENGTH_HISTOGRAM}  # type: ignore[union-attr]
+    assert set(reply[wire.ARRAYS].keys()) == {wire.ITEM_COUNTS, wire.LENGTH_HISTOGRAM}  # type: ignore[union-attr]
     clip = config.privacy().statistics_clip
-    assert reply[keys.METRICS][keys.NOISE_STD] == pytest.approx(plan.cooccurrence_noise * np.sqrt(clip**2 + 1))  # type: ignore[index]
-    assert twice[keys.METRICS][keys.REFUSED] == 1  # type: ignore[index]
+    assert reply[wire.METRICS][wire.NOISE_STD] == pytest.approx(plan.cooccurrence_noise * np.sqrt(clip**2 + 1))  # type: ignore[index]
+    assert twice[wire.METRICS][wire.REFUSED] == 1  # type: ignore[index]
     ledger = json.loads(next(tmp_path.glob("ledger-*.json")).read_text())
     assert [e["model"] for e in ledger["events"]] == ["statistics", "cooccurrence"]
     assert ledger["events"][1]["noise_multiplier"] == pytest.approx(plan.cooccurrence_noise)  # the planned event

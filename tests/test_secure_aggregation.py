@@ -8,8 +8,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from scipy.stats import chisquare
 
-from common.secagg import crypto
-from common.secagg.protocol import (
+from fedsynth.common.secagg import crypto
+from fedsynth.common.secagg.protocol import (
     SecAggAborted,
     SecAggNode,
     SecAggParams,

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message, RecordDict
 
-from client.app import build_client_app
-from common import keys
-from common.data.pipeline import prepare
-from common.privacy.accounting import epsilon
-from common.privacy.ledger import ledgers_in
-from common.privacy.statistics import length_histogram, statistics_contributions
-from common.run_config import RunConfig
-from server.admission import RunFailed
-from server.secure_release import secure_statistics
+from fedsynth.client.app import build_client_app
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.data.prepare import prepare
+from fedsynth.common.federated import wire
+from fedsynth.common.privacy.accounting import epsilon
+from fedsynth.common.privacy.ledger import ledgers_in
+from fedsynth.common.privacy.releases.statistics import length_histogram, statistics_contributions
+from fedsynth.server.admission import RunFailed
+from fedsynth.server.secure_release import secure_statistics
 from tests.test_federation import ALLOWED_METRICS as PLAIN_METRICS
 
 SETTINGS: dict[str, Any] = {
@@ -42,7 +42,7 @@ SETTINGS: dict[str, Any] = {
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
-ALLOWED_METRICS = {*PLAIN_METRICS, keys.NOISE_VARIANCE}  # a secure release also says its noise variance
+ALLOWED_METRICS = {*PLAIN_METRICS, wire.NOISE_VARIANCE}  # a secure release also says its noise variance
 
 
 class InProcessGrid:
@@ -97,7 +97,7 @@ def run_release(tmp_path: Path, nodes: int = 4, silent: dict[int, str] | None = 
     config = RunConfig.from_run_config({**SETTINGS, **extra})
     grid = InProcessGrid({**SETTINGS, **extra}, nodes, tmp_path)
     grid.silent = dict(silent or {})
-    identity = {keys.RUN_KEY: "k" * 32, keys.REQUESTER: "test"}
+    identity = {wire.RUN_KEY: "k" * 32, wire.REQUESTER: "test"}
     num_items = prepare(config.data()).interactions.num_items
     statistics, log = secure_statistics(grid, grid.get_node_ids(), config, num_items, identity)
     return config, grid, statistics, log
@@ -108,7 +108,7 @@ def nothing_spent(ledger_dir: Path) -> bool:
 
 
 def node_rows(config: RunConfig, nodes: int) -> list[Any]:
-    from client.data import node_data
+    from fedsynth.client.data import node_data
 
     return [node_data({"partition-id": k, "num-partitions": nodes}, config).train for k in range(nodes)]
 
@@ -137,14 +137,14 @@ def test_the_wire_carries_keys_encrypted_shares_and_masked_residues_only(tmp_pat
     config, grid, _, _ = run_release(tmp_path, nodes=3)
     rows = node_rows(config, 3)
     for reply in grid.replies:
-        assert set(reply.content.array_records) <= {keys.ARRAYS}
+        assert set(reply.content.array_records) <= {wire.ARRAYS}
         for record in reply.content.array_records.values():
-            assert list(record) == [keys.MASKED] and record[keys.MASKED].numpy().dtype == np.uint64
-        metrics = set(reply.content.metric_records.get(keys.METRICS, {}))
+            assert list(record) == [wire.MASKED] and record[wire.MASKED].numpy().dtype == np.uint64
+        metrics = set(reply.content.metric_records.get(wire.METRICS, {}))
         assert metrics <= ALLOWED_METRICS
     histograms = [length_histogram(r) for r in rows]
     masked = [
-        r.content.array_records[keys.ARRAYS][keys.MASKED].numpy() for r in grid.replies if r.content.array_records
+        r.content.array_records[wire.ARRAYS][wire.MASKED].numpy() for r in grid.replies if r.content.array_records
     ]
     assert len(masked) == 3
     for vector, histogram in zip(masked, histograms, strict=True):
@@ -152,7 +152,7 @@ def test_the_wire_carries_keys_encrypted_shares_and_masked_residues_only(tmp_pat
 
 
 def test_a_node_lost_after_sending_its_vector_is_still_in_the_sum(tmp_path: Path) -> None:
-    config, _, statistics, log = run_release(tmp_path, nodes=4, silent={103: keys.SECAGG_UNMASK})
+    config, _, statistics, log = run_release(tmp_path, nodes=4, silent={103: wire.SECAGG_UNMASK})
     rows = node_rows(config, 4)
     assert log.trained == [100, 101, 102, 103]
     assert [(p.node, "is in the sum" in p.reason) for p in log.failed] == [(103, True)]
@@ -160,7 +160,7 @@ def test_a_node_lost_after_sending_its_vector_is_still_in_the_sum(tmp_path: Path
 
 
 def test_a_node_lost_before_its_vector_is_left_out_with_its_noise(tmp_path: Path) -> None:
-    config, _, statistics, log = run_release(tmp_path, nodes=4, silent={101: keys.STATISTICS})
+    config, _, statistics, log = run_release(tmp_path, nodes=4, silent={101: wire.STATISTICS})
     rows = node_rows(config, 4)
     assert log.trained == [100, 102, 103]
     kept = sum(rows[k].shape[0] for k in (0, 2, 3))
@@ -169,7 +169,7 @@ def test_a_node_lost_before_its_vector_is_left_out_with_its_noise(tmp_path: Path
 
 
 def test_too_few_survivors_fail_the_release_and_unmask_nothing(tmp_path: Path) -> None:
-    silent = {101: keys.SECAGG_UNMASK, 102: keys.SECAGG_UNMASK, 103: keys.SECAGG_UNMASK}
+    silent = {101: wire.SECAGG_UNMASK, 102: wire.SECAGG_UNMASK, 103: wire.SECAGG_UNMASK}
     with pytest.raises(RunFailed, match="only 1 node\\(s\\) answered the unmask stage, the threshold is 3") as failed:
         run_release(tmp_path, nodes=4, silent=silent, **{"min-clients": 1})
     for node in (101, 102, 103):  # each missing answer named, with why
@@ -177,7 +177,7 @@ def test_too_few_survivors_fail_the_release_and_unmask_nothing(tmp_path: Path) -
 
 
 def test_a_too_small_bit_width_is_refused_before_anything_is_spent(tmp_path: Path) -> None:
-    from common.errors import ConfigError
+    from fedsynth.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"secagg-bits 12 cannot hold this secure sum: .* at least 2\d bits"):
         run_release(tmp_path, nodes=3, **{"secagg-bits": 12})
@@ -188,7 +188,7 @@ def test_a_too_small_bit_width_is_refused_before_anything_is_spent(tmp_path: Pat
 def test_a_flower_simulation_with_secure_aggregation_reports_both_threat_models(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from simulations.cli import cli
+    from fedsynth.simulations.cli import cli
 
     out = tmp_path / "run"
     args = ["run", "--clients", "3", "--rounds", "2", "--epsilon", "2", "--gen-users", "360", "--gen-items", "300",
@@ -219,8 +219,8 @@ def tiny_toml(root: Path) -> Path:
 
 
 def test_the_ledger_keeps_both_threat_models_and_reads_older_files(tmp_path: Path) -> None:
-    from common.privacy.ledger import PrivacyLedger
-    from simulations.ledger_view import ledger_table
+    from fedsynth.common.privacy.ledger import PrivacyLedger
+    from fedsynth.simulations.ledger_view import ledger_table
 
     run_release(tmp_path, nodes=3)
     (ledger,) = ledgers_in(tmp_path / "node-0")
@@ -241,7 +241,7 @@ def test_the_ledger_keeps_both_threat_models_and_reads_older_files(tmp_path: Pat
 def test_the_accountant_crosscheck_says_which_ledgers_hold_skellam_events(tmp_path: Path) -> None:
     import math
 
-    from common.privacy.crosscheck import crosscheck_ledgers
+    from fedsynth.common.privacy.crosscheck import crosscheck_ledgers
 
     run_release(tmp_path, nodes=3)
     (row,) = crosscheck_ledgers(tmp_path / "node-0")

@@ -10,18 +10,18 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from client.budget import load_replay
-from common import keys
-from common.bundle import ModelBundle
-from common.data.pipeline import prepare
-from common.errors import ConfigError, FedsynthError
-from common.privacy.ledger import RunIdentity, ledgers_in
-from common.privacy.skellam import required_bits
-from common.run_config import RunConfig
-from common.secagg.updates import UPDATE, UpdateQuantizer, apply_update, encode_update, flat, float_entries
-from server.admission import RunFailed
-from server.federation import train_round
-from server.secure_round import update_setups
+from fedsynth.client.budget import load_replay
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.data.prepare import prepare
+from fedsynth.common.errors import ConfigError, FedsynthError
+from fedsynth.common.federated import wire
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.privacy.ledger import RunIdentity, ledgers_in
+from fedsynth.common.secagg.skellam import required_bits
+from fedsynth.common.secagg.updates import UPDATE, UpdateQuantizer, apply_update, encode_update, flat, float_entries
+from fedsynth.server.admission import RunFailed
+from fedsynth.server.federation import train_round
+from fedsynth.server.secure_round import update_setups
 from tests.test_secure_release import ALLOWED_METRICS, InProcessGrid
 
 SETTINGS: dict[str, Any] = {
@@ -37,7 +37,7 @@ SETTINGS: dict[str, Any] = {
     "secure-aggregation": True,
     "reply-timeout": 2.0,
 }
-IDENTITY = {keys.RUN_KEY: "r" * 32, keys.REQUESTER: "test"}
+IDENTITY = {wire.RUN_KEY: "r" * 32, wire.REQUESTER: "test"}
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
@@ -52,7 +52,7 @@ def _setup(tmp_path: Path, nodes: int = 3, **extra: Any) -> tuple[RunConfig, InP
 def _trained(tmp_path: Path, k: int, server_round: int) -> dict[str, torch.Tensor]:
     """Node k's locally trained state for the round (its saved reply, never sent in the clear)."""
     (ledger,) = ledgers_in(tmp_path / f"node-{k}")
-    replay = load_replay(ledger, RunIdentity(1, IDENTITY[keys.RUN_KEY], IDENTITY[keys.REQUESTER]), server_round)
+    replay = load_replay(ledger, RunIdentity(1, IDENTITY[wire.RUN_KEY], IDENTITY[wire.REQUESTER]), server_round)
     assert replay is not None
     return replay.arrays
 
@@ -63,7 +63,7 @@ def _fedavg(states: list[dict[str, torch.Tensor]], users: list[int]) -> np.ndarr
 
 
 def _users(config: RunConfig, nodes: int) -> list[int]:
-    from client.data import node_data
+    from fedsynth.client.data import node_data
 
     return [node_data({"partition-id": k, "num-partitions": nodes}, config).train.shape[0] for k in range(nodes)]
 
@@ -89,17 +89,17 @@ def test_the_wire_carries_only_masked_residues_and_no_loss(tmp_path: Path) -> No
     config, grid, arrays = _setup(tmp_path)
     train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY)
     masked_stage = [m for m in grid.sent if m.metadata.message_type == f"query.{UPDATE}"]
-    assert len(masked_stage) == 3 and all(keys.ARRAYS in m.content.array_records for m in masked_stage)
+    assert len(masked_stage) == 3 and all(wire.ARRAYS in m.content.array_records for m in masked_stage)
     for reply in grid.replies:
         for record in reply.content.array_records.values():
-            assert list(record) == [keys.MASKED] and record[keys.MASKED].numpy().dtype == np.uint64
-        metrics = set(reply.content.metric_records.get(keys.METRICS, {}))
-        assert metrics <= ALLOWED_METRICS and not metrics & set(keys.LOSS_KEYS)
+            assert list(record) == [wire.MASKED] and record[wire.MASKED].numpy().dtype == np.uint64
+        metrics = set(reply.content.metric_records.get(wire.METRICS, {}))
+        assert metrics <= ALLOWED_METRICS and not metrics & set(wire.LOSS_KEYS)
 
 
 def test_a_node_lost_after_masking_stays_in_the_average_and_one_lost_before_is_left_out(tmp_path: Path) -> None:
     config, grid, arrays = _setup(tmp_path / "after", nodes=4)
-    grid.silent = {103: keys.SECAGG_UNMASK}
+    grid.silent = {103: wire.SECAGG_UNMASK}
     outcome = train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY)
     states = [_trained(tmp_path / "after", k, 1) for k in range(4)]
     names = float_entries(states[0])
@@ -120,7 +120,7 @@ def test_a_node_lost_after_masking_stays_in_the_average_and_one_lost_before_is_l
 
 def test_too_few_survivors_fail_the_round_and_unmask_nothing(tmp_path: Path) -> None:
     config, grid, arrays = _setup(tmp_path, nodes=3, **{"min-clients": 1})
-    grid.silent = {101: keys.SECAGG_UNMASK, 102: keys.SECAGG_UNMASK}
+    grid.silent = {101: wire.SECAGG_UNMASK, 102: wire.SECAGG_UNMASK}
     with pytest.raises(RunFailed, match="answered the unmask stage, the threshold is 2"):
         train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY)
 
@@ -184,12 +184,12 @@ def test_one_keys_and_shares_exchange_sets_up_several_rounds_each_with_its_own_k
         assert np.max(np.abs(got - _fedavg(states, _users(config, 3)))) < 1e-6  # each round exact
         results.append(got)
         arrays = outcome.arrays
-    assert (_count(grid, keys.SECAGG_KEYS), _count(grid, keys.SECAGG_SHARES)) == (3, 3)  # once, for all 3 rounds
-    assert (_count(grid, UPDATE), _count(grid, keys.SECAGG_UNMASK)) == (9, 9)
-    keyed = [r for r in grid.replies if keys.CHANNEL_KEY in r.content.config_records.get(keys.CONFIG, {})]
+    assert (_count(grid, wire.SECAGG_KEYS), _count(grid, wire.SECAGG_SHARES)) == (3, 3)  # once, for all 3 rounds
+    assert (_count(grid, UPDATE), _count(grid, wire.SECAGG_UNMASK)) == (9, 9)
+    keyed = [r for r in grid.replies if wire.CHANNEL_KEY in r.content.config_records.get(wire.CONFIG, {})]
     for reply in keyed:  # three fresh key pairs per node, one per round
-        record = reply.content.config_records[keys.CONFIG]
-        assert len(set(record[keys.CHANNEL_KEY])) == len(set(record[keys.MASK_KEY])) == 3
+        record = reply.content.config_records[wire.CONFIG]
+        assert len(set(record[wire.CHANNEL_KEY])) == len(set(record[wire.MASK_KEY])) == 3
     assert not any(name.startswith("secagg-state/") for c in grid.contexts.values() for name in c.state)  # erased
 
 
@@ -204,12 +204,12 @@ def test_after_a_failed_node_the_next_round_sets_up_anew_and_takes_it_back(tmp_p
     assert first.arrays is not None
     second = train_round(grid, config, 2, grid.get_node_ids(), first.arrays, IDENTITY, setups)
     assert second.log.trained == [100, 101, 102, 103]
-    assert _count(grid, keys.SECAGG_KEYS) == 4 + 4  # set up again for round 2
+    assert _count(grid, wire.SECAGG_KEYS) == 4 + 4  # set up again for round 2
 
 
 def test_a_node_refuses_to_set_up_more_aggregations_than_it_holds(tmp_path: Path) -> None:
-    from client.secure import MAX_BATCH
-    from server.secure_release import secure_setup
+    from fedsynth.client.secure import MAX_BATCH
+    from fedsynth.server.secure_release import secure_setup
 
     config, grid, arrays = _setup(tmp_path)
     quantizer = update_setups(grid, config, arrays, IDENTITY).quantizer
@@ -224,7 +224,7 @@ def test_a_flower_simulation_secure_aggregates_its_local_rounds(tmp_path: Path) 
 
     from click.testing import CliRunner
 
-    from simulations.cli import cli
+    from fedsynth.simulations.cli import cli
     from tests.test_secure_release import tiny_toml
 
     out = tmp_path / "run"
@@ -238,7 +238,7 @@ def test_a_flower_simulation_secure_aggregates_its_local_rounds(tmp_path: Path) 
     assert secure["round_mode"] == "local" and any("model update" in part for part in secure["applies_to"])
     train = json.loads((out / "train.json").read_text())
     assert [len(r["trained"]) for r in train["rounds"]] == [3, 3] and not any(r["failed"] for r in train["rounds"])
-    from common.keys import LOSS_KEYS
+    from fedsynth.common.federated.wire import LOSS_KEYS
 
     assert not any(name in r for r in train["rounds"] for name in LOSS_KEYS)  # no loss leaves a silo
     assert "masked: the server sees only the sum" in (out / "report.md").read_text()
@@ -246,12 +246,12 @@ def test_a_flower_simulation_secure_aggregates_its_local_rounds(tmp_path: Path) 
 
 def test_secagg_plus_neighbours_give_the_same_fedavg_through_the_client_app(tmp_path: Path) -> None:
     config, grid, arrays = _setup(tmp_path, nodes=6, **{"secagg-neighbours": 2, "gen-users": 360})
-    grid.silent = {104: keys.SECAGG_UNMASK}  # lost after masking: rebuilt from its two neighbours' shares
+    grid.silent = {104: wire.SECAGG_UNMASK}  # lost after masking: rebuilt from its two neighbours' shares
     outcome = train_round(grid, config, 1, grid.get_node_ids(), arrays, IDENTITY)
     assert outcome.arrays is not None and outcome.log.trained == [100, 101, 102, 103, 104, 105]
     states = [_trained(tmp_path, k, 1) for k in range(6)]
     got = flat(outcome.arrays.to_torch_state_dict(), float_entries(states[0]))
     assert np.max(np.abs(got - _fedavg(states, _users(config, 6)))) < 1e-6
-    shares_replies = [r for r in grid.replies if keys.SHARES in r.content.config_records.get(keys.CONFIG, {})
-                      and keys.CHANNEL_KEY not in r.content.config_records[keys.CONFIG]][:6]  # fmt: skip
-    assert all(len(r.content.config_records[keys.CONFIG][keys.SHARES]) == 2 for r in shares_replies)  # neighbours
+    shares_replies = [r for r in grid.replies if wire.SHARES in r.content.config_records.get(wire.CONFIG, {})
+                      and wire.CHANNEL_KEY not in r.content.config_records[wire.CONFIG]][:6]  # fmt: skip
+    assert all(len(r.content.config_records[wire.CONFIG][wire.SHARES]) == 2 for r in shares_replies)  # neighbours

@@ -9,9 +9,9 @@ import pytest
 import scipy.sparse as sp
 from scipy.special import ive, logsumexp
 
-from common.errors import ConfigError
-from common.privacy.accounting import DPEvent, epsilon
-from common.privacy.skellam import (
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.privacy.accounting import DPEvent, epsilon
+from fedsynth.common.secagg.skellam import (
     SkellamEvent,
     SkellamQuantizer,
     calibrate_variance,
@@ -49,7 +49,7 @@ def test_the_rdp_bound_holds_against_exact_skellam_distributions(variance: float
 
 
 def test_the_bound_is_within_two_percent_where_fedsynth_uses_it() -> None:
-    """s·C = 4096 and a noise multiplier near 2.5: V ≈ 1e8 (see common/privacy/skellam.py).
+    """s·C = 4096 and a noise multiplier near 2.5: V ≈ 1e8 (see common/secagg/skellam.py).
 
     Integer orders, and fractional ones from 4 on: below, the interpolation between integers
     is looser (6.7% at 2.5; the bound at 2 for orders in (1, 2)).

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from common.config import SplitConfig
-from common.data.interactions import Interactions
-from common.data.report import CleaningReport
-from common.data.split import fold_in_target, split_users
-from common.errors import ConfigError, EmptyDataError
+from fedsynth.common.config.sections import SplitConfig
+from fedsynth.common.data.cleaning_report import CleaningReport
+from fedsynth.common.data.interactions import Interactions
+from fedsynth.common.data.split import fold_in_target, split_users
+from fedsynth.common.errors import ConfigError, EmptyDataError
 
 
 def test_users_are_disjoint_and_sized_by_fraction(small_interactions: Interactions) -> None:

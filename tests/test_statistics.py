@@ -10,14 +10,14 @@ import pytest
 import scipy.sparse as sp
 from flwr.app import ConfigRecord, RecordDict
 
-from client.budget import NodeBudget
-from client.handlers import handle_statistics, handle_train
-from common import keys
-from common.privacy.accounting import DPEvent, epsilon
-from common.privacy.ledger import RunIdentity
-from common.privacy.plan import plan_privacy
-from common.privacy.statistics import NoisyStatistics, length_bin_edges, noisy_statistics
-from common.run_config import RunConfig
+from fedsynth.client.budget import NodeBudget
+from fedsynth.client.handlers import handle_statistics, handle_train
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.federated import wire
+from fedsynth.common.privacy.accounting import DPEvent, epsilon
+from fedsynth.common.privacy.ledger import RunIdentity
+from fedsynth.common.privacy.plan import plan_privacy
+from fedsynth.common.privacy.releases.statistics import NoisyStatistics, length_bin_edges, noisy_statistics
 from tests.test_federation import SMALL, request, rows
 
 
@@ -63,17 +63,17 @@ def test_release_is_recorded_in_the_ledger_and_replies_only_noisy_aggregates(tmp
     config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 2, "epsilon": 4.0})
     data = rows()
     state = RecordDict()
-    content = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
+    content = RecordDict({wire.CONFIG: ConfigRecord({wire.PLANNED_ROUNDS: 2})})
 
     reply = handle_statistics(content, data, config, state, NodeBudget(tmp_path), RunIdentity())
 
-    assert set(reply.keys()) == {keys.ARRAYS, keys.METRICS}
-    arrays = reply[keys.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
-    assert set(arrays) == {keys.ITEM_COUNTS, keys.LENGTH_HISTOGRAM}
-    assert arrays[keys.ITEM_COUNTS].shape == (50,)
-    metrics = dict(reply[keys.METRICS])  # type: ignore[arg-type]
-    assert metrics[keys.EPSILON] == pytest.approx(metrics[keys.EPSILON_STATISTICS])
-    assert 0 < metrics[keys.EPSILON] < 4.0
+    assert set(reply.keys()) == {wire.ARRAYS, wire.METRICS}
+    arrays = reply[wire.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    assert set(arrays) == {wire.ITEM_COUNTS, wire.LENGTH_HISTOGRAM}
+    assert arrays[wire.ITEM_COUNTS].shape == (50,)
+    metrics = dict(reply[wire.METRICS])  # type: ignore[arg-type]
+    assert metrics[wire.EPSILON] == pytest.approx(metrics[wire.EPSILON_STATISTICS])
+    assert 0 < metrics[wire.EPSILON] < 4.0
     ledger = json.loads(next(tmp_path.glob("ledger-*.json")).read_text())
     assert ledger["events"][0]["model"] == "statistics" and ledger["history"][0]["round"] == 0
 
@@ -82,10 +82,10 @@ def test_release_is_recorded_in_the_ledger_and_replies_only_noisy_aggregates(tmp
         trained = handle_train(
             request(config, 50, server_round), data, config, state, NodeBudget(tmp_path), RunIdentity()
         )
-        assert trained[keys.METRICS][keys.REFUSED] == 0  # type: ignore[index]
-    final = trained[keys.METRICS]
-    assert final[keys.EPSILON] <= 4.0 + 1e-3  # type: ignore[operator]
-    assert final[keys.EPSILON] > max(final[keys.EPSILON_VAE], final[keys.EPSILON_GAN])  # type: ignore[operator, type-var]
+        assert trained[wire.METRICS][wire.REFUSED] == 0  # type: ignore[index]
+    final = trained[wire.METRICS]
+    assert final[wire.EPSILON] <= 4.0 + 1e-3  # type: ignore[operator]
+    assert final[wire.EPSILON] > max(final[wire.EPSILON_VAE], final[wire.EPSILON_GAN])  # type: ignore[operator, type-var]
 
 
 def lognormal_histogram(mu: float, sigma: float, users: int, num_items: int) -> np.ndarray:
@@ -119,10 +119,10 @@ def test_length_fit_stays_sensible_when_noise_swamps_the_histogram() -> None:
 def test_release_noise_comes_from_the_node_not_from_the_run_seed(tmp_path: Path, reproducible: bool) -> None:
     """The server sends the run config (and its seed): noise derived from it could be subtracted."""
     config = RunConfig.from_run_config({**SMALL, "num-server-rounds": 2, "reproducible-noise": reproducible})
-    content = RecordDict({keys.CONFIG: ConfigRecord({keys.PLANNED_ROUNDS: 2})})
+    content = RecordDict({wire.CONFIG: ConfigRecord({wire.PLANNED_ROUNDS: 2})})
     releases = [
         handle_statistics(content, rows(), config, RecordDict(), NodeBudget(tmp_path / str(k)), RunIdentity())
         for k in range(2)
     ]
-    counts = [r[keys.ARRAYS].to_torch_state_dict()[keys.ITEM_COUNTS].numpy() for r in releases]  # type: ignore[union-attr]
+    counts = [r[wire.ARRAYS].to_torch_state_dict()[wire.ITEM_COUNTS].numpy() for r in releases]  # type: ignore[union-attr]
     assert np.array_equal(counts[0], counts[1]) == reproducible

@@ -11,15 +11,15 @@ import torch
 from flwr.app import ArrayRecord
 from torch.utils.data import DataLoader
 
-from client.training import train_vae_round
-from common.errors import ConfigError
-from common.models.vae import MultVAE, MultVAEConfig, vae_loss
-from common.privacy.dp import CSRRows, PrivacyConfig, local_sgd, make_private
-from common.privacy.plan import plan_privacy
-from common.round_log import RoundLog
-from common.run_config import LocalTrainingConfig, RunConfig
-from common.strategies import FedAdam, ProximalTerm, StrategyConfig
-from server.federation import resume_point, save_checkpoint
+from fedsynth.client.training import train_vae_round
+from fedsynth.common.config.run import LocalTrainingConfig, RunConfig
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.federated.round_log import RoundLog
+from fedsynth.common.federated.strategies import FedAdam, ProximalTerm, StrategyConfig
+from fedsynth.common.models.vae import MultVAE, MultVAEConfig, vae_loss
+from fedsynth.common.privacy.dpsgd.training import CSRRows, PrivacyConfig, local_sgd, make_private
+from fedsynth.common.privacy.plan import plan_privacy
+from fedsynth.server.federation import resume_point, save_checkpoint
 
 
 def arrays(seed: int) -> dict[str, torch.Tensor]:

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from common.errors import ConfigError
-from simulations.cli import main
-from simulations.experiments.sweep import (
+from fedsynth.common.errors import ConfigError
+from fedsynth.simulations.cli import main
+from fedsynth.simulations.experiments.sweep import (
     Cell,
     SweepPlan,
     check_sweep_settings,

@@ -12,20 +12,20 @@ import pytest
 import scipy.sparse as sp
 from flwr.app import RecordDict
 
-from client.evaluation import handle_evaluate
-from common.bundle import ModelBundle
-from common.config import EvalConfig
-from common.data.split import Split
-from common.evaluation import evaluate
-from common.fidelity import closest_record_distance, fidelity_report
-from common.models.vae import MultVAEConfig
-from common.privacy.statistics import LogNormalLengths
-from common.recommenders import EASE, ItemKNN, MostPopular, MultVAERecommender, Recommender
-from common.recommenders.transfer import pack, unpack
-from common.run_config import LocalTrainingConfig
-from common.synthesis import SynthesisConfig, synthesize
-from server.evaluation import evaluation_request, merge_evaluations
-from server.pipeline import write_synthetic
+from fedsynth.client.evaluation import handle_evaluate
+from fedsynth.common.config.run import LocalTrainingConfig
+from fedsynth.common.config.sections import EvalConfig
+from fedsynth.common.data.split import Split
+from fedsynth.common.evaluation.fidelity import closest_record_distance, fidelity_report
+from fedsynth.common.evaluation.scoring import evaluate
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.models.vae import MultVAEConfig
+from fedsynth.common.privacy.releases.statistics import LogNormalLengths
+from fedsynth.common.recommenders import EASE, ItemKNN, MostPopular, MultVAERecommender, Recommender
+from fedsynth.common.recommenders.transfer import pack, unpack
+from fedsynth.common.synthesis.sampling import SynthesisConfig, synthesize
+from fedsynth.server.evaluation import evaluation_request, merge_evaluations
+from fedsynth.server.pipeline import write_synthetic
 
 
 def one_length_sampler(num_items: int, length: int) -> LogNormalLengths:
@@ -112,7 +112,7 @@ def test_an_evaluation_request_is_read_without_copying_its_arrays() -> None:
     import torch
     from flwr.app import ArrayRecord
 
-    from client.evaluation import tensors_without_copy
+    from fedsynth.client.evaluation import tensors_without_copy
 
     record = ArrayRecord({"w": torch.randn(30, 20), "i": torch.arange(7), "s": torch.tensor(3.0)})
     views, copies = tensors_without_copy(record), record.to_torch_state_dict()
@@ -128,7 +128,7 @@ class EvaluatingGrid:
     """A Grid of ``nodes`` clients, each answering an evaluation request on its shard of the held-out users."""
 
     def __init__(self, held_out: object, nodes: int) -> None:
-        from client.evaluation import handle_evaluate as answer
+        from fedsynth.client.evaluation import handle_evaluate as answer
 
         self.answer, self.shards = answer, {n: held_out for n in range(1, nodes + 1)}
         self.unpulled: list[object] = []
@@ -158,8 +158,8 @@ def test_central_recommenders_are_fitted_one_at_a_time_and_each_is_dropped_after
 ) -> None:
     import weakref
 
-    from common.run_config import RunConfig
-    from server.pipeline import Candidate, evaluate_all, fitted
+    from fedsynth.common.config.run import RunConfig
+    from fedsynth.server.pipeline import Candidate, evaluate_all, fitted
 
     alive: weakref.WeakSet[Recommender] = weakref.WeakSet()
 
@@ -182,9 +182,9 @@ def test_central_recommenders_are_fitted_one_at_a_time_and_each_is_dropped_after
 
 @pytest.mark.usefixtures("flower_task_identity")
 def test_a_recommender_known_to_be_too_large_to_send_is_skipped_without_being_fitted(small_split: Split) -> None:
-    from common.recommenders.transfer import known_size
-    from common.run_config import RunConfig
-    from server.pipeline import Candidate, evaluate_all
+    from fedsynth.common.config.run import RunConfig
+    from fedsynth.common.recommenders.transfer import known_size
+    from fedsynth.server.pipeline import Candidate, evaluate_all
 
     def never(*_: object) -> Recommender:
         raise AssertionError("fitted although its evaluation request could never be sent")

@@ -1,4 +1,4 @@
-"""client.warm_node: the SuperNode launcher whose ClientApp tasks are forks of a warm process.
+"""fedsynth.client.warm_node: the SuperNode launcher whose ClientApp tasks are forks of a warm process.
 
 The deployment tests (tests/test_deployment.py, slow) run whole deployments through it; these
 check its parts: the command line each task gets is Flower's own, tasks are forked and reaped,
@@ -17,7 +17,7 @@ from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec.executor import subprocess_executor
 from flwr.supercore.superexec.executor.types import ExecutionSpec
 
-from client import warm_node
+from fedsynth.client import warm_node
 
 
 def spec(task_type: TaskType = TaskType.CLIENT_APP, **changes: Any) -> ExecutionSpec:
@@ -107,7 +107,7 @@ def test_the_launcher_exits_with_the_supernodes_status_when_the_supernode_gives_
 
     script = (
         "import subprocess, sys, threading, time\n"
-        "from client.warm_node import exit_with\n"
+        "from fedsynth.client.warm_node import exit_with\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import sys; sys.exit(3)'])\n"
         "threading.Thread(target=exit_with, args=(child,), daemon=True).start()\n"
         "time.sleep(60)\n"
@@ -131,7 +131,7 @@ def test_flowers_supernode_loop_sleeps_where_the_fast_supernode_shortens_it() ->
 def test_short_sleeps_cap_every_sleep_and_leave_the_rest_of_time_alone(monkeypatch) -> None:
     import time
 
-    from client.fast_supernode import IDLE_POLL_SECONDS, ShortSleeps
+    from fedsynth.client.fast_supernode import IDLE_POLL_SECONDS, ShortSleeps
 
     slept: list[float] = []
     monkeypatch.setattr(time, "sleep", slept.append)
@@ -148,7 +148,7 @@ def test_clientapps_and_the_serverapp_retry_their_object_pulls_quickly() -> None
     from flwr.superlink.grid import http_grid
     from flwr.supernode.runtime import run_clientapp
 
-    from common.object_pulls import OBJECT_PULL_BACKOFF, shorten_object_pull_backoff
+    from fedsynth.common.runtime.object_pulls import OBJECT_PULL_BACKOFF, shorten_object_pull_backoff
 
     pull, inner = inflatable_utils.pull_and_inflate_object_from_tree, inflatable_utils.pull_objects
     before, inner_before = dict(pull.__kwdefaults__ or {}), dict(inner.__kwdefaults__ or {})

@@ -16,9 +16,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from common.data.report import CleaningReport
-from common.data.table import TABLE_COLUMNS, Feedback, InteractionTable
-from common.errors import DataFormatError
+from fedsynth.common.data.cleaning_report import CleaningReport
+from fedsynth.common.data.table import TABLE_COLUMNS, Feedback, InteractionTable
+from fedsynth.common.errors import DataFormatError
 
 BadRowPolicy = Literal["error", "skip"]
 _MAX_LINES_LISTED = 5

@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import DownloadError
+from fedsynth.common.errors import DownloadError
 
 GROUPLENS_BASE_URL = "https://files.grouplens.org/datasets/movielens/"
 _CHUNK = 1 << 20

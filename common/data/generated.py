@@ -23,10 +23,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from common.config import GeneratedDataConfig
-from common.data.report import CleaningReport
-from common.data.table import TABLE_COLUMNS, InteractionTable
-from common.seeding import rng_for
+from fedsynth.common.config.sections import GeneratedDataConfig
+from fedsynth.common.data.cleaning_report import CleaningReport
+from fedsynth.common.data.table import TABLE_COLUMNS, InteractionTable
+from fedsynth.common.runtime.seeding import rng_for
 
 _LATENT_DIM = 16
 _CHUNK_USERS = 1024

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from common.data.report import CleaningReport
+from fedsynth.common.data.cleaning_report import CleaningReport
 
 
 @dataclass(frozen=True)

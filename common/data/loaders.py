@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.config import DataConfig
-from common.data.delimited import ColumnSpec, load_delimited, load_parquet, read_delimited_text, require_file
-from common.data.table import Feedback, InteractionTable
-from common.errors import DataFormatError
+from fedsynth.common.config.sections import DataConfig
+from fedsynth.common.data.delimited import ColumnSpec, load_delimited, load_parquet, read_delimited_text, require_file
+from fedsynth.common.data.table import Feedback, InteractionTable
+from fedsynth.common.errors import DataFormatError
 
 # File name → (separator, header names or None for a header line, column spec), most recent formats first.
 _MOVIELENS_FORMATS: dict[str, tuple[str, list[str] | None, ColumnSpec]] = {
@@ -127,12 +127,12 @@ def load_generic(config: DataConfig) -> InteractionTable:
 def load_table(config: DataConfig) -> InteractionTable:
     """Load the source named by ``config`` (downloading a MovieLens variant first if asked)."""
     if config.dataset == "generated":
-        from common.data.generated import generate_table
+        from fedsynth.common.data.generated import generate_table
 
         return generate_table(config.generated)
     if config.dataset == "movielens":
         if config.variant is not None:
-            from common.data.download import fetch_movielens
+            from fedsynth.common.data.download import fetch_movielens
 
             return load_movielens(fetch_movielens(config.variant, config.cache_dir, config.mirror), config.bad_rows)
         assert config.data_path is not None

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from common.config import DataConfig, PreprocessConfig, SplitConfig
-from common.data.interactions import Interactions
-from common.data.loaders import load_table
-from common.data.preprocess import preprocess
-from common.data.split import Split, split_users_by_id
-from common.errors import ConfigError, DataFormatError
+from fedsynth.common.config.sections import DataConfig, PreprocessConfig, SplitConfig
+from fedsynth.common.data.interactions import Interactions
+from fedsynth.common.data.loaders import load_table
+from fedsynth.common.data.preprocess import preprocess
+from fedsynth.common.data.split import Split, split_users_by_id
+from fedsynth.common.errors import ConfigError, DataFormatError
 
 
 def read_catalogue(path: Path) -> np.ndarray:

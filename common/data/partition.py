@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from common.config import PartitionConfig
-from common.data.interactions import Interactions
-from common.data.split import Split
-from common.errors import ConfigError
-from common.seeding import rng_for
+from fedsynth.common.config.sections import PartitionConfig
+from fedsynth.common.data.interactions import Interactions
+from fedsynth.common.data.split import Split
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.runtime.seeding import rng_for
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def save_partitions(
     clients: list[ClientPartition], matrix: sp.csr_matrix, config: PartitionConfig, out_dir: Path
 ) -> None:
     """Write ``partitions.csv`` (summary) and ``partitions.json`` (config and the user rows per client)."""
-    from common.io import write_json_atomic, write_text_atomic
+    from fedsynth.common.runtime.files import write_json_atomic, write_text_atomic
 
     table = partition_table(clients, matrix)
     write_text_atomic(out_dir / "partitions.csv", table.to_csv(index=False))

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from common.config import PreprocessConfig
-from common.data.interactions import Interactions
-from common.data.table import InteractionTable
-from common.errors import EmptyDataError
+from fedsynth.common.config.sections import PreprocessConfig
+from fedsynth.common.data.interactions import Interactions
+from fedsynth.common.data.table import InteractionTable
+from fedsynth.common.errors import EmptyDataError
 
 DEFAULT_RATING_THRESHOLD = 4.0
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from common.config import SplitConfig
-from common.data.interactions import Interactions
-from common.errors import EmptyDataError
-from common.seeding import rng_for
+from fedsynth.common.config.sections import SplitConfig
+from fedsynth.common.data.interactions import Interactions
+from fedsynth.common.errors import EmptyDataError
+from fedsynth.common.runtime.seeding import rng_for
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Literal
 
 import pandas as pd
 
-from common.data.report import CleaningReport
+from fedsynth.common.data.cleaning_report import CleaningReport
 
 Feedback = Literal["rating", "count", "implicit"]
 TABLE_COLUMNS = ("user", "item", "value", "timestamp")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.errors import ConfigError
+from fedsynth.common.errors import ConfigError
 
 
 @dataclass(frozen=True)

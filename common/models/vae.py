@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.errors import ConfigError
+from fedsynth.common.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Privacy accounting over Poisson-subsampled Gaussian events (DP-SGD steps) and Skellam releases.
 
 Pure functions over immutable :class:`DPEvent` values; state lives in the ledger
-(:mod:`common.privacy.ledger`). ε is always computed from the *full* history of events on
+(:mod:`fedsynth.common.privacy.ledger`). ε is always computed from the *full* history of events on
 a client's records, composing every model and every round in one accountant.
 
 **Which accountant** (:data:`ACCOUNTANT`, :func:`accountant_for`, :func:`accountant_name`):
@@ -12,9 +12,9 @@ a client's records, composing every model and every round in one accountant.
   estimate is a valid upper bound on ε whose only slack is the discretization of the privacy
   loss (:data:`PLD_INTERVAL`, < 0.1% at fedsynth's events). It is 5–20% below RDP on the same
   events, so the same ε buys less noise;
-* a history holding any :class:`~common.privacy.skellam.SkellamEvent` (secure aggregation) is
+* a history holding any :class:`~fedsynth.common.secagg.skellam.SkellamEvent` (secure aggregation) is
   composed whole by **Rényi DP** (Opacus' analysis for the Gaussian steps, the Skellam bound of
-  :mod:`common.privacy.skellam`, summed at each order): PLD cannot express the Skellam
+  :mod:`fedsynth.common.secagg.skellam`, summed at each order): PLD cannot express the Skellam
   mechanism (its RDP bound is all there is of it) and RDP curves cannot be mixed with a PLD in
   one composition, so the whole history takes the looser, still valid, RDP bound.
 
@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from common.errors import ConfigError
-from common.privacy.skellam import SkellamEvent
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.secagg.skellam import SkellamEvent
 
 Accountant = Literal["pld", "rdp"]
 
@@ -192,7 +192,7 @@ def epsilon_rdp(events: Iterable[Event], delta: float, orders: Sequence[float] |
     events this is exactly Opacus' ``RDPAccountant.get_privacy_spent`` (RDP summed over the
     history, then converted), with each (σ, q) curve computed once per process and cached.
     Skellam events (secure aggregation) add their own RDP bound at the same orders
-    (:mod:`common.privacy.skellam`).
+    (:mod:`fedsynth.common.secagg.skellam`).
     """
     events = [e for e in events if e.steps > 0]
     gaussian = [(e.noise_multiplier, e.sample_rate, e.steps) for e in events if isinstance(e, DPEvent)]

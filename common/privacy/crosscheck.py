@@ -1,6 +1,6 @@
 """Accountant cross-check: the same ledger events through independent implementations.
 
-The product's ε (:func:`common.privacy.accounting.epsilon`) is dp-accounting's PLD for histories of
+The product's ε (:func:`fedsynth.common.privacy.accounting.epsilon`) is dp-accounting's PLD for histories of
 Gaussian events, and Opacus' RDP for histories holding Skellam (secure-aggregation) events. This
 recomputes the RDP composition with Google's dp-accounting, so a report can show Opacus' RDP and
 dp-accounting's side by side next to the ε reported; :func:`dp_accounting_epsilon` with
@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from common.privacy.accounting import DPEvent, accountant_name, epsilon, epsilon_rdp, event_from_plain
+from fedsynth.common.privacy.accounting import DPEvent, accountant_name, epsilon, epsilon_rdp, event_from_plain
 
 
 def dp_accounting_epsilon(events: list[DPEvent], delta: float, accountant: Literal["rdp", "pld"] = "rdp") -> float:
@@ -23,7 +23,7 @@ def dp_accounting_epsilon(events: list[DPEvent], delta: float, accountant: Liter
     (``accountant="pld"``) its ``PLDAccountant`` at the product's discretization interval."""
     import dp_accounting
 
-    from common.privacy.accounting import PLD_INTERVAL
+    from fedsynth.common.privacy.accounting import PLD_INTERVAL
 
     history = [e for e in events if e.steps > 0]
     if not history:

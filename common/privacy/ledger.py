@@ -36,17 +36,17 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from common.errors import ConfigError, FedsynthError
-from common.io import write_json_atomic
-from common.privacy.accounting import Event, accountant_name, epsilon, epsilon_by_model, event_from_plain
-from common.privacy.statistics import STATISTICS
+from fedsynth.common.errors import ConfigError, FedsynthError
+from fedsynth.common.privacy.accounting import Event, accountant_name, epsilon, epsilon_by_model, event_from_plain
+from fedsynth.common.privacy.releases.statistics import STATISTICS
+from fedsynth.common.runtime.files import write_json_atomic
 
 LEDGER_VERSION = 2
 # Calibration bisects σ to 1e-4, so a plan may land a hair above target; this much is tolerated.
@@ -74,7 +74,7 @@ def node_key(identity: str) -> str:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

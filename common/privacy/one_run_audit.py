@@ -60,7 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binom
 
-from common.errors import ConfigError
+from fedsynth.common.errors import ConfigError
 
 DEFAULT_BETA = 0.05
 # k₊ = k₋ = round(GUESS_SCALE·√m): the best single constant for Gaussian canary scores (signal 0.45 to 1.6 noise

@@ -12,14 +12,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.errors import ConfigError
-from common.privacy.accounting import FAST_ORDERS, Accountant, DPEvent, calibrate_noise, epsilon
-from common.privacy.cooccurrence import cooccurrence_event
-from common.privacy.dp import PrivacyConfig, sample_rate, steps_per_epoch
-from common.privacy.statistics import statistics_event
-from common.run_config import LocalTrainingConfig
+from fedsynth.common.config.run import LocalTrainingConfig
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.privacy.accounting import FAST_ORDERS, Accountant, DPEvent, calibrate_noise, epsilon
+from fedsynth.common.privacy.dpsgd.training import PrivacyConfig, sample_rate, steps_per_epoch
+from fedsynth.common.privacy.releases.cooccurrence import cooccurrence_event
+from fedsynth.common.privacy.releases.statistics import statistics_event
 
-EVALUATION = "evaluation"  # the ledger's name for a DP federated evaluation (:mod:`client.evaluation`)
+EVALUATION = "evaluation"  # the ledger's name for a DP federated evaluation (:mod:`fedsynth.client.evaluation`)
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def plan_privacy(
 
     In round-mode fedsgd a round is one Mult-VAE step at ``local.fedsgd_rate`` (every silo's rate) and
     no GAN step; under secure aggregation each planned Gaussian event is then replaced, node by node,
-    by a Skellam event of no more ε (:mod:`client.secure`).
+    by a Skellam event of no more ε (:mod:`fedsynth.client.secure`).
 
     The statistics' σ is calibrated for ``statistics_share`` of a budget (less the co-occurrence
     release's ``cooccurrence_share`` of it, when that release is planned), the VAE's for
@@ -107,7 +107,7 @@ def plan_privacy(
     event of every round is as close to the target as possible (within 0.2%) without exceeding it.
 
     ``accountant``: the one the ledger will report the run by, and so calibrate under
-    (:mod:`common.privacy.accounting`): by default PLD, or RDP (at the orders 2–63, a bound on Opacus'
+    (:mod:`fedsynth.common.privacy.accounting`): by default PLD, or RDP (at the orders 2–63, a bound on Opacus'
     defaults) under secure aggregation (``local.secure_aggregation``, or round-mode fedsgd), whose
     Skellam events make the ledger's whole history an RDP composition.
     """

@@ -11,7 +11,7 @@ for *any* M):
 
 Ported from google-research/federated ``distributed_dp/accounting_utils._compute_rdp_subsampled``
 (``upper_bound=True``), evaluated with log-sum-exp. fedsynth uses it for FedSGD steps under
-secure aggregation (:class:`common.privacy.skellam.SkellamEvent` with ``sample_rate < 1``), where
+secure aggregation (:class:`fedsynth.common.secagg.skellam.SkellamEvent` with ``sample_rate < 1``), where
 the Skellam mechanism has no tight subsampled analysis like the Gaussian's. For the Gaussian the
 bound is looser than Opacus' exact one; tests compare both and check the Skellam bound against the
 exact Rényi divergence of the subsampled Skellam mixture.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from common.recommenders.base import Recommender
-from common.recommenders.ease import EASE
-from common.recommenders.itemknn import ItemKNN
-from common.recommenders.multvae import MultVAERecommender
-from common.recommenders.popularity import MostPopular
+from fedsynth.common.recommenders.base import Recommender
+from fedsynth.common.recommenders.ease import EASE
+from fedsynth.common.recommenders.itemknn import ItemKNN
+from fedsynth.common.recommenders.multvae import MultVAERecommender
+from fedsynth.common.recommenders.popularity import MostPopular
 
 __all__ = ["EASE", "ItemKNN", "MostPopular", "MultVAERecommender", "Recommender"]

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import scipy.sparse as sp
 
-from common.metrics import mask_seen, top_k_items
+from fedsynth.common.evaluation.metrics import mask_seen, top_k_items
 
 
 class Recommender(ABC):

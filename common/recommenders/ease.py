@@ -25,8 +25,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from common.errors import ConfigError
-from common.recommenders.base import Recommender
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.recommenders.base import Recommender
 
 BLOCK = 2048  # columns per block of the Gram accumulation
 

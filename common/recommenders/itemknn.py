@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from common.errors import ConfigError
-from common.recommenders.base import Recommender
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.recommenders.base import Recommender
 
 _CHUNK = 1024
 

@@ -1,6 +1,6 @@
 """Mult-VAE as a central recommender: trained without DP on a user × item matrix.
 
-Uses the model and loss of :mod:`common.models.vae` (the same module the federated
+Uses the model and loss of :mod:`fedsynth.common.models.vae` (the same module the federated
 clients train under DP). With validation users, the epoch with the best validation
 NDCG@100 is kept (as in Liang et al.); without, the last epoch is kept.
 """
@@ -13,11 +13,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from common.config import EvalConfig
-from common.data.split import HeldOutUsers
-from common.models.optim import adam
-from common.models.vae import MultVAE, MultVAEConfig, kl_beta, vae_loss
-from common.recommenders.base import Recommender
+from fedsynth.common.config.sections import EvalConfig
+from fedsynth.common.data.split import HeldOutUsers
+from fedsynth.common.models.optim import adam
+from fedsynth.common.models.vae import MultVAE, MultVAEConfig, kl_beta, vae_loss
+from fedsynth.common.recommenders.base import Recommender
 
 _SELECTION_METRIC = "ndcg@100"
 
@@ -71,7 +71,7 @@ class MultVAERecommender(Recommender):
                 total += float(loss.detach()) * x.shape[0]
             record = {"epoch": float(epoch), "train_loss": total / binary.shape[0]}
             if validation is not None and (epoch % self.eval_every == 0 or epoch == config.epochs):
-                from common.evaluation import evaluate
+                from fedsynth.common.evaluation.scoring import evaluate
 
                 score = evaluate(self, validation, EvalConfig(ks=(100,)))[_SELECTION_METRIC]
                 record[f"validation_{_SELECTION_METRIC}"] = score

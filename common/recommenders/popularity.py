@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from common.recommenders.base import Recommender
+from fedsynth.common.recommenders.base import Recommender
 
 
 class MostPopular(Recommender):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.errors import ConfigError
-from common.models.vae import MultVAEConfig
-from common.recommenders.base import Recommender
-from common.recommenders.ease import EASE
-from common.recommenders.itemknn import ItemKNN
-from common.recommenders.multvae import MultVAERecommender
-from common.recommenders.popularity import MostPopular
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.models.vae import MultVAEConfig
+from fedsynth.common.recommenders.base import Recommender
+from fedsynth.common.recommenders.ease import EASE
+from fedsynth.common.recommenders.itemknn import ItemKNN
+from fedsynth.common.recommenders.multvae import MultVAERecommender
+from fedsynth.common.recommenders.popularity import MostPopular
 
 RECOMMENDER_NAMES = ("popularity", "itemknn", "ease", "multvae")
 

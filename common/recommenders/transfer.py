@@ -12,12 +12,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from common.models.vae import MultVAE
-from common.recommenders.base import Recommender
-from common.recommenders.ease import EASE, SubsetEASE
-from common.recommenders.itemknn import ItemKNN
-from common.recommenders.multvae import MultVAERecommender
-from common.recommenders.popularity import MostPopular
+from fedsynth.common.models.vae import MultVAE
+from fedsynth.common.recommenders.base import Recommender
+from fedsynth.common.recommenders.ease import EASE, SubsetEASE
+from fedsynth.common.recommenders.itemknn import ItemKNN
+from fedsynth.common.recommenders.multvae import MultVAERecommender
+from fedsynth.common.recommenders.popularity import MostPopular
 
 Settings = dict[str, int | float | str]
 

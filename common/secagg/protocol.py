@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.errors import FedsynthError
-from common.secagg import crypto
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.secagg import crypto
 
 
 class SecAggAborted(FedsynthError):

@@ -3,7 +3,7 @@
 A local round (``round-mode = local``) with ``secure-aggregation = true``: node k, with n_k
 users, starts from the global bundle θ (every float entry of its state, flattened in state-dict
 order: D entries) and trains θ_k locally with DP-SGD. It sends, masked by SecAgg
-(:mod:`common.secagg.protocol`),
+(:mod:`fedsynth.common.secagg.protocol`),
 
     u_k = round(s · n_k · (θ_k − θ))                        (D,) int64,  s = UPDATE_SCALE = 2^24
 
@@ -19,7 +19,7 @@ Bits: a node refuses (with the reason, before anything is charged) an update wit
 not finite or exceeds UPDATE_LIMIT = 2^10 in magnitude (a diverged local model), so each user adds
 at most s·2^10 + 1 to any coordinate of the sum (the +1 covers each node's rounding);
 :attr:`UpdateQuantizer.l2` states that bound and the server picks b from it as for the releases
-(:func:`server.secure_release.release_bits`: 2^-40 wrap probability; 1,000 users need 45 bits).
+(:func:`fedsynth.server.secure_release.release_bits`: 2^-40 wrap probability; 1,000 users need 45 bits).
 
 No DP noise is added here: each θ_k already carries its silo's full DP-SGD noise (Opacus), so the
 rounds' ε is the same under both threat models. What secure aggregation adds to a local round is
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.errors import FedsynthError
-from common.privacy.skellam import SumRoundingQuantizer
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.secagg.skellam import SumRoundingQuantizer
 
 UPDATE = "update"  # the release name and message action (query.update) of a secure local round
 UPDATE_SCALE = 2.0**24

@@ -1,8 +1,8 @@
 """The privacy accountants side by side: the noise a plan needs, and the ε the same events spend, RDP vs PLD.
 
-    python -m simulations.bench.accounting [--config pyproject.toml] [--clients 5] [--users N] [--epsilons 1,8]
+    python -m fedsynth.simulations.bench.accounting [--config pyproject.toml] [--clients 5] [--users N] [--epsilons 1,8]
 
-The plan is the run's (:func:`common.privacy.plan.plan_privacy`) for one silo of the default run:
+The plan is the run's (:func:`fedsynth.common.privacy.plan.plan_privacy`) for one silo of the default run:
 the settings of ``[tool.flwr.app.config]`` in ``--config``, ``--clients`` silos of the built-in data
 (``--users N``: the silo's users instead of the median of the partition the run makes, read from the
 data pipeline). For each target ε it calibrates the plan twice: under Opacus' RDP (before: how
@@ -22,11 +22,11 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from common.privacy.accounting import Accountant, DPEvent, epsilon, epsilon_rdp
-from common.privacy.crosscheck import dp_accounting_epsilon
-from common.privacy.plan import PrivacyPlan, plan_privacy
-from common.run_config import RunConfig
-from simulations.jobs import read_config_file
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.privacy.accounting import Accountant, DPEvent, epsilon, epsilon_rdp
+from fedsynth.common.privacy.crosscheck import dp_accounting_epsilon
+from fedsynth.common.privacy.plan import PrivacyPlan, plan_privacy
+from fedsynth.simulations.jobs import read_config_file
 
 PARTS = ("statistics", "cooccurrence", "vae", "gan", "evaluation")
 CALIBRATIONS: tuple[tuple[Accountant, str], ...] = (("rdp", "RDP before"), ("pld", "PLD after"))
@@ -34,8 +34,8 @@ CALIBRATIONS: tuple[tuple[Accountant, str], ...] = (("rdp", "RDP before"), ("pld
 
 def silo_users(config: RunConfig, clients: int) -> list[int]:
     """The training users of each of ``clients`` silos, partitioned as the run partitions them."""
-    from common.data.partition import partition_users
-    from common.data.pipeline import prepare
+    from fedsynth.common.data.partition import partition_users
+    from fedsynth.common.data.prepare import prepare
 
     prepared = prepare(config.data())
     return [

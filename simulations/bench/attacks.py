@@ -1,10 +1,10 @@
 """Malicious silos: every attack × defence, utility and promotion, measured side by side (simulation only).
 
-    python -m simulations.bench.attacks --epsilon 8 --seeds 0,1
-    python -m simulations.bench.attacks --dataset movielens --data-path ../shared/data/ml-latest-small \\
+    python -m fedsynth.simulations.bench.attacks --epsilon 8 --seeds 0,1
+    python -m fedsynth.simulations.bench.attacks --dataset movielens --data-path ../shared/data/ml-latest-small \\
         --attacks none,target-items --defences none,median --epsilon inf
 
-Each cell is an in-process federation (:mod:`simulations.bench.levers`: the clients' own code
+Each cell is an in-process federation (:mod:`fedsynth.simulations.bench.levers`: the clients' own code
 for releases and DP-SGD, the server's own totals and aggregation rules, and the ClientApp's own
 tampering), with ``--clients`` silos of which ``--attack-clients`` cheat. Printed per
 attack × defence, averaged over seeds, on the **test** users (a measurement, not a tuning run):
@@ -26,11 +26,11 @@ from typing import Any
 
 import pandas as pd
 
-from common.attacks import ATTACKS
-from common.errors import ConfigError
-from common.robust import ROBUST_AGGREGATIONS
-from common.run_config import RunConfig, epsilon_setting
-from simulations.bench.levers import federation_parser, row_metrics, train
+from fedsynth.common.config.run import RunConfig, epsilon_setting
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.robustness.attacks import ATTACKS
+from fedsynth.common.robustness.rules import ROBUST_AGGREGATIONS
+from fedsynth.simulations.bench.levers import federation_parser, row_metrics, train
 
 ROWS = ("synthetic/ease", "fedvae", "dp-ease")
 

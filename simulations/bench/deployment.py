@@ -1,6 +1,6 @@
 """Wall time of one small run in Flower's simulation engine vs a real deployment on loopback.
 
-    python -m simulations.bench.deployment [--clients 3] [--rounds 3] [--out runs/bench-deployment]
+    python -m fedsynth.simulations.bench.deployment [--clients 3] [--rounds 3] [--out runs/bench-deployment]
         [--modes simulation,deployment-cold,deployment,deployment-database] [--repeats 1]
 
 All run the full pipeline on the same generated data (simulation: partitions of one dataset;
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from simulations.deployment.local import run_local_deployment
-from simulations.jobs import resolve_run_config, run_job
+from fedsynth.simulations.deployment.local import run_local_deployment
+from fedsynth.simulations.jobs import resolve_run_config, run_job
 
 MODES = ("simulation", "deployment-cold", "deployment", "deployment-database")
 

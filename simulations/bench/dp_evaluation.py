@@ -1,6 +1,6 @@
 """What DP federated evaluation costs: the utility rows with and without its share of ε, and its noise.
 
-    python -m simulations.bench.dp_evaluation [--epsilon 8] [--seeds 0,1] [--clients 5]
+    python -m fedsynth.simulations.bench.dp_evaluation [--epsilon 8] [--seeds 0,1] [--clients 5]
         [--out runs/bench-dp-evaluation] [-- extra run-config key=value ...]
 
 Three ``fedsynth run`` jobs per seed on the built-in data (one at a time: never two Flower runs at
@@ -27,7 +27,7 @@ from typing import Any
 
 from rich.console import Console
 
-from simulations.jobs import run_job
+from fedsynth.simulations.jobs import run_job
 
 ROWS = ("synthetic/ease", "synthetic-gan/ease", "fedvae", "dp-ease", "real/ease")
 MODES: dict[str, dict[str, Any]] = {

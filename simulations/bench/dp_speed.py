@@ -1,15 +1,15 @@
 """Seconds per local epoch, DP-SGD vs non-private, for the Mult-VAE and the GAN.
 
-    python -m simulations.bench.dp_speed [--repeats 3] [--shapes 100k,20m] [--batches 64,256] [--device cuda]
+    python -m fedsynth.simulations.bench.dp_speed [--repeats 3] [--shapes 100k,20m] [--batches 64,256] [--device cuda]
 
 DP-SGD here is the project's: Poisson sampling, one-backward per-user clipping
-(common/privacy/linear_clipping.py), Opacus' noising optimizer and RDP accountant.
+(common/privacy/dpsgd/linear_clipping.py), Opacus' noising optimizer and RDP accountant.
 
 Shapes: MovieLens-100K (943 users × 1,682 items) and a MovieLens-20M-like catalogue
 (2,000 users × 20,000 items, ~0.5% dense). Data are generated (no files needed). One GAN
 "epoch" is ceil(n / batch) discriminator steps, each with one generator step. ``--device``
 trains where the clients would (``fedsynth run --device``); the first line names the device.
-It runs with OpenMP's idle spin shortened as fedsynth's own processes do (:mod:`common.openmp`;
+It runs with OpenMP's idle spin shortened as fedsynth's own processes do (:mod:`fedsynth.common.runtime.openmp`;
 ``--openmp-default-spin`` to compare). Each ratio is the median over pairs timed alternately.
 """
 
@@ -27,14 +27,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from client.training import train_gan_round, train_vae_round
-from common.device import check_device_available, device_description, parse_device
-from common.models.gan import Discriminator, GANConfig, Generator
-from common.models.vae import MultVAE, MultVAEConfig
-from common.openmp import with_short_openmp_spin
-from common.privacy.dp import PrivacyConfig, steps_per_epoch
-from common.privacy.plan import plan_privacy
-from common.run_config import LocalTrainingConfig
+from fedsynth.client.training import train_gan_round, train_vae_round
+from fedsynth.common.config.run import LocalTrainingConfig
+from fedsynth.common.models.gan import Discriminator, GANConfig, Generator
+from fedsynth.common.models.vae import MultVAE, MultVAEConfig
+from fedsynth.common.privacy.dpsgd.training import PrivacyConfig, steps_per_epoch
+from fedsynth.common.privacy.plan import plan_privacy
+from fedsynth.common.runtime.device import check_device_available, device_description, parse_device
+from fedsynth.common.runtime.openmp import with_short_openmp_spin
 
 
 def random_rows(users: int, items: int, density: float, seed: int) -> sp.csr_matrix:
@@ -100,8 +100,8 @@ def main() -> None:
     parser.add_argument("--openmp-default-spin", action="store_true", help="keep libgomp's default idle spin")
     args = parser.parse_args()
     env = with_short_openmp_spin(os.environ)
-    if env != dict(os.environ) and not args.openmp_default_spin:  # as fedsynth's processes run (common/openmp.py)
-        os.execve(sys.executable, [sys.executable, "-m", "simulations.bench.dp_speed", *sys.argv[1:]], env)
+    if env != dict(os.environ) and not args.openmp_default_spin:  # as fedsynth's processes run (common/runtime/openmp.py)
+        os.execve(sys.executable, [sys.executable, "-m", "fedsynth.simulations.bench.dp_speed", *sys.argv[1:]], env)
     check_device_available(args.device)
     hidden, latent = (int(v) for v in args.vae.split(","))
     shapes = {"100k": (943, 1682, 0.063), "20m": (2000, 20_000, 0.005)}

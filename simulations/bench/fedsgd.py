@@ -1,6 +1,6 @@
 """round-mode fedsgd (secure-aggregated DP-SGD steps) vs local rounds, side by side, in Flower simulations.
 
-    python -m simulations.bench.fedsgd [--clients 5] [--gen-users 6000] [--epsilons 2,8] [--steps 150]
+    python -m fedsynth.simulations.bench.fedsgd [--clients 5] [--gen-users 6000] [--epsilons 2,8] [--steps 150]
                                        [--rounds 3] [--out runs/bench-fedsgd]
 
 Each cell is one ``fedsynth run`` on the same generated data (the README's defaults otherwise):
@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from simulations.jobs import resolve_run_config, run_job
+from fedsynth.simulations.jobs import resolve_run_config, run_job
 
 ROWS = ("synthetic/ease", "synthetic/popularity", "fedvae", "fedsynth-prior", "dp-popularity", "dp-ease", "popularity")
 MODES: dict[str, dict[str, Any]] = {

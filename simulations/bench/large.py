@@ -1,6 +1,6 @@
 """A large run end to end with its memory per process: wall time, peak RSS / PSS and seconds per stage.
 
-    python -m simulations.bench.large [--out runs/bench-large] [--interval 2] -- \\
+    python -m fedsynth.simulations.bench.large [--out runs/bench-large] [--interval 2] -- \\
         --config presets/ml20m-shape.toml --clients 5 --recommenders popularity,itemknn,ease
 
 Everything after ``--`` goes to ``fedsynth run`` (its ``--out`` is this script's). The run is
@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("run_args", nargs=argparse.REMAINDER, help="arguments of fedsynth run, after --")
     args = parser.parse_args()
     if not Path("/proc/self/smaps_rollup").exists():
-        sys.exit("error: simulations.bench.large reads /proc/PID/smaps_rollup (Linux ≥ 4.14).")
+        sys.exit("error: fedsynth.simulations.bench.large reads /proc/PID/smaps_rollup (Linux ≥ 4.14).")
     run_args = [a for a in args.run_args if a != "--"]
     if "--out" in run_args:
         sys.exit("error: give --out to the benchmark, before --, not to fedsynth run.")

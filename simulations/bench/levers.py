@@ -1,6 +1,6 @@
 """Which settings move synthetic-data utility under DP: a fast in-process federation, scored on validation users.
 
-    python -m simulations.bench.levers --dataset movielens --data-path ../shared/data/ml-latest-small \\
+    python -m fedsynth.simulations.bench.levers --dataset movielens --data-path ../shared/data/ml-latest-small \\
         --epsilon 8 --set local-epochs=1,3 --set vae-batch-size=32,64 --seeds 0,1
 
 The clients' code path without Flower's transport: every client calibrates its plan and
@@ -33,31 +33,41 @@ import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from client.attack import MaliciousSilo, malicious_silo, silo_rows, tampered_train_reply
-from client.secure import central_release_variance, fedsgd_release
-from client.training import RoundSeeds, train_local_round
-from common import keys
-from common.attacks import inflate_counts, target_items, target_share
-from common.bundle import ModelBundle
-from common.config import EvalConfig
-from common.data.partition import partition_users
-from common.data.pipeline import PreparedData, prepare
-from common.data.split import HeldOutUsers
-from common.evaluation import evaluate
-from common.privacy.cooccurrence import NoisyCooccurrence, marginal_items, noisy_cooccurrence, signal_rank_of
-from common.privacy.fedsgd import apply_gradient, clipped_gradient_sum, gradient_quantizer, poisson_sample
-from common.privacy.ledger import PrivacyLedger
-from common.privacy.plan import PrivacyPlan, plan_privacy
-from common.privacy.skellam import skellam_noise
-from common.privacy.statistics import NoisyStatistics, noisy_statistics
-from common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
-from common.robust import robust_arrays, robust_statistics, robust_total
-from common.run_config import RunConfig
-from common.seeding import rng_for, seed_for
-from common.synthesis import SynthesisConfig, synthesize
-from server.baselines import baseline_recommenders
-from server.federation import cooccurrence_expected_to_pay, fitted_bundle
-from server.fedsgd import fedsgd_optimizer
+from fedsynth.client.attack import MaliciousSilo, malicious_silo, silo_rows, tampered_train_reply
+from fedsynth.client.secure import central_release_variance, fedsgd_release
+from fedsynth.client.training import RoundSeeds, train_local_round
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.config.sections import EvalConfig
+from fedsynth.common.data.partition import partition_users
+from fedsynth.common.data.prepare import PreparedData, prepare
+from fedsynth.common.data.split import HeldOutUsers
+from fedsynth.common.evaluation.scoring import evaluate
+from fedsynth.common.federated import wire
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.privacy.dpsgd.fedsgd import (
+    apply_gradient,
+    clipped_gradient_sum,
+    gradient_quantizer,
+    poisson_sample,
+)
+from fedsynth.common.privacy.ledger import PrivacyLedger
+from fedsynth.common.privacy.plan import PrivacyPlan, plan_privacy
+from fedsynth.common.privacy.releases.cooccurrence import (
+    NoisyCooccurrence,
+    marginal_items,
+    noisy_cooccurrence,
+    signal_rank_of,
+)
+from fedsynth.common.privacy.releases.statistics import NoisyStatistics, noisy_statistics
+from fedsynth.common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
+from fedsynth.common.robustness.attacks import inflate_counts, target_items, target_share
+from fedsynth.common.robustness.rules import robust_arrays, robust_statistics, robust_total
+from fedsynth.common.runtime.seeding import rng_for, seed_for
+from fedsynth.common.secagg.skellam import skellam_noise
+from fedsynth.common.synthesis.sampling import SynthesisConfig, synthesize
+from fedsynth.server.baselines import baseline_recommenders
+from fedsynth.server.federation import cooccurrence_expected_to_pay, fitted_bundle
+from fedsynth.server.fedsgd import fedsgd_optimizer
 
 EVAL = EvalConfig(ks=(10,))
 
@@ -207,7 +217,7 @@ def federated_rounds(
     cheats = list(silos) + [None] * (len(rows) - len(silos))
     for server_round in range(1, config.num_server_rounds + 1):
         current = ArrayRecord(bundle.state_dict())
-        request = RecordDict({keys.ARRAYS: current, keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round})})
+        request = RecordDict({wire.ARRAYS: current, wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: server_round})})
         contents = []
         for index, (r, plan, silo) in enumerate(zip(rows, plans, cheats, strict=True)):
             local_bundle = ModelBundle.create(num_items, local, seed=seed)
@@ -216,8 +226,8 @@ def federated_rounds(
             train_local_round(local_bundle, r, plan, privacy, local, server_round, seeds)
             reply = RecordDict(
                 {
-                    keys.ARRAYS: ArrayRecord(local_bundle.state_dict()),
-                    keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: r.shape[0]}),
+                    wire.ARRAYS: ArrayRecord(local_bundle.state_dict()),
+                    wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: r.shape[0]}),
                 }
             )
             contents.append(tampered_train_reply(reply, request, silo))
@@ -236,7 +246,7 @@ def federated_steps(
     ClientApp's own ``central_release_variance`` (here from an empty ledger), the largest taken."""
     num_items, vae, clip = rows[0].shape[1], config.local().vae, config.max_grad_norm
     steps, threshold = config.num_server_rounds, config.threshold_for(len(rows))
-    request = ConfigRecord({keys.SERVER_ROUND: 1})
+    request = ConfigRecord({wire.SERVER_ROUND: 1})
     variance = max(
         central_release_variance(
             PrivacyLedger(Path("unsaved"), "bench", p.delta, config.privacy().target_epsilon, "bench"),

@@ -1,6 +1,6 @@
 """Synthesis fitted to DP marginals, stage by stage, against the simple DP baselines (issue: second order).
 
-    python -m simulations.bench.marginals --dataset movielens --data-path ../shared/data/ml-latest-small \\
+    python -m fedsynth.simulations.bench.marginals --dataset movielens --data-path ../shared/data/ml-latest-small \\
         --epsilons 1,2,4,8 --seeds 0,1,2 [--secure-aggregation] [--held-out test] \\
         [--set marginal-items=0,500] [--fit-only]
 
@@ -8,10 +8,10 @@ An in-process federation over the clients' own code path (no Flower transport): 
 calibrates its plan (``plan_privacy``) and makes the pipeline's two releases, first-order
 statistics, then the co-occurrence over the top ``marginal-items`` by the summed counts, with
 its own Gaussian noise, or (``--secure-aggregation``) rounded, with its Skellam share, summed by
-SecAgg in process (``common.privacy.secure_baselines.secure_release``), each node's variance
-calibrated by ``client.secure.central_release_variance`` as its ClientApp does. The server then
-fits the generator and VAE decoder exactly as ``server.federation.fitted_bundle`` does, and the
-rounds refine them (``simulations.bench.levers.federated_rounds``).
+SecAgg in process (``fedsynth.common.recommenders.dp_baselines_secure.secure_release``), each node's variance
+calibrated by ``fedsynth.client.secure.central_release_variance`` as its ClientApp does. The server then
+fits the generator and VAE decoder exactly as ``fedsynth.server.federation.fitted_bundle`` does, and the
+rounds refine them (``fedsynth.simulations.bench.levers.federated_rounds``).
 
 Rows (NDCG@10 on the ``--held-out`` users: ``validation`` for choosing settings, ``test`` to
 report): ``synthetic-fitted-gan/ease`` and ``synthetic-fitted-vae/ease`` (the fitted start alone),
@@ -19,7 +19,7 @@ report): ``synthetic-fitted-gan/ease`` and ``synthetic-fitted-vae/ease`` (the fi
 is a synthesizer, as in the pipeline), the same data under MostPopular (``…/popularity``),
 ``fedsynth-prior``, the DP baselines at the full ε under the same aggregation, ``popularity`` and
 ``real/ease`` (non-private); ``pairs-corr``, the fitted VAE's synthetic pair co-occurrence
-correlation with the real training users (``common.fidelity``); and the issue's comparisons:
+correlation with the real training users (``fedsynth.common.evaluation.fidelity``); and the issue's comparisons:
 ``best-synthetic`` (the best ``synthetic*`` row), ``best-dp-baseline``, their ``gap``, and
 ``retention`` (the best ``synthetic*/ease`` ÷ ``real/ease``).
 """
@@ -38,24 +38,24 @@ import pandas as pd
 import scipy.sparse as sp
 from flwr.app import ConfigRecord
 
-from client.secure import central_release_variance, secure_release_of
-from common import keys
-from common.config import EvalConfig
-from common.data.partition import partition_users
-from common.data.pipeline import prepare
-from common.evaluation import evaluate
-from common.fidelity import cooccurrence_correlation
-from common.privacy.cooccurrence import NoisyCooccurrence, from_upper, marginal_items, signal_rank_of
-from common.privacy.ledger import PrivacyLedger
-from common.privacy.plan import PrivacyPlan, plan_privacy
-from common.privacy.secure_baselines import secure_release
-from common.privacy.statistics import NoisyStatistics, split_release
-from common.recommenders import EASE, MostPopular, Recommender
-from common.run_config import RunConfig
-from common.synthesis import SynthesisConfig, synthesize
-from server.baselines import baseline_recommenders
-from server.federation import cooccurrence_expected_to_pay, fitted_bundle
-from simulations.bench.levers import federated_rounds, parse_settings, plain_releases
+from fedsynth.client.secure import central_release_variance, secure_release_of
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.config.sections import EvalConfig
+from fedsynth.common.data.partition import partition_users
+from fedsynth.common.data.prepare import prepare
+from fedsynth.common.evaluation.fidelity import cooccurrence_correlation
+from fedsynth.common.evaluation.scoring import evaluate
+from fedsynth.common.federated import wire
+from fedsynth.common.privacy.ledger import PrivacyLedger
+from fedsynth.common.privacy.plan import PrivacyPlan, plan_privacy
+from fedsynth.common.privacy.releases.cooccurrence import NoisyCooccurrence, from_upper, marginal_items, signal_rank_of
+from fedsynth.common.privacy.releases.statistics import NoisyStatistics, split_release
+from fedsynth.common.recommenders import EASE, MostPopular, Recommender
+from fedsynth.common.recommenders.dp_baselines_secure import secure_release
+from fedsynth.common.synthesis.sampling import SynthesisConfig, synthesize
+from fedsynth.server.baselines import baseline_recommenders
+from fedsynth.server.federation import cooccurrence_expected_to_pay, fitted_bundle
+from fedsynth.simulations.bench.levers import federated_rounds, parse_settings, plain_releases
 
 EVAL = EvalConfig(ks=(10,))
 
@@ -86,9 +86,9 @@ def secure_releases(
         return statistics, None
     items = marginal_items(statistics.item_counts, config.marginal_items)
     if not cooccurrence_expected_to_pay(config, statistics, items, len(rows)):  # its budget on the first order
-        total, std = secure_sum(rows, plans, config, ConfigRecord({keys.FIRST_ORDER_INSTEAD: 1}), "bench-again")
+        total, std = secure_sum(rows, plans, config, ConfigRecord({wire.FIRST_ORDER_INSTEAD: 1}), "bench-again")
         return statistics.combined(NoisyStatistics(*split_release(total, num_items), std)), None
-    request = ConfigRecord({keys.MARGINAL_ITEMS: [int(i) for i in items]})
+    request = ConfigRecord({wire.MARGINAL_ITEMS: [int(i) for i in items]})
     total, std = secure_sum(rows, plans, config, request, "bench-cooccurrence")
     return statistics, NoisyCooccurrence(items, from_upper(total, len(items)), std)
 

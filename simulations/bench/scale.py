@@ -1,11 +1,11 @@
 """Utility against users per client on the generated data, at a fixed ε: the federation's noise averaging.
 
-    python -m simulations.bench.scale --epsilon 1 --users-per-client 100,1000,10000 --seeds 0 \\
+    python -m fedsynth.simulations.bench.scale --epsilon 1 --users-per-client 100,1000,10000 --seeds 0 \\
         --out runs/bench-scale [--sample-rate 0.07] [--clients 5] [--base vae-learning-rate=0.01 ...]
 
 For each size the generated dataset (12 taste clusters, ML-100K-like items and lengths) is
 drawn with enough users that each of the ``--clients`` IID clients holds about that many
-training users. The clients' own code runs in-process (``simulations.bench.levers.train``:
+training users. The clients' own code runs in-process (``fedsynth.simulations.bench.levers.train``:
 the ClientApp's privacy plan, DP statistics release and DP-SGD rounds, FedAvg by users),
 with batch sizes ``sample-rate × users per client`` so the sampling rate, and hence the
 noise per step relative to the batch, is the same at every size. Rows are scored on the
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.run_config import RunConfig
-from simulations.bench.levers import score_rows, train
+from fedsynth.common.config.run import RunConfig
+from fedsynth.simulations.bench.levers import score_rows, train
 
 TRAIN_SHARE = 0.7  # validation, test and audit fractions are 0.1 each
 

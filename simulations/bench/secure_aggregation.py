@@ -1,10 +1,10 @@
 """Secure aggregation: its cost per silo, and what distributed noise buys, side by side with it off.
 
-    python -m simulations.bench.secure_aggregation overhead [--silos 5,20] [--dims 1500,20000] \\
+    python -m fedsynth.simulations.bench.secure_aggregation overhead [--silos 5,20] [--dims 1500,20000] \\
         [--neighbours 0,8] [--dropped N]
-    python -m simulations.bench.secure_aggregation flower [--clients 5] [--rounds 1] [--deployment] \\
+    python -m fedsynth.simulations.bench.secure_aggregation flower [--clients 5] [--rounds 1] [--deployment] \\
         [--modes off/on/'on, fedsgd'] [--repeats N]
-    python -m simulations.bench.secure_aggregation utility --data-root ../shared/data \\
+    python -m fedsynth.simulations.bench.secure_aggregation utility --data-root ../shared/data \\
         [--datasets movielens,lastfm] [--epsilons 1,2,4,8] [--seeds 0,1,2] [--clients 5] [--threshold T]
 
 ``overhead``: one secure sum of D coordinates among K silos run in this process, stage by
@@ -39,20 +39,20 @@ import pandas as pd
 import scipy.sparse as sp
 from flwr.app import ConfigRecord
 
-from client.secure import central_release_variance, secure_release_of
-from common.config import EvalConfig
-from common.data.partition import partition_users
-from common.data.pipeline import prepare
-from common.evaluation import evaluate
-from common.privacy.ledger import PrivacyLedger
-from common.privacy.plan import plan_privacy
-from common.privacy.secure_baselines import secure_release
-from common.privacy.statistics import noisy_statistics, statistics_contributions, statistics_quantizer
-from common.recommenders import MostPopular
-from common.run_config import RunConfig
-from common.secagg.protocol import SecAggNode, SecAggParams, encode, ring_order, route, unmasked_sum
-from common.seeding import rng_for
-from server.baselines import baseline_recommenders
+from fedsynth.client.secure import central_release_variance, secure_release_of
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.config.sections import EvalConfig
+from fedsynth.common.data.partition import partition_users
+from fedsynth.common.data.prepare import prepare
+from fedsynth.common.evaluation.scoring import evaluate
+from fedsynth.common.privacy.ledger import PrivacyLedger
+from fedsynth.common.privacy.plan import plan_privacy
+from fedsynth.common.privacy.releases.statistics import noisy_statistics, statistics_contributions, statistics_quantizer
+from fedsynth.common.recommenders import MostPopular
+from fedsynth.common.recommenders.dp_baselines_secure import secure_release
+from fedsynth.common.runtime.seeding import rng_for
+from fedsynth.common.secagg.protocol import SecAggNode, SecAggParams, encode, ring_order, route, unmasked_sum
+from fedsynth.server.baselines import baseline_recommenders
 
 DATASETS = {"movielens": "ml-latest-small", "lastfm": "lastfm-2k"}
 EVAL = EvalConfig(ks=(10,))
@@ -124,8 +124,8 @@ def deployed(
     """:func:`flower`'s table for ``fedsynth deploy local`` runs (full pipeline, built-in data, same sizes)."""
     from rich.console import Console
 
-    from simulations.deployment.local import run_local_deployment
-    from simulations.jobs import resolve_run_config
+    from fedsynth.simulations.deployment.local import run_local_deployment
+    from fedsynth.simulations.jobs import resolve_run_config
 
     out: list[dict[str, float | str]] = []
     for mode in modes or list(DEPLOYMENT_MODES):
@@ -164,7 +164,7 @@ def flower(
     for mode in modes or list(FLOWER_MODES):
         flags = FLOWER_MODES[mode]
         with tempfile.TemporaryDirectory() as root:
-            args = [sys.executable, "-c", "from simulations.cli import main; main()", "train", "--clients",
+            args = [sys.executable, "-c", "from fedsynth.simulations.cli import main; main()", "train", "--clients",
                     str(clients), "--rounds", str(rounds), "--epsilon", "2", "--out", f"{root}/run",
                     "--gen-users", str(users or max(943, 150 * clients))]  # fmt: skip
             clock = time.perf_counter()

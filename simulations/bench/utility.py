@@ -1,6 +1,6 @@
 """The utility-under-DP benchmark: fedsynth rows vs the simple DP baselines, per dataset and ε, over seeds.
 
-    python -m simulations.bench.utility --data-root ../shared/data --out runs/bench-utility \\
+    python -m fedsynth.simulations.bench.utility --data-root ../shared/data --out runs/bench-utility \\
         [--datasets movielens,lastfm] [--epsilons 1,2,4,8] [--seeds 3] [--recommenders popularity,ease,multvae]
 
 For each dataset this runs ``fedsynth sweep`` (5 IID clients, every cell a real Flower
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from simulations.experiments.sweep_report import markdown_table
+from fedsynth.simulations.experiments.sweep_report import markdown_table
 
 DATASETS = {"movielens": "ml-latest-small", "lastfm": "lastfm-2k"}
 BASELINES = ("dp-popularity", "dp-ease")
@@ -45,7 +45,7 @@ def goals_table(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
         baselines = means[[r for r in means.index if r in BASELINES]]
         if fedsynth.empty:
             continue
-        best, best_baseline = fedsynth.idxmax(), baselines.idxmax() if not baselines.empty else None
+        best, best_baseline = str(fedsynth.idxmax()), str(baselines.idxmax()) if not baselines.empty else None
         real = means.get("real/ease")
         out.append(
             {

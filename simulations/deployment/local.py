@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigError, FedsynthError
-from simulations.deployment.setup import Certificates, NodeFiles, NodeKey
-from simulations.runner import (
+from fedsynth.common.errors import ConfigError, FedsynthError
+from fedsynth.simulations.deployment.setup import Certificates, NodeFiles, NodeKey
+from fedsynth.simulations.runner import (
     check_outcome,
     final_status,
     flower_environment,
@@ -341,8 +341,8 @@ class LocalDeployment:
 
 def prepare_local(root: Path, nodes: int, run_config: dict[str, Any]) -> tuple[Certificates, list[NodeKey], NodeFiles]:
     """Certificates, node keys and node data files under ``root`` (reused when already there)."""
-    from common.run_config import RunConfig
-    from simulations.deployment.setup import make_certificates, make_node_keys, split_data
+    from fedsynth.common.config.run import RunConfig
+    from fedsynth.simulations.deployment.setup import make_certificates, make_node_keys, split_data
 
     certs_dir, keys_dir = root / "certs", root / "keys"
     if (certs_dir / "ca.crt").is_file():
@@ -389,12 +389,13 @@ def run_local_deployment(
     """``fedsynth deploy local``: prepare, start everything, submit, stream progress, stop everything.
 
     Each node's cap (node config ``max-epsilon``) is ``node_max_epsilon``, by default the run's ε;
-    ``warm_nodes``: SuperNodes through ``fedsynth-node`` (:mod:`client.warm_node`), else plain ``flower-supernode``;
+    ``warm_nodes``: SuperNodes through ``fedsynth-node`` (:mod:`fedsynth.client.warm_node`), else plain
+    ``flower-supernode``;
     ``persistent_superlink``: the SuperLink keeps its state in ``deploy/superlink/state.db`` (what a real
     deployment may choose; the benchmark's comparison) instead of in memory. The nodes split this machine's
     cores (:func:`thread_share`).
     """
-    from simulations.jobs import RunProgress, check_new_run
+    from fedsynth.simulations.jobs import RunProgress, check_new_run
 
     check_new_run(out, nodes)
     if run_config.get("attack", "none") != "none" or run_config.get("attack-targets", 0):

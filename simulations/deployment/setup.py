@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.data.pipeline import DataSettings
-from common.errors import ConfigError, FedsynthError
-from common.io import write_atomic, write_csv_atomic
+from fedsynth.common.data.prepare import DataSettings
+from fedsynth.common.errors import ConfigError, FedsynthError
+from fedsynth.common.runtime.files import write_atomic, write_csv_atomic
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def make_certificates(out: Path, hosts: list[str], days: int = 365) -> Certifica
         raise ConfigError("--host: give at least one hostname or IP address the SuperNodes will connect to.")
     paths = Certificates(out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key")
     _refuse_overwrite([paths.ca_certificate, paths.ca_key, paths.server_certificate, paths.server_key])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedsynth CA")])
     ca_cert = (
@@ -138,8 +138,8 @@ def split_data(settings: DataSettings, nodes: int, out: Path, seed: int) -> Node
     Users are assigned at random (IID); every interaction of a user goes to its node's file. The
     catalogue lists every item of the dataset (public knowledge in this setting: item ids only).
     """
-    from common.data.pipeline import prepare
-    from common.seeding import rng_for
+    from fedsynth.common.data.prepare import prepare
+    from fedsynth.common.runtime.seeding import rng_for
 
     if nodes < 1:
         raise ConfigError(f"--nodes must be at least 1, got {nodes}.")

@@ -19,13 +19,13 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from common.audit import AuditConfig, AuditInputs, run_audit
-from common.bundle import ModelBundle
-from common.data.pipeline import PreparedData, prepare
-from common.errors import FedsynthError
-from common.fidelity import fidelity_report
-from common.io import write_json_atomic
-from common.run_config import RunConfig
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.data.prepare import PreparedData, prepare
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.evaluation.fidelity import fidelity_report
+from fedsynth.common.evaluation.membership_audit import AuditConfig, AuditInputs, run_audit
+from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.runtime.files import write_json_atomic
 
 
 def run_settings(run_dir: Path) -> RunConfig:

@@ -2,22 +2,22 @@
 
 For one release and one target ε: a silo of real users (the built-in generated data) gets m canary
 users, each included independently with probability ½ (:func:`inclusion`); the silo calibrates its
-privacy plan exactly as a client does (:func:`~common.privacy.plan.plan_privacy` on its own user count,
+privacy plan exactly as a client does (:func:`~fedsynth.common.privacy.plan.plan_privacy` on its own user count,
 the run config's defaults otherwise); the release is made once with the project's own function; each
-canary is scored from what the server receives; :func:`~common.privacy.one_run_audit.audit_scores`
+canary is scored from what the server receives; :func:`~fedsynth.common.privacy.one_run_audit.audit_scores`
 turns the scores into ε̂, the empirical lower bound at confidence 1 − β, compared with the ε the
-accountant charges for that release alone (:func:`~common.privacy.accounting.epsilon` of the plan's
+accountant charges for that release alone (:func:`~fedsynth.common.privacy.accounting.epsilon` of the plan's
 events for it, at the silo's δ).
 
 Canaries and scores (white-box: the auditor knows the canaries and reads the release directly):
 
-* ``statistics`` (:func:`~common.privacy.statistics.noisy_statistics`): canary i holds ⌈C²⌉ items of its
-  own (C = ``statistics-clip``), so its clipped vector has norm C, all of the item-count part of the
-  sensitivity √(C² + 1); score = the sum of the released counts of its items.
-* ``cooccurrence`` (:func:`~common.privacy.cooccurrence.noisy_cooccurrence`): canary i holds one item of
-  its own, which the server puts in the released item set (with the most popular real items); it adds
+* ``statistics`` (:func:`~fedsynth.common.privacy.releases.statistics.noisy_statistics`): canary i
+  holds ⌈C²⌉ items of its own (C = ``statistics-clip``), so its clipped vector has norm C, all of the
+  item-count part of the sensitivity √(C² + 1); score = the sum of the released counts of its items.
+* ``cooccurrence`` (:func:`~fedsynth.common.privacy.releases.cooccurrence.noisy_cooccurrence`): canary i
+  holds one item of its own, which the server puts in the released item set (with the most popular real items); it adds
   x xᵀ/ℓ = 1 to its diagonal entry, the whole sensitivity; score = that released entry.
-* ``vae-round`` (:func:`client.training.train_vae_round`, one round of DP-SGD on the Mult-VAE from a
+* ``vae-round`` (:func:`fedsynth.client.training.train_vae_round`, one round of DP-SGD on the Mult-VAE from a
   fresh model): canary i holds one item of its own; score = how much the returned model lowered the
   canary's own multinomial loss (z = μ, no dropout) against the start model. Poisson sampling, clipping
   of a whole model's gradient and Adam leave little of one user in one round: this audit is loose.
@@ -34,7 +34,7 @@ Deliberately broken variants (``broken``), each charged what the broken code wou
 * ``half-noise``: the release made at σ/2 while the accountant charges σ.
 * ``uncharged``: two independent releases while the accountant counts one. Statistics: the release and
   its re-release through the co-occurrence's budget (the first-order fallback of ``handle_cooccurrence``,
-  at the co-occurrence's σ) combined by :meth:`~common.privacy.statistics.NoisyStatistics.combined`;
+  at the co-occurrence's σ) combined by :meth:`~fedsynth.common.privacy.releases.statistics.NoisyStatistics.combined`;
   co-occurrence: two releases, scores summed; ``vae-round``: two rounds from the same start, scores summed.
 
 Everything is deterministic from ``seed`` (the noise too: this is a simulation, not a deployment).
@@ -54,15 +54,15 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from common.config import GeneratedDataConfig
-from common.errors import ConfigError
-from common.privacy.accounting import DPEvent, epsilon
-from common.privacy.cooccurrence import MAX_MARGINAL_ITEMS, cooccurrence_event, noisy_cooccurrence
-from common.privacy.one_run_audit import DEFAULT_BETA, OneRunAudit, audit_scores, fixed_guesses
-from common.privacy.plan import PrivacyPlan, plan_privacy
-from common.privacy.statistics import noisy_statistics, statistics_event
-from common.run_config import RunConfig
-from common.seeding import rng_for, seed_for
+from fedsynth.common.config.run import RunConfig
+from fedsynth.common.config.sections import GeneratedDataConfig
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.privacy.accounting import DPEvent, epsilon
+from fedsynth.common.privacy.one_run_audit import DEFAULT_BETA, OneRunAudit, audit_scores, fixed_guesses
+from fedsynth.common.privacy.plan import PrivacyPlan, plan_privacy
+from fedsynth.common.privacy.releases.cooccurrence import MAX_MARGINAL_ITEMS, cooccurrence_event, noisy_cooccurrence
+from fedsynth.common.privacy.releases.statistics import noisy_statistics, statistics_event
+from fedsynth.common.runtime.seeding import rng_for, seed_for
 
 RELEASES = ("statistics", "cooccurrence", "vae-round")
 BROKEN = ("none", "shared-noise", "half-noise", "uncharged")
@@ -115,7 +115,7 @@ class ReleaseAudit:
 
 def real_users(seed: int, users: int = REAL_USERS, items: int = REAL_ITEMS) -> sp.csr_matrix:
     """The silo's real users: the built-in generated data's positives (rating ≥ 4), users with none dropped."""
-    from common.data.generated import generate_table
+    from fedsynth.common.data.generated import generate_table
 
     frame = generate_table(GeneratedDataConfig(num_users=users, num_items=items, seed=seed)).frame
     frame = frame[frame["value"] >= 4.0]
@@ -211,8 +211,8 @@ def _vae_round(
 ) -> tuple[np.ndarray, list[DPEvent], PrivacyPlan, int, float]:
     import torch
 
-    from client.training import train_vae_round
-    from common.models.vae import MultVAE
+    from fedsynth.client.training import train_vae_round
+    from fedsynth.common.models.vae import MultVAE
 
     if broken == "shared-noise":
         raise ConfigError(
@@ -243,7 +243,7 @@ def _canary_losses(model: Any, targets: Any) -> np.ndarray:
     """Each canary's multinomial loss −log softmax(logits)·x at z = μ (eval mode), (m,)."""
     import torch
 
-    from common.models.vae import vae_loss
+    from fedsynth.common.models.vae import vae_loss
 
     model.eval()
     out = []
@@ -276,7 +276,7 @@ def audit_release(
 
     ``config``: the run config (defaults otherwise; its ε is replaced by ``target_epsilon``). ``real``: the
     silo's real users (default :func:`real_users` of ``seed``). Guesses: k₊ = k₋ = round(2.5·√m), fixed in
-    advance (:func:`~common.privacy.one_run_audit.fixed_guesses`).
+    advance (:func:`~fedsynth.common.privacy.one_run_audit.fixed_guesses`).
     """
     if release not in _AUDITS:
         raise ConfigError(f"--release must be one of {', '.join(RELEASES)} or all, got {release!r}.")
@@ -334,7 +334,7 @@ def audit_report(results: Sequence[ReleaseAudit], settings: dict[str, Any]) -> d
 
 def write_audit(out: Path, results: Sequence[ReleaseAudit], settings: dict[str, Any]) -> Path:
     """Write ``out``/audit.json (atomically) and return its path."""
-    from common.io import to_plain, write_json_atomic
+    from fedsynth.common.runtime.files import to_plain, write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "audit.json"

@@ -31,12 +31,12 @@ from typing import Any
 
 from rich.console import Console
 
-from common.audit import AuditConfig
-from common.errors import ConfigError
-from common.evaluation import evaluate
-from common.io import to_plain, write_json_atomic
-from common.privacy.crosscheck import crosscheck_ledgers
-from common.run_config import RunConfig, epsilon_setting
+from fedsynth.common.config.run import RunConfig, epsilon_setting
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.evaluation.membership_audit import AuditConfig
+from fedsynth.common.evaluation.scoring import evaluate
+from fedsynth.common.privacy.crosscheck import crosscheck_ledgers
+from fedsynth.common.runtime.files import to_plain, write_json_atomic
 
 # Grid axes: `clients` (simulated SuperNodes) and these run-config keys.
 GRID_KEYS = ("partition", "synthesizers", "local-epochs", "num-server-rounds", "statistics-share", "vae-share")
@@ -131,8 +131,8 @@ def reference_results(config: RunConfig) -> dict[str, dict[str, float]]:
     Fitted exactly as the pipeline's simulation-reference rows; central evaluation on the
     test users equals their federated evaluation (tested).
     """
-    from common.data.pipeline import prepare
-    from server.pipeline import EVAL, build_recommender, real_label
+    from fedsynth.common.data.prepare import prepare
+    from fedsynth.server.pipeline import EVAL, build_recommender, real_label
 
     split = prepare(config.data()).split
     names = dict.fromkeys([*config.recommender_names(), "popularity"])
@@ -148,8 +148,8 @@ def baseline_results(config: RunConfig, clients: int) -> tuple[dict[str, dict[st
     The same rows as a ``fedsynth run`` with ``simulation-reference`` computes (sweep cells run
     without it, so the sweep adds them); central evaluation equals federated evaluation.
     """
-    from common.data.pipeline import prepare
-    from server.pipeline import EVAL, simulated_baselines
+    from fedsynth.common.data.prepare import prepare
+    from fedsynth.server.pipeline import EVAL, simulated_baselines
 
     prepared = prepare(config.data())
     recommenders, summary = simulated_baselines(prepared, config, clients)
@@ -206,7 +206,7 @@ CellRunner = Callable[[Path, int, dict[str, Any]], dict[str, Any]]
 
 def run_cell(plan: SweepPlan, cell: Cell, runner: CellRunner) -> dict[str, Any]:
     """Run one cell from scratch: the pipeline, then the audit and the accountant cross-check."""
-    from simulations.experiments.audit import audit_run
+    from fedsynth.simulations.experiments.audit import audit_run
 
     directory = plan.cell_dir(cell)
     if directory.exists():
@@ -238,7 +238,7 @@ def run_cell(plan: SweepPlan, cell: Cell, runner: CellRunner) -> dict[str, Any]:
 
 def reaudit_cell(plan: SweepPlan, cell: Cell) -> dict[str, Any]:
     """Redo a complete cell's audit (after the audit code changed) without retraining; rewrites cell.json."""
-    from simulations.experiments.audit import audit_run
+    from fedsynth.simulations.experiments.audit import audit_run
 
     path = plan.cell_dir(cell) / "cell.json"
     record = dict(json.loads(path.read_text()))
@@ -327,8 +327,8 @@ def check_sweep_settings(out: Path, wanted: dict[str, Any]) -> None:
 
 def finish_sweep(plan: SweepPlan, records: list[dict[str, Any]]) -> tuple[Any, Any]:
     """results.csv/.parquet, summary.csv, report.md and report.html from every cell's record."""
-    from simulations.experiments.sweep_report import write_sweep_report
-    from simulations.experiments.sweep_results import load_references, summarise, tidy_results, write_tables
+    from fedsynth.simulations.experiments.sweep_report import write_sweep_report
+    from fedsynth.simulations.experiments.sweep_results import load_references, summarise, tidy_results, write_tables
 
     keys = [(cell.name, data_key(RunConfig.from_run_config(plan.run_config(cell)))) for cell in plan.cells]
     frame = tidy_results(records, load_references(plan.out, keys), plan.clients)

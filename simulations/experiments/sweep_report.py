@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.audit import max_auc
-from common.io import write_text_atomic
-from common.report import ROW_KINDS, _figure, row_kind
-from simulations.experiments.sweep_results import HEADLINE, grid_columns
+from fedsynth.common.evaluation.membership_audit import max_auc
+from fedsynth.common.evaluation.report import ROW_KINDS, _figure, row_kind
+from fedsynth.common.runtime.files import write_text_atomic
+from fedsynth.simulations.experiments.sweep_results import HEADLINE, grid_columns
 
 UTILITY_SOURCES = ("cell",)
 FIDELITY_METRICS = ("popularity_jsd", "length_jsd", "cooccurrence_correlation", "dcr_median_synthetic")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from common.io import write_atomic, write_csv_atomic
+from fedsynth.common.runtime.files import write_atomic, write_csv_atomic
 
 HEADLINE = "ndcg@10"
 ID_COLUMNS = ["cell", "status", "epsilon_requested", "epsilon_spent", "delta", "seed", "private", "clients"]

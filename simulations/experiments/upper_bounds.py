@@ -10,21 +10,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import EvalConfig
-from common.data.pipeline import DataSettings, PreparedData, prepare
-from common.device import check_device_available
-from common.evaluation import evaluate
-from common.io import to_plain, write_json_atomic
-from common.models.vae import MultVAEConfig
-from common.recommenders import MultVAERecommender, Recommender
-from common.recommenders.registry import (
+from fedsynth.common.config.sections import EvalConfig
+from fedsynth.common.data.prepare import DataSettings, PreparedData, prepare
+from fedsynth.common.evaluation.scoring import evaluate
+from fedsynth.common.models.vae import MultVAEConfig
+from fedsynth.common.recommenders import MultVAERecommender, Recommender
+from fedsynth.common.recommenders.registry import (
     RECOMMENDER_NAMES,
     RecommenderSettings,
     check_recommender_names,
 )
-from common.recommenders.registry import (
+from fedsynth.common.recommenders.registry import (
     build_recommender as build_named,
 )
+from fedsynth.common.runtime.device import check_device_available
+from fedsynth.common.runtime.files import to_plain, write_json_atomic
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+../../../fedsynth/__init__.py

@@ -1,0 +1,1 @@
+"""Malicious silos (simulated attacks) and the robust aggregation rules that bound them."""

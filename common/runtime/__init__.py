@@ -1,0 +1,1 @@
+"""The process around the maths: torch device, OpenMP spin, Flower object pulls, atomic files, seeds."""
