@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--openmp-default-spin", action="store_true", help="keep libgomp's default idle spin")
     args = parser.parse_args()
     env = with_short_openmp_spin(os.environ)
-    if env != dict(os.environ) and not args.openmp_default_spin:  # as fedsynth's processes run (common/runtime/openmp.py)
+    if env != dict(os.environ) and not args.openmp_default_spin:  # as fedsynth's processes run (runtime/openmp.py)
         os.execve(sys.executable, [sys.executable, "-m", "fedsynth.simulations.bench.dp_speed", *sys.argv[1:]], env)
     check_device_available(args.device)
     hidden, latent = (int(v) for v in args.vae.split(","))
