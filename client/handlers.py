@@ -19,7 +19,8 @@ import scipy.sparse as sp
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedsynth.client.budget import NodeBudget, Replay, load_replay, save_replay
+from fedsynth.client.budget import NodeBudget
+from fedsynth.client.round import answer_round, reproducible_from, round_replay
 from fedsynth.client.secure import (
     first_order_instead,
     masked_release,
@@ -28,16 +29,14 @@ from fedsynth.client.secure import (
     start_secure_release,
     update_quantizer,
 )
-from fedsynth.client.training import RoundSeeds, train_local_round
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.errors import ConfigError, FedsynthError
 from fedsynth.common.federated import wire
-from fedsynth.common.models.bundle import ModelBundle
+from fedsynth.common.federated.protocol import ProtocolError, Refusal, Spent, TrainReply, TrainRequest
 from fedsynth.common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
 from fedsynth.common.privacy.plan import EVALUATION, PrivacyPlan, plan_privacy
 from fedsynth.common.privacy.releases.cooccurrence import COOCCURRENCE, check_items, noisy_cooccurrence, upper
 from fedsynth.common.privacy.releases.statistics import STATISTICS, NoisyStatistics, noisy_statistics
-from fedsynth.common.runtime.device import training_device
 from fedsynth.common.runtime.seeding import mechanism_seed
 from fedsynth.common.secagg.updates import UPDATE, encode_update
 
@@ -70,12 +69,6 @@ def run_identity(content: RecordDict, run_id: int) -> RunIdentity:
     return RunIdentity(run_id, str(request.get(wire.RUN_KEY, "")), str(request.get(wire.REQUESTER, "")))
 
 
-def reproducible_from(config: RunConfig) -> int | None:
-    """The run seed when the run asks for ``reproducible-noise`` (simulation only: a deployed node refuses
-    it at admission, :func:`fedsynth.client.data.check_node_settings`), else None (fresh OS entropy)."""
-    return config.seed if config.reproducible_noise else None
-
-
 def release_seed(config: RunConfig, purpose: str) -> int:
     """The seed of a release's DP randomness (noise, Poisson sampling, rounding): fresh OS entropy.
 
@@ -91,10 +84,7 @@ def refusal(reason: str, ledger: PrivacyLedger | None = None, delta: float = 0.0
     """A refusal: the reason, and the ε already spent (0 when no ledger could be opened)."""
     spent = ledger.spent()["total"] if ledger is not None else 0.0
     own = ledger.spent_own_noise() if ledger is not None else 0.0
-    metrics = MetricRecord(
-        {wire.REFUSED: 1, wire.NUM_EXAMPLES: 0, wire.EPSILON: spent, wire.EPSILON_OWN_NOISE: own, wire.DELTA: delta}
-    )
-    return RecordDict({wire.METRICS: metrics, wire.CONFIG: ConfigRecord({wire.REASON: reason})})
+    return Refusal(reason, spent, own, delta).to_record()
 
 
 def open_ledger(budget: NodeBudget, rows: sp.csr_matrix, plan: PrivacyPlan, config: RunConfig) -> PrivacyLedger:
@@ -306,109 +296,71 @@ def handle_secagg_keys(
     return RecordDict({wire.METRICS: MetricRecord(metrics), wire.CONFIG: public_keys})
 
 
+def spent_of(ledger: PrivacyLedger, num_users: int, plan: PrivacyPlan) -> Spent:
+    """Users, cumulative ε per release/model and in total, and δ: what a reply says about privacy."""
+    spent = ledger.spent()
+    return Spent(
+        num_examples=num_users,
+        epsilon=spent["total"],
+        delta=plan.delta,
+        epsilon_own_noise=ledger.spent_own_noise(),
+        epsilon_vae=spent.get("vae", 0.0),
+        epsilon_gan=spent.get("gan", 0.0),
+        epsilon_statistics=spent.get(STATISTICS, 0.0),
+        epsilon_cooccurrence=spent.get(COOCCURRENCE, 0.0),
+    )
+
+
 def spent_metrics(
     ledger: PrivacyLedger, num_users: int, plan: PrivacyPlan
 ) -> dict[str, int | float | list[int] | list[float]]:
-    """Users, cumulative ε per release/model and in total, and δ: what a reply says about privacy."""
-    spent = ledger.spent()
-    return {
-        wire.NUM_EXAMPLES: num_users,
-        wire.REFUSED: 0,
-        wire.EPSILON: spent["total"],
-        wire.EPSILON_VAE: spent.get("vae", 0.0),
-        wire.EPSILON_GAN: spent.get("gan", 0.0),
-        wire.EPSILON_STATISTICS: spent.get(STATISTICS, 0.0),
-        wire.EPSILON_COOCCURRENCE: spent.get(COOCCURRENCE, 0.0),
-        wire.EPSILON_OWN_NOISE: ledger.spent_own_noise(),
-        wire.DELTA: plan.delta,
-    }
+    """:func:`spent_of` as a reply's metrics."""
+    return dict(spent_of(ledger, num_users, plan).to_metrics())
 
 
 def handle_train(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
     run: RunIdentity,
 ) -> RecordDict:  # fmt: skip
-    """Train one round on ``rows`` (this client's users) from the global bundle in ``content``.
-
-    A round already charged to this run is answered with its saved reply (no new ε) or refused.
-    """
-    request = content[wire.CONFIG]
-    server_round = int(request[wire.SERVER_ROUND])  # type: ignore[arg-type]
-    plan = privacy_plan(state, config, rows.shape[0], int(request[wire.PLANNED_ROUNDS]), budget)  # type: ignore[arg-type]
+    """Round N (:mod:`fedsynth.client.round`): train on ``rows`` (this node's users) from the global bundle
+    in the request and send the trained bundle; a round already charged to this run sends its saved reply
+    again (no new ε) or is refused."""
+    try:
+        request = TrainRequest.from_record(content)
+    except ProtocolError as exc:
+        return refusal(str(exc))
+    plan = privacy_plan(state, config, rows.shape[0], request.planned_rounds, budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
-        replay = round_replay(ledger, plan, run, server_round)
+        answer = answer_round(request, rows, config, plan, ledger, run)
     except FedsynthError as exc:
         return refusal(str(exc), ledger, plan.delta)
-    if replay is not None:
-        metrics = {**spent_metrics(ledger, rows.shape[0], plan), wire.REPLAYED: 1}
-        return RecordDict({wire.ARRAYS: ArrayRecord(replay.arrays), wire.METRICS: MetricRecord(metrics)})
-    trained, losses, spent = train_round(content, rows, config, plan, server_round)
-    save_replay(ledger, run, Replay(server_round, trained, losses))  # first: a crash after it loses nothing
-    ledger.record(spent, "round", run, round=server_round, requested_epsilon=config.privacy().target_epsilon)
-    # the losses stay here: means of unclipped per-user losses, not DP (kept in the replay file on this node)
-    metrics = spent_metrics(ledger, rows.shape[0], plan)
-    return RecordDict({wire.ARRAYS: ArrayRecord(trained), wire.METRICS: MetricRecord(metrics)})
-
-
-def round_replay(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, server_round: int) -> Replay | None:
-    """A round already charged to this run: its saved reply (sent again, no new ε; refused if lost). A new
-    round: None, once it is checked to fit the node's cap."""
-    if server_round in ledger.charged_rounds(run.run_key):
-        replay = load_replay(ledger, run, server_round)
-        if replay is None:
-            raise PrivacyBudgetExceeded(f"round {server_round} of this run was already charged; its reply is lost")
-        return replay
-    ledger.check(plan.round_events(), what=f"round {server_round}")
-    return None
-
-
-def train_round(
-    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, plan: PrivacyPlan, server_round: int
-) -> tuple[dict[str, torch.Tensor], dict[str, float], list[Any]]:
-    """Local DP-SGD epochs from the global bundle in ``content``: (the trained state, losses, ε events spent)."""
-    local = config.local()
-    bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)
-    bundle.load_state_dict(content[wire.ARRAYS].to_torch_state_dict())  # type: ignore[union-attr]
-    seeds = RoundSeeds.for_round(server_round, reproducible_from(config))  # one per mechanism
-    device = training_device(config.device)
-    vae, gan = train_local_round(bundle, rows, plan, config.privacy(), local, server_round, seeds, device)
-    # Opacus counts the private steps it ran; without DP the plan's noise-free events (ε = ∞) are recorded.
-    spent = vae.events + gan.events if plan.private else plan.round_events()
-    return bundle.state_dict(), {**vae.losses, **gan.losses}, spent
+    return TrainReply(ArrayRecord(answer.trained), spent_of(ledger, rows.shape[0], plan), answer.replayed).to_record()
 
 
 def handle_secure_update(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
     run: RunIdentity,
 ) -> RecordDict:  # fmt: skip
-    """The masked stage of a secure local round (:mod:`fedsynth.common.secagg.updates`): train as :func:`handle_train`
-    does, then send only the users-weighted update, fixed-point and masked; charged as round N.
-
-    No loss leaves (a function of the private data); the ε events are Opacus' own, the same under both
-    threat models. A round already charged sends its saved result again, masked afresh (no new ε).
-    """
-    request = content.config_records[wire.CONFIG]
-    server_round = int(wire.number(request, wire.SERVER_ROUND))
-    plan = privacy_plan(state, config, rows.shape[0], int(wire.number(request, wire.PLANNED_ROUNDS)), budget)
+    """Round N under secure aggregation: the same step as :func:`handle_train`
+    (:func:`fedsynth.client.round.answer_round`), wrapped: only the users-weighted update leaves, in fixed
+    point and masked (:mod:`fedsynth.common.secagg.updates`). A replayed round's result is masked afresh
+    (no new ε); the ε events are Opacus' own, the same under both threat models."""
+    try:
+        request = TrainRequest.from_record(content)
+    except ProtocolError as exc:
+        return refusal(str(exc))
+    plan = privacy_plan(state, config, rows.shape[0], request.planned_rounds, budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
         if config.round_mode != "local":
             raise ConfigError("this run is in round-mode fedsgd; a local round's update is not sent")
         quantizer = update_quantizer(config, rows.shape[1])
-        replay = round_replay(ledger, plan, run, server_round)
-        start = content.array_records[wire.ARRAYS].to_torch_state_dict()
-        trained, losses, spent = (replay.arrays, replay.losses, []) if replay else train_round(
-            content, rows, config, plan, server_round
-        )  # fmt: skip
-        arrays = masked_values(request, encode_update(trained, start, rows.shape[0], quantizer), state)
+        answer = answer_round(request, rows, config, plan, ledger, run, secure_aggregation=True, mode="local")
+        update = encode_update(answer.trained, request.arrays.to_torch_state_dict(), rows.shape[0], quantizer)
+        arrays = masked_values(content.config_records[wire.CONFIG], update, state)
     except (FedsynthError, TypeError, KeyError) as exc:
         return refusal(str(exc), ledger, plan.delta)
-    if replay is None:
-        save_replay(ledger, run, Replay(server_round, trained, losses))
-        ledger.record(spent, "round", run, round=server_round, requested_epsilon=config.privacy().target_epsilon,
-                      secure_aggregation=True, mode="local")  # fmt: skip
-    metrics = {**spent_metrics(ledger, rows.shape[0], plan), **({wire.REPLAYED: 1} if replay else {})}
-    return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
+    return TrainReply(arrays, spent_of(ledger, rows.shape[0], plan), answer.replayed).to_record()

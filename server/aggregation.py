@@ -1,16 +1,15 @@
-"""Aggregating client replies: FedAvg of the bundle by number of users; ε as the maximum over clients."""
+"""Reading the nodes' replies: answered, refused or failed, and what each says it spent (ε, δ, users)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from fedsynth.common.federated import wire
+from fedsynth.common.federated.protocol import ProtocolError, Refusal, Spent
 from fedsynth.common.federated.round_log import NodeProblem, RoundLog
-from fedsynth.common.robustness.rules import RobustConfig, robust_arrays
 
 
 @dataclass(frozen=True)
@@ -66,25 +65,42 @@ def with_silent(replies: list[ClientReply], expected: list[int], timeout: float)
     return replies + [ClientReply(n, None, f"no reply within {timeout:g} s (node offline or too slow)") for n in silent]
 
 
-def _metric(reply: ClientReply, name: str) -> float:
+def reply_spent(reply: ClientReply) -> Spent:
+    """What an answering node's reply says it spent (:class:`fedsynth.common.federated.protocol.Spent`)."""
     assert reply.content is not None
-    return wire.number(reply.content[wire.METRICS], name)
+    return Spent.from_metrics(reply.content.metric_records[wire.METRICS], f"node {reply.node}'s reply")
+
+
+def reply_problem(reply: ClientReply) -> NodeProblem | None:
+    """Why a node did not answer (failed: ``epsilon`` None; refused: its reported ε), or None if it did.
+
+    A refusal that does not follow the protocol counts as failed."""
+    if reply.content is None:
+        return NodeProblem(reply.node, str(reply.error))
+    try:
+        refusal = Refusal.from_record(reply.content)
+    except ProtocolError as exc:
+        return NodeProblem(reply.node, f"malformed reply: {exc}")
+    return None if refusal is None else NodeProblem(reply.node, refusal.reason, refusal.epsilon)
+
+
+def spend_problem(reply: ClientReply) -> NodeProblem | None:
+    """:func:`reply_problem`, and for an answer, a failure if it does not say what it spent (:class:`Spent`)."""
+    problem = reply_problem(reply)
+    if problem is not None:
+        return problem
+    try:
+        reply_spent(reply)
+    except ProtocolError as exc:
+        return NodeProblem(reply.node, f"malformed reply: {exc}")
+    return None
 
 
 def _own_noise_epsilon(reply: ClientReply) -> float:
     """ε counting only the node's own noise in secure sums (answered or refused; never below its ε)."""
     assert reply.content is not None
-    own = wire.EPSILON_OWN_NOISE in reply.content[wire.METRICS]
-    return _metric(reply, wire.EPSILON_OWN_NOISE if own else wire.EPSILON)
-
-
-def reply_problem(reply: ClientReply) -> NodeProblem | None:
-    """Why a node did not answer (failed: ``epsilon`` None; refused: its reported ε), or None if it did."""
-    if reply.content is None:
-        return NodeProblem(reply.node, str(reply.error))
-    if wire.METRICS in reply.content and wire.number(reply.content[wire.METRICS], wire.REFUSED):
-        return NodeProblem(reply.node, str(reply.content[wire.CONFIG][wire.REASON]), _metric(reply, wire.EPSILON))
-    return None
+    refusal = Refusal.from_record(reply.content)
+    return refusal.epsilon_own_noise if refusal is not None else reply_spent(reply).epsilon_own_noise
 
 
 def client_outcomes(replies: list[ClientReply], server_round: int = 0) -> ClientOutcomes:
@@ -94,53 +110,22 @@ def client_outcomes(replies: list[ClientReply], server_round: int = 0) -> Client
     trained: list[ClientReply] = []
     log = RoundLog(server_round)
     for reply in replies:
-        problem = reply_problem(reply)
+        problem = spend_problem(reply)
         if problem is None:
             trained.append(reply)
         else:
             (log.failed if problem.epsilon is None else log.refused).append(problem)
+    failed = {problem.node for problem in log.failed}
+    spent = {r.node: reply_spent(r) for r in trained}
     log.trained = [r.node for r in trained]
-    log.epsilon_by_node = {str(r.node): _metric(r, wire.EPSILON) for r in trained}
-    log.epsilon_own_noise_by_node = {str(r.node): _own_noise_epsilon(r) for r in replies if r.content is not None}
+    log.epsilon_by_node = {str(node): s.epsilon for node, s in spent.items()}
+    log.epsilon_own_noise_by_node = {
+        str(r.node): _own_noise_epsilon(r) for r in replies if r.content is not None and r.node not in failed
+    }
     # a resumed run's round already charged: the node sent its saved reply again (no new ε)
-    log.replayed = [r.node for r in trained if r.content and wire.REPLAYED in r.content[wire.METRICS]]
-    log.delta_by_node = {str(r.node): _metric(r, wire.DELTA) for r in trained}
+    log.replayed = [r.node for r in trained if r.content and wire.REPLAYED in r.content.metric_records[wire.METRICS]]
+    log.delta_by_node = {str(node): s.delta for node, s in spent.items()}
     return ClientOutcomes(trained, log)
-
-
-def aggregate_round(
-    server_round: int,
-    replies: list[Message],
-    sent: list[Message] | None = None,
-    timeout: float = 0.0,
-    current: ArrayRecord | None = None,
-    robust: RobustConfig | None = None,
-) -> RoundOutcome:
-    """Aggregate Flower reply messages (see :func:`aggregate_replies`); silent recipients of ``sent`` fail."""
-    return aggregate_replies(server_round, as_client_replies(replies, sent, timeout), current, robust)
-
-
-def aggregate_replies(
-    server_round: int,
-    replies: list[ClientReply],
-    current: ArrayRecord | None = None,
-    robust: RobustConfig | None = None,
-) -> RoundOutcome:
-    """Split replies into trained / refused / failed, aggregate the trained ones, summarise metrics.
-
-    No losses arrive (not DP: they stay on the nodes); the bundle is FedAvg-ed weighted by users, or aggregated by the
-    ``robust`` rule (:mod:`fedsynth.common.robustness.rules`; ``norm-bound`` needs the ``current`` global arrays).
-    """
-    outcome = client_outcomes(replies, server_round)
-    trained, log = outcome.trained, outcome.log
-    if not trained:
-        return RoundOutcome(None, log)
-    weights = np.array([_metric(r, wire.NUM_EXAMPLES) for r in trained])
-    log.users = int(weights.sum())
-    contents = [r.content for r in trained if r.content is not None]
-    rule = robust or RobustConfig()
-    assert current is not None or rule.kind != "norm-bound", "norm-bound needs the current global arrays"
-    return RoundOutcome(robust_arrays(contents, current or ArrayRecord(), rule), log)
 
 
 def client_participation(logs: list[RoundLog], connected: list[int]) -> dict[str, Any]:

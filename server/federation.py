@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from flwr.serverapp import Grid
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.errors import ConfigError, FedsynthError
 from fedsynth.common.federated import wire
+from fedsynth.common.federated.protocol import Identity
 from fedsynth.common.federated.round_log import RoundLog
 from fedsynth.common.models.bundle import ModelBundle
 from fedsynth.common.privacy.plan import plan_privacy
@@ -39,19 +39,19 @@ from fedsynth.common.privacy.releases.cooccurrence import (
 from fedsynth.common.privacy.releases.statistics import NoisyStatistics, length_bin_edges
 from fedsynth.common.robustness.rules import robust_statistics, robust_total
 from fedsynth.common.runtime.files import to_plain, write_atomic, write_json_atomic
-from fedsynth.common.runtime.seeding import seed_for
 from fedsynth.common.synthesis.marginal_fit import MarginalTargets, fit_bundle
 from fedsynth.server.admission import Admission, admit, identity_fields, require_quorum, require_training
-from fedsynth.server.aggregation import RoundOutcome, aggregate_round, as_client_replies, client_outcomes
+from fedsynth.server.aggregation import RoundOutcome, as_client_replies, client_outcomes
 from fedsynth.server.exchange import send_and_receive
 from fedsynth.server.fedsgd import Checkpoint, fedsgd_rounds
+from fedsynth.server.round import RoundPlan, RoundTransport, aggregate_train, play_round, run_rounds
 from fedsynth.server.secure_release import (
     RoundSetups,
     secure_cooccurrence,
     secure_first_order_instead,
     secure_statistics,
 )
-from fedsynth.server.secure_round import secure_train_round, update_setups
+from fedsynth.server.secure_round import SecureRound, update_setups
 
 log = logging.getLogger("flwr")  # Flower streams its own logger to `flwr run --stream`
 
@@ -165,6 +165,30 @@ def query_cooccurrence(
     return NoisyCooccurrence(items, from_upper(total, len(items)), noise_std), release_log
 
 
+StatisticsRelease = Callable[[Grid, list[int], RunConfig, int, dict[str, str]], tuple[NoisyStatistics, RoundLog]]
+AgainRelease = Callable[[Grid, list[int], RunConfig, int, dict[str, str]], tuple[NoisyStatistics | None, RoundLog]]
+PairsRelease = Callable[
+    [Grid, list[int], RunConfig, np.ndarray, dict[str, str]], tuple[NoisyCooccurrence | None, RoundLog]
+]
+
+
+@dataclass(frozen=True)
+class Releases:
+    """How the one-shot DP releases reach the server, chosen once per run: each node's release in the clear
+    and summed here (plain), or the same releases wrapped in secure sums so that only the total is seen
+    (``secure-aggregation``, :mod:`fedsynth.server.secure_release`)."""
+
+    statistics: StatisticsRelease
+    first_order_instead: AgainRelease
+    cooccurrence: PairsRelease
+
+    @classmethod
+    def of(cls, config: RunConfig) -> Releases:
+        if config.secure_aggregation:
+            return cls(secure_statistics, secure_first_order_instead, secure_cooccurrence)
+        return cls(query_statistics, query_first_order_instead, query_cooccurrence)
+
+
 def load_or_query_cooccurrence(
     grid: Grid, nodes: list[int], config: RunConfig, statistics: NoisyStatistics, identity: dict[str, str]
 ) -> tuple[NoisyStatistics, NoisyCooccurrence | None, RoundLog | None]:
@@ -185,16 +209,16 @@ def load_or_query_cooccurrence(
     items = marginal_items(statistics.item_counts, config.marginal_items)
     started = time.perf_counter()
     if not cooccurrence_expected_to_pay(config, statistics, items, len(nodes)):
-        query = secure_first_order_instead if config.secure_aggregation else query_first_order_instead
-        again, release_log = query(grid, nodes, config, len(statistics.item_counts), identity)
+        again, release_log = Releases.of(config).first_order_instead(
+            grid, nodes, config, len(statistics.item_counts), identity
+        )
         release_log.seconds = time.perf_counter() - started
         if again is None:
             return statistics, None, release_log
         counts, histogram, std = again.item_counts, again.length_histogram, again.noise_std
         write_atomic(path, lambda tmp: np.savez(tmp, item_counts=counts, length_histogram=histogram, noise_std=std))
         return statistics.combined(again), None, release_log
-    release = secure_cooccurrence if config.secure_aggregation else query_cooccurrence
-    cooccurrence, release_log = release(grid, nodes, config, items, identity)
+    cooccurrence, release_log = Releases.of(config).cooccurrence(grid, nodes, config, items, identity)
     release_log.seconds = time.perf_counter() - started
     if cooccurrence is None:
         log.warning("fedsynth co-occurrence: no client released it; nothing is fitted beyond the popularity prior")
@@ -243,9 +267,8 @@ def load_or_query_statistics(
         with np.load(path) as saved:
             statistics = NoisyStatistics(saved["item_counts"], saved["length_histogram"], float(saved["noise_std"]))
             return statistics, RoundLog(0, resumed=True)
-    release = secure_statistics if config.secure_aggregation else query_statistics
     started = time.perf_counter()
-    statistics, release_log = release(grid, nodes, config, num_items, identity)
+    statistics, release_log = Releases.of(config).statistics(grid, nodes, config, num_items, identity)
     release_log.seconds = time.perf_counter() - started
 
     def save(tmp: Path) -> None:
@@ -345,63 +368,41 @@ def initial_bundle(fitted: ModelBundle, resumed: ResumePoint) -> ModelBundle:
     return bundle
 
 
-def round_sample(
-    grid: Grid, config: RunConfig, server_round: int, participants: list[int]
-) -> tuple[list[int], list[int]]:
-    """(the admitted nodes still connected, sampled by ``fraction-train``, seeded per round; those not connected)."""
-    nodes = sorted(set(grid.get_node_ids()) & set(participants))
-    count = max(config.min_clients, round(config.fraction_train * len(nodes)))
-    sampler = random.Random(seed_for(config.seed, f"client-sampling-{server_round}"))  # node ids: Python ints
-    return sorted(sampler.sample(nodes, min(count, len(nodes)))), sorted(set(participants) - set(nodes))
+class FlowerRound:
+    """A plain round through Flower's Grid: every sampled node gets the TrainRequest and sends its TrainReply;
+    the server aggregates the replies (:func:`fedsynth.server.round.aggregate_train`)."""
+
+    def __init__(self, grid: Grid, config: RunConfig) -> None:
+        self.grid, self.config = grid, config
+
+    def connected(self) -> set[int]:
+        return set(self.grid.get_node_ids())
+
+    def train(self, plan: RoundPlan) -> RoundOutcome:
+        content = plan.request.to_record()
+        messages = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in plan.sampled]
+        replies = send_and_receive(self.grid, messages, self.config.reply_timeout)
+        received = as_client_replies(replies, messages, self.config.reply_timeout)
+        return aggregate_train(plan.request.server_round, received, plan.request.arrays, self.config.robust())
+
+
+def round_transport(
+    grid: Grid, config: RunConfig, arrays: ArrayRecord, identity: dict[str, str], setups: RoundSetups | None = None
+) -> RoundTransport:
+    """How the rounds reach the nodes: plain messages, or wrapped in secure sums (``secure-aggregation``;
+    keys from ``setups``, else set up for each round alone)."""
+    if not config.secure_aggregation:
+        return FlowerRound(grid, config)
+    return SecureRound(grid, setups or update_setups(grid, config, arrays, identity, per_round=True))
 
 
 def train_round(
-    grid: Grid,
-    config: RunConfig,
-    server_round: int,
-    participants: list[int],
-    arrays: ArrayRecord,
-    identity: dict[str, str],
-    setups: RoundSetups | None = None,
-) -> RoundOutcome:
-    """Send the global bundle to a sample of the admitted nodes still connected; FedAvg their replies (by a
-    secure sum with ``secure-aggregation``: :mod:`fedsynth.server.secure_round`, keys from ``setups`` or set up for
-    this round alone)."""
-    started = time.perf_counter()
-    sampled, missing = round_sample(grid, config, server_round, participants)
-    if config.secure_aggregation:
-        setups = setups or update_setups(grid, config, arrays, identity, per_round=True)
-        outcome = secure_train_round(server_round, sampled, arrays, setups)
-    else:
-        outcome = plain_train_round(grid, config, server_round, sampled, arrays, identity)
-    round_log = outcome.log
-    round_log.sampled, round_log.missing_from_sample = sampled, missing
-    round_log.seconds = time.perf_counter() - started
-    log.info(
-        "fedsynth round %d/%d: trained %d, refused %d, failed %d, epsilon max %s (%.1f s)",
-        server_round,
-        config.num_server_rounds,
-        len(round_log.trained),
-        len(round_log.refused),
-        len(round_log.failed),
-        "-" if round_log.epsilon_max is None else f"{round_log.epsilon_max:.3f}",
-        round_log.seconds,
-    )
-    return outcome
-
-
-def plain_train_round(
-    grid: Grid, config: RunConfig, server_round: int, sampled: list[int], arrays: ArrayRecord,
-    identity: dict[str, str],
+    grid: Grid, config: RunConfig, server_round: int, participants: list[int], arrays: ArrayRecord,
+    identity: dict[str, str], setups: RoundSetups | None = None,
 ) -> RoundOutcome:  # fmt: skip
-    """Each sampled node trains and sends its bundle; FedAvg (or the robust rule) of the replies."""
-    request = ConfigRecord({wire.SERVER_ROUND: server_round, wire.PLANNED_ROUNDS: config.num_server_rounds, **identity})
-    messages = [
-        Message(RecordDict({wire.ARRAYS: arrays, wire.CONFIG: request}), dst_node_id=n, message_type=MessageType.TRAIN)
-        for n in sampled
-    ]
-    replies = send_and_receive(grid, messages, config.reply_timeout)
-    return aggregate_round(server_round, replies, messages, config.reply_timeout, arrays, config.robust())
+    """One round through Flower (plain, or secure with ``secure-aggregation``): the new global arrays and its log."""
+    transport = round_transport(grid, config, arrays, identity, setups)
+    return play_round(transport, config, server_round, participants, arrays, Identity.from_fields(identity))
 
 
 def run_federation(grid: Grid, config: RunConfig) -> TrainingResult:
@@ -458,24 +459,15 @@ def local_rounds(
     grid: Grid, config: RunConfig, participants: list[int], bundle: ModelBundle, resumed: ResumePoint,
     identity: dict[str, str], checkpoint: Checkpoint,
 ) -> tuple[ArrayRecord, list[RoundLog]]:  # fmt: skip
-    """round-mode local: the rounds after the resumed ones, each silo training locally, then FedAvg (or the
-    strategy's server step); each round checkpointed. (the global state, every round's log)."""
-    server_optimizer = config.federated_strategy().server_optimizer()
-    if server_optimizer is not None and resumed.server_optimizer is not None:
-        server_optimizer.load_state_dict(resumed.server_optimizer)
-    arrays, rounds = ArrayRecord(bundle.state_dict()), resumed.rounds
+    """round-mode local through Flower: :func:`fedsynth.server.round.run_rounds` from the resumed point, over
+    plain messages or secure sums (keys set up in batches of rounds)."""
+    arrays = ArrayRecord(bundle.state_dict())
     setups = update_setups(grid, config, arrays, identity) if config.secure_aggregation else None
-    for server_round in range(len(rounds) + 1, config.num_server_rounds + 1):
-        outcome = train_round(grid, config, server_round, participants, arrays, identity, setups)
-        require_quorum(f"round {server_round}", outcome.log, config)
-        if outcome.arrays is not None and server_optimizer is not None:
-            previous = arrays.to_torch_state_dict()
-            arrays = ArrayRecord(server_optimizer.step(server_round, previous, outcome.arrays.to_torch_state_dict()))
-        elif outcome.arrays is not None:
-            arrays = outcome.arrays
-        rounds.append(outcome.log)
-        checkpoint(server_round, arrays, outcome.log, server_optimizer.state_dict() if server_optimizer else None)
-    return arrays, rounds
+    transport = round_transport(grid, config, arrays, identity, setups)
+    return run_rounds(
+        transport, config, participants, arrays, Identity.from_fields(identity), resumed.rounds,
+        resumed.server_optimizer, checkpoint, require_quorum,
+    )  # fmt: skip
 
 
 def training_summary(

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.secagg.updates import UPDATE, UpdateQuantizer, apply_update, update_size
 from fedsynth.server.aggregation import RoundOutcome
+from fedsynth.server.round import RoundPlan
 from fedsynth.server.secure_release import RoundSetups
 
 
@@ -31,8 +32,19 @@ def update_setups(
     return RoundSetups(grid, config, UPDATE, quantizer, identity, per_round=per_round or config.fraction_train < 1)
 
 
-def secure_train_round(server_round: int, sampled: list[int], arrays: ArrayRecord, setups: RoundSetups) -> RoundOutcome:
-    """One local round of the ``sampled`` nodes, secure-aggregated: the new global arrays and the round's log."""
-    total, _, round_log = setups.secure_sum(server_round, sampled, arrays)
-    updated = apply_update(arrays.to_torch_state_dict(), total, round_log.users) if round_log.users else None
-    return RoundOutcome(ArrayRecord(updated) if updated is not None else None, round_log)
+class SecureRound:
+    """A round wrapped in a secure sum: the same TrainRequest, carried by the sum's masked stage; each node
+    answers with its users-weighted update, masked (:func:`fedsynth.client.handlers.handle_secure_update`), and
+    the server unmasks only the total and applies the survivors' FedAvg."""
+
+    def __init__(self, grid: Grid, setups: RoundSetups) -> None:
+        self.grid, self.setups = grid, setups
+
+    def connected(self) -> set[int]:
+        return set(self.grid.get_node_ids())
+
+    def train(self, plan: RoundPlan) -> RoundOutcome:
+        arrays, server_round = plan.request.arrays, plan.request.server_round
+        total, _, round_log = self.setups.secure_sum(server_round, plan.sampled, arrays)
+        updated = apply_update(arrays.to_torch_state_dict(), total, round_log.users) if round_log.users else None
+        return RoundOutcome(ArrayRecord(updated) if updated is not None else None, round_log)

@@ -20,7 +20,8 @@ from fedsynth.common.federated import wire
 from fedsynth.common.federated.round_log import RoundLog
 from fedsynth.common.models.bundle import ModelBundle
 from fedsynth.common.privacy.ledger import RunIdentity
-from fedsynth.server.aggregation import ClientReply, aggregate_replies
+from fedsynth.server.aggregation import ClientReply
+from fedsynth.server.round import aggregate_train
 
 SMALL = {
     "gen-users": 300,
@@ -168,7 +169,7 @@ def test_server_reports_max_epsilon_and_fedavg_by_users() -> None:
         ClientReply(4, None, "node lost"),
     ]
 
-    outcome = aggregate_replies(1, replies)
+    outcome = aggregate_train(1, replies)
 
     assert outcome.log.epsilon_max == 7.5  # the refusing client's spend counts; no averaging
     assert outcome.log.epsilon_min == 2.0

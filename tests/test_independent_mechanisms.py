@@ -24,10 +24,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedsynth.client.budget import NodeBudget
-from fedsynth.client.handlers import handle_cooccurrence, handle_statistics, privacy_plan, train_round
+from fedsynth.client.handlers import handle_cooccurrence, handle_statistics, privacy_plan
+from fedsynth.client.round import local_training
 from fedsynth.client.training import RoundSeeds
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.federated import wire
+from fedsynth.common.federated.protocol import TrainRequest
 from fedsynth.common.models.bundle import ModelBundle
 from fedsynth.common.privacy.dpsgd import noise
 from fedsynth.common.privacy.dpsgd.training import CSRRows
@@ -122,7 +124,7 @@ def test_independent_mechanisms_vae_and_discriminator_of_one_round(
     plan = privacy_plan(RecordDict(), config, data.shape[0], config.num_server_rounds)
     spy = Spy(monkeypatch)
 
-    train_round(train_request(config, 50, 1), data, config, plan, 1)
+    local_training(TrainRequest.from_record(train_request(config, 50, 1)), data, config, plan)
 
     vae_noise, gan_noise = spy.noise
     assert_independent_noise(vae_noise, gan_noise)
@@ -140,8 +142,8 @@ def test_independent_mechanisms_across_two_rounds(monkeypatch: pytest.MonkeyPatc
     plan = privacy_plan(RecordDict(), config, data.shape[0], config.num_server_rounds)
     spy = Spy(monkeypatch)
 
-    train_round(train_request(config, 50, 1), data, config, plan, 1)
-    train_round(train_request(config, 50, 2), data, config, plan, 2)
+    local_training(TrainRequest.from_record(train_request(config, 50, 1)), data, config, plan)
+    local_training(TrainRequest.from_record(train_request(config, 50, 2)), data, config, plan)
 
     round_1_vae, _, round_2_vae, _ = spy.noise
     assert_independent_noise(round_1_vae, round_2_vae)

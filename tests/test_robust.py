@@ -11,7 +11,8 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, Rec
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.federated import wire
 from fedsynth.common.robustness.rules import RobustConfig, robust_arrays, robust_total
-from fedsynth.server.aggregation import ClientReply, aggregate_replies
+from fedsynth.server.aggregation import ClientReply
+from fedsynth.server.round import aggregate_train
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -110,8 +111,8 @@ def test_the_round_aggregation_uses_the_configured_rule() -> None:
         content[wire.METRICS] = MetricRecord({**dict(content[wire.METRICS]), **metrics, wire.REFUSED: 0})
         replies.append(ClientReply(node, content))
 
-    plain = aggregate_replies(1, replies)
-    robust = aggregate_replies(1, replies, robust=RobustConfig("median"))
+    plain = aggregate_train(1, replies)
+    robust = aggregate_train(1, replies, robust=RobustConfig("median"))
 
     assert plain.arrays is not None and robust.arrays is not None
     assert plain.arrays["w"].numpy()[0] > 300 and robust.arrays["w"].numpy()[0] == 2.0

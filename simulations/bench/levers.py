@@ -31,11 +31,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord
 
 from fedsynth.client.attack import MaliciousSilo, malicious_silo, silo_rows, tampered_train_reply
+from fedsynth.client.round import local_training
 from fedsynth.client.secure import central_release_variance, fedsgd_release
-from fedsynth.client.training import RoundSeeds, train_local_round
+from fedsynth.client.training import RoundSeeds
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.config.sections import EvalConfig
 from fedsynth.common.data.partition import partition_users
@@ -43,6 +44,7 @@ from fedsynth.common.data.prepare import PreparedData, prepare
 from fedsynth.common.data.split import HeldOutUsers
 from fedsynth.common.evaluation.scoring import evaluate
 from fedsynth.common.federated import wire
+from fedsynth.common.federated.protocol import Identity, Spent, TrainReply
 from fedsynth.common.models.bundle import ModelBundle
 from fedsynth.common.privacy.dpsgd.fedsgd import (
     apply_gradient,
@@ -61,13 +63,15 @@ from fedsynth.common.privacy.releases.cooccurrence import (
 from fedsynth.common.privacy.releases.statistics import NoisyStatistics, noisy_statistics
 from fedsynth.common.recommenders import EASE, MostPopular, MultVAERecommender, Recommender
 from fedsynth.common.robustness.attacks import inflate_counts, target_items, target_share
-from fedsynth.common.robustness.rules import robust_arrays, robust_statistics, robust_total
+from fedsynth.common.robustness.rules import robust_statistics, robust_total
 from fedsynth.common.runtime.seeding import rng_for, seed_for
 from fedsynth.common.secagg.skellam import skellam_noise
 from fedsynth.common.synthesis.sampling import SynthesisConfig, synthesize
+from fedsynth.server.aggregation import ClientReply, RoundOutcome
 from fedsynth.server.baselines import baseline_recommenders
 from fedsynth.server.federation import cooccurrence_expected_to_pay, fitted_bundle
 from fedsynth.server.fedsgd import fedsgd_optimizer
+from fedsynth.server.round import RoundPlan, aggregate_train, run_rounds
 
 EVAL = EvalConfig(ks=(10,))
 
@@ -212,29 +216,37 @@ def federated_rounds(
     if config.round_mode == "fedsgd":
         federated_steps(bundle, rows, plans, config, seed)
         return
-    num_items, privacy, local = rows[0].shape[1], config.privacy(), config.local()
-    server_optimizer = config.federated_strategy().server_optimizer()
-    cheats = list(silos) + [None] * (len(rows) - len(silos))
-    for server_round in range(1, config.num_server_rounds + 1):
-        current = ArrayRecord(bundle.state_dict())
-        request = RecordDict({wire.ARRAYS: current, wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: server_round})})
-        contents = []
-        for index, (r, plan, silo) in enumerate(zip(rows, plans, cheats, strict=True)):
-            local_bundle = ModelBundle.create(num_items, local, seed=seed)
-            local_bundle.load_state_dict(bundle.state_dict())
-            seeds = RoundSeeds.for_round(server_round, seed_for(seed, f"silo-{index}"))  # each silo its own noise
-            train_local_round(local_bundle, r, plan, privacy, local, server_round, seeds)
-            reply = RecordDict(
-                {
-                    wire.ARRAYS: ArrayRecord(local_bundle.state_dict()),
-                    wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: r.shape[0]}),
-                }
-            )
-            contents.append(tampered_train_reply(reply, request, silo))
-        average = dict(robust_arrays(contents, current, config.robust()).to_torch_state_dict())
-        if server_optimizer is not None:
-            average = server_optimizer.step(server_round, bundle.state_dict(), average)
-        bundle.load_state_dict(average)
+    transport = InProcessRound(rows, plans, config, seed, list(silos) + [None] * (len(rows) - len(silos)))
+    arrays, _ = run_rounds(transport, config, list(range(len(rows))), ArrayRecord(bundle.state_dict()), Identity())
+    bundle.load_state_dict(arrays.to_torch_state_dict())
+
+
+@dataclass
+class InProcessRound:
+    """The round transport of the in-process federation: each sampled silo runs the node's own step
+    (:func:`fedsynth.client.round.local_training`, its own reproducible seeds) and replies as the ClientApp
+    does (a cheating silo tampers), then the server's :func:`fedsynth.server.round.aggregate_train`.
+    No ledger: a benchmark spends nothing on disk."""
+
+    rows: list[sp.csr_matrix]
+    plans: list[PrivacyPlan]
+    config: RunConfig
+    seed: int
+    silos: list[MaliciousSilo | None]
+
+    def connected(self) -> set[int]:
+        return set(range(len(self.rows)))
+
+    def train(self, plan: RoundPlan) -> RoundOutcome:
+        request, server_round, replies = plan.request, plan.request.server_round, []
+        for index in plan.sampled:
+            rows, node_plan = self.rows[index], self.plans[index]
+            seeds = RoundSeeds.for_round(server_round, seed_for(self.seed, f"silo-{index}"))  # each silo its own noise
+            trained, _, _ = local_training(request, rows, self.config, node_plan, seeds)
+            spent = Spent(num_examples=rows.shape[0], epsilon=0.0, delta=node_plan.delta, epsilon_own_noise=0.0)
+            reply = TrainReply(ArrayRecord(trained), spent).to_record()
+            replies.append(ClientReply(index, tampered_train_reply(reply, request.to_record(), self.silos[index])))
+        return aggregate_train(server_round, replies, request.arrays, self.config.robust())
 
 
 def federated_steps(

@@ -1,0 +1,219 @@
+"""The typed wire protocol of a round: request and reply records, built and read in one place.
+
+A Flower message's content is a ``RecordDict`` of named records (:mod:`fedsynth.common.federated.wire`
+holds the names). Both sides use these types instead of reading records by hand:
+
+- the server builds a request with ``to_record()`` and reads a reply with ``from_record()``;
+- the node reads the request with ``from_record()`` and answers with ``to_record()``.
+
+``from_record`` checks every field's type and raises :class:`ProtocolError` naming the field, so
+a malformed message is refused with a reason instead of failing deep in training.
+
+What a reply may carry is fixed here, and only here: DP releases (arrays) and public numbers
+(:class:`Spent`: users, cumulative ε, δ). A node never sends losses or any other function of its
+data that is not accounted (``tests/test_only_accounted_outputs.py``).
+
+    Train round r (plain):   server → node   TrainRequest  {arrays: global bundle, config: round, plan, identity}
+                             node → server   TrainReply    {arrays: trained bundle, metrics: Spent (+ replayed)}
+                                          or Refusal       {metrics: Spent (refused = 1), config: reason}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.federated import wire
+
+MetricValue = int | float | list[int] | list[float]  # what a Flower MetricRecord holds
+
+
+class ProtocolError(FedsynthError):
+    """A message that does not follow the protocol: a record or a field is missing or of the wrong type."""
+
+
+def _config(content: RecordDict, what: str) -> ConfigRecord:
+    if wire.CONFIG not in content.config_records:
+        raise ProtocolError(f"{what}: the message has no {wire.CONFIG!r} config record")
+    return content.config_records[wire.CONFIG]
+
+
+def _metrics(content: RecordDict, what: str) -> MetricRecord:
+    if wire.METRICS not in content.metric_records:
+        raise ProtocolError(f"{what}: the message has no {wire.METRICS!r} metric record")
+    return content.metric_records[wire.METRICS]
+
+
+def _arrays(content: RecordDict, what: str) -> ArrayRecord:
+    if wire.ARRAYS not in content.array_records:
+        raise ProtocolError(f"{what}: the message has no {wire.ARRAYS!r} array record")
+    return content.array_records[wire.ARRAYS]
+
+
+def _integer(record: ConfigRecord | MetricRecord, key: str, what: str, default: int | None = None) -> int:
+    if key not in record and default is not None:
+        return default
+    try:
+        value = wire.number(record, key)
+    except (KeyError, TypeError) as exc:
+        raise ProtocolError(f"{what}: field {key!r} should be a number ({exc})") from None
+    if value != int(value):
+        raise ProtocolError(f"{what}: field {key!r} should be a whole number, got {value}")
+    return int(value)
+
+
+def _number(record: MetricRecord, key: str, what: str, default: float | None = None) -> float:
+    if key not in record and default is not None:
+        return default
+    try:
+        return wire.number(record, key)
+    except (KeyError, TypeError) as exc:
+        raise ProtocolError(f"{what}: field {key!r} should be a number ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who asks, as the server says it (every request carries it): the run directory's key, stable across
+    resumes, and a free-text requester (host, output directory). The node's ledger records both; Flower's
+    run id comes from the node's own SuperLink, not from here."""
+
+    run_key: str = ""
+    requester: str = ""
+
+    def fields(self) -> dict[str, wire.ConfigValue]:
+        return {wire.RUN_KEY: self.run_key, wire.REQUESTER: self.requester} if self.run_key else {}
+
+    @classmethod
+    def from_config(cls, record: ConfigRecord) -> Identity:
+        return cls(str(record.get(wire.RUN_KEY, "")), str(record.get(wire.REQUESTER, "")))
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> Identity:
+        return cls(fields.get(wire.RUN_KEY, ""), fields.get(wire.REQUESTER, ""))
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Round ``server_round`` of ``planned_rounds``: train locally from the global bundle ``arrays``."""
+
+    server_round: int
+    planned_rounds: int
+    arrays: ArrayRecord
+    identity: Identity = field(default_factory=Identity)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.server_round <= self.planned_rounds:
+            raise ProtocolError(f"round {self.server_round} is outside the planned rounds 1..{self.planned_rounds}")
+
+    def to_record(self) -> RecordDict:
+        config = {wire.SERVER_ROUND: self.server_round, wire.PLANNED_ROUNDS: self.planned_rounds}
+        return RecordDict({wire.ARRAYS: self.arrays, wire.CONFIG: ConfigRecord({**config, **self.identity.fields()})})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> TrainRequest:
+        what = "train request"
+        config = _config(content, what)
+        return cls(
+            _integer(config, wire.SERVER_ROUND, what),
+            _integer(config, wire.PLANNED_ROUNDS, what),
+            _arrays(content, what),
+            Identity.from_config(config),
+        )
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What every reply says about privacy (public numbers): the node's users and its cumulative ε, in total
+    and per release or model, counting all noise (the guarantee) and only its own noise (secure sums), and δ."""
+
+    num_examples: int
+    epsilon: float
+    delta: float
+    epsilon_own_noise: float
+    epsilon_vae: float = 0.0
+    epsilon_gan: float = 0.0
+    epsilon_statistics: float = 0.0
+    epsilon_cooccurrence: float = 0.0
+
+    _KEYS: ClassVar[dict[str, str]] = {
+        "epsilon_vae": wire.EPSILON_VAE,
+        "epsilon_gan": wire.EPSILON_GAN,
+        "epsilon_statistics": wire.EPSILON_STATISTICS,
+        "epsilon_cooccurrence": wire.EPSILON_COOCCURRENCE,
+    }
+
+    def to_metrics(self) -> dict[str, MetricValue]:
+        parts = {key: getattr(self, name) for name, key in self._KEYS.items()}
+        return {
+            wire.NUM_EXAMPLES: self.num_examples,
+            wire.REFUSED: 0,
+            wire.EPSILON: self.epsilon,
+            **parts,
+            wire.EPSILON_OWN_NOISE: self.epsilon_own_noise,
+            wire.DELTA: self.delta,
+        }
+
+    @classmethod
+    def from_metrics(cls, metrics: MetricRecord, what: str = "reply") -> Spent:
+        epsilon = _number(metrics, wire.EPSILON, what)
+        return cls(
+            _integer(metrics, wire.NUM_EXAMPLES, what),
+            epsilon,
+            _number(metrics, wire.DELTA, what, default=0.0),
+            _number(metrics, wire.EPSILON_OWN_NOISE, what, default=epsilon),
+            **{name: _number(metrics, key, what, default=0.0) for name, key in cls._KEYS.items()},
+        )
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A trained bundle (plain rounds) and what the node has spent; ``replayed``: the saved reply of a round
+    already charged to this run, sent again (no new ε)."""
+
+    arrays: ArrayRecord
+    spent: Spent
+    replayed: bool = False
+
+    def to_record(self) -> RecordDict:
+        metrics: dict[str, MetricValue] = {**self.spent.to_metrics(), **({wire.REPLAYED: 1} if self.replayed else {})}
+        return RecordDict({wire.ARRAYS: self.arrays, wire.METRICS: MetricRecord(metrics)})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> TrainReply:
+        what = "train reply"
+        metrics = _metrics(content, what)
+        return cls(_arrays(content, what), Spent.from_metrics(metrics, what), wire.REPLAYED in metrics)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A node's refusal: the reason, and the ε it had already spent (0 when it could not open its ledger)."""
+
+    reason: str
+    epsilon: float = 0.0
+    epsilon_own_noise: float = 0.0
+    delta: float = 0.0
+
+    def to_record(self) -> RecordDict:
+        metrics: dict[str, MetricValue] = {
+            wire.REFUSED: 1,
+            wire.NUM_EXAMPLES: 0,
+            wire.EPSILON: self.epsilon,
+            wire.EPSILON_OWN_NOISE: self.epsilon_own_noise,
+            wire.DELTA: self.delta,
+        }
+        return RecordDict({wire.METRICS: MetricRecord(metrics), wire.CONFIG: ConfigRecord({wire.REASON: self.reason})})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> Refusal | None:
+        """The refusal in ``content``, or None if it is not one."""
+        if wire.METRICS not in content.metric_records or not content.metric_records[wire.METRICS].get(wire.REFUSED):
+            return None
+        metrics, what = content.metric_records[wire.METRICS], "refusal"
+        epsilon = _number(metrics, wire.EPSILON, what)
+        reason = str(_config(content, what).get(wire.REASON, ""))
+        own = _number(metrics, wire.EPSILON_OWN_NOISE, what, default=epsilon)
+        return cls(reason, epsilon, own, _number(metrics, wire.DELTA, what, default=0.0))

@@ -1,0 +1,87 @@
+"""The typed wire protocol (common/federated/protocol.py): both sides build and read the same records.
+
+Checked against the record names in common/federated/wire.py (what a Flower message holds), and
+against malformed messages: a field missing or of the wrong type is refused with the field named.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedsynth.common.federated import wire
+from fedsynth.common.federated.protocol import Identity, ProtocolError, Refusal, Spent, TrainReply, TrainRequest
+from fedsynth.server.aggregation import ClientReply, client_outcomes
+
+ARRAYS = ArrayRecord({"vae.w": torch.ones(3, 2)})
+SPENT = Spent(num_examples=40, epsilon=1.5, delta=1e-5, epsilon_own_noise=2.0, epsilon_vae=0.7, epsilon_gan=0.3)
+
+
+def test_a_train_request_reads_back_what_was_built() -> None:
+    request = TrainRequest(2, 5, ARRAYS, Identity("k" * 32, "host:/out"))
+
+    content = request.to_record()
+    again = TrainRequest.from_record(content)
+
+    assert content[wire.CONFIG][wire.SERVER_ROUND] == 2
+    assert content[wire.CONFIG][wire.RUN_KEY] == "k" * 32
+    assert (again.server_round, again.planned_rounds, again.identity) == (2, 5, request.identity)
+    assert torch.equal(again.arrays.to_torch_state_dict()["vae.w"], torch.ones(3, 2))
+
+
+def test_a_train_reply_carries_only_the_bundle_and_public_numbers() -> None:
+    content = TrainReply(ARRAYS, SPENT, replayed=True).to_record()
+
+    again = TrainReply.from_record(content)
+
+    assert set(content.keys()) == {wire.ARRAYS, wire.METRICS}
+    assert set(content[wire.METRICS].keys()) == {
+        wire.NUM_EXAMPLES, wire.REFUSED, wire.EPSILON, wire.EPSILON_VAE, wire.EPSILON_GAN, wire.EPSILON_STATISTICS,
+        wire.EPSILON_COOCCURRENCE, wire.EPSILON_OWN_NOISE, wire.DELTA, wire.REPLAYED,
+    }  # fmt: skip
+    assert again.spent == SPENT and again.replayed
+
+
+def test_a_refusal_reads_back_and_an_answer_is_not_one() -> None:
+    refusal = Refusal("over the cap", epsilon=3.0, epsilon_own_noise=3.5, delta=1e-6)
+
+    assert Refusal.from_record(refusal.to_record()) == refusal
+    assert Refusal.from_record(TrainReply(ARRAYS, SPENT).to_record()) is None
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({wire.PLANNED_ROUNDS: 3}, wire.SERVER_ROUND),
+        ({wire.SERVER_ROUND: "2", wire.PLANNED_ROUNDS: 3}, wire.SERVER_ROUND),
+        ({wire.SERVER_ROUND: 2, wire.PLANNED_ROUNDS: 1.5}, wire.PLANNED_ROUNDS),
+    ],
+)
+def test_a_malformed_train_request_is_refused_naming_the_field(config: dict[str, object], field: str) -> None:
+    content = RecordDict({wire.ARRAYS: ARRAYS, wire.CONFIG: ConfigRecord(config)})  # type: ignore[arg-type]
+
+    with pytest.raises(ProtocolError, match=field):
+        TrainRequest.from_record(content)
+
+
+def test_a_train_request_without_the_bundle_or_outside_the_plan_is_refused() -> None:
+    with pytest.raises(ProtocolError, match=wire.ARRAYS):
+        TrainRequest.from_record(
+            RecordDict({wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 1, wire.PLANNED_ROUNDS: 1})})
+        )
+    with pytest.raises(ProtocolError, match="outside the planned rounds"):
+        TrainRequest(4, 3, ARRAYS)
+
+
+def test_the_server_counts_a_reply_that_does_not_say_what_it_spent_as_failed() -> None:
+    good = ClientReply(1, TrainReply(ARRAYS, SPENT).to_record())
+    silent_metrics = ClientReply(2, RecordDict({wire.ARRAYS: ARRAYS, wire.METRICS: MetricRecord({wire.REFUSED: 0})}))
+    refused = ClientReply(3, Refusal("no budget", epsilon=2.0).to_record())
+
+    outcome = client_outcomes([good, silent_metrics, refused], server_round=1)
+
+    assert outcome.log.trained == [1]
+    assert [(p.node, p.reason.startswith("malformed reply")) for p in outcome.log.failed] == [(2, True)]
+    assert [(p.node, p.epsilon) for p in outcome.log.refused] == [(3, 2.0)]
+    assert outcome.log.epsilon_by_node == {"1": 1.5}
