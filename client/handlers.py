@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsynth.client.budget import NodeBudget
@@ -32,7 +31,15 @@ from fedsynth.client.secure import (
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.errors import ConfigError, FedsynthError
 from fedsynth.common.federated import wire
-from fedsynth.common.federated.protocol import ProtocolError, Refusal, Spent, TrainReply, TrainRequest
+from fedsynth.common.federated.protocol import (
+    CooccurrenceReply,
+    ProtocolError,
+    Refusal,
+    Spent,
+    StatisticsReply,
+    TrainReply,
+    TrainRequest,
+)
 from fedsynth.common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
 from fedsynth.common.privacy.plan import EVALUATION, PrivacyPlan, plan_privacy
 from fedsynth.common.privacy.releases.cooccurrence import COOCCURRENCE, check_items, noisy_cooccurrence, upper
@@ -157,14 +164,8 @@ def handle_statistics(
 
 def statistics_reply(released: NoisyStatistics, ledger: PrivacyLedger, users: int, plan: PrivacyPlan) -> RecordDict:
     """A plain first-order release's reply: the noisy counts and histogram, what was spent, the noise std."""
-    arrays = ArrayRecord(
-        {
-            wire.ITEM_COUNTS: torch.from_numpy(released.item_counts),
-            wire.LENGTH_HISTOGRAM: torch.from_numpy(released.length_histogram),
-        }
-    )
-    metrics = {**spent_metrics(ledger, users, plan), wire.NOISE_STD: released.noise_std}
-    return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
+    spent = spent_of(ledger, users, plan)
+    return StatisticsReply(released.item_counts, released.length_histogram, released.noise_std, spent).to_record()
 
 
 def handle_cooccurrence(
@@ -205,9 +206,8 @@ def handle_cooccurrence(
     ledger.record(plan.cooccurrence_events(), COOCCURRENCE, run, round=0, requested_epsilon=target)
     if isinstance(released, NoisyStatistics):
         return statistics_reply(released, ledger, rows.shape[0], plan)
-    arrays = ArrayRecord({wire.COOCCURRENCE: torch.from_numpy(upper(released.matrix))})
-    metrics = {**spent_metrics(ledger, rows.shape[0], plan), wire.NOISE_STD: released.noise_std}
-    return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
+    spent = spent_of(ledger, rows.shape[0], plan)
+    return CooccurrenceReply(upper(released.matrix), released.noise_std, spent).to_record()
 
 
 def check_release(ledger: PrivacyLedger, plan: PrivacyPlan, run: RunIdentity, release: str) -> None:

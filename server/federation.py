@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.errors import ConfigError, FedsynthError
 from fedsynth.common.federated import wire
-from fedsynth.common.federated.protocol import Identity
+from fedsynth.common.federated.protocol import CooccurrenceReply, Identity, StatisticsReply
 from fedsynth.common.federated.round_log import RoundLog
 from fedsynth.common.models.bundle import ModelBundle
 from fedsynth.common.privacy.plan import plan_privacy
@@ -124,13 +124,9 @@ def query_statistics(
 
 def summed_statistics(released: list[RecordDict], config: RunConfig) -> NoisyStatistics:
     """The plain first-order replies summed (``robust-aggregation``), with the sum's noise std."""
-    users, noise = released_users_and_noise(released)
-    parts = []
-    for content, noise_std in zip(released, noise, strict=True):
-        arrays = content[wire.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
-        counts, lengths = arrays[wire.ITEM_COUNTS].numpy(), arrays[wire.LENGTH_HISTOGRAM].numpy()
-        parts.append(NoisyStatistics(counts, lengths, noise_std))
-    return robust_statistics(parts, users, config.robust())
+    replies = [StatisticsReply.from_record(content) for content in released]
+    parts = [NoisyStatistics(r.item_counts, r.length_histogram, r.noise_std) for r in replies]
+    return robust_statistics(parts, [r.spent.num_examples for r in replies], config.robust())
 
 
 def query_first_order_instead(
@@ -143,12 +139,6 @@ def query_first_order_instead(
     return (summed_statistics(released, config) if released else None), release_log
 
 
-def released_users_and_noise(released: list[RecordDict]) -> tuple[list[int], list[float]]:
-    """Each plain release's user count and noise std per coordinate, as its node reported them."""
-    users = [int(wire.number(c[wire.METRICS], wire.NUM_EXAMPLES)) for c in released]
-    return users, [wire.number(c[wire.METRICS], wire.NOISE_STD) for c in released]
-
-
 def query_cooccurrence(
     grid: Grid, nodes: list[int], config: RunConfig, items: np.ndarray, identity: dict[str, str]
 ) -> tuple[NoisyCooccurrence | None, RoundLog]:
@@ -159,9 +149,9 @@ def query_cooccurrence(
     )
     if not released:
         return None, release_log
-    users, noise = released_users_and_noise(released)
-    values = [content[wire.ARRAYS][wire.COOCCURRENCE].numpy() for content in released]  # type: ignore[union-attr]
-    total, noise_std = robust_total(values, users, noise, config.robust())
+    replies = [CooccurrenceReply.from_record(content) for content in released]
+    users, noise = [r.spent.num_examples for r in replies], [r.noise_std for r in replies]
+    total, noise_std = robust_total([r.upper for r in replies], users, noise, config.robust())
     return NoisyCooccurrence(items, from_upper(total, len(items)), noise_std), release_log
 
 

@@ -6,12 +6,22 @@ against malformed messages: a field missing or of the wrong type is refused with
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsynth.common.federated import wire
-from fedsynth.common.federated.protocol import Identity, ProtocolError, Refusal, Spent, TrainReply, TrainRequest
+from fedsynth.common.federated.protocol import (
+    CooccurrenceReply,
+    Identity,
+    ProtocolError,
+    Refusal,
+    Spent,
+    StatisticsReply,
+    TrainReply,
+    TrainRequest,
+)
 from fedsynth.server.aggregation import ClientReply, client_outcomes
 
 ARRAYS = ArrayRecord({"vae.w": torch.ones(3, 2)})
@@ -85,3 +95,19 @@ def test_the_server_counts_a_reply_that_does_not_say_what_it_spent_as_failed() -
     assert [(p.node, p.reason.startswith("malformed reply")) for p in outcome.log.failed] == [(2, True)]
     assert [(p.node, p.epsilon) for p in outcome.log.refused] == [(3, 2.0)]
     assert outcome.log.epsilon_by_node == {"1": 1.5}
+
+
+def test_release_replies_read_back_and_refuse_a_vector_that_is_not_finite() -> None:
+    counts, lengths = np.array([3.5, -0.2, 7.0]), np.array([1.0, 2.0])
+    statistics = StatisticsReply(counts, lengths, 0.8, SPENT)
+    pairs = CooccurrenceReply(np.array([1.0, 0.5, 2.0]), 0.3, SPENT)
+
+    again = StatisticsReply.from_record(statistics.to_record())
+    pairs_again = CooccurrenceReply.from_record(pairs.to_record())
+
+    assert np.array_equal(again.item_counts, counts) and np.array_equal(again.length_histogram, lengths)
+    assert (again.noise_std, again.spent) == (0.8, SPENT)
+    assert np.array_equal(pairs_again.upper, pairs.upper) and pairs_again.noise_std == 0.3
+    broken = StatisticsReply(np.array([np.nan, 1.0]), lengths, 0.8, SPENT).to_record()
+    with pytest.raises(ProtocolError, match=wire.ITEM_COUNTS):
+        StatisticsReply.from_record(broken)

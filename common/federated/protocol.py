@@ -13,6 +13,8 @@ What a reply may carry is fixed here, and only here: DP releases (arrays) and pu
 (:class:`Spent`: users, cumulative ε, δ). A node never sends losses or any other function of its
 data that is not accounted (``tests/test_only_accounted_outputs.py``).
 
+    Releases (plain):        node → server   StatisticsReply / CooccurrenceReply {arrays: the noisy release,
+                                                                                 metrics: Spent + noise-std}
     Train round r (plain):   server → node   TrainRequest  {arrays: global bundle, config: round, plan, identity}
                              node → server   TrainReply    {arrays: trained bundle, metrics: Spent (+ replayed)}
                                           or Refusal       {metrics: Spent (refused = 1), config: reason}
@@ -23,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsynth.common.errors import FedsynthError
@@ -217,3 +221,63 @@ class Refusal:
         reason = str(_config(content, what).get(wire.REASON, ""))
         own = _number(metrics, wire.EPSILON_OWN_NOISE, what, default=epsilon)
         return cls(reason, epsilon, own, _number(metrics, wire.DELTA, what, default=0.0))
+
+
+@dataclass(frozen=True)
+class StatisticsReply:
+    """A plain first-order release (``query.statistics``, or ``query.cooccurrence`` with the first order
+    instead): noisy item counts (n_items,), a noisy history-length histogram (n_bins,), the Gaussian noise's
+    std per coordinate (public) and what the node has spent."""
+
+    item_counts: np.ndarray
+    length_histogram: np.ndarray
+    noise_std: float
+    spent: Spent
+
+    def to_record(self) -> RecordDict:
+        arrays = ArrayRecord(
+            {
+                wire.ITEM_COUNTS: torch.from_numpy(np.ascontiguousarray(self.item_counts)),
+                wire.LENGTH_HISTOGRAM: torch.from_numpy(np.ascontiguousarray(self.length_histogram)),
+            }
+        )
+        metrics: dict[str, MetricValue] = {**self.spent.to_metrics(), wire.NOISE_STD: self.noise_std}
+        return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> StatisticsReply:
+        what = "statistics reply"
+        arrays, metrics = _arrays(content, what), _metrics(content, what)
+        counts, lengths = (_vector(arrays, key, what) for key in (wire.ITEM_COUNTS, wire.LENGTH_HISTOGRAM))
+        return cls(counts, lengths, _number(metrics, wire.NOISE_STD, what), Spent.from_metrics(metrics, what))
+
+
+@dataclass(frozen=True)
+class CooccurrenceReply:
+    """A plain second-order release (``query.cooccurrence``): the upper triangle, row by row, of the node's
+    noisy co-occurrence over the M requested items (M(M+1)/2,), its noise std per entry and what it spent."""
+
+    upper: np.ndarray
+    noise_std: float
+    spent: Spent
+
+    def to_record(self) -> RecordDict:
+        arrays = ArrayRecord({wire.COOCCURRENCE: torch.from_numpy(np.ascontiguousarray(self.upper))})
+        metrics: dict[str, MetricValue] = {**self.spent.to_metrics(), wire.NOISE_STD: self.noise_std}
+        return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> CooccurrenceReply:
+        what = "co-occurrence reply"
+        arrays, metrics = _arrays(content, what), _metrics(content, what)
+        upper = _vector(arrays, wire.COOCCURRENCE, what)
+        return cls(upper, _number(metrics, wire.NOISE_STD, what), Spent.from_metrics(metrics, what))
+
+
+def _vector(arrays: ArrayRecord, key: str, what: str) -> np.ndarray:
+    if key not in arrays:
+        raise ProtocolError(f"{what}: the array record has no {key!r}")
+    values = arrays[key].numpy()
+    if values.ndim != 1 or not np.all(np.isfinite(values)):
+        raise ProtocolError(f"{what}: {key!r} should be a finite vector, got shape {values.shape}")
+    return values
