@@ -235,14 +235,8 @@ class StatisticsReply:
     spent: Spent
 
     def to_record(self) -> RecordDict:
-        arrays = ArrayRecord(
-            {
-                wire.ITEM_COUNTS: torch.from_numpy(np.ascontiguousarray(self.item_counts)),
-                wire.LENGTH_HISTOGRAM: torch.from_numpy(np.ascontiguousarray(self.length_histogram)),
-            }
-        )
-        metrics: dict[str, MetricValue] = {**self.spent.to_metrics(), wire.NOISE_STD: self.noise_std}
-        return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
+        vectors = {wire.ITEM_COUNTS: self.item_counts, wire.LENGTH_HISTOGRAM: self.length_histogram}
+        return _release_record(vectors, self.noise_std, self.spent)
 
     @classmethod
     def from_record(cls, content: RecordDict) -> StatisticsReply:
@@ -262,9 +256,7 @@ class CooccurrenceReply:
     spent: Spent
 
     def to_record(self) -> RecordDict:
-        arrays = ArrayRecord({wire.COOCCURRENCE: torch.from_numpy(np.ascontiguousarray(self.upper))})
-        metrics: dict[str, MetricValue] = {**self.spent.to_metrics(), wire.NOISE_STD: self.noise_std}
-        return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
+        return _release_record({wire.COOCCURRENCE: self.upper}, self.noise_std, self.spent)
 
     @classmethod
     def from_record(cls, content: RecordDict) -> CooccurrenceReply:
@@ -272,6 +264,13 @@ class CooccurrenceReply:
         arrays, metrics = _arrays(content, what), _metrics(content, what)
         upper = _vector(arrays, wire.COOCCURRENCE, what)
         return cls(upper, _number(metrics, wire.NOISE_STD, what), Spent.from_metrics(metrics, what))
+
+
+def _release_record(vectors: dict[str, np.ndarray], noise_std: float, spent: Spent) -> RecordDict:
+    """A plain release's reply: its noisy vectors, what the node spent and the noise std (public)."""
+    arrays = ArrayRecord({key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in vectors.items()})
+    metrics: dict[str, MetricValue] = {**spent.to_metrics(), wire.NOISE_STD: noise_std}
+    return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
 
 
 def _vector(arrays: ArrayRecord, key: str, what: str) -> np.ndarray:
