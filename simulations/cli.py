@@ -4,7 +4,8 @@ Commands: ``run`` (the main job), ``train`` (federated training only), ``sweep``
 grid cells with audits and a privacy-utility report), ``audit`` (membership inference on a
 finished run), ``baseline``
 (real-data upper bounds), ``data`` (load, clean, split, partition and print what happened),
-``download`` (fetch a MovieLens release into the cache).
+``download`` (fetch a MovieLens release into the cache), ``settings`` (every run setting, as
+pyproject.toml's block or docs/settings.md).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from fedsynth.common.config.sections import EvalConfig
 from fedsynth.common.errors import FedsynthError
 from fedsynth.common.models.vae import MultVAEConfig
 from fedsynth.common.recommenders.registry import RECOMMENDER_NAMES
-from fedsynth.simulations.jobs import run_options
-from fedsynth.simulations.options import data_options, partition_options
+from fedsynth.simulations.options import data_options, partition_options, run_options
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -560,6 +560,20 @@ def download(variant: str, cache_dir: Path | None, mirror: str | None) -> None:
 
     path = fetch_movielens(variant, cache_dir, mirror)
     click.echo(f"MovieLens {variant} verified and unpacked in {path}")
+
+
+@cli.command("settings", context_settings=_CONTEXT)
+@click.option("--toml", "form", flag_value="toml", default=True, help="The [tool.flwr.app.config] block (default).")
+@click.option("--markdown", "form", flag_value="markdown", help="The reference page docs/settings.md.")
+def settings_command(form: str) -> None:
+    """Print every run setting with its default and help: as pyproject.toml's block, or as docs/settings.md.
+
+    Both are made from the declarations in common/config/settings.py:
+    `fedsynth settings --markdown > docs/settings.md` refreshes the page.
+    """
+    from fedsynth.common.config.reference import markdown_page, toml_block
+
+    click.echo(markdown_page() if form == "markdown" else toml_block(), nl=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,9 @@
 """``fedsynth run`` / ``fedsynth train``: one local Flower simulation of the whole pipeline (or its rounds).
 
-Settings come, in increasing priority, from the defaults of :class:`fedsynth.common.config.run.RunConfig`,
-a TOML file (``--config``: run-config keys at top level or under ``[tool.flwr.app.config]``),
-and the options given on the command line; the result is validated once, before anything runs.
+Settings come, in increasing priority, from their declared defaults (common/config/settings.py,
+docs/settings.md), a TOML file (``--config``: run-config keys at top level or under
+``[tool.flwr.app.config]``) and the options given on the command line (simulations/options.py);
+the result is validated once, before anything runs.
 
 The run directory is the unit of resumption: a run interrupted (Ctrl-C, crash) is resumed by
 running the same command again (checkpoints and the DP statistics are reused; simulated
@@ -19,100 +20,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 from rich.console import Console
 
 from fedsynth.common.config.run import RunConfig, epsilon_setting
-from fedsynth.common.config.sections import from_mapping
+from fedsynth.common.config.settings import check_values
 from fedsynth.common.errors import ConfigError, FedsynthError
 from fedsynth.common.runtime.device import check_device_available
 from fedsynth.common.runtime.files import write_json_atomic
+from fedsynth.simulations.options import check_options, given_settings
 from fedsynth.simulations.runner import run_simulation
-
-# Command-line options → run-config keys. Defaults are None ("not given", so a TOML value stands); the help
-# shows RunConfig's own default, read from the dataclass (never written twice).
-_RUN_OPTIONS: list[tuple[str, type, str]] = [
-    ("rounds", int, "Federated rounds."),
-    ("strategy", str, "fedavg | fedprox | fedadam."),
-    ("proximal-mu", float, "FedProx μ (with --strategy fedprox)."),
-    ("server-learning-rate", float, "FedAdam's server learning rate (with --strategy fedadam)."),
-    ("epsilon", float, "Target ε per client over everything computed from its users; inf = no DP."),
-    ("delta", float, "δ per client; 0 = 0.1 / n for a client with n users."),
-    ("dataset", str, "generated | movielens | lastfm."),
-    ("data-path", str, "MovieLens / Last.fm folder."),
-    ("gen-users", int, "Generated data: users."),
-    ("gen-items", int, "Generated data: items."),
-    ("partition", str, "iid | dirichlet:ALPHA[:ATTR] | natural:ATTR."),
-    ("audit-fraction", float, "Share of users reserved as never-trained audit non-members."),
-    ("vae-batch-size", int, "Expected users per DP Mult-VAE step."),
-    ("gan-batch-size", int, "Expected users per DP discriminator step."),
-    ("local-epochs", int, "Mult-VAE epochs per round."),
-    ("discriminator-steps", int, "Discriminator steps per round."),
-    ("statistics-share", float, "Share of ε for the DP statistics (counts, lengths, co-occurrence)."),
-    ("evaluation", str, "Federated evaluation: auto (DP on deployed nodes, exact in simulation) | dp | exact."),
-    ("evaluation-share", float, "Share of ε set aside for DP federated evaluation (docs/privacy.md)."),
-    ("evaluation-releases", int, "DP evaluations (result rows) that share it, at most, per run."),
-    ("marginal-items", int, "Items of the DP co-occurrence the models are fitted to; 0 = none."),
-    ("cooccurrence-share", float, "Of the statistics' share of ε, the part for the co-occurrence."),
-    (
-        "cooccurrence-min-signal",
-        float,
-        "Release the co-occurrence only above this multiple of its noise edge (DP counts); else the statistics again.",
-    ),
-    ("synthesizers", str, "Comma-separated, headline first: vae, gan."),
-    ("synthetic-users", int, "Synthetic users per synthesizer."),
-    ("synthesis-temperature", float, "Sampling temperature of synthetic users' items."),
-    ("recommenders", str, "Comma-separated: popularity, itemknn, ease, multvae."),
-    ("seed", int, "Seed of data, partition, models and synthesis."),
-    ("device", str, "cpu | cuda[:N]: the clients' DP-SGD and the server's central training."),
-    ("ledger-dir", str, "Clients' privacy ledgers [default: OUT/ledgers]."),
-    ("min-clients", int, "Fewer answering at the start, in the release or in a round: the run fails."),
-    ("allow-degraded", bool, "Leave out nodes that cannot take part; accept rounds below --min-clients."),
-    ("secure-aggregation", bool, "SecAgg (distributed Skellam noise) for the DP releases, every round, the baselines."),
-    ("secagg-threshold", int, "Fewest nodes a secure sum is unmasked from [default: 0 = a majority]."),
-    ("secagg-bits", int, "Secure sums mod 2^b [default: 0 = the fewest that cannot wrap]."),
-    ("secagg-neighbours", int, "SecAgg+: k neighbours per node, even [default: 0 = every node]."),
-    ("round-mode", str, "local (DP-SGD epochs per silo) | fedsgd (one secure-aggregated step of all silos' users)."),
-    ("fedsgd-sample-rate", float, "fedsgd: Poisson rate at which every silo samples its users each step."),
-    ("attack", str, "Simulated bad silos: none | scaled-update | random-update | target-items | inflated-counts."),
-    ("attack-clients", int, "How many silos cheat (partition ids 0 … N-1)."),
-    ("attack-targets", int, "Target items (unpopular, from the seed) measured in metrics.json -> attack."),
-    ("attack-scale", float, "Update attacks: the factor on the update (or the random update's norm)."),
-    ("attack-fake-users", float, "target-items: fake users as a share of the silo's users."),
-    ("robust-aggregation", str, "none | norm-bound | median | trimmed-mean | krum | multikrum | bulyan."),
-    ("robust-malicious", int, "f: how many malicious silos the robust rule must withstand."),
-]
-
-
-def with_default(option: str, text: str) -> str:
-    """``text`` with RunConfig's default for ``option`` appended (unless the text states one itself)."""
-    if "[default:" in text:
-        return text
-    field = "num_server_rounds" if option == "rounds" else option.replace("-", "_")
-    value = getattr(RunConfig(), field)
-    shown = str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else value
-    return f"{text} [default: {shown}]" if shown != "" else text
-
-
-def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The run-config options, ``--clients``, ``--config`` and ``--out``."""
-    for name, kind, text in reversed(_RUN_OPTIONS):
-        text = with_default(name, text)
-        if kind is bool:
-            func = click.option(f"--{name}", is_flag=True, default=None, help=text)(func)
-        else:
-            func = click.option(f"--{name}", type=kind, default=None, help=text)(func)
-    func = click.option("--clients", type=int, default=5, show_default=True, help="Simulated clients (SuperNodes).")(
-        func
-    )
-    func = click.option(
-        "--config", "config_file", type=click.Path(path_type=Path), help="TOML file of run-config keys."
-    )(func)
-    return func
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Run-config keys from a TOML file (top level, or ``[tool.flwr.app.config]`` of a pyproject.toml)."""
+    """Run-config keys from a TOML file (top level, or ``[tool.flwr.app.config]`` of a pyproject.toml).
+
+    Unknown keys, wrong types and values that fail their setting's check are errors naming the file;
+    checks between settings wait for the whole run config (:func:`resolve_run_config`).
+    """
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -120,18 +44,18 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config {path}: not valid TOML ({exc}).") from exc
     table = dict(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", data))
-    from_mapping(RunConfig, table, where=f"--config {path}")  # unknown keys / bad values: error naming the file
+    check_values(table, f"--config {path}")
     return table
 
 
 def resolve_run_config(config_file: Path | None, given: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Defaults ← TOML ← options given; validated. Returns the flat run config (kebab-case keys)."""
+    """Defaults ← TOML ← options given (None: not given); validated once. Returns the flat run config
+    (kebab-case keys: those of the file and the options, and ``ledger-dir``)."""
     settings: dict[str, Any] = {}
     if config_file is not None:
         settings.update(read_config_file(config_file))
-    for key, value in given.items():
-        if value is not None:
-            settings["num-server-rounds" if key == "rounds" else key.replace("_", "-")] = value
+    check_options(given)
+    settings.update(given_settings(given))
     if "epsilon" in settings:
         settings["epsilon"] = epsilon_setting(float(settings["epsilon"]))
     settings.setdefault("ledger-dir", str((out / "ledgers").resolve()))

@@ -17,8 +17,12 @@ SMALL = ["--gen-users", "200", "--gen-items", "300", "--gen-mean-history", "30"]
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["baseline"], ["data"], ["train"], ["download"], ["ledger", "show"], ["ledger", "set-cap"]]
-)
+    "command",
+    [
+        [], ["baseline"], ["data"], ["run"], ["train"], ["sweep"], ["deploy", "local"], ["deploy", "split-data"],
+        ["download"], ["settings"], ["ledger", "show"], ["ledger", "set-cap"],
+    ],
+)  # fmt: skip
 def test_help_on_every_command(command: list[str]) -> None:
     result = CliRunner().invoke(cli, [*command, "--help"])
 
@@ -181,6 +185,8 @@ def test_train_runs_flower_stops_its_superlink_and_the_ledger_refuses_a_second_r
         "32",
         "--discriminator-steps",
         "2",
+        "--marginal-fit-steps",  # the fit runs; what it achieves is tested in test_marginals.py
+        "20",
         "--ledger-dir",
         str(tmp_path / "ledgers"),
     ]

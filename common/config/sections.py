@@ -8,6 +8,7 @@ and wrong types are errors, never ignored.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from fedsynth.common.errors import ConfigError
 DatasetName = Literal["generated", "movielens", "lastfm", "csv", "parquet"]
 DATASETS: tuple[str, ...] = get_args(DatasetName)
 PartitionScheme = Literal["iid", "dirichlet", "natural"]
+BadRows = Literal["error", "skip"]
+BAD_ROWS: tuple[str, ...] = get_args(BadRows)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -65,12 +68,12 @@ class DataConfig:
     time_col: str | None = None
     attribute_cols: tuple[str, ...] = ()  # per-user attribute columns in a generic file
     separator: str = ","
-    bad_rows: Literal["error", "skip"] = "error"
+    bad_rows: BadRows = "error"
     generated: GeneratedDataConfig = field(default_factory=GeneratedDataConfig)
 
     def __post_init__(self) -> None:
         _check(self.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)}; got {self.dataset!r}.")
-        _check(self.bad_rows in ("error", "skip"), f"--bad-rows must be 'error' or 'skip', got {self.bad_rows!r}.")
+        _check(self.bad_rows in BAD_ROWS, f"--bad-rows must be 'error' or 'skip', got {self.bad_rows!r}.")
         if self.dataset in ("csv", "parquet"):
             _check(
                 self.data_path is not None,
@@ -212,8 +215,10 @@ def from_mapping(cls: type[T], values: dict[str, Any], where: str = "configurati
     for raw_key, value in values.items():
         key = raw_key.replace("-", "_")
         if key not in fields:
-            known = ", ".join(sorted(k.replace("_", "-") for k in fields))
-            raise ConfigError(f"unknown key {raw_key!r} in {where}; known keys: {known}.")
+            known = sorted(k.replace("_", "-") for k in fields)
+            close = difflib.get_close_matches(raw_key.replace("_", "-"), known, n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ConfigError(f"unknown key {raw_key!r} in {where}; {hint}known keys: {', '.join(known)}.")
         kwargs[key] = _convert(hints[key], value, f"{where}: {raw_key}")
     return cls(**kwargs)
 
