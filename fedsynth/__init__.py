@@ -46,7 +46,8 @@ def run(
 ) -> dict[str, Any]:
     """Run the main job (``fedsynth run``) and return its ``metrics.json`` as a dict.
 
-    ``settings`` are run settings by their kebab-case or snake_case names (``{"epsilon": 4}``),
+    ``settings`` are run settings by their kebab-case or snake_case names or option names
+    (``{"epsilon": 4, "rounds": 5}``; every one is listed in ``docs/settings.md``),
     applied over ``config_file`` (a TOML file like the ``[tool.flwr.app.config]`` block) and the
     defaults. Unknown names and bad values raise ``fedsynth.common.errors.FedsynthError`` before
     anything starts. Running again with the same ``out`` resumes an interrupted run.
@@ -55,9 +56,8 @@ def run(
 
     from fedsynth.simulations.jobs import resolve_run_config, run_job
 
-    given = {key.replace("-", "_"): value for key, value in (settings or {}).items()}
     out = Path(out)
-    resolved = resolve_run_config(Path(config_file) if config_file else None, given, out)
+    resolved = resolve_run_config(Path(config_file) if config_file else None, dict(settings or {}), out)
     console = Console(quiet=quiet)
     return run_job(console, out, clients, {**resolved, "pipeline": "full"})
 

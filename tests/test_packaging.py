@@ -112,3 +112,14 @@ def test_import_fedsynth_gives_the_documented_api_and_imports_nothing_heavy() ->
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
 
     assert out.split() == ["[]", "True", "RunConfig"]
+
+
+def test_the_python_api_refuses_bad_settings_naming_them_before_anything_starts(tmp_path: Path) -> None:
+    import fedsynth
+    from fedsynth.common.errors import FedsynthError
+
+    with pytest.raises(FedsynthError, match="epsilonn"):
+        fedsynth.run(out=tmp_path / "out", settings={"epsilonn": 3.0}, quiet=True)
+    with pytest.raises(FedsynthError, match="rounds"):
+        fedsynth.run(out=tmp_path / "out", settings={"rounds": 0}, quiet=True)
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
