@@ -249,14 +249,10 @@ def handle_fedsgd(
         ledger = open_ledger(budget, rows, plan, config)
         check_step(ledger, plan, run, server_round, config)
         release = secure_release_of(request, plan, config, rows.shape[1], content)
-        arrays, central, own, variance = masked_release(content, rows, release, state)
+        masked = masked_release(content, rows, release, state)
     except (FedsynthError, TypeError) as exc:
         return refusal(str(exc), ledger, plan.delta)
-    target = config.privacy().target_epsilon
-    ledger.record(central, "round", run, own_noise=own, round=server_round, requested_epsilon=target,
-                  secure_aggregation=True, mode="fedsgd")  # fmt: skip
-    metrics = {**spent_metrics(ledger, rows.shape[0], plan), wire.NOISE_VARIANCE: variance}
-    return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
+    return charged_masked_reply(masked, "round", ledger, plan, run, config, rows.shape[0], server_round, mode="fedsgd")
 
 
 def secure_release_reply(
@@ -265,10 +261,21 @@ def secure_release_reply(
 ) -> RecordDict:  # fmt: skip
     """A release under secure aggregation (:mod:`fedsynth.client.secure`): masked, charged both ways."""
     release = secure_release_of(content.config_records[wire.CONFIG], plan, config, rows.shape[1])
-    arrays, central, own, variance = masked_release(content, rows, release, state)
+    masked = masked_release(content, rows, release, state)
+    return charged_masked_reply(masked, release.name, ledger, plan, run, config, rows.shape[0], server_round=0)
+
+
+def charged_masked_reply(
+    masked: tuple[ArrayRecord, list[Any], list[Any], float], name: str, ledger: PrivacyLedger, plan: PrivacyPlan,
+    run: RunIdentity, config: RunConfig, users: int, server_round: int, **tags: Any,
+) -> RecordDict:  # fmt: skip
+    """A masked release's reply, once its events are recorded: the central Skellam events (what the sum
+    carries, the guarantee) with the node's own share kept beside them (``own_noise``)."""
+    arrays, central, own, variance = masked
     target = config.privacy().target_epsilon
-    ledger.record(central, release.name, run, own_noise=own, round=0, requested_epsilon=target, secure_aggregation=True)
-    metrics = {**spent_metrics(ledger, rows.shape[0], plan), wire.NOISE_VARIANCE: variance}
+    ledger.record(central, name, run, own_noise=own, round=server_round, requested_epsilon=target,
+                  secure_aggregation=True, **tags)  # fmt: skip
+    metrics = {**spent_metrics(ledger, users, plan), wire.NOISE_VARIANCE: variance}
     return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
 
 
