@@ -11,7 +11,8 @@ the node's own cap, and a request that does not fit is refused with the reason, 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import scipy.sparse as sp
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsynth.client.budget import NodeBudget
-from fedsynth.client.round import answer_round, reproducible_from, round_replay
+from fedsynth.client.round import RoundAnswer, answer_round, reproducible_from, round_replay
 from fedsynth.client.secure import (
     first_order_instead,
     masked_release,
@@ -325,13 +326,42 @@ def spent_metrics(
     return dict(spent_of(ledger, num_users, plan).to_metrics())
 
 
+@dataclass(frozen=True)
+class ReplyWrap:
+    """What a train handler sends of the node's round result (:class:`fedsynth.client.round.RoundAnswer`):
+    ``arrays`` builds the reply's arrays from it and the request; ``tags`` go into the ledger's record."""
+
+    arrays: Callable[[RoundAnswer, TrainRequest], ArrayRecord]
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+def plain_reply(content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict) -> ReplyWrap:
+    """A plain round: the trained bundle itself."""
+    return ReplyWrap(lambda answer, request: ArrayRecord(answer.trained))
+
+
+def masked_update(content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict) -> ReplyWrap:
+    """Secure aggregation's wrapper (checked before anything is trained): only the users-weighted update
+    n_k (w_k − w_g) leaves, in fixed point and masked (:mod:`fedsynth.common.secagg.updates`)."""
+    if config.round_mode != "local":
+        raise ConfigError("this run is in round-mode fedsgd; a local round's update is not sent")
+    quantizer = update_quantizer(config, rows.shape[1])
+
+    def arrays(answer: RoundAnswer, request: TrainRequest) -> ArrayRecord:
+        update = encode_update(answer.trained, request.arrays.to_torch_state_dict(), rows.shape[0], quantizer)
+        return masked_values(content.config_records[wire.CONFIG], update, state)
+
+    return ReplyWrap(arrays, {"secure_aggregation": True, "mode": "local"})
+
+
 def handle_train(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
-    run: RunIdentity,
+    run: RunIdentity, wrap: Callable[..., ReplyWrap] = plain_reply,
 ) -> RecordDict:  # fmt: skip
     """Round N (:mod:`fedsynth.client.round`): train on ``rows`` (this node's users) from the global bundle
-    in the request and send the trained bundle; a round already charged to this run sends its saved reply
-    again (no new ε) or is refused."""
+    in the request and send the result as ``wrap`` says (the trained bundle; under secure aggregation
+    :func:`masked_update`); a round already charged to this run sends its saved result again (masked
+    afresh; no new ε) or is refused. The ε events are Opacus' own, the same under both threat models."""
     try:
         request = TrainRequest.from_record(content)
     except ProtocolError as exc:
@@ -340,34 +370,17 @@ def handle_train(
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
-        answer = answer_round(request, rows, config, plan, ledger, run)
-    except FedsynthError as exc:
+        reply = wrap(content, rows, config, state)
+        answer = answer_round(request, rows, config, plan, ledger, run, **reply.tags)
+        arrays = reply.arrays(answer, request)
+    except (FedsynthError, TypeError, KeyError) as exc:
         return refusal(str(exc), ledger, plan.delta)
-    return TrainReply(ArrayRecord(answer.trained), spent_of(ledger, rows.shape[0], plan), answer.replayed).to_record()
+    return TrainReply(arrays, spent_of(ledger, rows.shape[0], plan), answer.replayed).to_record()
 
 
 def handle_secure_update(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
     run: RunIdentity,
 ) -> RecordDict:  # fmt: skip
-    """Round N under secure aggregation: the same step as :func:`handle_train`
-    (:func:`fedsynth.client.round.answer_round`), wrapped: only the users-weighted update leaves, in fixed
-    point and masked (:mod:`fedsynth.common.secagg.updates`). A replayed round's result is masked afresh
-    (no new ε); the ε events are Opacus' own, the same under both threat models."""
-    try:
-        request = TrainRequest.from_record(content)
-    except ProtocolError as exc:
-        return refusal(str(exc))
-    plan = privacy_plan(state, config, rows.shape[0], request.planned_rounds, budget)
-    ledger: PrivacyLedger | None = None
-    try:
-        ledger = open_ledger(budget, rows, plan, config)
-        if config.round_mode != "local":
-            raise ConfigError("this run is in round-mode fedsgd; a local round's update is not sent")
-        quantizer = update_quantizer(config, rows.shape[1])
-        answer = answer_round(request, rows, config, plan, ledger, run, secure_aggregation=True, mode="local")
-        update = encode_update(answer.trained, request.arrays.to_torch_state_dict(), rows.shape[0], quantizer)
-        arrays = masked_values(content.config_records[wire.CONFIG], update, state)
-    except (FedsynthError, TypeError, KeyError) as exc:
-        return refusal(str(exc), ledger, plan.delta)
-    return TrainReply(arrays, spent_of(ledger, rows.shape[0], plan), answer.replayed).to_record()
+    """Round N under secure aggregation (``query.update``): :func:`handle_train` wrapped by :func:`masked_update`."""
+    return handle_train(content, rows, config, state, budget, run, wrap=masked_update)
