@@ -11,28 +11,20 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedsynth.common.federated import wire
-from fedsynth.common.federated.protocol import (
-    CooccurrenceReply,
-    Identity,
-    ProtocolError,
-    Refusal,
-    Spent,
-    StatisticsReply,
-    TrainReply,
-    TrainRequest,
-)
+from fedsynth.common.federated import protocol, wire
 from fedsynth.server.aggregation import ClientReply, client_outcomes
 
 ARRAYS = ArrayRecord({"vae.w": torch.ones(3, 2)})
-SPENT = Spent(num_examples=40, epsilon=1.5, delta=1e-5, epsilon_own_noise=2.0, epsilon_vae=0.7, epsilon_gan=0.3)
+SPENT = protocol.Spent(
+    num_examples=40, epsilon=1.5, delta=1e-5, epsilon_own_noise=2.0, epsilon_vae=0.7, epsilon_gan=0.3
+)
 
 
 def test_a_train_request_reads_back_what_was_built() -> None:
-    request = TrainRequest(2, 5, ARRAYS, Identity("k" * 32, "host:/out"))
+    request = protocol.TrainRequest(2, 5, ARRAYS, protocol.Identity("k" * 32, "host:/out"))
 
     content = request.to_record()
-    again = TrainRequest.from_record(content)
+    again = protocol.TrainRequest.from_record(content)
 
     assert content[wire.CONFIG][wire.SERVER_ROUND] == 2
     assert content[wire.CONFIG][wire.RUN_KEY] == "k" * 32
@@ -41,9 +33,9 @@ def test_a_train_request_reads_back_what_was_built() -> None:
 
 
 def test_a_train_reply_carries_only_the_bundle_and_public_numbers() -> None:
-    content = TrainReply(ARRAYS, SPENT, replayed=True).to_record()
+    content = protocol.TrainReply(ARRAYS, SPENT, replayed=True).to_record()
 
-    again = TrainReply.from_record(content)
+    again = protocol.TrainReply.from_record(content)
 
     assert set(content.keys()) == {wire.ARRAYS, wire.METRICS}
     assert set(content[wire.METRICS].keys()) == {
@@ -54,10 +46,10 @@ def test_a_train_reply_carries_only_the_bundle_and_public_numbers() -> None:
 
 
 def test_a_refusal_reads_back_and_an_answer_is_not_one() -> None:
-    refusal = Refusal("over the cap", epsilon=3.0, epsilon_own_noise=3.5, delta=1e-6)
+    refusal = protocol.Refusal("over the cap", epsilon=3.0, epsilon_own_noise=3.5, delta=1e-6)
 
-    assert Refusal.from_record(refusal.to_record()) == refusal
-    assert Refusal.from_record(TrainReply(ARRAYS, SPENT).to_record()) is None
+    assert protocol.Refusal.from_record(refusal.to_record()) == refusal
+    assert protocol.Refusal.from_record(protocol.TrainReply(ARRAYS, SPENT).to_record()) is None
 
 
 @pytest.mark.parametrize(
@@ -71,23 +63,23 @@ def test_a_refusal_reads_back_and_an_answer_is_not_one() -> None:
 def test_a_malformed_train_request_is_refused_naming_the_field(config: dict[str, object], field: str) -> None:
     content = RecordDict({wire.ARRAYS: ARRAYS, wire.CONFIG: ConfigRecord(config)})  # type: ignore[arg-type]
 
-    with pytest.raises(ProtocolError, match=field):
-        TrainRequest.from_record(content)
+    with pytest.raises(protocol.ProtocolError, match=field):
+        protocol.TrainRequest.from_record(content)
 
 
 def test_a_train_request_without_the_bundle_or_outside_the_plan_is_refused() -> None:
-    with pytest.raises(ProtocolError, match=wire.ARRAYS):
-        TrainRequest.from_record(
+    with pytest.raises(protocol.ProtocolError, match=wire.ARRAYS):
+        protocol.TrainRequest.from_record(
             RecordDict({wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 1, wire.PLANNED_ROUNDS: 1})})
         )
-    with pytest.raises(ProtocolError, match="outside the planned rounds"):
-        TrainRequest(4, 3, ARRAYS)
+    with pytest.raises(protocol.ProtocolError, match="outside the planned rounds"):
+        protocol.TrainRequest(4, 3, ARRAYS)
 
 
 def test_the_server_counts_a_reply_that_does_not_say_what_it_spent_as_failed() -> None:
-    good = ClientReply(1, TrainReply(ARRAYS, SPENT).to_record())
+    good = ClientReply(1, protocol.TrainReply(ARRAYS, SPENT).to_record())
     silent_metrics = ClientReply(2, RecordDict({wire.ARRAYS: ARRAYS, wire.METRICS: MetricRecord({wire.REFUSED: 0})}))
-    refused = ClientReply(3, Refusal("no budget", epsilon=2.0).to_record())
+    refused = ClientReply(3, protocol.Refusal("no budget", epsilon=2.0).to_record())
 
     outcome = client_outcomes([good, silent_metrics, refused], server_round=1)
 
@@ -99,15 +91,15 @@ def test_the_server_counts_a_reply_that_does_not_say_what_it_spent_as_failed() -
 
 def test_release_replies_read_back_and_refuse_a_vector_that_is_not_finite() -> None:
     counts, lengths = np.array([3.5, -0.2, 7.0]), np.array([1.0, 2.0])
-    statistics = StatisticsReply(counts, lengths, 0.8, SPENT)
-    pairs = CooccurrenceReply(np.array([1.0, 0.5, 2.0]), 0.3, SPENT)
+    statistics = protocol.StatisticsReply(counts, lengths, 0.8, SPENT)
+    pairs = protocol.CooccurrenceReply(np.array([1.0, 0.5, 2.0]), 0.3, SPENT)
 
-    again = StatisticsReply.from_record(statistics.to_record())
-    pairs_again = CooccurrenceReply.from_record(pairs.to_record())
+    again = protocol.StatisticsReply.from_record(statistics.to_record())
+    pairs_again = protocol.CooccurrenceReply.from_record(pairs.to_record())
 
     assert np.array_equal(again.item_counts, counts) and np.array_equal(again.length_histogram, lengths)
     assert (again.noise_std, again.spent) == (0.8, SPENT)
     assert np.array_equal(pairs_again.upper, pairs.upper) and pairs_again.noise_std == 0.3
-    broken = StatisticsReply(np.array([np.nan, 1.0]), lengths, 0.8, SPENT).to_record()
-    with pytest.raises(ProtocolError, match=wire.ITEM_COUNTS):
-        StatisticsReply.from_record(broken)
+    broken = protocol.StatisticsReply(np.array([np.nan, 1.0]), lengths, 0.8, SPENT).to_record()
+    with pytest.raises(protocol.ProtocolError, match=wire.ITEM_COUNTS):
+        protocol.StatisticsReply.from_record(broken)
