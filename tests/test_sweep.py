@@ -13,17 +13,7 @@ from rich.console import Console
 
 from fedsynth.common.errors import ConfigError
 from fedsynth.simulations.cli import main
-from fedsynth.simulations.experiments.sweep import (
-    Cell,
-    SweepPlan,
-    check_sweep_settings,
-    finish_sweep,
-    make_cells,
-    parse_epsilons,
-    parse_grid,
-    parse_seeds,
-    run_sweep,
-)
+from fedsynth.simulations.experiments import sweep
 
 TINY = {
     "dataset": "generated",
@@ -35,27 +25,27 @@ TINY = {
 
 
 def test_parsing_of_epsilons_seeds_and_grid() -> None:
-    assert parse_epsilons("0.5, 1,inf") == [0.5, 1.0, math.inf]
-    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("4,7") == [4, 7]
-    assert parse_grid(["clients=5,20", "partition=iid,dirichlet:0.3"]) == [
+    assert sweep.parse_epsilons("0.5, 1,inf") == [0.5, 1.0, math.inf]
+    assert sweep.parse_seeds("3") == [0, 1, 2] and sweep.parse_seeds("4,7") == [4, 7]
+    assert sweep.parse_grid(["clients=5,20", "partition=iid,dirichlet:0.3"]) == [
         ("clients", ["5", "20"]),
         ("partition", ["iid", "dirichlet:0.3"]),
     ]
     for bad in ("0,1", "x", ""):
         with pytest.raises(ConfigError, match="--epsilons"):
-            parse_epsilons(bad)
+            sweep.parse_epsilons(bad)
     with pytest.raises(ConfigError, match="not a grid axis"):
-        parse_grid(["learning-rate=1,2"])
+        sweep.parse_grid(["learning-rate=1,2"])
     with pytest.raises(ConfigError, match="KEY=V1,V2"):
-        parse_grid(["clients"])
+        sweep.parse_grid(["clients"])
 
 
 def test_cells_cover_the_grid_and_set_the_run_config(tmp_path: Path) -> None:
-    cells = make_cells([1.0, math.inf], [0, 1], parse_grid(["clients=2,3", "partition=iid,dirichlet:0.5"]))
+    cells = sweep.make_cells([1.0, math.inf], [0, 1], sweep.parse_grid(["clients=2,3", "partition=iid,dirichlet:0.5"]))
 
     assert len(cells) == 2 * 2 * 2 * 2 and len({c.name for c in cells}) == 16
-    cell = Cell(math.inf, 1, (("clients", "3"), ("partition", "dirichlet:0.5"), ("local-epochs", "2")))
-    config = SweepPlan(tmp_path, [cell], dict(TINY), clients=5).run_config(cell)
+    cell = sweep.Cell(math.inf, 1, (("clients", "3"), ("partition", "dirichlet:0.5"), ("local-epochs", "2")))
+    config = sweep.SweepPlan(tmp_path, [cell], dict(TINY), clients=5).run_config(cell)
     assert config["epsilon"] == 1e9 and config["seed"] == 1 and config["local-epochs"] == 2
     assert config["partition"] == "dirichlet:0.5" and "clients" not in config and cell.clients(5) == 3
     assert config["simulation-reference"] is False and config["ledger-dir"].endswith("ledgers")
@@ -84,17 +74,17 @@ class FakeRunner:
 
 
 def test_resume_skips_finished_cells_redoes_interrupted_and_records_failed(tmp_path: Path) -> None:
-    cells = make_cells([1.0, 8.0], [0, 1], [])
-    plan = SweepPlan(tmp_path, cells, dict(TINY), clients=2, audit=False)
+    cells = sweep.make_cells([1.0, 8.0], [0, 1], [])
+    plan = sweep.SweepPlan(tmp_path, cells, dict(TINY), clients=2, audit=False)
     console = Console(quiet=True)
     broken = cells[1].name
 
     first = FakeRunner(fail={broken})
-    records = run_sweep(plan, first, console, reference=False)
+    records = sweep.run_sweep(plan, first, console, reference=False)
     assert first.calls == [c.name for c in cells]
     assert [r["status"] for r in records] == ["ok", "failed", "ok", "ok"]
     assert "simulated crash" in records[1]["error"]
-    finish_sweep(plan, records)  # tables and report also come out with a failed cell, which they name
+    sweep.finish_sweep(plan, records)  # tables and report also come out with a failed cell, which they name
     assert f"{broken}: RuntimeError: simulated crash" in (tmp_path / "report.md").read_text()
 
     # An interrupted cell: its directory exists but its record is gone (killed mid-run).
@@ -103,25 +93,25 @@ def test_resume_skips_finished_cells_redoes_interrupted_and_records_failed(tmp_p
     (interrupted / "stale-file").write_text("from the killed run")
 
     second = FakeRunner()
-    records = run_sweep(plan, second, console, reference=False)
+    records = sweep.run_sweep(plan, second, console, reference=False)
     assert second.calls == [broken, cells[2].name]  # finished cells skipped; failed retried; interrupted redone
     assert [r["status"] for r in records] == ["ok"] * 4
     assert not (interrupted / "stale-file").exists()
 
     third = FakeRunner()
-    run_sweep(plan, third, console, reference=False)
+    sweep.run_sweep(plan, third, console, reference=False)
     assert third.calls == []
 
 
 def test_private_cells_get_the_dp_baselines_and_older_complete_cells_have_them_added(tmp_path: Path) -> None:
-    cells = make_cells([2.0, math.inf], [0], [])
+    cells = sweep.make_cells([2.0, math.inf], [0], [])
     base = {**TINY, "vae-batch-size": 16, "gan-batch-size": 16, "dp-ease-items": 100}
-    old = SweepPlan(tmp_path, cells, base, clients=2, audit=False)
-    run_sweep(old, FakeRunner(), Console(quiet=True), reference=False)  # as before the baselines existed
-    on = SweepPlan(tmp_path, cells, {**base, "dp-baselines": True}, clients=2, audit=False)
+    old = sweep.SweepPlan(tmp_path, cells, base, clients=2, audit=False)
+    sweep.run_sweep(old, FakeRunner(), Console(quiet=True), reference=False)  # as before the baselines existed
+    on = sweep.SweepPlan(tmp_path, cells, {**base, "dp-baselines": True}, clients=2, audit=False)
 
     runner = FakeRunner()
-    records = run_sweep(on, runner, Console(quiet=True), reference=False)
+    records = sweep.run_sweep(on, runner, Console(quiet=True), reference=False)
 
     assert runner.calls == []  # nothing retrained
     private, public = records
@@ -132,11 +122,11 @@ def test_private_cells_get_the_dp_baselines_and_older_complete_cells_have_them_a
 
 
 def test_tables_and_report_have_every_file_and_column(tmp_path: Path) -> None:
-    cells = make_cells([1.0, math.inf], [0, 1], parse_grid(["clients=2,3"]))
-    plan = SweepPlan(tmp_path, cells, dict(TINY), clients=2, audit=False)
-    records = run_sweep(plan, FakeRunner(), Console(quiet=True), reference=True)
+    cells = sweep.make_cells([1.0, math.inf], [0, 1], sweep.parse_grid(["clients=2,3"]))
+    plan = sweep.SweepPlan(tmp_path, cells, dict(TINY), clients=2, audit=False)
+    records = sweep.run_sweep(plan, FakeRunner(), Console(quiet=True), reference=True)
 
-    finish_sweep(plan, records)
+    sweep.finish_sweep(plan, records)
 
     for name in ("results.csv", "results.parquet", "summary.csv", "report.md", "report.html"):
         assert (tmp_path / name).is_file(), name
@@ -169,10 +159,10 @@ def test_tables_and_report_have_every_file_and_column(tmp_path: Path) -> None:
 
 
 def test_a_sweep_directory_refuses_other_base_settings(tmp_path: Path) -> None:
-    check_sweep_settings(tmp_path, {"base": dict(TINY), "clients": 2})
-    check_sweep_settings(tmp_path, {"base": dict(TINY), "clients": 2})  # same: resumes
+    sweep.check_sweep_settings(tmp_path, {"base": dict(TINY), "clients": 2})
+    sweep.check_sweep_settings(tmp_path, {"base": dict(TINY), "clients": 2})  # same: resumes
     with pytest.raises(ConfigError, match="gen-users"):
-        check_sweep_settings(tmp_path, {"base": {**TINY, "gen-users": 300}, "clients": 2})
+        sweep.check_sweep_settings(tmp_path, {"base": {**TINY, "gen-users": 300}, "clients": 2})
 
 
 @pytest.mark.slow
@@ -190,6 +180,8 @@ def test_fedsynth_sweep_end_to_end_with_audit(tmp_path: Path) -> None:
         "32",
         "--gan-batch-size",
         "32",
+        "--marginal-fit-steps",  # the fit runs; what it achieves is tested in test_marginals.py
+        "20",
     ]
 
     main(args)
