@@ -15,6 +15,21 @@ from fedsynth.common.data.preprocess import preprocess
 from fedsynth.common.data.split import Split, split_users
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch (OpenMP) thread in the test process, unless ``OMP_NUM_THREADS`` says otherwise.
+
+    The tests' tensors are small: a second thread buys nothing, and on a shared 2-core machine its
+    OpenMP workers spin-wait between every small operation for a core someone else holds. Measured
+    with the load of another test run beside it: 300 full-batch Mult-VAE steps on 150 × 393
+    (tests/test_audit.py) took 26 s of CPU on 2 threads, 10 s with ``GOMP_SPINCOUNT=10000`` and
+    1.8 s on 1 thread. Processes the tests start (Flower's) keep their own settings.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def shared_data_dir() -> Path:
     """``$FEDSYNTH_SHARED_DATA`` or ``../shared/data`` beside the checkout (absent on a user's clone)."""
     if os.environ.get("FEDSYNTH_SHARED_DATA"):

@@ -14,9 +14,11 @@ from fedsynth.simulations.jobs import resolve_run_config
 
 
 def test_in_process_federation_scores_every_row_on_validation_users() -> None:
+    # a short marginal fit (20 steps at M = 50, not 300 at 300): its own tests are in test_marginals.py
     config = RunConfig.from_run_config(
         {"epsilon": 4.0, "gen-users": 300, "gen-items": 300, "vae-batch-size": 16, "gan-batch-size": 16,
-         "synthetic-users": 100, "num-server-rounds": 2, "dp-ease-items": 100}
+         "synthetic-users": 100, "num-server-rounds": 2, "dp-ease-items": 100, "marginal-items": 50,
+         "marginal-fit-steps": 20}
     )  # fmt: skip
 
     scores = federate(config, seed=0, num_clients=2)

@@ -122,6 +122,8 @@ def test_two_clients_one_round_through_flower_simulation(tmp_path: Path, strateg
         "num-server-rounds": 1,
         "epsilon": 4.0,
         "strategy": strategy,
+        "pipeline": "train",  # the rounds (what is checked here); the whole pipeline: tests/test_run.py
+        "marginal-fit-steps": 20,  # the fit runs; what it achieves is tested in test_marginals.py
         "out-dir": str(tmp_path),
         "ledger-dir": str(tmp_path / "ledgers"),
     }

@@ -43,6 +43,7 @@ from fedsynth.common.synthesis.marginal_fit import (
     expected_marginals,
     fit_bundle,
     inclusion_probabilities,
+    marginal_loss,
 )
 from tests.test_secure_release import InProcessGrid, node_rows
 
@@ -269,6 +270,35 @@ def test_inclusion_probabilities_sum_to_each_users_length() -> None:
 
     assert torch.allclose(p.sum(dim=1), lengths, rtol=0.006, atol=0.02)  # the solve stops within 0.5%
     assert float(p.min()) >= 0 and float(p.max()) <= 1
+
+
+@pytest.mark.parametrize(("directions", "loss"), [("all", "likelihood"), ("all", "relative"), ("signal", "likelihood")])
+def test_the_marginal_loss_is_its_definition_over_the_expected_marginals(directions: str, loss: str) -> None:
+    """L = ‖ĉ − c̃‖²/σ_c² + Σ_{k≤l} w_kl ((Vᵀ(Ŝ − S̃)V)_kl)², computed in float64 from :func:`expected_marginals`
+    (Ŝ formed in full), equals the loss the fit minimises: the whole-basis shortcut under the likelihood, the
+    factored Vᵀ Ŝ V otherwise."""
+    rng = np.random.default_rng(0)
+    direction = np.ones(30) / np.sqrt(30.0)
+    release = NoisyCooccurrence(
+        np.arange(0, 60, 2), 40.0 * np.outer(direction, direction) + symmetric_noise(30, 0.5, rng), 0.5
+    )
+    statistics = NoisyStatistics(rng.uniform(0, 50, 60), np.array([0.0, 50.0, 50.0]), 2.0)
+    targets = MarginalTargets.from_releases(statistics, release, 4.0, directions)
+    subspace = SubspaceTarget.of(targets, loss)
+    assert subspace is not None and (subspace.released is not None) == (directions == "all" and loss == "likelihood")
+    p = torch.rand(16, 60, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.5
+    lengths = torch.as_tensor(rng.integers(2, 30, 16), dtype=torch.float64)
+
+    got = float(marginal_loss(p.float(), lengths.float(), targets, subspace))
+
+    counts, pairs = expected_marginals(p, lengths, targets)
+    assert pairs is not None and targets.basis is not None and targets.cooccurrence is not None
+    basis = torch.as_tensor(targets.basis, dtype=torch.float64)
+    difference = basis.T @ (pairs - torch.as_tensor(targets.cooccurrence)) @ basis
+    rows, cols = subspace.upper
+    second = (subspace.weights.double() * difference[rows, cols] ** 2).sum()
+    first = ((counts - torch.as_tensor(targets.item_counts)) ** 2).sum() / targets.counts_std**2
+    assert got == pytest.approx(float(first + second), rel=1e-5)
 
 
 def clustered_users(users: int, items: int, seed: int) -> sp.csr_matrix:

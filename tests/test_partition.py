@@ -8,7 +8,7 @@ import pytest
 
 from fedsynth.common.config.sections import PartitionConfig
 from fedsynth.common.data.interactions import Interactions
-from fedsynth.common.data.partition import partition_users, save_partitions
+from fedsynth.common.data.partition import iid_shards, partition_users, save_partitions
 from fedsynth.common.data.split import Split
 from fedsynth.common.errors import ConfigError
 
@@ -119,3 +119,17 @@ def test_summaries_are_saved(tmp_path, small_interactions: Interactions, small_s
         "train_items",
     }
     assert (tmp_path / "partitions.json").is_file()
+
+
+@pytest.mark.parametrize(("users", "clients"), [(10, 3), (610, 5), (7, 7), (1000, 4)])
+def test_iid_shards_are_flwr_datasets_iid_partitioner_shards(users: int, clients: int) -> None:
+    """The numpy shards are exactly IidPartitioner's (contiguous ``Dataset.shard``) of the same shuffled rows."""
+    import datasets
+    from flwr_datasets.partitioner import IidPartitioner
+
+    rows = np.random.default_rng(0).permutation(users)
+    partitioner = IidPartitioner(num_partitions=clients)
+    partitioner.dataset = datasets.Dataset.from_dict({"row": rows})
+    expected = [list(partitioner.load_partition(i)["row"]) for i in range(clients)]
+
+    assert [list(shard) for shard, _ in iid_shards(rows, clients)] == expected

@@ -21,7 +21,8 @@ vae-hidden = 32
 vae-latent = 8
 synthetic-users = 120
 recommenders = "popularity,ease,multvae"
-"""
+marginal-fit-steps = 20
+"""  # marginal-fit-steps: the fit runs end to end; what it achieves is tested in test_marginals.py
 
 
 def test_options_override_the_toml_file_which_overrides_defaults(tmp_path: Path) -> None:

@@ -214,7 +214,9 @@ def test_a_flower_simulation_with_secure_aggregation_reports_both_threat_models(
 
 def tiny_toml(root: Path) -> Path:
     path = root / "tiny.toml"
-    path.write_text("central-vae-epochs = 2\nvae-hidden = 32\nvae-latent = 8\nsynthetic-users = 120\n")
+    path.write_text(
+        "central-vae-epochs = 2\nvae-hidden = 32\nvae-latent = 8\nsynthetic-users = 120\nmarginal-fit-steps = 20\n"
+    )
     return path
 
 

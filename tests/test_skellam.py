@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -30,11 +31,30 @@ def skellam_logpmf(k: np.ndarray, variance: float) -> np.ndarray:
         return np.log(ive(np.abs(k), variance))  # ive(k, x) = I_k(x)·e^{−x}
 
 
+def window(order: float, variance: float, shift: int) -> int:
+    """W: the sum over k = −W … W, wide enough for the order's tilt (40 standard deviations beyond it)."""
+    return int(40 * math.sqrt(variance) + (order + 2) * shift)
+
+
+@functools.cache
+def skellam_logpmf_grid(variance: float, shift: int) -> np.ndarray:
+    """log P(Sk(V) = v) for v = −W − shift … W, W the window of the largest order in ORDERS: computed once per
+    (V, shift) (1.3 M Bessel values at V = 1e8) and sliced by every order and test."""
+    widest = window(max(ORDERS), variance, shift)
+    return skellam_logpmf(np.arange(-widest - shift, widest + 1), variance)
+
+
+@functools.cache
 def exact_rdp(order: float, variance: float, shift: int) -> float:
-    """D_α(Sk(V) + shift ‖ Sk(V)) by summation over the integers (1-D, L1 = L2 = shift)."""
-    width = int(40 * math.sqrt(variance) + (order + 2) * shift)
-    k = np.arange(-width, width + 1)
-    log_q, log_p = skellam_logpmf(k, variance), skellam_logpmf(k - shift, variance)
+    """D_α(Sk(V) + shift ‖ Sk(V)) by summation over the integers k = −W … W (1-D, L1 = L2 = shift).
+
+    log q(k) = log P(Sk(V) = k) and log p(k) = log P(Sk(V) = k − shift) are slices of the one grid
+    (:func:`skellam_logpmf_grid`, whose entry i is v = i − widest − shift)."""
+    width, widest = window(order, variance, shift), window(max(ORDERS), variance, shift)
+    assert width <= widest, (order, ORDERS)
+    grid = skellam_logpmf_grid(variance, shift)
+    log_q = grid[widest + shift - width : widest + shift + width + 1]  # v = k
+    log_p = grid[widest - width : widest + width + 1]  # v = k − shift
     finite = np.isfinite(log_p) & np.isfinite(log_q)
     return float(logsumexp(order * log_p[finite] + (1 - order) * log_q[finite]) / (order - 1))
 

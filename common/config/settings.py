@@ -36,7 +36,7 @@ from fedsynth.common.config.sections import BAD_ROWS, DATASETS, from_mapping
 from fedsynth.common.federated.strategies import STRATEGIES
 from fedsynth.common.privacy.releases.cooccurrence import MAX_MARGINAL_ITEMS, MIN_SIGNAL_DEFAULT
 from fedsynth.common.recommenders.dp_baselines import MAX_DP_EASE_ITEMS
-from fedsynth.common.recommenders.registry import RECOMMENDER_NAMES
+from fedsynth.common.recommenders.registry import DEFAULT_RECOMMENDERS, RECOMMENDER_NAMES
 from fedsynth.common.robustness.attacks import ATTACKS
 from fedsynth.common.robustness.rules import ROBUST_AGGREGATIONS
 from fedsynth.common.synthesis.marginal_fit import FIT_DIRECTIONS, FIT_LOSSES
@@ -309,7 +309,9 @@ class RunSettings:
         0.5, "Sampling temperature of synthetic users' items (< 1 sharpens each user's item distribution)."
     )
     recommenders: str = setting(
-        ",".join(RECOMMENDER_NAMES), "Central recommenders, comma-separated.", names_from(RECOMMENDER_NAMES)
+        ",".join(DEFAULT_RECOMMENDERS),
+        "Central recommenders, comma-separated (multvae: a central Mult-VAE per row, the slowest).",
+        names_from(RECOMMENDER_NAMES),
     )
     central_vae_epochs: int = setting(20, "Epochs of the central Mult-VAE recommender.", at_least(1))
     ease_l2: float = setting(300.0, "EASE λ on the real training users (the simulation's upper bound) and in DP-EASE.")

@@ -138,12 +138,18 @@ def inclusion_probabilities(logits: torch.Tensor, lengths: torch.Tensor, tempera
     return -torch.expm1(-scale[:, None] * pi)
 
 
+def expected_counts(p: torch.Tensor, lengths: torch.Tensor, targets: MarginalTargets) -> torch.Tensor:
+    """ĉ (n_items,): a batch's expected first-order release scaled to N̂ users (formula above)."""
+    scale = targets.num_users / p.shape[0]
+    return scale * (p * torch.clamp(targets.clip / lengths.sqrt(), max=1.0)[:, None]).sum(dim=0)
+
+
 def expected_marginals(
     p: torch.Tensor, lengths: torch.Tensor, targets: MarginalTargets
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(ĉ (n_items,), Ŝ (M, M) or None): a batch's expected releases scaled to N̂ users (formulas above)."""
     scale = targets.num_users / p.shape[0]
-    counts = scale * (p * torch.clamp(targets.clip / lengths.sqrt(), max=1.0)[:, None]).sum(dim=0)
+    counts = expected_counts(p, lengths, targets)
     if targets.items is None:
         return counts, None
     block = p[:, torch.as_tensor(targets.items)]
@@ -152,15 +158,24 @@ def expected_marginals(
     return counts, scale * pairs
 
 
+ORTHONORMAL_TOLERANCE = 1e-4  # max |VᵀV − I| for the whole-basis shortcut of :func:`marginal_loss`
+
+
 @dataclass(frozen=True)
 class SubspaceTarget:
     """The fitted part of the co-occurrence, computed once per fit: V (M, r), Vᵀ S̃ V (r, r), the upper
-    triangle's (rows, cols) and the weight of each of its entries ((r(r + 1)/2,), 1/σ_S² under the likelihood)."""
+    triangle's (rows, cols) and the weight of each of its entries ((r(r + 1)/2,), 1/σ_S² under the likelihood).
+
+    ``released`` (M, M) is S̃ itself when V is a whole orthonormal basis (r = M), S̃ is symmetric (a release
+    always is) and every weight is the same (the likelihood): the loss is then computed without V's M × M
+    products (:func:`marginal_loss`); else None.
+    """
 
     basis: torch.Tensor
     measured: torch.Tensor
     upper: tuple[torch.Tensor, torch.Tensor]
     weights: torch.Tensor
+    released: torch.Tensor | None = None
 
     @classmethod
     def of(cls, targets: MarginalTargets, loss: str = "likelihood") -> SubspaceTarget | None:
@@ -168,28 +183,59 @@ class SubspaceTarget:
         if targets.basis is None or targets.cooccurrence is None or not targets.basis.size:
             return None
         basis = torch.as_tensor(targets.basis, dtype=torch.float32)
-        measured = basis.T @ torch.as_tensor(targets.cooccurrence, dtype=torch.float32) @ basis
+        released = torch.as_tensor(targets.cooccurrence, dtype=torch.float32)
+        measured = basis.T @ released @ basis
         rows, cols = torch.triu_indices(basis.shape[1], basis.shape[1])
         weights = torch.full((len(rows),), 1.0 / max(targets.cooccurrence_std, 1e-3) ** 2)
         if loss == "relative":  # sizes floored at the noise edge 2σ_S√M (directions of noise size: the likelihood)
             edge = noise_edge(max(targets.cooccurrence_std, 1e-3), len(targets.cooccurrence))
             sizes = torch.clamp(torch.diagonal(measured), min=edge)
             weights = weights * sizes.median() / torch.sqrt(sizes[rows] * sizes[cols])
-        return cls(basis, measured, (rows, cols), weights)
+            return cls(basis, measured, (rows, cols), weights)
+        whole = basis.shape[0] == basis.shape[1] and is_orthonormal(basis) and torch.equal(released, released.T)
+        return cls(basis, measured, (rows, cols), weights, released if whole else None)
+
+
+def is_orthonormal(basis: torch.Tensor) -> bool:
+    """Whether the columns of ``basis`` (M, r) are orthonormal to :data:`ORTHONORMAL_TOLERANCE`."""
+    gram = basis.T.double() @ basis.double()
+    return bool((gram - torch.eye(basis.shape[1], dtype=torch.float64)).abs().max() <= ORTHONORMAL_TOLERANCE)
 
 
 def marginal_loss(
     p: torch.Tensor, lengths: torch.Tensor, targets: MarginalTargets, subspace: SubspaceTarget | None
 ) -> torch.Tensor:
     """L = ‖ĉ − c̃‖²/σ_c² + Σ w · triu(Vᵀ(Ŝ − S̃)V)² (noise stds floored at 1e-3 for exact, non-private targets);
-    ``subspace`` (:meth:`SubspaceTarget.of` of ``targets``) None: first order only."""
-    counts, pairs = expected_marginals(p, lengths, targets)
+    ``subspace`` (:meth:`SubspaceTarget.of` of ``targets``) None: first order only.
+
+    The second term from the batch's M columns P_M (B, M) and the weights ω_b = 1/ℓ_b, with
+    Ŝ = s·(P_Mᵀ Ω P_M + diag(d)), d = Σ_b ω_b (p_b,M − p_b,M²), s = N̂/B (:func:`expected_marginals`):
+
+    * in general Vᵀ Ŝ V = s·((P_M V)ᵀ Ω (P_M V) + (V ∘ d)ᵀ V), without forming Ŝ (B·M·r + B·r² + M·r²
+      multiply-adds instead of B·M² + M²·r + M·r²);
+    * for a whole orthonormal basis and equal weights w (``subspace.released`` set), A = Vᵀ(Ŝ − S̃)V is
+      symmetric with ‖A‖_F = ‖Ŝ − S̃‖_F, so Σ_{k≤l} A_kl² = (‖Ŝ − S̃‖_F² + Σ_k A_kk²)/2, and
+      A_kk = s·(Σ_b ω_b (P_M V)_bk² + Σ_i d_i V_ik²) − (Vᵀ S̃ V)_kk: no M × M product with V at all.
+    """
+    counts = expected_counts(p, lengths, targets)
     observed = torch.as_tensor(targets.item_counts, dtype=p.dtype)
     loss = ((counts - observed) ** 2).sum() / max(targets.counts_std, 1e-3) ** 2
-    if pairs is not None and subspace is not None:
-        difference = (subspace.basis.T @ pairs @ subspace.basis - subspace.measured)[subspace.upper]
-        loss = loss + (subspace.weights * difference**2).sum()
-    return loss
+    if targets.items is None or subspace is None:
+        return loss
+    scale = targets.num_users / p.shape[0]
+    block = p[:, torch.as_tensor(targets.items)]  # P_M (B, M)
+    weight = (1.0 / lengths)[:, None]  # ω (B, 1)
+    weighted = weight * block
+    spread = (weighted - weighted * block).sum(dim=0)  # d (M,)
+    projected = block @ subspace.basis  # P_M V (B, r)
+    if subspace.released is not None:
+        pairs = scale * (block.T @ weighted + torch.diag(spread))  # Ŝ (M, M)
+        diagonal = scale * ((weight * projected**2).sum(dim=0) + spread @ subspace.basis**2)  # diag(Vᵀ Ŝ V) (r,)
+        squares = ((pairs - subspace.released) ** 2).sum() + ((diagonal - subspace.measured.diagonal()) ** 2).sum()
+        return loss + subspace.weights[0] * squares / 2
+    fitted = scale * (projected.T @ (weight * projected) + (subspace.basis * spread[:, None]).T @ subspace.basis)
+    difference = (fitted - subspace.measured)[subspace.upper]
+    return loss + (subspace.weights * difference**2).sum()
 
 
 def fit_model(
