@@ -30,6 +30,15 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n``), every slow test in one group (``--dist loadgroup``): they start Flower
+    simulations (a SuperLink on Flower's one local port, a Ray cluster), never two at once; the fast
+    tests spread over the other workers."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.xdist_group("flower"))
+
+
 def shared_data_dir() -> Path:
     """``$FEDSYNTH_SHARED_DATA`` or ``../shared/data`` beside the checkout (absent on a user's clone)."""
     if os.environ.get("FEDSYNTH_SHARED_DATA"):

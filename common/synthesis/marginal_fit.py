@@ -103,7 +103,7 @@ class MarginalTargets:
 class MarginalFitConfig:
     """Adam on the model's parameters: steps, generated users per step, learning rate; T of the synthesis."""
 
-    steps: int = 300
+    steps: int = 100
     batch_size: int = 256  # generated users per step (512: 3× the time per step on 6,298 items, the λ solve)
     learning_rate: float = 3e-3
     temperature: float = 0.5
