@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -130,3 +131,18 @@ def test_the_large_run_bench_names_processes_and_reads_their_memory() -> None:
         pytest.skip("no /proc/PID/smaps_rollup here")
     memory = memory_of(os.getpid())
     assert memory is not None and memory[0] >= memory[1] > 0  # RSS ≥ PSS > 0
+
+
+def test_the_first_run_bench_reads_the_stages_a_finished_run_timed(tmp_path: Path) -> None:
+    from fedsynth.simulations.bench.first_run import stage_seconds
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "flwr-run.log").write_text(
+        "INFO : fedsynth marginal fit: generator and VAE decoder fitted (gan loss 2 -> 1, vae loss 2 -> 1; 5.5 s)\n"
+    )
+    (tmp_path / "train.json").write_text(json.dumps({"rounds": [{"seconds": 1.5}, {"seconds": 2.0}]}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"seconds": {"synthesis": 1.0, "central_training": 2.5}}))
+
+    assert stage_seconds(tmp_path) == {
+        "marginal fit": 5.5, "rounds": 3.5, "synthesis": 1.0, "central training": 2.5
+    }  # fmt: skip

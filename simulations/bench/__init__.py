@@ -13,5 +13,6 @@ Modules:
 - ``fedsgd``: ``round-mode = fedsgd`` against local rounds, in Flower simulations;
 - ``attacks``: every attack × defence, utility and target promotion (simulation only);
 - ``deployment``: one small run in simulation against a deployment on loopback;
-- ``large``: a large run end to end with the memory of every process.
+- ``large``: a large run end to end with the memory of every process;
+- ``first_run``: ``fedsynth run`` on the built-in data, wall seconds and where they go (target ≤ 45 s).
 """
