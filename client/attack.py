@@ -53,12 +53,12 @@ def tampered_train_reply(reply: RecordDict, request: RecordDict, silo: Malicious
     """``reply`` to a train request, its bundle replaced by the update attack's (unchanged otherwise)."""
     if silo is None or silo.attack.kind not in UPDATE_ATTACKS or wire.ARRAYS not in reply:
         return reply
-    server_round = int(wire.number(request[wire.CONFIG], wire.SERVER_ROUND))
+    server_round = int(wire.number(request.config_records[wire.CONFIG], wire.SERVER_ROUND))
     rng = rng_for(silo.seed, f"attack-update-{silo.partition_id}-{server_round}")
-    current = request[wire.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
-    trained = reply[wire.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    current = request.array_records[wire.ARRAYS].to_torch_state_dict()
+    trained = reply.array_records[wire.ARRAYS].to_torch_state_dict()
     sent = tampered_state(silo.attack.kind, current, trained, silo.attack.scale, rng)
-    return RecordDict({wire.ARRAYS: ArrayRecord(sent), wire.METRICS: reply[wire.METRICS]})
+    return RecordDict({wire.ARRAYS: ArrayRecord(sent), wire.METRICS: reply.metric_records[wire.METRICS]})
 
 
 def tampered_statistics_reply(reply: RecordDict, request: RecordDict, silo: MaliciousSilo | None) -> RecordDict:
@@ -66,9 +66,10 @@ def tampered_statistics_reply(reply: RecordDict, request: RecordDict, silo: Mali
     with the target items' counts inflated by the silo's users; any other reply as it is."""
     if silo is None or silo.attack.kind != "inflated-counts" or wire.ARRAYS not in reply:
         return reply
-    arrays = reply[wire.ARRAYS].to_torch_state_dict()  # type: ignore[union-attr]
+    arrays = reply.array_records[wire.ARRAYS].to_torch_state_dict()
     if wire.ITEM_COUNTS not in arrays:  # a masked (secure) release: not simulated, refused by the run config
         return reply
-    users = int(wire.number(reply[wire.METRICS], wire.NUM_EXAMPLES))
+    metrics = reply.metric_records[wire.METRICS]
+    users = int(wire.number(metrics, wire.NUM_EXAMPLES))
     arrays[wire.ITEM_COUNTS] = torch.from_numpy(inflate_counts(arrays[wire.ITEM_COUNTS].numpy(), silo.targets, users))
-    return RecordDict({wire.ARRAYS: ArrayRecord(arrays), wire.METRICS: reply[wire.METRICS]})
+    return RecordDict({wire.ARRAYS: ArrayRecord(arrays), wire.METRICS: metrics})

@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import torch
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 from fedsynth.client.budget import NodeBudget
 from fedsynth.client.handlers import open_ledger, privacy_plan, refusal, release_seed
@@ -36,34 +36,33 @@ from fedsynth.common.errors import FedsynthError
 from fedsynth.common.evaluation.metrics import RankingMetrics
 from fedsynth.common.evaluation.scoring import accumulate
 from fedsynth.common.federated import wire
+from fedsynth.common.federated.protocol import (
+    DPEvaluationReply,
+    EvaluationRequest,
+    ExactEvaluationReply,
+    NoisySums,
+    ProtocolError,
+)
 from fedsynth.common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
 from fedsynth.common.privacy.plan import EVALUATION, PrivacyPlan
 from fedsynth.common.recommenders.transfer import unpack
 
 
-def evaluation_settings(content: RecordDict) -> EvalConfig:
-    request = content[wire.CONFIG]
-    ks = tuple(int(k) for k in request["ks"])  # type: ignore[union-attr]
-    targets = tuple(int(i) for i in request.get(wire.TARGETS, []))  # type: ignore[union-attr]
-    return EvalConfig(ks=ks, targets=targets)
+def evaluation_settings(request: EvaluationRequest) -> EvalConfig:
+    """The request's cut-offs and targets (EvalConfig refuses repeated cut-offs)."""
+    return EvalConfig(ks=request.ks, targets=request.targets)
 
 
-def exact_metrics(content: RecordDict, held_out: HeldOutUsers) -> RankingMetrics:
+def exact_metrics(request: EvaluationRequest, held_out: HeldOutUsers) -> RankingMetrics:
     """The sent recommender's metric sums over ``held_out`` (fold-in → target), exactly."""
-    request = content[wire.CONFIG]
-    settings = {k[len(wire.SETTING_PREFIX) :]: v for k, v in request.items() if k.startswith(wire.SETTING_PREFIX)}
-    recommender = unpack(
-        str(request["kind"]),
-        tensors_without_copy(content[wire.ARRAYS]),  # type: ignore[arg-type]
-        settings,  # type: ignore[arg-type]
-    )
-    return accumulate(recommender, held_out, evaluation_settings(content))
+    recommender = unpack(request.kind, tensors_without_copy(request.arrays), request.settings)
+    return accumulate(recommender, held_out, evaluation_settings(request))
 
 
 def handle_evaluate(content: RecordDict, held_out: HeldOutUsers) -> RecordDict:
     """Exact metric sums (simulation only: a measurement, not private) and the recommended-item indicators."""
-    numbers = {**exact_metrics(content, held_out).to_numbers(), wire.DP_EVALUATION: 0, wire.REFUSED: 0}
-    return RecordDict({wire.METRICS: MetricRecord(numbers)})  # type: ignore[arg-type]
+    numbers = exact_metrics(EvaluationRequest.from_record(content), held_out).to_numbers()
+    return ExactEvaluationReply(dict(numbers)).to_record()
 
 
 def sensitivity(metrics: RankingMetrics) -> float:
@@ -102,32 +101,28 @@ def handle_dp_evaluate(
     budget: NodeBudget, run: RunIdentity,
 ) -> RecordDict:  # fmt: skip
     """Noisy metric sums over ``held_out``, charged to the node's ledger (the module docstring has the maths)."""
-    request = content[wire.CONFIG]
     ledger: PrivacyLedger | None = None
     try:
-        plan = privacy_plan(state, config, rows.shape[0], int(wire.number(request, wire.PLANNED_ROUNDS)), budget)
-        evaluation_settings(content)  # distinct cut-offs: the sensitivity √(1 + m) counts each metric once
+        request = EvaluationRequest.from_record(content)
+        if request.planned_rounds is None:
+            raise ProtocolError(f"evaluation request: field {wire.PLANNED_ROUNDS!r} is missing")
+        plan = privacy_plan(state, config, rows.shape[0], request.planned_rounds, budget)
+        evaluation_settings(request)  # distinct cut-offs: the sensitivity √(1 + m) counts each metric once
         ledger = open_ledger(budget, rows, plan, config)
         check_evaluation(ledger, plan, run)
     except (FedsynthError, KeyError, TypeError, ValueError) as exc:
         return refusal(str(exc), ledger)
-    metrics = exact_metrics(content, held_out)
-    rng = np.random.default_rng(release_seed(config, f"evaluation-{request.get(wire.EVALUATION_LABEL, '')}"))
+    metrics = exact_metrics(request, held_out)
+    label = request.label or ""
+    rng = np.random.default_rng(release_seed(config, f"evaluation-{label}"))
     numbers = noisy_numbers(metrics, plan.evaluation_noise if plan.private else 0.0, rng)
-    label = str(request.get(wire.EVALUATION_LABEL, ""))
     ledger.record(plan.evaluation_events(), EVALUATION, run, round=0, label=label,
                   requested_epsilon=config.privacy().target_epsilon)  # fmt: skip
     spent = ledger.spent()  # composed once: the total and the evaluations' own part
-    reply: dict[str, int | float | list[int] | list[float]] = {
-        **numbers,
-        wire.DP_EVALUATION: 1,
-        wire.REFUSED: 0,
-        wire.EPSILON: spent["total"],
-        wire.EPSILON_EVALUATION: spent.get(EVALUATION, 0.0),
-        wire.EPSILON_OWN_NOISE: ledger.spent_own_noise(),
-        wire.DELTA: plan.delta,
-    }
-    return RecordDict({wire.METRICS: MetricRecord(reply)})
+    sums = {name[4:]: value for name, value in numbers.items() if name.startswith("sum:")}
+    released = NoisySums(numbers["users"], sums, numbers[wire.NOISE_STD])
+    own = ledger.spent_own_noise()
+    return DPEvaluationReply(released, spent["total"], spent.get(EVALUATION, 0.0), own, plan.delta).to_record()
 
 
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}

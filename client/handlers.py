@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsynth.client.budget import NodeBudget
 from fedsynth.client.round import RoundAnswer, answer_round, reproducible_from, round_replay
 from fedsynth.client.secure import (
     first_order_instead,
     masked_release,
-    masked_values,
+    masked_vector,
     secure_release_of,
     start_secure_release,
     update_quantizer,
@@ -33,13 +33,17 @@ from fedsynth.common.config.run import RunConfig
 from fedsynth.common.errors import ConfigError, FedsynthError
 from fedsynth.common.federated import wire
 from fedsynth.common.federated.protocol import (
+    AdmissionQuery,
+    AdmissionReply,
     CooccurrenceReply,
+    MaskedReply,
     ProtocolError,
     Refusal,
     Spent,
     StatisticsReply,
     TrainReply,
     TrainRequest,
+    planned_rounds,
 )
 from fedsynth.common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
 from fedsynth.common.privacy.plan import EVALUATION, PrivacyPlan, plan_privacy
@@ -110,30 +114,24 @@ def handle_query(
     first round on, less those already charged to this run key, which would be replays, and the
     DP evaluations this run has not made yet).
     """
-    request = content[wire.CONFIG] if wire.CONFIG in content else ConfigRecord()
-    catalogue = ConfigRecord({wire.ITEM_IDS: item_ids})
-    metrics: dict[str, int | float | list[int] | list[float]] = {
-        wire.NUM_ITEMS: rows.shape[1],
-        wire.NUM_EXAMPLES: rows.shape[0],
-        wire.REFUSED: 0,
-    }
-    if wire.PLANNED_ROUNDS not in request:
-        return RecordDict({wire.METRICS: MetricRecord(metrics), wire.CONFIG: catalogue})
-    planned, first = int(request[wire.PLANNED_ROUNDS]), int(request.get(wire.FIRST_ROUND, 1))  # type: ignore[arg-type]
+    reply = AdmissionReply(item_ids, num_items=rows.shape[1], num_examples=rows.shape[0])
     ledger: PrivacyLedger | None = None
     try:
+        query = AdmissionQuery.from_record(content)
+        if query.planned_rounds is None:
+            return reply.to_record()
+        planned = query.planned_rounds
         plan = privacy_plan(state, config, rows.shape[0], planned, budget)
         ledger = open_ledger(budget, rows, plan, config)
-        statistics = bool(request.get(wire.NEEDS_STATISTICS, 1)) and not ledger.release_charged(run.run_key)
-        second = bool(request.get(wire.NEEDS_COOCCURRENCE, 1)) and not ledger.release_charged(run.run_key, COOCCURRENCE)
-        rounds_left = set(range(first, planned + 1)) - ledger.charged_rounds(run.run_key)
+        statistics = query.needs_statistics and not ledger.release_charged(run.run_key)
+        second = query.needs_cooccurrence and not ledger.release_charged(run.run_key, COOCCURRENCE)
+        rounds_left = set(range(query.first_round, planned + 1)) - ledger.charged_rounds(run.run_key)
         evaluated = ledger.times_charged(run.run_key, EVALUATION)
         to_spend = plan.run_events(statistics, len(rounds_left), second, max(0, plan.evaluation_releases - evaluated))
         ledger.check(to_spend, what=f"this run (it asks to spend epsilon {config.privacy().target_epsilon:g})")
     except FedsynthError as exc:
         return refusal(str(exc), ledger)
-    metrics.update({wire.EPSILON: ledger.spent()["total"], wire.EPSILON_CAP: ledger.max_epsilon})
-    return RecordDict({wire.METRICS: MetricRecord(metrics), wire.CONFIG: catalogue})
+    return replace(reply, epsilon=ledger.spent()["total"], epsilon_cap=ledger.max_epsilon).to_record()
 
 
 def handle_statistics(
@@ -145,9 +143,8 @@ def handle_statistics(
     The release is planned in the same calibration as the rounds (``statistics-share`` of ε),
     checked against the ledger and recorded in it, like a round.
     """
-    planned_rounds = int(content[wire.CONFIG][wire.PLANNED_ROUNDS])  # type: ignore[arg-type]
     privacy = config.privacy()
-    plan = privacy_plan(state, config, rows.shape[0], planned_rounds, budget)
+    plan = privacy_plan(state, config, rows.shape[0], planned_rounds(content, "statistics request"), budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
@@ -267,17 +264,16 @@ def secure_release_reply(
 
 
 def charged_masked_reply(
-    masked: tuple[ArrayRecord, list[Any], list[Any], float], name: str, ledger: PrivacyLedger, plan: PrivacyPlan,
+    masked: tuple[np.ndarray, list[Any], list[Any], float], name: str, ledger: PrivacyLedger, plan: PrivacyPlan,
     run: RunIdentity, config: RunConfig, users: int, server_round: int, **tags: Any,
 ) -> RecordDict:  # fmt: skip
     """A masked release's reply, once its events are recorded: the central Skellam events (what the sum
     carries, the guarantee) with the node's own share kept beside them (``own_noise``)."""
-    arrays, central, own, variance = masked
+    vector, central, own, variance = masked
     target = config.privacy().target_epsilon
     ledger.record(central, name, run, own_noise=own, round=server_round, requested_epsilon=target,
                   secure_aggregation=True, **tags)  # fmt: skip
-    metrics = {**spent_metrics(ledger, users, plan), wire.NOISE_VARIANCE: variance}
-    return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
+    return MaskedReply(vector, spent_of(ledger, users, plan), variance).to_record()
 
 
 def handle_secagg_keys(
@@ -349,7 +345,7 @@ def masked_update(content: RecordDict, rows: sp.csr_matrix, config: RunConfig, s
 
     def arrays(answer: RoundAnswer, request: TrainRequest) -> ArrayRecord:
         update = encode_update(answer.trained, request.arrays.to_torch_state_dict(), rows.shape[0], quantizer)
-        return masked_values(content.config_records[wire.CONFIG], update, state)
+        return ArrayRecord({wire.MASKED: Array(masked_vector(content.config_records[wire.CONFIG], update, state))})
 
     return ReplyWrap(arrays, {"secure_aggregation": True, "mode": "local"})
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
 from fedsynth.common.config.run import LocalTrainingConfig, RunConfig
 from fedsynth.common.errors import FedsynthError
@@ -303,7 +303,7 @@ def handle_shares(content: RecordDict, state: RecordDict) -> RecordDict:
 
 def masked_release(
     content: RecordDict, rows: sp.csr_matrix, release: SecureRelease, state: RecordDict
-) -> tuple[ArrayRecord, list[SkellamEvent], list[SkellamEvent], float]:  # fmt: skip
+) -> tuple[np.ndarray, list[SkellamEvent], list[SkellamEvent], float]:  # fmt: skip
     """The release: Σ rounded contributions + this node's Skellam share, masked; and its two events."""
     request = content.config_records[wire.CONFIG]
     secure, variance = _load(state, wire.text(request, wire.SECAGG_LABEL))
@@ -315,17 +315,17 @@ def masked_release(
     values = release.integer_sum(rows, rng)
     values += skellam_noise(variance / threshold, quantizer.dim, rng)
     central, own = release_events(variance, threshold, release)
-    return masked_values(request, values, state), central, own, variance / threshold
+    return masked_vector(request, values, state), central, own, variance / threshold
 
 
-def masked_values(request: ConfigRecord, values: np.ndarray, state: RecordDict) -> ArrayRecord:
+def masked_vector(request: ConfigRecord, values: np.ndarray, state: RecordDict) -> np.ndarray:
     """``values`` (int64, the aggregation's length) masked with this node's SecAgg state and the shares it got."""
     secure, variance = _load(state, wire.text(request, wire.SECAGG_LABEL))
     if values.shape != (secure.params.length,):
         raise FedsynthError(f"secure aggregation {secure.params.label}: the request is for another release")
     masked = secure.mask(encode(values, secure.params.bits), wire.by_node(request, wire.SHARES))
     _save(state, secure, variance)
-    return ArrayRecord({wire.MASKED: Array(masked)})
+    return masked
 
 
 def handle_unmask(content: RecordDict, state: RecordDict) -> RecordDict:

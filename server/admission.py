@@ -19,14 +19,14 @@ import socket
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.errors import FedsynthError
 from fedsynth.common.federated import wire
+from fedsynth.common.federated.protocol import AdmissionQuery, AdmissionReply
 from fedsynth.common.federated.round_log import RoundLog
 from fedsynth.common.runtime.files import write_text_atomic
 from fedsynth.server.aggregation import ClientReply, as_client_replies, reply_problem
@@ -71,12 +71,9 @@ def _problem(reply: ClientReply) -> str | None:
     return f"failed ({problem.reason})" if problem.epsilon is None else f"refused: {problem.reason}"
 
 
-def admit(grid: Grid, nodes: list[int], config: RunConfig, request: dict[str, Any]) -> Admission:
-    """Query ``nodes`` with the run's plan (``request``); raise RunFailed if the run cannot start."""
-    messages = [
-        Message(RecordDict({wire.CONFIG: ConfigRecord(request)}), dst_node_id=n, message_type=MessageType.QUERY)
-        for n in nodes
-    ]
+def admit(grid: Grid, nodes: list[int], config: RunConfig, query: AdmissionQuery) -> Admission:
+    """Query ``nodes`` with the run's plan (``query``); raise RunFailed if the run cannot start."""
+    messages = [Message(query.to_record(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     replies = as_client_replies(send_and_receive(grid, messages, config.reply_timeout), messages)
     return decide_admission(replies, config)
 
@@ -84,11 +81,9 @@ def admit(grid: Grid, nodes: list[int], config: RunConfig, request: dict[str, An
 def decide_admission(replies: list[ClientReply], config: RunConfig) -> Admission:
     """Which nodes take part, from their answers to the start query (see the module docstring)."""
     problems = {r.node: p for r in replies if (p := _problem(r)) is not None}
-    catalogues = {
-        r.node: tuple(str(i) for i in r.content[wire.CONFIG][wire.ITEM_IDS])  # type: ignore[union-attr, index]
-        for r in replies
-        if r.node not in problems
-    }
+    answered = [r for r in replies if r.node not in problems]
+    answers = {r.node: AdmissionReply.from_record(r.content) for r in answered if r.content is not None}
+    catalogues = {node: tuple(answer.item_ids) for node, answer in answers.items()}
     shared: tuple[str, ...] = ()
     if catalogues:
         shared = Counter(catalogues.values()).most_common(1)[0][0]
@@ -111,9 +106,9 @@ def decide_admission(replies: list[ClientReply], config: RunConfig) -> Admission
             f"only {len(admitted)} node(s) can take part, min-clients is {config.min_clients} ({listed}); "
             "nothing was spent. Fix the nodes named or lower min-clients."
         )
-    reported = {r.node: r.content[wire.METRICS] for r in replies if r.node in admitted and r.content is not None}
-    caps = {n: wire.number(m, wire.EPSILON_CAP) for n, m in reported.items() if wire.EPSILON_CAP in m}
-    before = {n: wire.number(m, wire.EPSILON) for n, m in reported.items() if wire.EPSILON in m}
+    reported = {n: answers[n] for n in admitted}
+    caps = {n: a.epsilon_cap for n, a in reported.items() if a.epsilon_cap is not None}
+    before = {n: a.epsilon for n, a in reported.items() if a.epsilon is not None}
     return Admission(admitted, list(shared), problems, caps, before)
 
 

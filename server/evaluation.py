@@ -11,13 +11,21 @@ central computation over all those users would give.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedsynth.common.config.sections import EvalConfig
 from fedsynth.common.errors import FedsynthError
 from fedsynth.common.evaluation.metrics import RankingMetrics
 from fedsynth.common.federated import wire
+from fedsynth.common.federated.protocol import (
+    DPEvaluationReply,
+    EvaluationRequest,
+    ExactEvaluationReply,
+    Identity,
+    NoisySums,
+    flag,
+)
 from fedsynth.common.recommenders.base import Recommender
 from fedsynth.common.recommenders.transfer import pack
 from fedsynth.server.aggregation import as_client_replies
@@ -30,33 +38,33 @@ def evaluation_request(
     """The evaluate message's content for ``recommender``; ``run``: the run's identity, planned rounds and the
     row's label (what a DP-evaluating node charges its ledger for)."""
     kind, tensors, settings = pack(recommender)
-    request = ConfigRecord(
-        {
-            "kind": kind,
-            "ks": list(config.ks),
-            wire.TARGETS: list(config.targets),
-            **{wire.SETTING_PREFIX + k: v for k, v in settings.items()},
-            **(run or {}),
-        }
-    )
-    return RecordDict({wire.ARRAYS: ArrayRecord(tensors), wire.CONFIG: request})
+    run = run or {}
+    planned, label = run.get(wire.PLANNED_ROUNDS), run.get(wire.EVALUATION_LABEL)
+    identity = Identity(str(run.get(wire.RUN_KEY, "")), str(run.get(wire.REQUESTER, "")))
+    request = EvaluationRequest(
+        kind, ArrayRecord(tensors), config.ks, config.targets, settings,
+        planned_rounds=None if planned is None else int(wire.number(run, wire.PLANNED_ROUNDS)),
+        label=None if label is None else str(label), identity=identity,
+    )  # fmt: skip
+    return request.to_record()
 
 
 def merge_evaluations(replies: list[RecordDict], config: EvalConfig, num_items: int) -> RankingMetrics:
     """Sum of the clients' exact metric accumulators."""
     total = RankingMetrics(config.ks, num_items, targets=config.targets)
     for content in replies:
-        total.merge(RankingMetrics.from_numbers(dict(content[wire.METRICS]), config.ks, num_items, config.targets))
+        numbers: dict[str, object] = dict(ExactEvaluationReply.from_record(content).numbers)
+        total.merge(RankingMetrics.from_numbers(numbers, config.ks, num_items, config.targets))
     return total
 
 
 def merge_noisy(replies: list[RecordDict]) -> tuple[dict[str, float], float, float]:
     """Σ noisy sums / Σ noisy counts per metric, Σ noisy counts, and the noise std of a mean (≈ √Σ stdₖ² / count)."""
-    metrics = [{k: float(v) for k, v in content[wire.METRICS].items()} for content in replies]  # type: ignore[arg-type]
-    users = sum(m["users"] for m in metrics)
-    names = sorted({k for m in metrics for k in m if k.startswith("sum:")})
-    sums = {name[4:]: sum(m[name] for m in metrics) for name in names}
-    std = float(np.sqrt(sum(m[wire.NOISE_STD] ** 2 for m in metrics)))
+    released = [NoisySums.from_metrics(content.metric_records[wire.METRICS]) for content in replies]
+    users = sum(r.users for r in released)
+    names = sorted({name for r in released for name in r.sums})
+    sums = {name: sum(r.sums[name] for r in released) for name in names}
+    std = float(np.sqrt(sum(r.noise_std**2 for r in released)))
     means = {name: value / users if users > 0 else float("nan") for name, value in sums.items()}
     return means, users, std / users if users > 0 else float("inf")
 
@@ -89,22 +97,12 @@ def federated_evaluate(
         means, users, std = merge_noisy(noisy)
         who = {"clients": len(noisy), "users": users, "failed": failed, "dp": True, "noise_std_of_mean": std}
         dp_replies = [r for r in replies if not r.has_error() and flag(r.content, wire.DP_EVALUATION)]
+        spent = {str(r.metadata.src_node_id): DPEvaluationReply.from_record(r.content) for r in dp_replies}
         return means, {
             **who,
-            "epsilon_by_client": by_node(dp_replies, wire.EPSILON),
-            "epsilon_own_noise_by_client": by_node(dp_replies, wire.EPSILON_OWN_NOISE),
-            "epsilon_of_evaluations_by_client": by_node(dp_replies, wire.EPSILON_EVALUATION),
+            "epsilon_by_client": {node: s.epsilon for node, s in spent.items()},
+            "epsilon_own_noise_by_client": {node: s.epsilon_own_noise for node, s in spent.items()},
+            "epsilon_of_evaluations_by_client": {node: s.epsilon_evaluation for node, s in spent.items()},
         }
     merged = merge_evaluations(exact, config, num_items)
     return merged.result(), {"clients": len(exact), "users": merged.users, "failed": failed, "dp": False}
-
-
-def flag(content: RecordDict, name: str) -> bool:
-    """A 0/1 metric of a reply (absent: 0)."""
-    metrics = content.metric_records.get(wire.METRICS)
-    return bool(metrics is not None and int(metrics.get(name, 0)))  # type: ignore[arg-type]
-
-
-def by_node(replies: list[Message], name: str) -> dict[str, float]:
-    """Metric ``name`` of each reply, keyed by the replying node."""
-    return {str(r.metadata.src_node_id): float(r.content[wire.METRICS][name]) for r in replies}  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.errors import ConfigError, FedsynthError
 from fedsynth.common.federated import wire
-from fedsynth.common.federated.protocol import CooccurrenceReply, Identity, StatisticsReply
+from fedsynth.common.federated.protocol import AdmissionQuery, CooccurrenceReply, Identity, StatisticsReply
 from fedsynth.common.federated.round_log import RoundLog
 from fedsynth.common.models.bundle import ModelBundle
 from fedsynth.common.privacy.plan import plan_privacy
@@ -304,14 +304,14 @@ def start(grid: Grid, config: RunConfig, resumed: ResumePoint, identity: dict[st
     """Wait for ``min-clients`` nodes, then admit those whose data, catalogue and budget fit the run."""
     nodes = wait_for_nodes(grid, config.min_clients)
     out_dir = out_directory(config)
-    request = {
-        wire.PLANNED_ROUNDS: config.num_server_rounds,
-        wire.FIRST_ROUND: len(resumed.rounds) + 1,
-        wire.NEEDS_STATISTICS: int(not (out_dir / "statistics.npz").is_file()),
-        wire.NEEDS_COOCCURRENCE: int(config.marginal_items > 0 and not (out_dir / "cooccurrence.npz").is_file()),
-        **identity,
-    }
-    admission = admit(grid, nodes, config, request)
+    query = AdmissionQuery(
+        planned_rounds=config.num_server_rounds,
+        first_round=len(resumed.rounds) + 1,
+        needs_statistics=not (out_dir / "statistics.npz").is_file(),
+        needs_cooccurrence=config.marginal_items > 0 and not (out_dir / "cooccurrence.npz").is_file(),
+        identity=Identity.from_fields(identity),
+    )
+    admission = admit(grid, nodes, config, query)
     for node, why in sorted(admission.excluded.items()):
         log.warning("fedsynth start: node %d left out (allow-degraded): %s", node, why)
     caps = Counter(f"{c:g}" for c in admission.caps.values())

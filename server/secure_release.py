@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.federated import wire
+from fedsynth.common.federated.protocol import MaskedReply
 from fedsynth.common.federated.round_log import NodeProblem, RoundLog
 from fedsynth.common.privacy.releases.cooccurrence import (
     COOCCURRENCE,
@@ -334,8 +335,6 @@ def masked_stage(
     requests = {n: ConfigRecord({**base, **wire.as_lists(incoming, wire.SHARES)}) for n, incoming in shared.items()}
     _, replies = exchange(grid, release, requests, config, arrays)
     outcome = client_outcomes(replies, server_round=server_round)
-    answered = [r for r in outcome.trained if r.content is not None]
-    masked = {r.node: r.content.array_records[wire.ARRAYS][wire.MASKED].numpy() for r in answered}  # type: ignore[union-attr]
-    users = [wire.number(r.content[wire.METRICS], wire.NUM_EXAMPLES) for r in answered if r.content is not None]
-    outcome.log.users = int(sum(users))
-    return masked, outcome.log
+    answered = {r.node: MaskedReply.from_record(r.content) for r in outcome.trained if r.content is not None}
+    outcome.log.users = sum(reply.spent.num_examples for reply in answered.values())
+    return {node: reply.masked for node, reply in answered.items()}, outcome.log

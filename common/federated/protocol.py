@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsynth.common.errors import FedsynthError
 from fedsynth.common.federated import wire
@@ -280,3 +280,278 @@ def _vector(arrays: ArrayRecord, key: str, what: str) -> np.ndarray:
     if values.ndim != 1 or not np.all(np.isfinite(values)):
         raise ProtocolError(f"{what}: {key!r} should be a finite vector, got shape {values.shape}")
     return values
+
+
+def _integers(record: ConfigRecord, key: str, what: str) -> list[int]:
+    try:
+        return wire.integers(record, key)
+    except (KeyError, TypeError) as exc:
+        raise ProtocolError(f"{what}: field {key!r} should be a list of whole numbers ({exc})") from None
+
+
+def _texts(record: ConfigRecord, key: str, what: str) -> list[str]:
+    try:
+        return wire.texts(record, key)
+    except (KeyError, TypeError) as exc:
+        raise ProtocolError(f"{what}: field {key!r} should be a list of strings ({exc})") from None
+
+
+def _text(record: ConfigRecord, key: str, what: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what}: field {key!r} should be a string, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class AdmissionQuery:
+    """The start query (action ``query``, nothing spent): does the run's remaining plan fit the node's budget?
+
+    ``planned_rounds`` None asks only for the catalogue (no plan, no check). Otherwise: the run's planned
+    rounds, the first round it will ask for (> 1 when resumed), and whether it still has to release the DP
+    statistics and the co-occurrence (False once the server holds them)."""
+
+    planned_rounds: int | None = None
+    first_round: int = 1
+    needs_statistics: bool = True
+    needs_cooccurrence: bool = True
+    identity: Identity = field(default_factory=Identity)
+
+    def to_record(self) -> RecordDict:
+        plan: dict[str, wire.ConfigValue] = {}
+        if self.planned_rounds is not None:
+            plan = {
+                wire.PLANNED_ROUNDS: self.planned_rounds,
+                wire.FIRST_ROUND: self.first_round,
+                wire.NEEDS_STATISTICS: int(self.needs_statistics),
+                wire.NEEDS_COOCCURRENCE: int(self.needs_cooccurrence),
+            }
+        return RecordDict({wire.CONFIG: ConfigRecord({**plan, **self.identity.fields()})})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> AdmissionQuery:
+        """The query in ``content``; a message without a config record asks only for the catalogue."""
+        what, config = "admission query", content.config_records.get(wire.CONFIG, ConfigRecord())
+        if wire.PLANNED_ROUNDS not in config:
+            return cls(identity=Identity.from_config(config))
+        return cls(
+            _integer(config, wire.PLANNED_ROUNDS, what),
+            _integer(config, wire.FIRST_ROUND, what, default=1),
+            _integer(config, wire.NEEDS_STATISTICS, what, default=1) != 0,
+            _integer(config, wire.NEEDS_COOCCURRENCE, what, default=1) != 0,
+            Identity.from_config(config),
+        )
+
+
+@dataclass(frozen=True)
+class AdmissionReply:
+    """A node's answer to the start query (public numbers only): the shared catalogue's original item ids,
+    its size, the node's user count and, when the run's plan was checked and fits, the node's cumulative ε
+    before this run and its lifetime cap (a refusal is a :class:`Refusal`). ``num_items`` is the catalogue's
+    size: read as ``len(item_ids)`` when absent."""
+
+    item_ids: list[str]
+    num_items: int
+    num_examples: int
+    epsilon: float | None = None
+    epsilon_cap: float | None = None
+
+    def to_record(self) -> RecordDict:
+        metrics: dict[str, MetricValue] = {
+            wire.NUM_ITEMS: self.num_items,
+            wire.NUM_EXAMPLES: self.num_examples,
+            wire.REFUSED: 0,
+        }
+        if self.epsilon is not None and self.epsilon_cap is not None:
+            metrics.update({wire.EPSILON: self.epsilon, wire.EPSILON_CAP: self.epsilon_cap})
+        catalogue = ConfigRecord({wire.ITEM_IDS: self.item_ids})
+        return RecordDict({wire.METRICS: MetricRecord(metrics), wire.CONFIG: catalogue})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> AdmissionReply:
+        what = "admission reply"
+        metrics = _metrics(content, what)
+        optional = {
+            key: _number(metrics, key, what) if key in metrics else None for key in (wire.EPSILON, wire.EPSILON_CAP)
+        }
+        item_ids = _texts(_config(content, what), wire.ITEM_IDS, what)
+        return cls(
+            item_ids,
+            _integer(metrics, wire.NUM_ITEMS, what, default=len(item_ids)),
+            _integer(metrics, wire.NUM_EXAMPLES, what),
+            optional[wire.EPSILON],
+            optional[wire.EPSILON_CAP],
+        )
+
+
+def planned_rounds(content: RecordDict, what: str) -> int:
+    """The run's planned rounds, which every release request (statistics, co-occurrence, secure stages) carries."""
+    return _integer(_config(content, what), wire.PLANNED_ROUNDS, what)
+
+
+RecommenderSettings = dict[str, int | float | str]  # a packed recommender's settings (recommenders.transfer)
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """A federated evaluation (an ``evaluate`` message): one packed recommender (``kind``, its tensors in
+    ``arrays``, its ``settings``; see :mod:`fedsynth.common.recommenders.transfer`), the cut-offs ``ks``,
+    an attack study's ``targets`` (catalogue indices), and, for a DP-evaluating node, the run's planned
+    rounds and the result row's ``label`` (what its ledger records)."""
+
+    kind: str
+    arrays: ArrayRecord
+    ks: tuple[int, ...]
+    targets: tuple[int, ...] = ()
+    settings: RecommenderSettings = field(default_factory=dict)
+    planned_rounds: int | None = None
+    label: str | None = None
+    identity: Identity = field(default_factory=Identity)
+
+    def to_record(self) -> RecordDict:
+        config: dict[str, wire.ConfigValue] = {"kind": self.kind, "ks": list(self.ks), wire.TARGETS: list(self.targets)}
+        config.update({wire.SETTING_PREFIX + k: v for k, v in self.settings.items()})
+        config.update(self.identity.fields())
+        if self.planned_rounds is not None:
+            config[wire.PLANNED_ROUNDS] = self.planned_rounds
+        if self.label is not None:
+            config[wire.EVALUATION_LABEL] = self.label
+        return RecordDict({wire.ARRAYS: self.arrays, wire.CONFIG: ConfigRecord(config)})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> EvaluationRequest:
+        what = "evaluation request"
+        config = _config(content, what)
+        targets = _integers(config, wire.TARGETS, what) if wire.TARGETS in config else []
+        planned = _integer(config, wire.PLANNED_ROUNDS, what) if wire.PLANNED_ROUNDS in config else None
+        label = str(config[wire.EVALUATION_LABEL]) if wire.EVALUATION_LABEL in config else None
+        return cls(
+            _text(config, "kind", what),
+            _arrays(content, what),
+            tuple(_integers(config, "ks", what)),
+            tuple(targets),
+            _settings(config, what),
+            planned,
+            label,
+            Identity.from_config(config),
+        )
+
+
+def _settings(config: ConfigRecord, what: str) -> RecommenderSettings:
+    settings: RecommenderSettings = {}
+    for key, value in config.items():
+        if not key.startswith(wire.SETTING_PREFIX):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ProtocolError(f"{what}: field {key!r} should be a number or a string, got {value!r}")
+        settings[key[len(wire.SETTING_PREFIX) :]] = value
+    return settings
+
+
+@dataclass(frozen=True)
+class ExactEvaluationReply:
+    """Exact metric sums (simulation only: a measurement, not private): ``numbers`` are
+    ``RankingMetrics.to_numbers()`` (users, users-without-target, sum:<metric>, recommended@K indicators)."""
+
+    numbers: dict[str, MetricValue]
+
+    def to_record(self) -> RecordDict:
+        numbers: dict[str, MetricValue] = {**self.numbers, wire.DP_EVALUATION: 0, wire.REFUSED: 0}
+        return RecordDict({wire.METRICS: MetricRecord(numbers)})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> ExactEvaluationReply:
+        what = "exact evaluation reply"
+        metrics = _metrics(content, what)
+        _integer(metrics, "users", what)
+        return cls({k: v for k, v in metrics.items() if k not in (wire.DP_EVALUATION, wire.REFUSED)})
+
+
+@dataclass(frozen=True)
+class NoisySums:
+    """A DP evaluation's release: the noisy user count, the noisy per-metric sums (by metric name, e.g.
+    ``ndcg@10``) and the Gaussian noise's std per coordinate (public)."""
+
+    users: float
+    sums: dict[str, float]
+    noise_std: float
+
+    def to_metrics(self) -> dict[str, MetricValue]:
+        sums: dict[str, MetricValue] = {f"sum:{name}": value for name, value in self.sums.items()}
+        return {"users": self.users, **sums, wire.NOISE_STD: self.noise_std}
+
+    @classmethod
+    def from_metrics(cls, metrics: MetricRecord, what: str = "DP evaluation reply") -> NoisySums:
+        sums = {key[4:]: _number(metrics, key, what) for key in metrics if key.startswith("sum:")}
+        return cls(_number(metrics, "users", what), sums, _number(metrics, wire.NOISE_STD, what))
+
+
+@dataclass(frozen=True)
+class DPEvaluationReply:
+    """A DP evaluation's reply (every deployed node): the noisy sums and what the node has spent, in total,
+    on its evaluations, counting only its own noise, and δ."""
+
+    sums: NoisySums
+    epsilon: float
+    epsilon_evaluation: float
+    epsilon_own_noise: float
+    delta: float
+
+    def to_record(self) -> RecordDict:
+        metrics: dict[str, MetricValue] = {
+            **self.sums.to_metrics(),
+            wire.DP_EVALUATION: 1,
+            wire.REFUSED: 0,
+            wire.EPSILON: self.epsilon,
+            wire.EPSILON_EVALUATION: self.epsilon_evaluation,
+            wire.EPSILON_OWN_NOISE: self.epsilon_own_noise,
+            wire.DELTA: self.delta,
+        }
+        return RecordDict({wire.METRICS: MetricRecord(metrics)})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> DPEvaluationReply:
+        what = "DP evaluation reply"
+        metrics = _metrics(content, what)
+        return cls(
+            NoisySums.from_metrics(metrics, what),
+            _number(metrics, wire.EPSILON, what),
+            _number(metrics, wire.EPSILON_EVALUATION, what),
+            _number(metrics, wire.EPSILON_OWN_NOISE, what),
+            _number(metrics, wire.DELTA, what, default=0.0),
+        )
+
+
+def flag(content: RecordDict, name: str) -> bool:
+    """A 0/1 metric of a reply (``refused``, ``dp-evaluation``, ``replayed``); absent: False."""
+    metrics = content.metric_records.get(wire.METRICS)
+    return metrics is not None and name in metrics and _integer(metrics, name, "reply") != 0
+
+
+@dataclass(frozen=True)
+class MaskedReply:
+    """A secure release's stage-3 reply (a statistics, co-occurrence or FedSGD step): the node's masked vector
+    (residues mod 2^b, uint64, the aggregation's length), what it has spent, and the Skellam variance it added
+    (None in a secure round's update reply, which carries none)."""
+
+    masked: np.ndarray
+    spent: Spent
+    noise_variance: float | None = None
+
+    def to_record(self) -> RecordDict:
+        variance = {} if self.noise_variance is None else {wire.NOISE_VARIANCE: self.noise_variance}
+        metrics: dict[str, MetricValue] = {**self.spent.to_metrics(), **variance}
+        arrays = ArrayRecord({wire.MASKED: Array(self.masked)})
+        return RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> MaskedReply:
+        what = "masked reply"
+        arrays, metrics = _arrays(content, what), _metrics(content, what)
+        if wire.MASKED not in arrays:
+            raise ProtocolError(f"{what}: the array record has no {wire.MASKED!r}")
+        masked = arrays[wire.MASKED].numpy()
+        if masked.ndim != 1:
+            raise ProtocolError(f"{what}: field {wire.MASKED!r} should be a vector, got shape {masked.shape}")
+        variance = _number(metrics, wire.NOISE_VARIANCE, what) if wire.NOISE_VARIANCE in metrics else None
+        return cls(masked, Spent.from_metrics(metrics, what), variance)
