@@ -6,6 +6,8 @@ against malformed messages: a field missing or of the wrong type is refused with
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,85 @@ def test_release_replies_read_back_and_refuse_a_vector_that_is_not_finite() -> N
     broken = protocol.StatisticsReply(np.array([np.nan, 1.0]), lengths, 0.8, SPENT).to_record()
     with pytest.raises(protocol.ProtocolError, match=wire.ITEM_COUNTS):
         protocol.StatisticsReply.from_record(broken)
+
+
+def test_an_admission_query_and_reply_read_back_what_was_built() -> None:
+    query = protocol.AdmissionQuery(5, 3, False, True, protocol.Identity("k" * 32, "host:/out"))
+    reply = protocol.AdmissionReply(["a", "b"], 2, 40, epsilon=1.0, epsilon_cap=8.0)
+
+    assert protocol.AdmissionQuery.from_record(query.to_record()) == query
+    assert protocol.AdmissionQuery.from_record(RecordDict()) == protocol.AdmissionQuery()
+    assert protocol.AdmissionReply.from_record(reply.to_record()) == reply
+    assert query.to_record()[wire.CONFIG][wire.NEEDS_STATISTICS] == 0
+
+
+def test_an_evaluation_request_and_its_replies_read_back_what_was_built() -> None:
+    request = protocol.EvaluationRequest("itemknn", ARRAYS, (5, 10), (1, 2), {"num-items": 3}, 4, "pop")
+    noisy = protocol.NoisySums(30.0, {"ndcg@10": 3.5}, 2.0)
+    dp = protocol.DPEvaluationReply(noisy, 1.5, 0.2, 1.8, 1e-5)
+    exact = protocol.ExactEvaluationReply({"users": 3, "sum:ndcg@10": 1.5, "recommended@5": [0, 1]})
+
+    again = protocol.EvaluationRequest.from_record(request.to_record())
+    assert (again.kind, again.ks, again.targets, again.settings) == ("itemknn", (5, 10), (1, 2), {"num-items": 3})
+    assert (again.planned_rounds, again.label) == (4, "pop")
+    assert protocol.DPEvaluationReply.from_record(dp.to_record()) == dp
+    assert protocol.ExactEvaluationReply.from_record(exact.to_record()) == exact
+    assert protocol.flag(dp.to_record(), wire.DP_EVALUATION) and not protocol.flag(
+        exact.to_record(), wire.DP_EVALUATION
+    )
+
+
+def test_a_masked_reply_reads_back_what_was_built() -> None:
+    reply = protocol.MaskedReply(np.arange(4, dtype=np.uint64), SPENT, 2.5)
+
+    again = protocol.MaskedReply.from_record(reply.to_record())
+
+    assert np.array_equal(again.masked, reply.masked) and again.masked.dtype == np.uint64
+    assert (again.spent, again.noise_variance) == (SPENT, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("read", "content", "field"),
+    [
+        (
+            protocol.AdmissionReply.from_record,
+            RecordDict({wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 1})}),
+            "config",
+        ),
+        (
+            protocol.AdmissionReply.from_record,
+            RecordDict({wire.METRICS: MetricRecord({}), wire.CONFIG: ConfigRecord({wire.ITEM_IDS: [1, 2]})}),
+            wire.ITEM_IDS,
+        ),
+        (
+            protocol.AdmissionQuery.from_record,
+            RecordDict({wire.CONFIG: ConfigRecord({wire.PLANNED_ROUNDS: "x"})}),
+            wire.PLANNED_ROUNDS,
+        ),
+        (
+            protocol.EvaluationRequest.from_record,
+            RecordDict({wire.CONFIG: ConfigRecord({"kind": "ease", "ks": [5]})}),
+            "arrays",
+        ),
+        (
+            protocol.EvaluationRequest.from_record,
+            RecordDict({wire.ARRAYS: ARRAYS, wire.CONFIG: ConfigRecord({"kind": "ease", "ks": ["5"]})}),
+            "ks",
+        ),
+        (
+            protocol.DPEvaluationReply.from_record,
+            RecordDict({wire.METRICS: MetricRecord({"users": 1.0})}),
+            wire.NOISE_STD,
+        ),
+        (
+            protocol.MaskedReply.from_record,
+            RecordDict({wire.ARRAYS: ARRAYS, wire.METRICS: MetricRecord({})}),
+            wire.MASKED,
+        ),
+    ],
+)
+def test_a_malformed_message_is_refused_naming_the_field(
+    read: Callable[[RecordDict], object], content: RecordDict, field: str
+) -> None:
+    with pytest.raises(protocol.ProtocolError, match=repr(field)):
+        read(content)
