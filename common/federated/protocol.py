@@ -18,6 +18,15 @@ data that is not accounted (``tests/test_only_accounted_outputs.py``).
     Train round r (plain):   server → node   TrainRequest  {arrays: global bundle, config: round, plan, identity}
                              node → server   TrainReply    {arrays: trained bundle, metrics: Spent (+ replayed)}
                                           or Refusal       {metrics: Spent (refused = 1), config: reason}
+    Start query (query):     server → node   AdmissionQuery {config: planned/first round, needs-*, identity}
+                             node → server   AdmissionReply {metrics: num-items, users, ε, ε cap;
+                                                             config: item-ids}  or Refusal
+    Secure release stage 3:  node → server   MaskedReply    {arrays: masked vector, metrics: Spent (+ variance)}
+    Evaluation (evaluate):   server → node   EvaluationRequest {arrays: packed recommender, config: kind, ks,
+                                                                targets, setting:*, planned rounds, label, identity}
+                             node → server   DPEvaluationReply {metrics: NoisySums + ε, ε of evaluations, δ}
+                                          or ExactEvaluationReply {metrics: exact sums (simulation only)}
+                                          or Refusal
 """
 
 from __future__ import annotations
