@@ -97,7 +97,7 @@ def _record(like: ArrayRecord, arrays: list[np.ndarray]) -> ArrayRecord:
 def norm_bounded(contents: list[RecordDict], current: ArrayRecord) -> list[RecordDict]:
     """Each reply with its update w_k − w_g scaled to norm ≤ the median update norm (float arrays only)."""
     base = _flat(current)
-    updates = [[w - g for w, g in zip(_flat(c[wire.ARRAYS]), base, strict=True)] for c in contents]  # type: ignore[arg-type]
+    updates = [[w - g for w, g in zip(_flat(c.array_records[wire.ARRAYS]), base, strict=True)] for c in contents]
     norms = np.array([math.sqrt(sum(float(np.sum(d**2)) for d in update)) for update in updates])
     bound = float(np.median(norms))
     bounded = []
@@ -115,18 +115,20 @@ def trim_fraction(malicious: int, silos: int) -> float:
 
 def coordinate_wise(contents: list[RecordDict], rule: str, malicious: int) -> ArrayRecord:
     """Coordinate-wise ``median`` or ``trimmed-mean`` (cut f/K from each end) of the replies' arrays."""
-    layers = zip(*(_flat(c[wire.ARRAYS]) for c in contents), strict=True)  # type: ignore[arg-type]
+    layers = zip(*(_flat(c.array_records[wire.ARRAYS]) for c in contents), strict=True)
     cut = trim_fraction(malicious, len(contents))
     merged = [np.median(np.stack(v), axis=0) if rule == "median" else trim_mean(np.stack(v), cut) for v in layers]
-    return _record(contents[0][wire.ARRAYS], merged)  # type: ignore[arg-type]
+    return _record(contents[0].array_records[wire.ARRAYS], merged)
 
 
 def bulyan(contents: list[RecordDict], malicious: int) -> ArrayRecord:
     """Bulyan: Multi-Krum selects θ = K − 2f, then per coordinate the mean of the θ − 2f closest to the median."""
     theta = len(contents) - 2 * malicious
-    selected = [_flat(c[wire.ARRAYS]) for c in select_multikrum(contents, malicious, theta)]  # type: ignore[arg-type]
+    selected = [_flat(c.array_records[wire.ARRAYS]) for c in select_multikrum(contents, malicious, theta)]
     medians = [np.median(np.stack(layer), axis=0) for layer in zip(*selected, strict=True)]
-    return _record(contents[0][wire.ARRAYS], aggregate_n_closest_weights(medians, selected, theta - 2 * malicious))  # type: ignore[arg-type]
+    return _record(
+        contents[0].array_records[wire.ARRAYS], aggregate_n_closest_weights(medians, selected, theta - 2 * malicious)
+    )
 
 
 def robust_arrays(contents: list[RecordDict], current: ArrayRecord, config: RobustConfig) -> ArrayRecord:
