@@ -23,12 +23,26 @@ from fedsynth.client.handlers import (
     handle_train,
     refusal,
     run_identity,
+    secure_release_reply,
 )
 from fedsynth.client.secure import handle_shares, handle_unmask
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.errors import FedsynthError
 from fedsynth.common.federated import wire
 from fedsynth.common.secagg.updates import UPDATE
+
+
+def secure_when_asked(handler: Callable[..., RecordDict]) -> Callable[..., RecordDict]:
+    """``handler`` (a one-off release) whose checked release is this node's share of a secure sum
+    (:func:`secure_release_reply`) when the request names a secure aggregation (``secagg-label``), its plain
+    release otherwise: secure aggregation wraps the release, as a Flower mod wraps a handler."""
+
+    def release(content: RecordDict, *args: Any) -> RecordDict:
+        config = content.config_records.get(wire.CONFIG)
+        secure = config is not None and wire.SECAGG_LABEL in config
+        return handler(content, *args, release=secure_release_reply if secure else None)
+
+    return release
 
 
 def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
@@ -88,8 +102,10 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
 
         return answering(body)
 
-    app.query(wire.STATISTICS)(on_training_rows(handle_statistics, tampered_statistics_reply))
-    app.query(wire.COOCCURRENCE)(on_training_rows(handle_cooccurrence, tampered_statistics_reply))  # or the 1st order
+    app.query(wire.STATISTICS)(on_training_rows(secure_when_asked(handle_statistics), tampered_statistics_reply))
+    app.query(wire.COOCCURRENCE)(  # or the first order again
+        on_training_rows(secure_when_asked(handle_cooccurrence), tampered_statistics_reply)
+    )
     app.query(wire.FEDSGD)(on_training_rows(handle_fedsgd))
     app.query(UPDATE)(on_training_rows(handle_secure_update))
 

@@ -134,25 +134,41 @@ def handle_query(
     return replace(reply, epsilon=ledger.spent()["total"], epsilon_cap=ledger.max_epsilon).to_record()
 
 
+Release = Callable[
+    [RecordDict, sp.csr_matrix, RunConfig, RecordDict, PrivacyLedger, PrivacyPlan, RunIdentity], RecordDict
+]
+"""What leaves the node for a checked one-off release: (content, rows, config, state, ledger, plan, run) →
+reply, the event recorded in ``ledger``. The plain releases below, or :func:`secure_release_reply`, which
+the ClientApp wraps around a request that names a secure aggregation (client/app.py), as it wraps
+:func:`handle_train` with ``masked_update``: the handlers never look."""
+
+
 def handle_statistics(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
-    run: RunIdentity,
+    run: RunIdentity, release: Release | None = None,
 ) -> RecordDict:  # fmt: skip
     """Release this client's DP item counts and length histogram once, before round 1.
 
     The release is planned in the same calibration as the rounds (``statistics-share`` of ε),
-    checked against the ledger and recorded in it, like a round.
+    checked against the ledger and recorded in it, like a round. ``release``: what leaves the node
+    once the request is checked (:data:`Release`; :func:`plain_statistics` by default).
     """
-    privacy = config.privacy()
     plan = privacy_plan(state, config, rows.shape[0], planned_rounds(content, "statistics request"), budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
         check_release(ledger, plan, run, STATISTICS)
-        if wire.SECAGG_LABEL in content[wire.CONFIG]:
-            return secure_release_reply(content, rows, config, state, ledger, plan, run)
+        return (release or plain_statistics)(content, rows, config, state, ledger, plan, run)
     except FedsynthError as exc:
         return refusal(str(exc), ledger, plan.delta)
+
+
+def plain_statistics(
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger: PrivacyLedger,
+    plan: PrivacyPlan, run: RunIdentity,
+) -> RecordDict:  # fmt: skip
+    """This node's noisy counts and length histogram (σ of the plan), recorded, as the reply."""
+    privacy = config.privacy()
     released = noisy_statistics(
         rows, privacy.statistics_clip, plan.statistics_noise, np.random.default_rng(release_seed(config, "statistics"))
     )
@@ -168,7 +184,7 @@ def statistics_reply(released: NoisyStatistics, ledger: PrivacyLedger, users: in
 
 def handle_cooccurrence(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
-    run: RunIdentity,
+    run: RunIdentity, release: Release | None = None,
 ) -> RecordDict:  # fmt: skip
     """Release this client's co-occurrence over the items the server chose (from the released counts), once.
 
@@ -176,23 +192,35 @@ def handle_cooccurrence(
     ledger and recorded in it; refused when the run planned no such release or already made it.
     When the server asks for the first order instead (``first-order-instead``: it predicted the
     co-occurrence to be below its noise), the same budget releases the statistics again, at the
-    co-occurrence's noise multiplier: the same ledger event, the same ε.
+    co-occurrence's noise multiplier: the same ledger event, the same ε. ``release``: what leaves the
+    node once the request is checked (:data:`Release`; :func:`plain_cooccurrence` by default).
     """
-    request = content[wire.CONFIG]
-    plan = privacy_plan(state, config, rows.shape[0], int(wire.number(request, wire.PLANNED_ROUNDS)), budget)
+    plan = privacy_plan(state, config, rows.shape[0], planned_rounds(content, "co-occurrence request"), budget)
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
         check_release(ledger, plan, run, COOCCURRENCE)
-        items = (
-            None
-            if first_order_instead(request)
-            else check_items(np.asarray(wire.integers(request, wire.MARGINAL_ITEMS)), rows.shape[1])
-        )
-        if wire.SECAGG_LABEL in request:
-            return secure_release_reply(content, rows, config, state, ledger, plan, run)
+        requested_items(content, rows.shape[1])
+        return (release or plain_cooccurrence)(content, rows, config, state, ledger, plan, run)
     except (FedsynthError, TypeError) as exc:
         return refusal(str(exc), ledger, plan.delta)
+
+
+def requested_items(content: RecordDict, num_items: int) -> np.ndarray | None:
+    """The M items a co-occurrence request names, checked (None: the first order is asked for instead)."""
+    request = content.config_records[wire.CONFIG]
+    if first_order_instead(request):
+        return None
+    return check_items(np.asarray(wire.integers(request, wire.MARGINAL_ITEMS)), num_items)
+
+
+def plain_cooccurrence(
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger: PrivacyLedger,
+    plan: PrivacyPlan, run: RunIdentity,
+) -> RecordDict:  # fmt: skip
+    """This node's noisy co-occurrence over the requested items (or its first order again), recorded, as
+    the reply."""
+    items = requested_items(content, rows.shape[1])
     noise = plan.cooccurrence_noise if plan.private else 0.0
     rng = np.random.default_rng(release_seed(config, COOCCURRENCE))
     target = config.privacy().target_epsilon
