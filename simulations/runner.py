@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +43,23 @@ def write_flower_home(flwr_home: Path, num_clients: int) -> None:
         '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
         f"options.num-supernodes = {num_clients}\noptions.backend.client-resources.num-cpus = 1\n"
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS's choice)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def local_superlink_ports() -> dict[str, str]:
+    """Fresh ports for the SuperLink `flwr run` starts for ``:local:``. Flower's defaults (39091, 39093)
+    are one per machine, and `flwr run` hands a run to whatever SuperLink already answers there: another
+    run's, or another project's. With its own ports each run has its own SuperLink."""
+    return {
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+    }
 
 
 def _format(value: Any) -> str:
@@ -211,6 +229,7 @@ def run_simulation(
     settings = {**run_config, "out-dir": str(out_dir)}
     env = {
         **flower_environment(flwr_home),
+        **local_superlink_ports(),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     }

@@ -31,12 +31,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``-n``), every slow test in one group (``--dist loadgroup``): they start Flower
-    simulations (a SuperLink on Flower's one local port, a Ray cluster), never two at once; the fast
-    tests spread over the other workers."""
+    """Under pytest-xdist (``-n``, ``--dist loadgroup``): the slow Flower simulations in one group, run one at
+    a time (each starts a Ray cluster sized to the machine); the deployments over real processes
+    (tests/test_deployment.py: their own SuperLink ports, mostly waiting on heartbeats and timeouts) in
+    another; the fast tests spread over the workers."""
     for item in items:
         if item.get_closest_marker("slow") is not None:
-            item.add_marker(pytest.mark.xdist_group("flower"))
+            group = "deployment" if item.path.name == "test_deployment.py" else "flower"
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def shared_data_dir() -> Path:

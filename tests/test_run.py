@@ -223,3 +223,14 @@ def test_ctrl_c_leaves_a_consistent_directory_stops_every_process_and_resumes(tm
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming" in resumed.stdout
     assert (out / "metrics.json").is_file()
+
+
+def test_each_run_asks_flower_for_its_own_local_superlink_ports() -> None:
+    """`flwr run` hands a run to any SuperLink answering on its local port: each run names fresh ones."""
+    from fedsynth.simulations.runner import local_superlink_ports
+
+    first, second = local_superlink_ports(), local_superlink_ports()
+
+    assert set(first) == {"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "FLWR_LOCAL_CONTROL_API_PORT"}
+    assert all(1024 <= int(port) <= 65535 for port in [*first.values(), *second.values()])
+    assert len(set(first.values())) == 2

@@ -46,18 +46,13 @@ from fedsynth.simulations.runner import (
     final_status,
     flower_environment,
     format_run_config,
+    free_port,
     project_root,
     started_run_id,
 )
 
 # Not the name of any folder the `flwr` commands run in (a folder of that name would be read as an app).
 CONNECTION = "fedsynth-link"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def thread_share(nodes: int, cores: int | None = None) -> int:
