@@ -47,19 +47,24 @@ def write_flower_home(flwr_home: Path, num_clients: int) -> None:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (the OS's choice)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (all bound at once, so never the same one twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def local_superlink_ports() -> dict[str, str]:
     """Fresh ports for the SuperLink `flwr run` starts for ``:local:``. Flower's defaults (39091, 39093)
     are one per machine, and `flwr run` hands a run to whatever SuperLink already answers there: another
     run's, or another project's. With its own ports each run has its own SuperLink."""
-    return {
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-    }
+    http, control = free_ports(2)
+    return {"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http), "FLWR_LOCAL_CONTROL_API_PORT": str(control)}
 
 
 def _format(value: Any) -> str:
