@@ -201,6 +201,11 @@ class TrainReply:
         return cls(_arrays(content, what), Spent.from_metrics(metrics, what), wire.REPLAYED in metrics)
 
 
+def _budget(epsilon: float, own_noise: float, delta: float) -> dict[str, MetricValue]:
+    """A reply's account of the node's cumulative spend: ε, ε counting only its own noise, δ."""
+    return {wire.EPSILON: epsilon, wire.EPSILON_OWN_NOISE: own_noise, wire.DELTA: delta}
+
+
 @dataclass(frozen=True)
 class Refusal:
     """A node's refusal: the reason, and the ε it had already spent (0 when it could not open its ledger)."""
@@ -211,13 +216,7 @@ class Refusal:
     delta: float = 0.0
 
     def to_record(self) -> RecordDict:
-        metrics: dict[str, MetricValue] = {
-            wire.REFUSED: 1,
-            wire.NUM_EXAMPLES: 0,
-            wire.EPSILON: self.epsilon,
-            wire.EPSILON_OWN_NOISE: self.epsilon_own_noise,
-            wire.DELTA: self.delta,
-        }
+        metrics = {wire.REFUSED: 1, wire.NUM_EXAMPLES: 0, **_budget(self.epsilon, self.epsilon_own_noise, self.delta)}
         return RecordDict({wire.METRICS: MetricRecord(metrics), wire.CONFIG: ConfigRecord({wire.REASON: self.reason})})
 
     @classmethod
@@ -511,10 +510,8 @@ class DPEvaluationReply:
             **self.sums.to_metrics(),
             wire.DP_EVALUATION: 1,
             wire.REFUSED: 0,
-            wire.EPSILON: self.epsilon,
+            **_budget(self.epsilon, self.epsilon_own_noise, self.delta),
             wire.EPSILON_EVALUATION: self.epsilon_evaluation,
-            wire.EPSILON_OWN_NOISE: self.epsilon_own_noise,
-            wire.DELTA: self.delta,
         }
         return RecordDict({wire.METRICS: MetricRecord(metrics)})
 
