@@ -143,7 +143,7 @@ def test_a_grid_of_guesses_pays_for_its_size() -> None:
 STATISTICS_CANARIES = 10_000  # enough for every broken variant of the statistics release to show at ε = 8
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: once per xdist worker
 def statistics_at_8() -> dict[str, ReleaseAudit]:
     """The statistics release at target ε = 8, correct and every broken variant, on one silo (one plan)."""
     return {broken: audit_release("statistics", 8.0, STATISTICS_CANARIES, broken, seed=0) for broken in BROKEN}

@@ -60,7 +60,7 @@ class FinishedRun:
     metrics: dict[str, Any]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: once per xdist worker, whatever runs between its tests
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
     root = tmp_path_factory.mktemp("e2e")
     config_file = root / "tiny.toml"
