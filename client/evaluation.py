@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from fedsynth.client.budget import NodeBudget
 from fedsynth.client.handlers import open_ledger, privacy_plan, refusal, release_seed
@@ -40,6 +40,7 @@ from fedsynth.common.federated.protocol import (
     DPEvaluationReply,
     EvaluationRequest,
     ExactEvaluationReply,
+    MetricValue,
     NoisySums,
     ProtocolError,
 )
@@ -119,8 +120,7 @@ def handle_dp_evaluate(
     ledger.record(plan.evaluation_events(), EVALUATION, run, round=0, label=label,
                   requested_epsilon=config.privacy().target_epsilon)  # fmt: skip
     spent = ledger.spent()  # composed once: the total and the evaluations' own part
-    sums = {name[4:]: value for name, value in numbers.items() if name.startswith("sum:")}
-    released = NoisySums(numbers["users"], sums, numbers[wire.NOISE_STD])
+    released = NoisySums.from_metrics(MetricRecord(dict[str, MetricValue](numbers)))
     own = ledger.spent_own_noise()
     return DPEvaluationReply(released, spent["total"], spent.get(EVALUATION, 0.0), own, plan.delta).to_record()
 

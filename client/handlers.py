@@ -199,8 +199,7 @@ def handle_cooccurrence(
     ledger: PrivacyLedger | None = None
     try:
         ledger = open_ledger(budget, rows, plan, config)
-        check_release(ledger, plan, run, COOCCURRENCE)
-        requested_items(content, rows.shape[1])
+        check_release(ledger, plan, run, COOCCURRENCE)  # each release checks the requested items before it draws
         return (release or plain_cooccurrence)(content, rows, config, state, ledger, plan, run)
     except (FedsynthError, TypeError) as exc:
         return refusal(str(exc), ledger, plan.delta)
