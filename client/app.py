@@ -35,12 +35,16 @@ from fedsynth.common.secagg.updates import UPDATE
 def secure_when_asked(handler: Callable[..., RecordDict]) -> Callable[..., RecordDict]:
     """``handler`` (a one-off release) whose checked release is this node's share of a secure sum
     (:func:`secure_release_reply`) when the request names a secure aggregation (``secagg-label``), its plain
-    release otherwise: secure aggregation wraps the release, as a Flower mod wraps a handler."""
+    release otherwise: secure aggregation wraps the release, as a Flower mod wraps a handler. A run under
+    secure aggregation gets no plain release: a server that leaves out the label gets a refusal."""
 
-    def release(content: RecordDict, *args: Any) -> RecordDict:
-        config = content.config_records.get(wire.CONFIG)
-        secure = config is not None and wire.SECAGG_LABEL in config
-        return handler(content, *args, release=secure_release_reply if secure else None)
+    def release(content: RecordDict, rows: Any, config: RunConfig, *args: Any) -> RecordDict:
+        request = content.config_records.get(wire.CONFIG)
+        secure = request is not None and wire.SECAGG_LABEL in request
+        if config.secure_aggregation and not secure:  # the plain release would leave unmasked
+            return refusal("this run is under secure aggregation; a release without a secure-aggregation label "
+                           "is refused (nothing released)")  # fmt: skip
+        return handler(content, rows, config, *args, release=secure_release_reply if secure else None)
 
     return release
 

@@ -115,7 +115,8 @@ def handle_dp_evaluate(
         return refusal(str(exc), ledger)
     metrics = exact_metrics(request, held_out)
     label = request.label or ""
-    rng = np.random.default_rng(release_seed(config, f"evaluation-{label}"))
+    done = ledger.times_charged(run.run_key, EVALUATION)  # the purpose names the release: a label sent twice
+    rng = np.random.default_rng(release_seed(config, f"evaluation-{done}-{label}"))  # never reuses its noise
     numbers = noisy_numbers(metrics, plan.evaluation_noise if plan.private else 0.0, rng)
     ledger.record(plan.evaluation_events(), EVALUATION, run, round=0, label=label,
                   requested_epsilon=config.privacy().target_epsilon)  # fmt: skip

@@ -284,8 +284,16 @@ def secure_release_reply(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, ledger: PrivacyLedger,
     plan: PrivacyPlan, run: RunIdentity,
 ) -> RecordDict:  # fmt: skip
-    """A release under secure aggregation (:mod:`fedsynth.client.secure`): masked, charged both ways."""
+    """A release under secure aggregation (:mod:`fedsynth.client.secure`): masked, charged both ways.
+
+    The release is the one the request names (statistics or co-occurrence), whichever handler the server
+    sent it to, so it is checked again here: once per run, and planned (a co-occurrence sent as a
+    statistics query is refused once the co-occurrence is charged). The keys stage bound the release's
+    kind into this node's SecAgg state; :func:`masked_release` refuses any other."""
     release = secure_release_of(content.config_records[wire.CONFIG], plan, config, rows.shape[1])
+    if release.name not in (STATISTICS, COOCCURRENCE):
+        raise ProtocolError(f"a one-off release request names a {release.name}; refused")
+    check_release(ledger, plan, run, release.name)
     masked = masked_release(content, rows, release, state)
     return charged_masked_reply(masked, release.name, ledger, plan, run, config, rows.shape[0], server_round=0)
 
@@ -372,7 +380,8 @@ def masked_update(content: RecordDict, rows: sp.csr_matrix, config: RunConfig, s
 
     def arrays(answer: RoundAnswer, request: TrainRequest) -> ArrayRecord:
         update = encode_update(answer.trained, request.arrays.to_torch_state_dict(), rows.shape[0], quantizer)
-        return ArrayRecord({wire.MASKED: Array(masked_vector(content.config_records[wire.CONFIG], update, state))})
+        masked = masked_vector(content.config_records[wire.CONFIG], update, state, UPDATE)
+        return ArrayRecord({wire.MASKED: Array(masked)})
 
     return ReplyWrap(arrays, {"secure_aggregation": True, "mode": "local"})
 

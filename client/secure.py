@@ -54,6 +54,7 @@ from fedsynth.common.secagg.updates import UPDATE, UpdateQuantizer, update_size
 
 _STATE = "secagg-state"
 _VARIANCE = "secagg-variance"
+_RELEASE = "secagg-release"
 _STEP_VARIANCE = "fedsgd-step-variance"
 
 
@@ -235,11 +236,14 @@ def start_secure_release(
     neighbours = int(wire.number(request, wire.SECAGG_NEIGHBOURS)) if wire.SECAGG_NEIGHBOURS in request else 0
     channels, masks = [], []
     for label in labels:
+        if _slot(label) in state:  # its keys are out already: a second pair would let the server split the view
+            raise FedsynthError(f"secure aggregation {label}: already set up on this node; refused")
+    for label in labels:
         secure = SecAggNode(node, SecAggParams(label, threshold, 64, release.quantizer.dim, neighbours))
         channel, mask = secure.advertise()
         channels.append(channel)
         masks.append(mask)
-        _save(state, secure, variance)
+        _save(state, secure, variance, release.name)
     return ConfigRecord({wire.CHANNEL_KEY: channels, wire.MASK_KEY: masks}), variance
 
 
@@ -259,18 +263,27 @@ def _slot(label: str) -> str:
     return f"{_STATE}/{label}"
 
 
-def _load(state: RecordDict, label: str) -> tuple[SecAggNode, float]:
+def _load(state: RecordDict, label: str, release: str | None = None) -> tuple[SecAggNode, float]:
+    """This node's state for aggregation ``label`` and its V; with ``release``, refused unless the keys stage
+    set the aggregation up for that kind of release (its check and noise were for that kind only)."""
     if _slot(label) not in state:
         raise FedsynthError(f"secure aggregation {label}: this node holds no state for it (restarted mid-release?)")
     saved = state.config_records[_slot(label)]
     secure = SecAggNode.from_bytes(wire.blob(saved, "node"))
     if secure.params.label != label:
         raise FedsynthError(f"secure aggregation {label}: this node's state is for {secure.params.label}")
+    if release is not None and wire.text(saved, _RELEASE) != release:
+        raise FedsynthError(f"secure aggregation {label}: set up for a {wire.text(saved, _RELEASE)} release, asked "
+                            f"for a {release}; refused")  # fmt: skip
     return secure, wire.number(saved, _VARIANCE)
 
 
-def _save(state: RecordDict, secure: SecAggNode, variance: float) -> None:
-    state[_slot(secure.params.label)] = ConfigRecord({"node": secure.to_bytes(), _VARIANCE: variance})
+def _save(state: RecordDict, secure: SecAggNode, variance: float, release: str | None = None) -> None:
+    """Keep ``secure``'s state and V; ``release`` (the kind the keys stage checked and calibrated for) is set
+    once, at the keys stage, and kept by every later save."""
+    slot = _slot(secure.params.label)
+    kind = release if release is not None else wire.text(state.config_records[slot], _RELEASE)
+    state[slot] = ConfigRecord({"node": secure.to_bytes(), _VARIANCE: variance, _RELEASE: kind})
 
 
 def handle_shares(content: RecordDict, state: RecordDict) -> RecordDict:
@@ -306,7 +319,7 @@ def masked_release(
 ) -> tuple[np.ndarray, list[SkellamEvent], list[SkellamEvent], float]:  # fmt: skip
     """The release: Σ rounded contributions + this node's Skellam share, masked; and its two events."""
     request = content.config_records[wire.CONFIG]
-    secure, variance = _load(state, wire.text(request, wire.SECAGG_LABEL))
+    secure, variance = _load(state, wire.text(request, wire.SECAGG_LABEL), release.name)
     quantizer = release.quantizer
     if quantizer.dim != secure.params.length:
         raise FedsynthError(f"secure aggregation {secure.params.label}: the request is for another release")
@@ -315,12 +328,13 @@ def masked_release(
     values = release.integer_sum(rows, rng)
     values += skellam_noise(variance / threshold, quantizer.dim, rng)
     central, own = release_events(variance, threshold, release)
-    return masked_vector(request, values, state), central, own, variance / threshold
+    return masked_vector(request, values, state, release.name), central, own, variance / threshold
 
 
-def masked_vector(request: ConfigRecord, values: np.ndarray, state: RecordDict) -> np.ndarray:
-    """``values`` (int64, the aggregation's length) masked with this node's SecAgg state and the shares it got."""
-    secure, variance = _load(state, wire.text(request, wire.SECAGG_LABEL))
+def masked_vector(request: ConfigRecord, values: np.ndarray, state: RecordDict, release: str) -> np.ndarray:
+    """``values`` (int64, the aggregation's length) masked with this node's SecAgg state and the shares it got;
+    ``release``: its kind, which must be the one the keys stage set the aggregation up for."""
+    secure, variance = _load(state, wire.text(request, wire.SECAGG_LABEL), release)
     if values.shape != (secure.params.length,):
         raise FedsynthError(f"secure aggregation {secure.params.label}: the request is for another release")
     masked = secure.mask(encode(values, secure.params.bits), wire.by_node(request, wire.SHARES))

@@ -116,20 +116,23 @@ class SecureSetup:
     order: list[int]  # the random ring SecAgg+'s neighbour graph is drawn on
 
 
-def label_for(identity: dict[str, str], release: str, server_round: int) -> str:
-    """One aggregation's label: run key / release (/ round): unique per run, bound into every derived key."""
-    return f"{identity[wire.RUN_KEY]}/{release}" + (f"/{server_round}" if server_round else "")
+def label_for(identity: dict[str, str], release: str, server_round: int, attempt: int = 0) -> str:
+    """One aggregation's label: run key / release (/ round) (#attempt, for a round set up again after a failed
+    one): unique per run, bound into every derived key. A node sets each label up once."""
+    label = f"{identity[wire.RUN_KEY]}/{release}" + (f"/{server_round}" if server_round else "")
+    return label + (f"#{attempt}" if attempt else "")
 
 
 def secure_setup(
     grid: Grid, nodes: list[int], config: RunConfig, release: str, quantizer: SkellamQuantizer,
-    identity: dict[str, str], request: Request, rounds: list[int],
+    identity: dict[str, str], request: Request, rounds: list[int], attempt: int = 0,
 ) -> dict[int, SecureSetup]:  # fmt: skip
     """The keys and shares stages of one aggregation per entry of ``rounds`` (0: a one-off release), all in
     one exchange each: every aggregation gets its own fresh keys, self-mask seed and Shamir shares, as if
-    set up alone; only the messages are shared. Raises :class:`RunFailed` with fewer than t nodes."""
+    set up alone; only the messages are shared. ``attempt``: how many times these rounds were set up before
+    (each setup has its own labels). Raises :class:`RunFailed` with fewer than t nodes."""
     clock = StageClock()
-    labels = [label_for(identity, release, r) for r in rounds]
+    labels = [label_for(identity, release, r, attempt) for r in rounds]
     threshold = config.threshold_for(len(nodes))
     base: Request = {wire.PLANNED_ROUNDS: config.num_server_rounds, **identity, **request}
     own: list[Request] = [{**base, wire.SECAGG_LABEL: label} for label in labels]  # each aggregation's stages 3-4
@@ -180,6 +183,7 @@ class RoundSetups:
         self.grid, self.config, self.release, self.quantizer, self.identity = grid, config, release, quantizer, identity
         self.size = 1 if per_round else ROUNDS_PER_SETUP
         self.ready: dict[int, SecureSetup] = {}
+        self.attempts = 0  # setups dropped after a failure: the next one takes new labels
 
     def take(self, server_round: int, nodes: list[int]) -> SecureSetup:
         """Round ``server_round``'s setup, setting up a batch from it among ``nodes`` when none is ready."""
@@ -187,7 +191,7 @@ class RoundSetups:
             last = min(server_round + self.size - 1, self.config.num_server_rounds)
             rounds = list(range(server_round, last + 1))
             self.ready = secure_setup(self.grid, nodes, self.config, self.release, self.quantizer, self.identity, {},
-                                      rounds)  # fmt: skip
+                                      rounds, self.attempts)  # fmt: skip
         return self.ready.pop(server_round)
 
     def secure_sum(
@@ -200,7 +204,7 @@ class RoundSetups:
             self.grid, setup, self.config, self.release, self.quantizer, arrays, server_round
         )
         if round_log.refused or round_log.failed:
-            self.ready = {}
+            self.ready, self.attempts = {}, self.attempts + 1
         return total, noise_std, round_log
 
 
