@@ -38,3 +38,7 @@ class EmptyDataError(FedsynthError):
 
 class DownloadError(FedsynthError):
     """A download failed or its file did not match the expected size or checksum."""
+
+
+class SecAggAborted(FedsynthError):
+    """A stage of secure aggregation had fewer than ``threshold`` nodes, or a check failed: nothing was unmasked."""

@@ -18,9 +18,9 @@ from flwr.app import RecordDict
 from fedsynth.client.budget import NodeBudget
 from fedsynth.client.evaluation import handle_dp_evaluate
 from fedsynth.common.config.run import RunConfig
+from fedsynth.common.config.sections import EvalConfig
 from fedsynth.common.data.prepare import prepare
 from fedsynth.common.data.split import HeldOutUsers
-from fedsynth.common.config.sections import EvalConfig
 from fedsynth.common.federated import wire
 from fedsynth.common.federated.protocol import NoisySums
 from fedsynth.common.privacy.ledger import RunIdentity

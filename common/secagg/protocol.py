@@ -44,12 +44,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedsynth.common.errors import FedsynthError
-from fedsynth.common.secagg import crypto
-
-
-class SecAggAborted(FedsynthError):
-    """A stage of secure aggregation had fewer than ``threshold`` nodes: nothing was unmasked."""
+from fedsynth.common.errors import SecAggAborted
+from fedsynth.common.secagg import crypto, signing
 
 
 @dataclass(frozen=True)
@@ -165,6 +161,9 @@ class SecAggNode:
     received: dict[int, bytes] = field(default_factory=dict)  # U2 ∩ N(i): sender → ciphertext
     stage: str = "keys"
     order: list[int] = field(default_factory=list)  # the ring SecAgg+'s graph is drawn on (U1, shuffled)
+    signed: bool = False  # against an active server (:mod:`fedsynth.common.secagg.signing`): set at creation
+    signers: dict[int, bytes] = field(default_factory=dict)  # signed mode: U1's node → its registered key
+    survivors: list[int] = field(default_factory=list)  # signed mode: the U3 this node signed
 
     # stage 1
     def advertise(self) -> tuple[bytes, bytes]:
@@ -174,13 +173,15 @@ class SecAggNode:
 
     # stage 2
     def share(
-        self, peers: dict[int, tuple[bytes, bytes]], bits: int | None = None, order: list[int] | None = None
-    ) -> dict[int, bytes]:
+        self, peers: dict[int, tuple[bytes, bytes]], bits: int | None = None, order: list[int] | None = None,
+        proof: signing.KeyProof | None = None,
+    ) -> dict[int, bytes]:  # fmt: skip
         """Encrypted shares of b_i and of the mask key for each neighbour of this node among U1 (``peers``):
         every other node, or with SecAgg+ (``params.neighbours`` = k) the k around it in ``order`` (the
         server's random ring of U1).
 
         ``bits``: b, when the server fixes it only now (from what the nodes said at the keys stage).
+        ``proof``: in signed mode, each entry's signer and signature, checked before anything is shared.
         """
         self._expect("shares", "masked-input")
         if bits is not None:
@@ -188,6 +189,8 @@ class SecAggNode:
         if self.node not in peers or peers[self.node] != self.public_keys():
             raise SecAggAborted(f"secure aggregation {self.params.label}: the key list does not hold this node's keys")
         require("keys", len(peers), self.params)
+        if self.signed:
+            self.signers = signing.check_proof(self.params.label, self.node, self.params.threshold, peers, proof)
         self.order = list(order) if order is not None else sorted(peers)
         if sorted(self.order) != sorted(peers):
             raise SecAggAborted(f"secure aggregation {self.params.label}: the ring is not the key list")
@@ -209,7 +212,7 @@ class SecAggNode:
     # stage 3
     def mask(self, residues: np.ndarray, received: dict[int, bytes]) -> np.ndarray:
         """y_i = x_i + PRG(b_i) + Σ_j sign(i, j)·PRG(s_ij) mod 2^b over U2 = ``received``'s senders ∪ {i}."""
-        self._expect("masked-input", "unmask")
+        self._expect("masked-input", "consistency" if self.signed else "unmask")
         residues = np.asarray(residues, dtype=np.uint64)
         if residues.shape != (self.params.length,):
             raise ValueError(f"secure aggregation {self.params.label}: vector of shape {residues.shape}, "
@@ -236,19 +239,37 @@ class SecAggNode:
         np.bitwise_and(masked, crypto.modulus_mask(self.params.bits), out=masked)
         return masked
 
+    # signed mode, between stages 3 and 4
+    def consistency(self, survivors: list[int], signer: signing.NodeSigner) -> bytes:
+        """Sign the survivor set U3 this node is shown (it must include this node, which sent its masked input)
+        over the view it shared in (:func:`fedsynth.common.secagg.signing.survivors_statement`)."""
+        self._expect("consistency", "unmask")
+        self._check_survivors(survivors)
+        if self.node not in survivors:
+            raise SecAggAborted(f"secure aggregation {self.params.label}: this node sent its masked input but is "
+                                "not among the survivors; nothing was signed")  # fmt: skip
+        self.survivors = sorted(set(survivors))
+        return signer.sign(signing.survivors_statement(self.params.label, self.view(), self.survivors))
+
+    def view(self) -> str:
+        """The digest of the key list, signers and ring this node shared over."""
+        return signing.view_digest(self.params.label, self.peers, self.signers, self.order)
+
     # stage 4
-    def unmask(self, survivors: list[int]) -> dict[int, bytes]:
-        """For each node of U2: its self-seed share if it is in U3 (``survivors``), else its mask-key share."""
+    def unmask(self, survivors: list[int], confirmations: dict[int, bytes] | None = None) -> dict[int, bytes]:
+        """For each node of U2: its self-seed share if it is in U3 (``survivors``), else its mask-key share.
+
+        Signed mode: only for the U3 this node signed, with ``confirmations`` (node → signature of the same
+        statement) from at least t of its nodes."""
         self._expect("unmask", "done")
         members = set(self.received) | {self.node}
-        if not set(survivors) <= set(self.peers):
-            raise SecAggAborted(f"secure aggregation {self.params.label}: survivors outside the key list")
-        require("masked-input", len(set(survivors)), self.params)
-        if not connected(sorted(set(survivors)), self.order, self.params.neighbours):
-            raise SecAggAborted(
-                f"secure aggregation {self.params.label}: the survivors' SecAgg+ graph falls apart, so parts of "
-                "the sum could be unmasked on their own; nothing was unmasked."
-            )
+        self._check_survivors(survivors)
+        if self.signed:
+            if sorted(set(survivors)) != self.survivors:
+                raise SecAggAborted(f"secure aggregation {self.params.label}: asked to unmask for another survivor "
+                                    "set than the one this node signed; nothing was unmasked")  # fmt: skip
+            signing.check_survivors(self.params.label, self.view(), self.survivors, self.signers, confirmations or {},
+                                    self.params.threshold)  # fmt: skip
         out: dict[int, bytes] = {}
         for sender in sorted(members):
             if sender == self.node:
@@ -281,6 +302,9 @@ class SecAggNode:
                 "received": {str(n): _b64(c) for n, c in self.received.items()},
                 "stage": self.stage,
                 "order": self.order,
+                "signed": self.signed,
+                "signers": {str(n): key.decode() for n, key in self.signers.items()},
+                "survivors": self.survivors,
             }
         )
 
@@ -299,7 +323,20 @@ class SecAggNode:
             {int(n): _unb64(c) for n, c in saved["received"].items()},
             str(saved["stage"]),
             [int(n) for n in saved["order"]],
+            bool(saved.get("signed", False)),
+            {int(n): str(key).encode() for n, key in saved.get("signers", {}).items()},
+            [int(n) for n in saved.get("survivors", [])],
         )
+
+    def _check_survivors(self, survivors: list[int]) -> None:
+        if not set(survivors) <= set(self.peers):
+            raise SecAggAborted(f"secure aggregation {self.params.label}: survivors outside the key list")
+        require("masked-input", len(set(survivors)), self.params)
+        if not connected(sorted(set(survivors)), self.order, self.params.neighbours):
+            raise SecAggAborted(
+                f"secure aggregation {self.params.label}: the survivors' SecAgg+ graph falls apart, so parts of "
+                "the sum could be unmasked on their own; nothing was unmasked."
+            )
 
     def neighbours(self) -> set[int]:
         """N(i) within U1 (set at the shares stage)."""
@@ -386,30 +423,49 @@ STAGES = ("keys", "shares", "masked-input", "unmask")
 
 
 def aggregate_in_process(
-    params: SecAggParams, inputs: dict[int, np.ndarray], silent_from: dict[int, str] | None = None
-) -> tuple[np.ndarray, list[int]]:
+    params: SecAggParams, inputs: dict[int, np.ndarray], silent_from: dict[int, str] | None = None,
+    signers: dict[int, signing.NodeSigner] | None = None,
+) -> tuple[np.ndarray, list[int]]:  # fmt: skip
     """Run all four stages among ``inputs``' nodes in this process; (Σ x_i mod 2^b over U3, U3).
 
     The same steps as over Flower, for the simulated DP baselines and the tests. ``silent_from``:
-    node → the first stage it does not answer (a dropout).
+    node → the first stage it does not answer (a dropout). ``signers``: node → its registered key, for
+    signed mode (every node trusts exactly these keys), with the consistency stage before the unmasking.
     """
     silent_from = silent_from or {}
 
     def answers(node: int, stage: str) -> bool:
         return node not in silent_from or STAGES.index(stage) < STAGES.index(silent_from[node])
 
-    nodes = {n: SecAggNode(n, params) for n in sorted(inputs)}
+    nodes = {n: SecAggNode(n, params, signed=signers is not None) for n in sorted(inputs)}
     peers = {n: node.advertise() for n, node in nodes.items() if answers(n, "keys")}
     require("keys", len(peers), params)
+    proofs = signed_key_list(params.label, peers, signers) if signers is not None else dict.fromkeys(peers)
     order = ring_order(list(peers))
-    outgoing = {n: nodes[n].share(peers, order=order) for n in peers if answers(n, "shares")}
+    outgoing = {n: nodes[n].share(peers, order=order, proof=proofs[n]) for n in peers if answers(n, "shares")}
     require("shares", len(outgoing), params)
     routed = route(outgoing)
     masked = {n: nodes[n].mask(encode_residues(inputs[n]), routed[n]) for n in routed if answers(n, "masked-input")}
     require("masked-input", len(masked), params)
     survivors = sorted(masked)
-    revealed = {n: nodes[n].unmask(survivors) for n in routed if answers(n, "unmask")}
+    confirmations = None
+    if signers is not None:
+        confirmations = {n: nodes[n].consistency(survivors, signers[n]) for n in survivors if answers(n, "unmask")}
+        require("consistency", len(confirmations), params)
+    answering = [n for n in routed if answers(n, "unmask") and (confirmations is None or n in confirmations)]
+    revealed = {n: nodes[n].unmask(survivors, confirmations) for n in answering}
     return unmasked_sum(params, peers, sorted(routed), masked, revealed, order), survivors
+
+
+def signed_key_list(
+    label: str, peers: dict[int, tuple[bytes, bytes]], signers: dict[int, signing.NodeSigner]
+) -> dict[int, signing.KeyProof | None]:
+    """Each node's stage-2 proof in an in-process signed aggregation: every node signs its keys, every node
+    trusts the ``signers``' public keys."""
+    trusted = signing.TrustedKeys(frozenset(s.public for s in signers.values()))
+    public = {n: signers[n].public for n in peers}
+    signatures = {n: signers[n].sign(signing.keys_statement(label, n, *peers[n])) for n in peers}
+    return {n: signing.KeyProof(public[n], public, signatures, trusted) for n in peers}
 
 
 def ring_order(nodes: list[int]) -> list[int]:
