@@ -25,10 +25,11 @@ from fedsynth.client.handlers import (
     run_identity,
     secure_release_reply,
 )
-from fedsynth.client.secure import handle_shares, handle_unmask
+from fedsynth.client.secure import handle_consistency, handle_shares, handle_unmask
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.errors import FedsynthError
 from fedsynth.common.federated import wire
+from fedsynth.common.secagg.signing import Signing
 from fedsynth.common.secagg.updates import UPDATE
 
 
@@ -119,11 +120,19 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         msg: Message, context: Context, config: RunConfig, data: NodeData, budget: NodeBudget
     ) -> RecordDict:
         run = run_identity(msg.content, context.run_id)
-        return handle_secagg_keys(msg.content, data.train, config, context.state, budget, run, context.node_id)
+        signing = Signing.from_node_config(dict(context.node_config))  # checked with the settings above
+        return handle_secagg_keys(msg.content, data.train, config, context.state, budget, run, context.node_id,
+                                  signing)  # fmt: skip
 
     @app.query(wire.SECAGG_SHARES)
     def secagg_shares(msg: Message, context: Context) -> Message:
-        return Message(handle_shares(msg.content, context.state), reply_to=msg)
+        signing = Signing.from_node_config(dict(context.node_config))
+        return Message(handle_shares(msg.content, context.state, signing), reply_to=msg)
+
+    @app.query(wire.SECAGG_CONSISTENCY)
+    def secagg_consistency(msg: Message, context: Context) -> Message:
+        signing = Signing.from_node_config(dict(context.node_config))
+        return Message(handle_consistency(msg.content, context.state, signing), reply_to=msg)
 
     @app.query(wire.SECAGG_UNMASK)
     def secagg_unmask(msg: Message, context: Context) -> Message:

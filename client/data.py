@@ -31,6 +31,7 @@ from fedsynth.common.data.prepare import DataSettings, prepare
 from fedsynth.common.data.split import HeldOutUsers
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.robustness.attacks import AttackConfig, target_items
+from fedsynth.common.secagg.signing import Signing
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def check_node_settings(node_config: dict[str, Any], config: RunConfig) -> None:
             "node (node config data-path) evaluates under DP only; nothing was computed or spent. Run with "
             'evaluation = "auto" (the default) or "dp".'
         )
+    Signing.from_node_config(node_config)  # signed secure aggregation: both key files readable, or neither given
     if "data-path" in node_config and config.reproducible_noise:
         raise ConfigError(
             "the run asks for reproducible-noise = true: DP noise derived from the run seed, which the server "

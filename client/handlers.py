@@ -50,6 +50,7 @@ from fedsynth.common.privacy.plan import EVALUATION, PrivacyPlan, plan_privacy
 from fedsynth.common.privacy.releases.cooccurrence import COOCCURRENCE, check_items, noisy_cooccurrence, upper
 from fedsynth.common.privacy.releases.statistics import STATISTICS, NoisyStatistics, noisy_statistics
 from fedsynth.common.runtime.seeding import mechanism_seed
+from fedsynth.common.secagg.signing import Signing
 from fedsynth.common.secagg.updates import UPDATE, encode_update
 
 _PLAN = "privacy-plan"
@@ -313,9 +314,10 @@ def charged_masked_reply(
 
 def handle_secagg_keys(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
-    run: RunIdentity, node: int,
+    run: RunIdentity, node: int, signing: Signing | None = None,
 ) -> RecordDict:  # fmt: skip
-    """Stage 1 of a secure release: fresh keys and this node's noise share, if the release fits its budget."""
+    """Stage 1 of a secure release: fresh keys and this node's noise share, if the release fits its budget
+    (the keys signed when the node config gives a signing key: ``signing``)."""
     request = content.config_records[wire.CONFIG]
     plan = privacy_plan(state, config, rows.shape[0], int(wire.number(request, wire.PLANNED_ROUNDS)), budget)
     ledger: PrivacyLedger | None = None
@@ -328,7 +330,7 @@ def handle_secagg_keys(
             check_step(ledger, plan, run, int(wire.number(request, wire.SERVER_ROUND)), config)
         else:
             check_release(ledger, plan, run, release.name)
-        public_keys, variance = start_secure_release(request, node, ledger, release, plan, state, run)
+        public_keys, variance = start_secure_release(request, node, ledger, release, plan, state, run, signing)
     except (FedsynthError, TypeError) as exc:
         return refusal(str(exc), ledger, plan.delta)
     metrics = {**spent_metrics(ledger, rows.shape[0], plan), wire.NOISE_VARIANCE: variance}

@@ -49,6 +49,7 @@ from fedsynth.common.privacy.releases.cooccurrence import (
 from fedsynth.common.privacy.releases.statistics import STATISTICS, statistics_contributions, statistics_quantizer
 from fedsynth.common.runtime.device import training_device
 from fedsynth.common.secagg.protocol import SecAggNode, SecAggParams, encode
+from fedsynth.common.secagg.signing import KeyProof, Signing, keys_statement
 from fedsynth.common.secagg.skellam import SkellamEvent, SkellamQuantizer, calibrate_variance, skellam_noise
 from fedsynth.common.secagg.updates import UPDATE, UpdateQuantizer, update_size
 
@@ -209,11 +210,12 @@ MAX_BATCH = 64  # the most aggregations one keys stage sets up (each holds priva
 
 def start_secure_release(
     request: ConfigRecord, node: int, ledger: PrivacyLedger, release: SecureRelease, plan: PrivacyPlan,
-    state: RecordDict, run: RunIdentity,
+    state: RecordDict, run: RunIdentity, signing: Signing | None = None,
 ) -> tuple[ConfigRecord, float]:  # fmt: skip
     """The keys stage (the release already checked against the ledger): calibrate this node's noise share,
     make fresh keys for each aggregation the request names (one release, or a batch of the run's next
-    rounds: every one gets its own key pairs, as if set up alone).
+    rounds: every one gets its own key pairs, as if set up alone). ``signing`` (node config): every
+    aggregation runs in signed mode, its keys signed (:mod:`fedsynth.common.secagg.signing`).
 
     Returns the public keys (lists, one per aggregation) and the central Skellam variance V this node
     needs (public, like a noise std); the server answers with the largest any node needs, and every
@@ -234,17 +236,23 @@ def start_secure_release(
     variance = step_variance(state, run, calibrate) if release.repeated else calibrate()
     threshold = int(wire.number(request, wire.SECAGG_THRESHOLD))
     neighbours = int(wire.number(request, wire.SECAGG_NEIGHBOURS)) if wire.SECAGG_NEIGHBOURS in request else 0
-    channels, masks = [], []
+    channels, masks, signatures = [], [], []
     for label in labels:
         if _slot(label) in state:  # its keys are out already: a second pair would let the server split the view
             raise FedsynthError(f"secure aggregation {label}: already set up on this node; refused")
     for label in labels:
-        secure = SecAggNode(node, SecAggParams(label, threshold, 64, release.quantizer.dim, neighbours))
+        params = SecAggParams(label, threshold, 64, release.quantizer.dim, neighbours)
+        secure = SecAggNode(node, params, signed=signing is not None)
         channel, mask = secure.advertise()
         channels.append(channel)
         masks.append(mask)
+        if signing is not None:
+            signatures.append(signing.signer.sign(keys_statement(label, node, channel, mask)))
         _save(state, secure, variance, release.name)
-    return ConfigRecord({wire.CHANNEL_KEY: channels, wire.MASK_KEY: masks}), variance
+    keys: dict[str, wire.ConfigValue] = {wire.CHANNEL_KEY: channels, wire.MASK_KEY: masks}
+    if signing is not None:
+        keys.update({wire.SIGNER: signing.signer.public, wire.SIGNATURES: signatures})
+    return ConfigRecord(keys), variance
 
 
 def step_variance(state: RecordDict, run: RunIdentity, calibrate: Callable[[], float]) -> float:
@@ -286,9 +294,10 @@ def _save(state: RecordDict, secure: SecAggNode, variance: float, release: str |
     state[slot] = ConfigRecord({"node": secure.to_bytes(), _VARIANCE: variance, _RELEASE: kind})
 
 
-def handle_shares(content: RecordDict, state: RecordDict) -> RecordDict:
+def handle_shares(content: RecordDict, state: RecordDict, signing: Signing | None = None) -> RecordDict:
     """The shares stage: encrypted Shamir shares of this node's secrets for every other node, for each
-    aggregation of the batch (key lists and the reply's SHARES aggregation-major)."""
+    aggregation of the batch (key lists, their signatures and the reply's SHARES aggregation-major). In
+    signed mode (``signing``), nothing is shared unless every entry of the key list is signed."""
     request = content.config_records[wire.CONFIG]
     labels, nodes = wire.texts(request, wire.SECAGG_LABELS), wire.integers(request, wire.SECAGG_NODES)
     channels, masks = wire.blobs(request, wire.CHANNEL_KEY), wire.blobs(request, wire.MASK_KEY)
@@ -307,11 +316,26 @@ def handle_shares(content: RecordDict, state: RecordDict) -> RecordDict:
             )
         batch = slice(index * len(nodes), (index + 1) * len(nodes))
         peers = dict(zip(nodes, zip(channels[batch], masks[batch], strict=True), strict=True))
-        shares = secure.share(peers, bits, wire.integers(request, wire.SECAGG_ORDER))
+        proof = key_proof(request, nodes, index, signing)
+        shares = secure.share(peers, bits, wire.integers(request, wire.SECAGG_ORDER), proof)
         _save(state, secure, variance)
         recipients = sorted(shares)
         out += [shares[n] for n in recipients]
     return RecordDict({wire.CONFIG: ConfigRecord({wire.SECAGG_NODES: recipients, wire.SHARES: out})})
+
+
+def key_proof(request: ConfigRecord, nodes: list[int], index: int, signing: Signing | None) -> KeyProof | None:
+    """Aggregation ``index``'s signers and signatures in a shares request (None in unsigned mode, or when the
+    request carries none: a signed node then refuses)."""
+    if signing is None or wire.SIGNATURES not in request:
+        return None
+    signers, signatures = wire.blobs(request, wire.SIGNERS), wire.blobs(request, wire.SIGNATURES)
+    if len(signers) != len(nodes) or len(signatures) < (index + 1) * len(nodes):
+        raise FedsynthError(f"secure aggregation: {len(signers)} signers and {len(signatures)} signatures for "
+                            f"{len(nodes)} nodes")  # fmt: skip
+    batch = signatures[index * len(nodes) : (index + 1) * len(nodes)]
+    return KeyProof(signing.signer.public, dict(zip(nodes, signers, strict=True)),
+                    dict(zip(nodes, batch, strict=True)), signing.trusted)  # fmt: skip
 
 
 def masked_release(
@@ -342,11 +366,28 @@ def masked_vector(request: ConfigRecord, values: np.ndarray, state: RecordDict, 
     return masked
 
 
+def handle_consistency(content: RecordDict, state: RecordDict, signing: Signing | None) -> RecordDict:
+    """Signed mode's consistency stage: this node's signature of the survivor set it is shown."""
+    request = content.config_records[wire.CONFIG]
+    label = wire.text(request, wire.SECAGG_LABEL)
+    if signing is None:
+        raise FedsynthError(f"secure aggregation {label}: this node has no signing key (node config); unsigned")
+    secure, variance = _load(state, label)
+    signature = secure.consistency(wire.integers(request, wire.SECAGG_NODES), signing.signer)
+    _save(state, secure, variance)
+    return RecordDict({wire.CONFIG: ConfigRecord({wire.SIGNATURES: [signature]})})
+
+
 def handle_unmask(content: RecordDict, state: RecordDict) -> RecordDict:
-    """The unmask stage: shares of the survivors' self-mask seeds and of the dropped nodes' mask wire."""
+    """The unmask stage: shares of the survivors' self-mask seeds and of the dropped nodes' mask keys (in
+    signed mode, only with at least t signatures confirming the survivor set)."""
     request = content.config_records[wire.CONFIG]
     label = wire.text(request, wire.SECAGG_LABEL)
     secure, _ = _load(state, label)
-    shares = secure.unmask(wire.integers(request, wire.SECAGG_NODES))
+    confirmations = None
+    if wire.CONFIRMED in request:
+        confirmed, signatures = wire.integers(request, wire.CONFIRMED), wire.blobs(request, wire.SIGNATURES)
+        confirmations = dict(zip(confirmed, signatures, strict=True))
+    shares = secure.unmask(wire.integers(request, wire.SECAGG_NODES), confirmations)
     del state[_slot(label)]
     return RecordDict({wire.CONFIG: ConfigRecord(wire.as_lists(shares, wire.SHARES))})

@@ -36,6 +36,7 @@ from fedsynth.common.errors import FedsynthError
 from fedsynth.common.evaluation.fidelity import fidelity_report
 from fedsynth.common.evaluation.report import write_report
 from fedsynth.common.federated import wire
+from fedsynth.common.federated.round_log import RoundLog
 from fedsynth.common.models.vae import MultVAEConfig
 from fedsynth.common.privacy.releases.cooccurrence import signal_rank_of
 from fedsynth.common.recommenders import MostPopular, MultVAERecommender, Recommender
@@ -45,6 +46,7 @@ from fedsynth.common.recommenders.transfer import known_size, num_values, pack
 from fedsynth.common.robustness.attacks import UPDATE_ATTACKS, target_items, target_share
 from fedsynth.common.runtime.files import to_plain, write_atomic, write_json_atomic
 from fedsynth.common.runtime.seeding import mechanism_seed
+from fedsynth.common.secagg.signing import max_colluding
 from fedsynth.common.synthesis.sampling import SynthesisConfig, synthesize
 from fedsynth.server.admission import identity_fields
 from fedsynth.server.aggregation import client_participation
@@ -84,8 +86,10 @@ def write_synthetic(path: Path, matrix: sp.csr_matrix, item_ids: list[str]) -> N
     write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
-def secure_aggregation_summary(config: RunConfig) -> dict[str, Any]:
-    """Which vectors went through secure aggregation, and the threat model ``epsilon_max`` assumes."""
+def secure_aggregation_summary(config: RunConfig, logs: list[RoundLog] | None = None) -> dict[str, Any]:
+    """Which vectors went through secure aggregation, and the threat model ``epsilon_max`` assumes: against
+    an active server when every secure sum of the run (``logs``) ran in signed mode, with the most colluding
+    nodes the thresholds tolerate (:func:`fedsynth.common.secagg.signing.max_colluding`)."""
     if not config.secure_aggregation:
         return {
             "enabled": False,
@@ -113,9 +117,27 @@ def secure_aggregation_summary(config: RunConfig) -> dict[str, Any]:
         + ["dp baselines (simulated)"],
         "not_applied_to": "federated evaluation (metric sums only)",
         "threshold": config.secagg_threshold or "majority of the admitted nodes",
-        "threat_model": "epsilon_max: honest-but-curious server, fewer than threshold colluding nodes"
-        + (" and fewer than a majority of any node's neighbourhood" if config.secagg_neighbours else "")
-        + "; epsilon_max_own_noise: each secure sum protected by the node's own noise share alone",
+        **active_server_summary(config, logs or []),
+    }
+
+
+def active_server_summary(config: RunConfig, logs: list[RoundLog]) -> dict[str, Any]:
+    """The threat model of the run's secure sums: signed (every one) or honest-but-curious."""
+    sums = [entry for entry in logs if entry.secagg_signed is not None]
+    own = "; epsilon_max_own_noise: each secure sum protected by the node's own noise share alone"
+    if not sums or not all(entry.secagg_signed for entry in sums):
+        unsigned = "honest-but-curious server, fewer than threshold colluding nodes" + (
+            " and fewer than a majority of any node's neighbourhood" if config.secagg_neighbours else ""
+        )
+        return {"signed": False, "threat_model": f"epsilon_max: {unsigned}" + own}
+    colluding = min(max_colluding(e.secagg_threshold or 0, e.secagg_nodes or 0) for e in sums)
+    return {
+        "signed": True,
+        "max_colluding_nodes": colluding,
+        "threat_model": "epsilon_max: malicious (active) server colluding with at most "
+        f"{colluding} node(s) (2t - n - 1 over the run's secure sums): SecAgg keys signed with the nodes' "
+        "registered keys and a consistency round over the survivors; key substitution, replay and split "
+        "views abort with nothing unmasked" + own,
     }
 
 
@@ -164,7 +186,7 @@ def privacy_summary(training: TrainingResult, config: RunConfig) -> dict[str, An
         own_noise.update(entry.epsilon_own_noise_by_node)
     epsilon_max = max((e for e in reported if e is not None), default=None)
     return {
-        "secure_aggregation": secure_aggregation_summary(config),
+        "secure_aggregation": secure_aggregation_summary(config, logs),
         "noise_source": "derived from the run seed (reproducible-noise): DP does NOT hold against anyone who "
         "knows the run config, the server included"
         if config.reproducible_noise

@@ -114,6 +114,7 @@ class SecureSetup:
     base: Request
     clock: StageClock
     order: list[int]  # the random ring SecAgg+'s neighbour graph is drawn on
+    signed: bool = False  # every node signed its keys: the consistency stage runs before the unmasking
 
 
 def label_for(identity: dict[str, str], release: str, server_round: int, attempt: int = 0) -> str:
@@ -156,14 +157,30 @@ def secure_setup(
         masks = {n: wire.blobs(c[wire.CONFIG], wire.MASK_KEY) for n, c in keyed.items()}
         peers = [{n: (channels[n][a], masks[n][a]) for n in keyed} for a in range(len(labels))]
         order = ring_order(list(keyed))
-        shared = share_stage(grid, peers, params, {**batch, wire.SECAGG_VARIANCE: variance}, config, order)
+        proofs = relayed_signatures(keyed, len(labels))
+        shared = share_stage(grid, peers, params, {**batch, wire.SECAGG_VARIANCE: variance}, config, order, proofs)
     except (SecAggAborted, IndexError) as exc:
         raise RunFailed(str(exc)) from exc
     clock.lap("shares")
+    signed = all(wire.SIGNER in c[wire.CONFIG] for c in keyed.values())
     return {
-        r: SecureSetup(params[a], peers[a], shared[a], variance, early, own[a], clock, order)
+        r: SecureSetup(params[a], peers[a], shared[a], variance, early, own[a], clock, order, signed)
         for a, r in enumerate(rounds)
     }
+
+
+def relayed_signatures(keyed: dict[int, RecordDict], count: int) -> dict[str, wire.ConfigValue]:
+    """What the shares stage relays of the nodes' signed keys (sorted by node): each node's signer and its
+    ``count`` signatures (aggregation-major); empty when no node signed, ``b""`` for a node that did not
+    (a signed node then refuses to share, naming it)."""
+    if not any(wire.SIGNER in c[wire.CONFIG] for c in keyed.values()):
+        return {}
+    order = sorted(keyed)
+    signer = {n: wire.blob(keyed[n][wire.CONFIG], wire.SIGNER) if wire.SIGNER in keyed[n][wire.CONFIG] else b""
+              for n in order}  # fmt: skip
+    signatures = {n: wire.blobs(keyed[n][wire.CONFIG], wire.SIGNATURES) if signer[n] else [b""] * count for n in order}
+    return {wire.SIGNERS: [signer[n] for n in order],
+            wire.SIGNATURES: [signatures[n][a] for a in range(count) for n in order]}  # fmt: skip
 
 
 ROUNDS_PER_SETUP = 20  # the rounds whose keys and shares one keys + shares exchange sets up
@@ -227,7 +244,7 @@ def finish_secure_sum(
     ``arrays``) and the unmasking; as :func:`secure_sum` returns."""
     params, peers, shared, base, clock = setup.params, setup.peers, setup.shared, setup.base, setup.clock
     what = f"round {server_round}" if server_round else f"the DP {release} release"
-    silent: list[NodeProblem] = []  # the unmask stage's missing answers, named if the sum aborts
+    silent: list[str] = []  # the unmask stage's missing answers, named if the sum aborts
     try:
         masked, release_log = masked_stage(grid, shared, base, config, release, arrays, server_round)
         clock.lap("masked")
@@ -237,24 +254,50 @@ def finish_secure_sum(
         require("masked-input", len(masked), params)
         survivors = sorted(masked)
         log.info("fedsynth %s: %d masked vector(s) in; unmasking", release, len(survivors))
-        revealed, unmask_replies = exchange(
-            grid, wire.SECAGG_UNMASK, {n: ConfigRecord({**base, wire.SECAGG_NODES: survivors}) for n in shared}, config
-        )
-        silent = [p for p in map(reply_problem, unmask_replies) if p is not None]
+        unmask: Request = {**base, wire.SECAGG_NODES: survivors}
+        asked = list(shared)
+        if setup.signed:
+            confirmations = consistency_stage(grid, base, survivors, params, config)
+            clock.lap("consistency")
+            unmask.update({wire.CONFIRMED: sorted(confirmations), wire.SIGNATURES: [
+                confirmations[n] for n in sorted(confirmations)]})  # fmt: skip
+            asked = sorted(confirmations)
+        revealed, unmask_replies = exchange(grid, wire.SECAGG_UNMASK, dict.fromkeys(asked, ConfigRecord(unmask)),
+                                            config)  # fmt: skip
+        silent = problems(unmask_replies)
         clock.lap("unmask")
         shares = {n: wire.by_node(c[wire.CONFIG], wire.SHARES) for n, c in revealed.items()}
         total = decode(unmasked_sum(params, peers, sorted(shared), masked, shares, setup.order), params.bits)
         clock.lap("server unmasking")
     except SecAggAborted as exc:
-        raise RunFailed(" ".join([str(exc), *(f"Node {p.node}: {p.reason}." for p in silent)])) from exc
+        raise RunFailed(" ".join([str(exc), *silent])) from exc
     already = {problem.node for problem in release_log.failed}
     for node in sorted(set(shared) - set(revealed) - already):  # lost at the unmask stage
         why = "its masked vector is in the sum, unmasked from the others' shares" if node in masked else "left out"
         release_log.failed.append(NodeProblem(node, f"no answer at the unmask stage ({why})"))
+    release_log.secagg_signed, release_log.secagg_threshold = setup.signed, params.threshold
+    release_log.secagg_nodes = len(peers)
     noise = len(survivors) * setup.variance / params.threshold  # in the sum: each survivor's Sk(V/t)
     log.info("fedsynth %s: secure sum of %d node(s) (threshold %d, %d bits; %s)", release, len(survivors),
              params.threshold, params.bits, clock.pop())  # fmt: skip
     return total / quantizer.scale, float(np.sqrt(noise)) / quantizer.scale, release_log
+
+
+def consistency_stage(
+    grid: Grid, base: Request, survivors: list[int], params: SecAggParams, config: RunConfig
+) -> dict[int, bytes]:
+    """Signed mode, between stages 3 and 4: every survivor signs the survivor set (the same to all); node →
+    signature, at least t of them (each node checks them again before it unmasks anything)."""
+    request = ConfigRecord({**base, wire.SECAGG_NODES: survivors})
+    signed, replies = exchange(grid, wire.SECAGG_CONSISTENCY, dict.fromkeys(survivors, request), config)
+    confirmations = {n: wire.blobs(c[wire.CONFIG], wire.SIGNATURES)[0] for n, c in signed.items()}
+    require("consistency", len(confirmations), params, problems(replies))
+    return confirmations
+
+
+def problems(replies: list[ClientReply]) -> list[str]:
+    """Each failed reply's node and reason, as a sentence (named when a stage aborts)."""
+    return [f"Node {p.node}: {p.reason}." for p in map(reply_problem, replies) if p is not None]
 
 
 class StageClock:
@@ -299,13 +342,16 @@ def share_stage(
     base: Request,
     config: RunConfig,
     ring: list[int],
+    proofs: dict[str, wire.ConfigValue] | None = None,
 ) -> list[dict[int, dict[int, bytes]]]:
-    """Stage 2 for a batch of aggregations (one message per node): send the key lists (aggregation-major);
-    route the encrypted shares. Returns, per aggregation, recipient → {sender: ciphertext} (U2)."""
+    """Stage 2 for a batch of aggregations (one message per node): send the key lists (aggregation-major)
+    with the nodes' signatures (``proofs``, signed mode); route the encrypted shares. Returns, per
+    aggregation, recipient → {sender: ciphertext} (U2)."""
     order = sorted(peers[0])
     request = ConfigRecord(
         {
             **base,
+            **(proofs or {}),
             wire.SECAGG_BITS: params[0].bits,
             wire.SECAGG_NODES: order,
             wire.SECAGG_ORDER: ring,
@@ -313,8 +359,8 @@ def share_stage(
             wire.MASK_KEY: [batch[n][1] for batch in peers for n in order],
         }
     )
-    answered, _ = exchange(grid, wire.SECAGG_SHARES, dict.fromkeys(order, request), config)
-    require("shares", len(answered), params[0])
+    answered, replies = exchange(grid, wire.SECAGG_SHARES, dict.fromkeys(order, request), config)
+    require("shares", len(answered), params[0], problems(replies))
     routed = []
     for a in range(len(params)):
         outgoing = {n: split_batch(c.config_records[wire.CONFIG], a, len(params)) for n, c in answered.items()}

@@ -55,6 +55,10 @@ class RoundLog:
     missing_from_sample: list[int] | None = None
     seconds: float | None = None
     resumed: bool = False
+    # a secure sum: whether it ran in signed mode (against an active server), its threshold t and key list size n
+    secagg_signed: bool | None = None
+    secagg_threshold: int | None = None
+    secagg_nodes: int | None = None
 
     @property
     def reported_epsilons(self) -> list[float]:
@@ -91,6 +95,8 @@ class RoundLog:
         }
         optional = {"users": self.users, "sampled": self.sampled, "seconds": self.seconds}
         optional["missing_from_sample"] = self.missing_from_sample
+        optional.update(secagg_signed=self.secagg_signed, secagg_threshold=self.secagg_threshold)
+        optional["secagg_nodes"] = self.secagg_nodes
         plain.update({k: v for k, v in optional.items() if v is not None})
         return {**plain, "resumed": True} if self.resumed else plain
 

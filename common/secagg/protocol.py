@@ -40,6 +40,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,12 +79,13 @@ class SecAggParams:
         return f"fedsynth-secagg/{self.label}/{what}".encode()
 
 
-def require(stage: str, answered: int, params: SecAggParams) -> None:
-    """Abort the aggregation if fewer than t nodes answered ``stage``."""
+def require(stage: str, answered: int, params: SecAggParams, reasons: Sequence[str] = ()) -> None:
+    """Abort the aggregation if fewer than t nodes answered ``stage``; ``reasons``: why the others did not."""
     if answered < params.threshold:
         raise SecAggAborted(
             f"secure aggregation {params.label}: only {answered} node(s) answered the {stage} stage, the "
             f"threshold is {params.threshold}; nothing was unmasked. Lower secagg-threshold or bring nodes back."
+            + "".join(f" {reason}" for reason in reasons)
         )
 
 
