@@ -203,6 +203,9 @@ def test_secure_aggregation_over_real_processes_survives_a_node_lost_after_maski
         # statistics again below its noise: the same event) and its round
         assert paid == [("statistics", True), ("cooccurrence", True), ("round", True)]
         assert not deployment.database.exists(), "the SuperLink kept its state in memory"
+        secure = json.loads((out / "metrics.json").read_text())["privacy"]["secure_aggregation"]
+        assert secure["signed"] is True, "every secure sum ran signed (the nodes' auth keys, the operator's list)"
+        assert "malicious (active) server" in secure["threat_model"]
     finally:
         deployment.stop()
     assert not any(p.alive() for p in deployment.processes.values())

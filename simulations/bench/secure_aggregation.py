@@ -1,7 +1,7 @@
 """Secure aggregation: its cost per silo, and what distributed noise buys, side by side with it off.
 
     python -m fedsynth.simulations.bench.secure_aggregation overhead [--silos 5,20] [--dims 1500,20000] \\
-        [--neighbours 0,8] [--dropped N]
+        [--neighbours 0,8] [--dropped N] [--signed no,yes]
     python -m fedsynth.simulations.bench.secure_aggregation flower [--clients 5] [--rounds 1] [--deployment] \\
         [--modes off/on/'on, fedsgd'] [--repeats N]
     python -m fedsynth.simulations.bench.secure_aggregation utility --data-root ../shared/data \\
@@ -51,30 +51,45 @@ from fedsynth.common.privacy.releases.statistics import noisy_statistics, statis
 from fedsynth.common.recommenders import MostPopular
 from fedsynth.common.recommenders.dp_baselines_secure import secure_release
 from fedsynth.common.runtime.seeding import rng_for
-from fedsynth.common.secagg.protocol import SecAggNode, SecAggParams, encode, ring_order, route, unmasked_sum
+from fedsynth.common.secagg.protocol import (
+    SecAggNode,
+    SecAggParams,
+    encode,
+    ring_order,
+    route,
+    signed_key_list,
+    unmasked_sum,
+)
+from fedsynth.common.secagg.signing import NodeSigner
 from fedsynth.server.baselines import baseline_recommenders
 
 DATASETS = {"movielens": "ml-latest-small", "lastfm": "lastfm-2k"}
 EVAL = EvalConfig(ks=(10,))
 
 
-def overhead(silos: int, dim: int, repeats: int = 3, neighbours: int = 0, dropped: int = 0) -> dict[str, float]:
+def overhead(
+    silos: int, dim: int, repeats: int = 3, neighbours: int = 0, dropped: int = 0, signed: bool = False
+) -> dict[str, float]:
     """Median seconds per silo of each stage, the server's unmasking, and bytes each silo sends; with SecAgg+'s
     ``neighbours`` per silo (0: all), and ``dropped`` silos lost after the shares stage (the server then
-    rebuilds their mask keys and removes their pairwise masks)."""
+    rebuilds their mask keys and removes their pairwise masks). ``signed``: against an active server (keys
+    signed with ECDSA P-384 node keys and checked, a consistency stage; :mod:`fedsynth.common.secagg.signing`)."""
     rng = np.random.default_rng(0)
     values = {n: encode(rng.integers(-(10**6), 10**6, dim), 48) for n in range(silos)}
-    times: dict[str, list[float]] = {k: [] for k in ("keys", "shares", "masked-input", "unmask", "server", "off")}
+    stages = ("keys", "shares", "masked-input", "consistency", "unmask", "server", "off")
+    times: dict[str, list[float]] = {k: [] for k in stages}
     sent: dict[str, int] = {}
+    signers = {n: NodeSigner.generate() for n in values} if signed else None
     for repeat in range(repeats):
         params = SecAggParams(f"bench/{repeat}", silos // 2 + 1, 48, dim, neighbours)
-        nodes = {n: SecAggNode(n, params) for n in values}
+        nodes = {n: SecAggNode(n, params, signed=signed) for n in values}
         order = ring_order(list(values))
         clock = time.perf_counter()
         peers = {n: node.advertise() for n, node in nodes.items()}
+        proofs = signed_key_list(params.label, peers, signers) if signers else dict.fromkeys(peers)
         times["keys"].append((time.perf_counter() - clock) / silos)
         clock = time.perf_counter()
-        outgoing = {n: node.share(peers, order=order) for n, node in nodes.items()}
+        outgoing = {n: node.share(peers, order=order, proof=proofs[n]) for n, node in nodes.items()}
         times["shares"].append((time.perf_counter() - clock) / silos)
         routed = route(outgoing)
         clock = time.perf_counter()
@@ -83,7 +98,10 @@ def overhead(silos: int, dim: int, repeats: int = 3, neighbours: int = 0, droppe
         masked = {n: nodes[n].mask(values[n], routed[n]) for n in masking}
         times["masked-input"].append((time.perf_counter() - clock) / len(masking))
         clock = time.perf_counter()
-        revealed = {n: nodes[n].unmask(sorted(masked)) for n in masking}
+        confirmations = {n: nodes[n].consistency(sorted(masked), signers[n]) for n in masking} if signers else None
+        times["consistency"].append((time.perf_counter() - clock) / len(masking))
+        clock = time.perf_counter()
+        revealed = {n: nodes[n].unmask(sorted(masked), confirmations) for n in masking}
         times["unmask"].append((time.perf_counter() - clock) / len(masking))
         clock = time.perf_counter()
         unmasked_sum(params, peers, sorted(routed), masked, revealed, order)
@@ -99,8 +117,10 @@ def overhead(silos: int, dim: int, repeats: int = 3, neighbours: int = 0, droppe
             "bytes_unmask": sum(len(s) for s in revealed[0].values()),
         }
     result = {f"seconds_{k}": float(np.median(v)) for k, v in times.items()}
-    return {"silos": silos, "dim": dim, "neighbours": neighbours, "dropped": dropped, **result, **sent,
-            "bytes_off": 8 * dim}  # fmt: skip
+    if signers:  # the signer's key and a signature per aggregation; a signature at the consistency stage
+        sent["bytes_keys"] += len(signers[0].public) + len(proofs[0].signatures[0])  # type: ignore[union-attr]
+    return {"silos": silos, "dim": dim, "neighbours": neighbours, "dropped": dropped, "signed": signed, **result,
+            **sent, "bytes_off": 8 * dim}  # fmt: skip
 
 
 FLOWER_MODES: dict[str, list[str]] = {
@@ -234,6 +254,7 @@ def main() -> None:
     parser.add_argument("--dims", default="1500,20000")
     parser.add_argument("--neighbours", default="0", help="overhead: SecAgg+ neighbours per silo, comma-separated")
     parser.add_argument("--dropped", type=int, default=0, help="overhead: silos lost after the shares stage")
+    parser.add_argument("--signed", default="no", help="overhead: no, yes or no,yes (side by side)")
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1, help="flower: rounds (FedSGD steps) per run")
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
@@ -248,9 +269,9 @@ def main() -> None:
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     if args.part == "overhead":
-        grid = [(int(k), int(d), int(n)) for k in args.silos.split(",") for d in args.dims.split(",")
-                for n in args.neighbours.split(",")]  # fmt: skip
-        rows = [overhead(k, d, neighbours=n, dropped=args.dropped) for k, d, n in grid]
+        grid = [(int(k), int(d), int(n), s == "yes") for k in args.silos.split(",") for d in args.dims.split(",")
+                for n in args.neighbours.split(",") for s in args.signed.split(",")]  # fmt: skip
+        rows = [overhead(k, d, neighbours=n, dropped=args.dropped, signed=s) for k, d, n, s in grid]
         print(pd.DataFrame(rows).to_string(index=False))
     elif args.part == "flower":
         modes = args.modes.split("/") if args.modes else list(FLOWER_MODES)

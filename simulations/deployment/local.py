@@ -111,6 +111,7 @@ class NodeSettings:
     """What a trial SuperNode is started with besides its index: its cap and, to try errors, another data file."""
 
     max_epsilon: float | None = None  # node config max-epsilon: the silo's lifetime budget
+    signed_secagg: bool = True  # node config secagg-signing-key + secagg-trusted-keys (when it has a key)
     data_path: Path | None = None  # default: the node's own file from split_data
 
 
@@ -219,14 +220,23 @@ class LocalDeployment:
             cwd=self.root,
         )
 
+    @property
+    def trusted_keys(self) -> Path:
+        """The operator's list of registered node public keys, which every node checks SecAgg keys against
+        (node config ``secagg-trusted-keys``): one OpenSSH line per :meth:`register`."""
+        return self.root / "registered-node-keys.pub"
+
     def register(self, key: NodeKey) -> int:
-        """Register a SuperNode's public key with the SuperLink; returns its node id."""
+        """Register a SuperNode's public key with the SuperLink (and on :attr:`trusted_keys`); its node id."""
         done = self.flwr("supernode", "register", str(key.public.resolve()), CONNECTION, "--format", "json")
         try:
             payload = json.loads(done.stdout[done.stdout.index("{") :])
-            return int(payload["node-id"])
+            node_id = int(payload["node-id"])
         except (ValueError, KeyError) as exc:
             raise FedsynthError(f"registering {key.public} failed: {done.stdout}{done.stderr}") from exc
+        with self.trusted_keys.open("ab") as listed:
+            listed.write(key.public.read_bytes().strip() + b"\n")
+        return node_id
 
     def registered_nodes(self) -> list[dict[str, Any]]:
         """``flwr supernode list``: the SuperNodes the SuperLink knows (with their status)."""
@@ -259,6 +269,10 @@ class LocalDeployment:
         )
         if settings.max_epsilon is not None:
             node_config += f" max-epsilon={settings.max_epsilon!r}"
+        if key is not None and settings.signed_secagg:  # its auth key signs its SecAgg keys
+            node_config += (
+                f" secagg-signing-key='{key.private.resolve()}' secagg-trusted-keys='{self.trusted_keys.resolve()}'"
+            )
         launcher = "fedsynth-node" if self.warm_nodes else "flower-supernode"  # client/warm_node.py
         command = [_binary(launcher), "--superlink", self.address, "--port", str(free_port())]
         if with_ca:
