@@ -272,9 +272,10 @@ def finish_secure_sum(
     except SecAggAborted as exc:
         raise RunFailed(" ".join([str(exc), *silent])) from exc
     already = {problem.node for problem in release_log.failed}
-    for node in sorted(set(shared) - set(revealed) - already):  # lost at the unmask stage
+    for node in sorted(set(shared) - set(revealed) - already):  # lost at the consistency or unmask stage
         why = "its masked vector is in the sum, unmasked from the others' shares" if node in masked else "left out"
-        release_log.failed.append(NodeProblem(node, f"no answer at the unmask stage ({why})"))
+        stage = "consistency" if setup.signed and node in masked and node not in asked else "unmask"
+        release_log.failed.append(NodeProblem(node, f"no answer at the {stage} stage ({why})"))
     release_log.secagg_signed, release_log.secagg_threshold = setup.signed, params.threshold
     release_log.secagg_nodes = len(peers)
     noise = len(survivors) * setup.variance / params.threshold  # in the sum: each survivor's Sk(V/t)
