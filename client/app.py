@@ -112,7 +112,15 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         on_training_rows(secure_when_asked(handle_cooccurrence), tampered_statistics_reply)
     )
     app.query(wire.FEDSGD)(on_training_rows(handle_fedsgd))
-    app.query(UPDATE)(on_training_rows(handle_secure_update))
+
+    @app.query(UPDATE)
+    @answering
+    def secure_update(
+        msg: Message, context: Context, config: RunConfig, data: NodeData, budget: NodeBudget
+    ) -> RecordDict:
+        """A secure round's masked update (a simulated cheat tampers with it before it is masked)."""
+        run = run_identity(msg.content, context.run_id)
+        return handle_secure_update(msg.content, data.train, config, context.state, budget, run, data.malicious)
 
     @app.query(wire.SECAGG_KEYS)
     @answering

@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, RecordDict
 from fedsynth.common.federated import wire
 from fedsynth.common.robustness.attacks import UPDATE_ATTACKS, AttackConfig, inflate_counts, poison_rows, tampered_state
 from fedsynth.common.runtime.seeding import rng_for
+from fedsynth.common.secagg.updates import State
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,15 @@ def tampered_train_reply(reply: RecordDict, request: RecordDict, silo: Malicious
     trained = reply.array_records[wire.ARRAYS].to_torch_state_dict()
     sent = tampered_state(silo.attack.kind, current, trained, silo.attack.scale, rng)
     return RecordDict({wire.ARRAYS: ArrayRecord(sent), wire.METRICS: reply.metric_records[wire.METRICS]})
+
+
+def tampered_update(silo: MaliciousSilo, current: State, trained: State, server_round: int) -> State:
+    """Under secure aggregation: the state whose update the cheat sends (masked, unbounded: it ignores any
+    update-norm-bound, and reports its honest update's norm), its honest one for other attacks."""
+    if silo.attack.kind not in UPDATE_ATTACKS:
+        return trained
+    rng = rng_for(silo.seed, f"attack-update-{silo.partition_id}-{server_round}")
+    return tampered_state(silo.attack.kind, current, trained, silo.attack.scale, rng)
 
 
 def tampered_statistics_reply(reply: RecordDict, request: RecordDict, silo: MaliciousSilo | None) -> RecordDict:

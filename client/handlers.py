@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedsynth.client.attack import MaliciousSilo, tampered_update
 from fedsynth.client.budget import NodeBudget
 from fedsynth.client.round import RoundAnswer, answer_round, reproducible_from, round_replay
 from fedsynth.client.secure import (
@@ -51,7 +53,7 @@ from fedsynth.common.privacy.releases.cooccurrence import COOCCURRENCE, check_it
 from fedsynth.common.privacy.releases.statistics import STATISTICS, NoisyStatistics, noisy_statistics
 from fedsynth.common.runtime.seeding import mechanism_seed
 from fedsynth.common.secagg.signing import Signing
-from fedsynth.common.secagg.updates import UPDATE, encode_update
+from fedsynth.common.secagg.updates import UPDATE, bounded_update, encode_update, update_norm
 
 _PLAN = "privacy-plan"
 
@@ -366,6 +368,7 @@ class ReplyWrap:
 
     arrays: Callable[[RoundAnswer, TrainRequest], ArrayRecord]
     tags: dict[str, Any] = field(default_factory=dict)
+    reported: dict[str, float] = field(default_factory=dict)  # filled by ``arrays``: public numbers for the reply
 
 
 def plain_reply(content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict) -> ReplyWrap:
@@ -373,19 +376,30 @@ def plain_reply(content: RecordDict, rows: sp.csr_matrix, config: RunConfig, sta
     return ReplyWrap(lambda answer, request: ArrayRecord(answer.trained))
 
 
-def masked_update(content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict) -> ReplyWrap:
+def masked_update(
+    content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, silo: MaliciousSilo | None = None
+) -> ReplyWrap:
     """Secure aggregation's wrapper (checked before anything is trained): only the users-weighted update
-    n_k (w_k − w_g) leaves, in fixed point and masked (:mod:`fedsynth.common.secagg.updates`)."""
+    n_k (w_k − w_g) leaves, in fixed point and masked (:mod:`fedsynth.common.secagg.updates`), bounded to the
+    request's ``update-norm-bound`` if it has one (``robust-aggregation = norm-bound``), with its norm before
+    the bound reported (public: post-processing of the DP-SGD output). ``silo``: a simulated cheat's update
+    attack, unbounded (:mod:`fedsynth.client.attack`)."""
     if config.round_mode != "local":
         raise ConfigError("this run is in round-mode fedsgd; a local round's update is not sent")
     quantizer = update_quantizer(config, rows.shape[1])
+    reported: dict[str, float] = {}
 
     def arrays(answer: RoundAnswer, request: TrainRequest) -> ArrayRecord:
-        update = encode_update(answer.trained, request.arrays.to_torch_state_dict(), rows.shape[0], quantizer)
+        start = request.arrays.to_torch_state_dict()
+        norm = update_norm(answer.trained, start)
+        trained = bounded_update(answer.trained, start, norm, request.update_norm_bound)
+        trained = tampered_update(silo, start, answer.trained, request.server_round) if silo is not None else trained
+        reported[wire.UPDATE_NORM] = norm
+        update = encode_update(trained, start, rows.shape[0], quantizer)
         masked = masked_vector(content.config_records[wire.CONFIG], update, state, UPDATE)
         return ArrayRecord({wire.MASKED: Array(masked)})
 
-    return ReplyWrap(arrays, {"secure_aggregation": True, "mode": "local"})
+    return ReplyWrap(arrays, {"secure_aggregation": True, "mode": "local"}, reported)
 
 
 def handle_train(
@@ -409,12 +423,14 @@ def handle_train(
         arrays = reply.arrays(answer, request)
     except (FedsynthError, TypeError, KeyError) as exc:
         return refusal(str(exc), ledger, plan.delta)
-    return TrainReply(arrays, spent_of(ledger, rows.shape[0], plan), answer.replayed).to_record()
+    norm = reply.reported.get(wire.UPDATE_NORM)
+    return TrainReply(arrays, spent_of(ledger, rows.shape[0], plan), answer.replayed, norm).to_record()
 
 
 def handle_secure_update(
     content: RecordDict, rows: sp.csr_matrix, config: RunConfig, state: RecordDict, budget: NodeBudget,
-    run: RunIdentity,
+    run: RunIdentity, silo: MaliciousSilo | None = None,
 ) -> RecordDict:  # fmt: skip
-    """Round N under secure aggregation (``query.update``): :func:`handle_train` wrapped by :func:`masked_update`."""
-    return handle_train(content, rows, config, state, budget, run, wrap=masked_update)
+    """Round N under secure aggregation (``query.update``): :func:`handle_train` wrapped by :func:`masked_update`
+    (``silo``: a simulated cheat's update attack)."""
+    return handle_train(content, rows, config, state, budget, run, wrap=partial(masked_update, silo=silo))

@@ -212,13 +212,14 @@ class RoundSetups:
         return self.ready.pop(server_round)
 
     def secure_sum(
-        self, server_round: int, nodes: list[int], arrays: ArrayRecord
+        self, server_round: int, nodes: list[int], arrays: ArrayRecord, extra: Request | None = None
     ) -> tuple[np.ndarray, float, RoundLog]:
-        """Round ``server_round``'s secure sum among ``nodes`` (its masked stage carries ``arrays``), as
-        :func:`secure_sum` returns; the rest of the batch is dropped if a node refused or failed."""
+        """Round ``server_round``'s secure sum among ``nodes`` (its masked stage carries ``arrays`` and ``extra``
+        in its request), as :func:`secure_sum` returns; the rest of the batch is dropped if a node refused or
+        failed."""
         setup = self.take(server_round, nodes)
         total, noise_std, round_log = finish_secure_sum(
-            self.grid, setup, self.config, self.release, self.quantizer, arrays, server_round
+            self.grid, setup, self.config, self.release, self.quantizer, arrays, server_round, extra
         )
         if round_log.refused or round_log.failed:
             self.ready, self.attempts = {}, self.attempts + 1
@@ -238,15 +239,16 @@ def secure_sum(
 
 def finish_secure_sum(
     grid: Grid, setup: SecureSetup, config: RunConfig, release: str, quantizer: SkellamQuantizer,
-    arrays: ArrayRecord | None = None, server_round: int = 0,
+    arrays: ArrayRecord | None = None, server_round: int = 0, extra: Request | None = None,
 ) -> tuple[np.ndarray, float, RoundLog]:  # fmt: skip
     """Stages 3–4 of an aggregation set up by :func:`secure_setup`: the masked stage (``query.<release>``, with
-    ``arrays``) and the unmasking; as :func:`secure_sum` returns."""
+    ``arrays``, ``extra`` in its request) and the unmasking; as :func:`secure_sum` returns."""
     params, peers, shared, base, clock = setup.params, setup.peers, setup.shared, setup.base, setup.clock
     what = f"round {server_round}" if server_round else f"the DP {release} release"
     silent: list[str] = []  # the unmask stage's missing answers, named if the sum aborts
     try:
-        masked, release_log = masked_stage(grid, shared, base, config, release, arrays, server_round)
+        masked, release_log = masked_stage(grid, shared, {**base, **(extra or {})}, config, release, arrays,
+                                           server_round)  # fmt: skip
         clock.lap("masked")
         release_log.refused += setup.early.refused
         release_log.failed += setup.early.failed
@@ -388,4 +390,5 @@ def masked_stage(
     outcome = client_outcomes(replies, server_round=server_round)
     answered = {r.node: MaskedReply.from_record(r.content) for r in outcome.trained if r.content is not None}
     outcome.log.users = sum(reply.spent.num_examples for reply in answered.values())
+    outcome.log.update_norm_by_node = {str(n): r.update_norm for n, r in answered.items() if r.update_norm is not None}
     return {node: reply.masked for node, reply in answered.items()}, outcome.log

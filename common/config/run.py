@@ -143,17 +143,15 @@ class RunConfig(RunSettings):
     def check_attack(self) -> None:
         """Attacks and defences: valid settings, and no defence that would need what secure aggregation hides."""
         attack, robust = self.attacks(), self.robust()
-        if robust.active and self.secure_aggregation:
+        if robust.active and self.secure_aggregation and (robust.kind != "norm-bound" or self.round_mode != "local"):
             raise ConfigError(
                 f"robust-aggregation {robust.kind} reads each silo's update and release, which secure-aggregation "
-                "hides from the server: choose one of the two (docs/attacks.md explains the trade-off)."
+                "hides from the server: choose one of the two, or norm-bound (with round-mode local: the silos "
+                "bound their own updates and the server checks the sum; docs/attacks.md)."
             )
         if attack.kind == "inflated-counts" and self.secure_aggregation:
             raise ConfigError("attack inflated-counts is simulated on the plain statistics release only: "
                               "turn off secure-aggregation.")  # fmt: skip
-        if attack.kind in ("scaled-update", "random-update") and self.secure_aggregation and self.round_mode == "local":
-            raise ConfigError(f"attack {attack.kind} is simulated on plain train replies only: turn off "
-                              "secure-aggregation.")  # fmt: skip
         if (attack.active or attack.targets) and not self.simulation_reference:
             raise ConfigError("attack and attack-targets are for simulations: they need simulation-reference = true.")
 

@@ -78,7 +78,7 @@ def _integer(record: ConfigRecord | MetricRecord, key: str, what: str, default: 
     return int(value)
 
 
-def _number(record: MetricRecord, key: str, what: str, default: float | None = None) -> float:
+def _number(record: ConfigRecord | MetricRecord, key: str, what: str, default: float | None = None) -> float:
     if key not in record and default is not None:
         return default
     try:
@@ -116,24 +116,34 @@ class TrainRequest:
     planned_rounds: int
     arrays: ArrayRecord
     identity: Identity = field(default_factory=Identity)
+    update_norm_bound: float | None = None  # secure rounds with norm-bound: the L2 bound on w_k − w_g
 
     def __post_init__(self) -> None:
         if not 1 <= self.server_round <= self.planned_rounds:
             raise ProtocolError(f"round {self.server_round} is outside the planned rounds 1..{self.planned_rounds}")
+        if self.update_norm_bound is not None and not 0 < self.update_norm_bound < float("inf"):
+            raise ProtocolError(f"field {wire.UPDATE_NORM_BOUND!r} should be positive, got {self.update_norm_bound}")
 
     def to_record(self) -> RecordDict:
-        config = {wire.SERVER_ROUND: self.server_round, wire.PLANNED_ROUNDS: self.planned_rounds}
+        config: dict[str, wire.ConfigValue] = {
+            wire.SERVER_ROUND: self.server_round,
+            wire.PLANNED_ROUNDS: self.planned_rounds,
+        }
+        if self.update_norm_bound is not None:
+            config[wire.UPDATE_NORM_BOUND] = self.update_norm_bound
         return RecordDict({wire.ARRAYS: self.arrays, wire.CONFIG: ConfigRecord({**config, **self.identity.fields()})})
 
     @classmethod
     def from_record(cls, content: RecordDict) -> TrainRequest:
         what = "train request"
         config = _config(content, what)
+        bound = _number(config, wire.UPDATE_NORM_BOUND, what) if wire.UPDATE_NORM_BOUND in config else None
         return cls(
             _integer(config, wire.SERVER_ROUND, what),
             _integer(config, wire.PLANNED_ROUNDS, what),
             _arrays(content, what),
             Identity.from_config(config),
+            bound,
         )
 
 
@@ -189,9 +199,12 @@ class TrainReply:
     arrays: ArrayRecord
     spent: Spent
     replayed: bool = False
+    update_norm: float | None = None  # a secure round: ‖w_k − w_g‖ before any bound
 
     def to_record(self) -> RecordDict:
         metrics: dict[str, MetricValue] = {**self.spent.to_metrics(), **({wire.REPLAYED: 1} if self.replayed else {})}
+        if self.update_norm is not None:
+            metrics[wire.UPDATE_NORM] = self.update_norm
         return RecordDict({wire.ARRAYS: self.arrays, wire.METRICS: MetricRecord(metrics)})
 
     @classmethod
@@ -543,6 +556,7 @@ class MaskedReply:
     masked: np.ndarray
     spent: Spent
     noise_variance: float | None = None
+    update_norm: float | None = None  # a secure round's update reply: ‖w_k − w_g‖ before any bound
 
     def to_record(self) -> RecordDict:
         variance = {} if self.noise_variance is None else {wire.NOISE_VARIANCE: self.noise_variance}
@@ -560,4 +574,5 @@ class MaskedReply:
         if masked.ndim != 1:
             raise ProtocolError(f"{what}: field {wire.MASKED!r} should be a vector, got shape {masked.shape}")
         variance = _number(metrics, wire.NOISE_VARIANCE, what) if wire.NOISE_VARIANCE in metrics else None
-        return cls(masked, Spent.from_metrics(metrics, what), variance)
+        norm = _number(metrics, wire.UPDATE_NORM, what) if wire.UPDATE_NORM in metrics else None
+        return cls(masked, Spent.from_metrics(metrics, what), variance, norm)

@@ -59,6 +59,9 @@ class RoundLog:
     secagg_signed: bool | None = None
     secagg_threshold: int | None = None
     secagg_nodes: int | None = None
+    # a secure round: each node's reported ‖w_k − w_g‖ (before any bound); why the server discarded the round
+    update_norm_by_node: dict[str, float] = field(default_factory=dict)
+    rejected: str | None = None
 
     @property
     def reported_epsilons(self) -> list[float]:
@@ -93,10 +96,12 @@ class RoundLog:
             "delta_by_node": dict(self.delta_by_node),
             **self.losses,
         }
-        optional = {"users": self.users, "sampled": self.sampled, "seconds": self.seconds}
+        optional: dict[str, Any] = {"users": self.users, "sampled": self.sampled, "seconds": self.seconds}
         optional["missing_from_sample"] = self.missing_from_sample
         optional.update(secagg_signed=self.secagg_signed, secagg_threshold=self.secagg_threshold)
-        optional["secagg_nodes"] = self.secagg_nodes
+        optional.update(secagg_nodes=self.secagg_nodes, rejected=self.rejected)
+        if self.update_norm_by_node:
+            plain["update_norm_by_node"] = dict(self.update_norm_by_node)
         plain.update({k: v for k, v in optional.items() if v is not None})
         return {**plain, "resumed": True} if self.resumed else plain
 

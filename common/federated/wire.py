@@ -42,6 +42,8 @@ DP_EVALUATION = "dp-evaluation"  # evaluate reply: 1 if its sums carry DP noise 
 EPSILON_EVALUATION = "epsilon-evaluation"
 EVALUATION_LABEL = "label"  # evaluate request: the result row, recorded in the node's ledger
 REPLAYED = "replayed"  # train reply: 1 if it is the saved reply of a round already charged to this run
+UPDATE_NORM = "update-norm"  # secure round reply: ‖w_k − w_g‖ before any bound (public: DP post-processing)
+UPDATE_NORM_BOUND = "update-norm-bound"  # secure round request (norm-bound): the node bounds its update to it
 LOSS_KEYS = ("vae-loss", "gan-d-loss", "gan-g-loss")
 
 

@@ -23,6 +23,7 @@ items (at least one and at most the median number of users among items with any)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,7 +116,7 @@ def inflate_counts(item_counts: np.ndarray, targets: np.ndarray, num_users: int)
 
 
 def tampered_state(
-    kind: str, current: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], scale: float,
+    kind: str, current: Mapping[str, torch.Tensor], trained: Mapping[str, torch.Tensor], scale: float,
     rng: np.random.Generator,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """What an update attack sends instead of ``trained``, given the global ``current`` state it started from."""

@@ -88,6 +88,22 @@ def encode_update(trained: State, start: State, users: int, quantizer: UpdateQua
     return quantizer.round_sum(users * delta)
 
 
+def update_norm(trained: State, start: State) -> float:
+    """‖trained − start‖₂ over the float entries (what ``norm-bound`` bounds)."""
+    names = float_entries(start)
+    return float(np.linalg.norm(flat(trained, names) - flat(start, names)))
+
+
+def bounded_update(trained: State, start: State, norm: float, bound: float | None) -> State:
+    """``trained`` with its update scaled to L2 norm ≤ ``bound`` (as is when it is within, or no bound):
+    start + min(1, bound / norm)·(trained − start), float entries only."""
+    if bound is None or norm <= bound:
+        return trained
+    factor = bound / norm
+    names = set(float_entries(start))
+    return {n: start[n] + factor * (t - start[n]) if n in names else t for n, t in trained.items()}
+
+
 def apply_update(start: State, total: np.ndarray, users: int) -> dict[str, torch.Tensor]:
     """θ' = θ + total / users, ``total`` = Σ u_k / s (the unmasked sum, unscaled): the global state after the
     round; non-float entries are kept as they are."""
