@@ -118,7 +118,7 @@ def test_the_round_aggregation_uses_the_configured_rule() -> None:
     assert plain.arrays["w"].numpy()[0] > 300 and robust.arrays["w"].numpy()[0] == 2.0
 
 
-def test_release_totals_sum_cap_or_take_the_median_rate() -> None:
+def test_release_totals_sum_cap_or_clip_each_silo_to_its_own_noise_around_the_centre() -> None:
     users = [10, 20, 30, 40, 50]
     counts = [np.array([1.0, 5.0]), np.array([2.0, 10.0]), np.array([3.0, 15.0]), np.array([4.0, 20.0])]
     counts.append(np.array([50.0, 99.0]))  # a liar: every one of its 50 users "holds" item 0
@@ -128,7 +128,12 @@ def test_release_totals_sum_cap_or_take_the_median_rate() -> None:
     assert np.allclose(total, [60.0, 149.0]) and std == pytest.approx(np.sqrt(5))
     capped, _ = robust_total(counts, users, noise, RobustConfig("norm-bound"))
     assert np.allclose(capped, [60.0, 5 + 10 + 15 + 20 + 50])  # 99 > 50 users: capped at 50
-    median, _ = robust_total(counts, users, noise, RobustConfig("median"))
-    assert np.allclose(median, [150 * 0.1, 150 * 0.5])  # rates (0.1, .1, .1, .1, 1) and (.5, .5, .5, .5, 1.98)
-    trimmed, _ = robust_total(counts, users, noise, RobustConfig("trimmed-mean"))
-    assert np.allclose(trimmed, [150 * 0.1, 150 * 0.5])
+    # rates (.1, .1, .1, .1, 1) and (.5, .5, .5, .5, 1.98): the liar's rate is clipped to the centre plus 4 of its
+    # own standard deviations, √((σ/n)² + m(1 − m)/n) at n = 50, σ = 1 (the honest rates do not stray)
+    liar = [0.1 + 4 * np.sqrt(1 / 50**2 + 0.1 * 0.9 / 50), 0.5 + 4 * np.sqrt(1 / 50**2 + 0.5 * 0.5 / 50)]
+    expected = [10 + 50 * liar[0], 50 + 50 * liar[1]]
+    for rule in ("median", "trimmed-mean", "krum", "bulyan"):
+        total, std = robust_total(counts, users, noise, RobustConfig(rule, malicious=1 if rule != "bulyan" else 0))
+        assert np.allclose(total, expected) and std == pytest.approx(np.sqrt(5)), rule  # the sum's noise
+    honest, _ = robust_total(counts[:4] + [np.array([5.0, 25.0])], users, noise, RobustConfig("median"))
+    assert np.allclose(honest, [15.0, 75.0])  # no silo strays: the plain sum

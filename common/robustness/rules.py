@@ -17,15 +17,19 @@ Model updates (each silo's trained bundle ``w_k``, global ``w_g``, ``n_k`` users
 
 DP releases (item counts and length histogram, co-occurrence): each silo's noisy vector v_k is
 made a per-user rate r_k = v_k / n_k; ``norm-bound`` caps each coordinate of v_k at n_k (no user
-adds more than 1 to a count: see :mod:`fedsynth.common.privacy.releases.statistics`), ``trimmed-mean`` gives
-N · trimmed-mean_k(r_k) and the other rules N · median_k(r_k), N = Σ n_k.
+adds more than 1 to a count: see :mod:`fedsynth.common.privacy.releases.statistics`). The other rules
+bound what a silo *claims* beyond its own noise rather than replacing the sum: a centre m (the
+trimmed mean of the rates for ``trimmed-mean``, their median for the others), and each silo's rate
+clipped to m ± τ_k (:func:`claim_bound`: a few of the silo's own standard deviations, DP noise and
+sampling, or the rates' robust spread where silos differ more), then summed: Σ_k n_k (m + clip(r_k − m)).
+An honest silo is almost never clipped, so the total keeps the sum's noise (√Σσ_k², not the √(π/2)
+larger noise of N · median, which cost the fit its co-occurrence signal); a lying or poisoned silo moves
+a coordinate by at most n_k τ_k, about z of its noise std.
 
 Privacy: every silo's vector is already DP on its own (local noise), so any function of the
 vectors is post-processing and ε is unchanged. But each rule reads single silos' vectors, which
-secure aggregation exists to hide: the two cannot be combined (refused in the run config). The
-robust totals also carry more noise than the sum: the median of K silos' rates has about
-√(π/2) times the noise of their mean (its noise std below is that approximation, used only to
-regularise what is fitted to it, never for accounting).
+secure aggregation exists to hide: under secure aggregation only ``norm-bound`` of the model
+updates is possible (:class:`fedsynth.server.secure_round.SecureNormBound`); the releases are summed.
 """
 
 from __future__ import annotations
@@ -158,13 +162,31 @@ def robust_total(
     if config.kind == "norm-bound":
         return np.minimum(stacked, n).sum(axis=0), float(np.sqrt(np.sum(np.square(noise_stds))))
     config.check_silos(len(vectors), "this release")
-    total, rates = float(n.sum()), stacked / n
-    rate_noise = float(np.sqrt(np.mean(np.square(np.asarray(noise_stds) / n.ravel()))))
-    if config.kind == "trimmed-mean":
-        kept = len(vectors) - 2 * config.malicious
-        trimmed = trim_mean(rates, trim_fraction(config.malicious, len(vectors)))
-        return total * trimmed, total * rate_noise / math.sqrt(kept)
-    return total * np.median(rates, axis=0), total * rate_noise * math.sqrt(math.pi / (2 * len(vectors)))
+    rates = stacked / n
+    center = (
+        trim_mean(rates, trim_fraction(config.malicious, len(vectors)))
+        if config.kind == "trimmed-mean"
+        else np.median(rates, axis=0)
+    )
+    kept = center + np.clip(rates - center, -(bound := claim_bound(rates, center, n, noise_stds)), bound)
+    return (n * kept).sum(axis=0), float(np.sqrt(np.sum(np.square(noise_stds))))
+
+
+CLAIM_Z = 4.0  # how many of its own standard deviations a silo's rate may stray from the centre
+
+
+def claim_bound(rates: np.ndarray, center: np.ndarray, n: np.ndarray, noise_stds: list[float]) -> np.ndarray:
+    """τ_kj: how far silo k's rate may stray from the centre at coordinate j before it is clipped.
+
+    An honest silo's rate r_kj = c_kj / n_k differs from the federation's by its DP noise (σ_k / n_k) and by
+    sampling (each user adds a value in [0, 1] to a coordinate, so a mean over n_k users has variance at most
+    m(1 − m) / n_k, m the centre clipped to [0, 1]); non-IID silos stray more, which the robust spread of the
+    K rates (1.4826 · MAD) measures. τ = z · max(√(σ_k²/n_k² + m(1 − m)/n_k), 1.4826 · MAD_j), z = CLAIM_Z."""
+    m = np.clip(center, 0.0, 1.0)
+    sigma = np.asarray(noise_stds, dtype=np.float64).reshape(n.shape) / n
+    own = np.sqrt(np.square(sigma) + m * (1.0 - m) / n)
+    spread = 1.4826 * np.median(np.abs(rates - center), axis=0)
+    return CLAIM_Z * np.maximum(own, spread)
 
 
 def robust_statistics(parts: list[NoisyStatistics], users: list[int], config: RobustConfig) -> NoisyStatistics:
