@@ -135,5 +135,5 @@ def test_release_totals_sum_cap_or_clip_each_silo_to_its_own_noise_around_the_ce
     for rule in ("median", "trimmed-mean", "krum", "bulyan"):
         total, std = robust_total(counts, users, noise, RobustConfig(rule, malicious=1 if rule != "bulyan" else 0))
         assert np.allclose(total, expected) and std == pytest.approx(np.sqrt(5)), rule  # the sum's noise
-    honest, _ = robust_total(counts[:4] + [np.array([5.0, 25.0])], users, noise, RobustConfig("median"))
+    honest, _ = robust_total([*counts[:4], np.array([5.0, 25.0])], users, noise, RobustConfig("median"))
     assert np.allclose(honest, [15.0, 75.0])  # no silo strays: the plain sum
