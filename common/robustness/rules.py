@@ -21,7 +21,7 @@ adds more than 1 to a count: see :mod:`fedsynth.common.privacy.releases.statisti
 bound what a silo *claims* beyond its own noise rather than replacing the sum: a centre m (the
 trimmed mean of the rates for ``trimmed-mean``, their median for the others), and each silo's rate
 clipped to m ± τ_k (:func:`claim_bound`: a few of the silo's own standard deviations, DP noise and
-sampling, or the rates' robust spread where silos differ more), then summed: Σ_k n_k (m + clip(r_k − m)).
+sampling, widened where the silos differ more than that), then summed: Σ_k n_k (m + clip(r_k − m)).
 An honest silo is almost never clipped, so the total keeps the sum's noise (√Σσ_k², not the √(π/2)
 larger noise of N · median, which cost the fit its co-occurrence signal); a lying or poisoned silo moves
 a coordinate by at most n_k τ_k, about z of its noise std.
@@ -180,13 +180,16 @@ def claim_bound(rates: np.ndarray, center: np.ndarray, n: np.ndarray, noise_stds
 
     An honest silo's rate r_kj = c_kj / n_k differs from the federation's by its DP noise (σ_k / n_k) and by
     sampling (each user adds a value in [0, 1] to a coordinate, so a mean over n_k users has variance at most
-    m(1 − m) / n_k, m the centre clipped to [0, 1]); non-IID silos stray more, which the robust spread of the
-    K rates (1.4826 · MAD) measures. τ = z · max(√(σ_k²/n_k² + m(1 − m)/n_k), 1.4826 · MAD_j), z = CLAIM_Z."""
+    m(1 − m) / n_k, m the centre clipped to [0, 1]): its own standard deviation s_kj = √(σ_k²/n_k² + m(1 − m)/n_k).
+    Non-IID silos stray more, which the robust spread of the standardised deviations measures:
+    h_j = 1.4826 · MAD_k((r_kj − m_j) / s_kj), about 1 when every silo is as noisy as its own s says.
+    τ_kj = z · s_kj · max(1, h_j), z = CLAIM_Z: a silo with many users (small s) is held to its own scale."""
     m = np.clip(center, 0.0, 1.0)
     sigma = np.asarray(noise_stds, dtype=np.float64).reshape(n.shape) / n
     own = np.sqrt(np.square(sigma) + m * (1.0 - m) / n)
-    spread = 1.4826 * np.median(np.abs(rates - center), axis=0)
-    return CLAIM_Z * np.maximum(own, spread)
+    standardised = (rates - center) / own
+    spread = 1.4826 * np.median(np.abs(standardised - np.median(standardised, axis=0)), axis=0)
+    return CLAIM_Z * own * np.maximum(1.0, spread)
 
 
 def robust_statistics(parts: list[NoisyStatistics], users: list[int], config: RobustConfig) -> NoisyStatistics:
