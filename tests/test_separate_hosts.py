@@ -6,7 +6,7 @@ namespace), each node's link capped at 100 Mbit/s both ways. TLS certificates na
 namespace address (the nodes dial it, not 127.0.0.1), node authentication is on.
 
 The run has four rounds (min-clients 2 of 3, allow-degraded, reply-timeout 30 s). Node 2's cable is
-pulled (its bridge end set down: its packets go nowhere, nothing is reset) as soon as round 1 ends, so
+pulled (its bridge end set down: it loses carrier, nothing is reset) as soon as round 1 ends, so
 it misses round 2; it is plugged back in when round 2 ends (about 30 s later). The run must complete;
 round 2 must record node 2 as failed or missing; node 2 must rejoin (the same process, no restart) and
 train in a later round; its ledger on its own disk must hold the ε it last reported. Seconds per round

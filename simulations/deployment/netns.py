@@ -12,8 +12,9 @@ machines on a LAN:
 - each node's link capped at ``rate`` (``tc ... tbf``) in both directions: on the inner ``eth0``
   (what the node sends) and on the bridge end (what it receives).
 
-:meth:`Hosts.cut` sets a node's bridge end down (its cable pulled: packets are dropped, nothing
-is reset) and :meth:`Hosts.restore` sets it up again. Everything is removed when the context
+:meth:`Hosts.cut` sets a node's bridge end down (its cable pulled: the node's ``eth0`` loses its
+carrier, so what it sends fails at once with "No route to host", what is sent to it is dropped, and
+no connection is reset) and :meth:`Hosts.restore` sets it up again. Everything is removed when the context
 exits, even after a failure; removal is idempotent (a thing already gone is fine).
 
 Assumptions: Linux, root (``CAP_NET_ADMIN`` and the right to mount ``/run/netns``), iproute2's
@@ -129,7 +130,7 @@ class Hosts:
         return prefixes
 
     def cut(self, index: int) -> None:
-        """Pull node ``index``'s cable: its bridge end goes down, packets both ways are dropped (no reset)."""
+        """Pull node ``index``'s cable: its bridge end goes down, its ``eth0`` loses carrier (see module docstring)."""
         ip("link", "set", self.node_link(index), "down")
 
     def restore(self, index: int) -> None:
