@@ -30,14 +30,17 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+DEPLOYMENT_TESTS = ("test_deployment.py", "test_separate_hosts.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``-n``, ``--dist loadgroup``): the slow Flower simulations in one group, run one at
     a time (each starts a Ray cluster sized to the machine); the deployments over real processes
-    (tests/test_deployment.py: their own SuperLink ports, mostly waiting on heartbeats and timeouts) in
-    another; the fast tests spread over the workers."""
+    (tests/test_deployment.py, tests/test_separate_hosts.py: their own SuperLink ports, mostly waiting on
+    heartbeats and timeouts) in another; the fast tests spread over the workers."""
     for item in items:
         if item.get_closest_marker("slow") is not None:
-            group = "deployment" if item.path.name == "test_deployment.py" else "flower"
+            group = "deployment" if item.path.name in DEPLOYMENT_TESTS else "flower"
             item.add_marker(pytest.mark.xdist_group(group))
 
 

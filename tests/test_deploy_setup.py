@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import pytest
@@ -18,7 +19,14 @@ from fedsynth.common.data.node_file import split_node_file
 from fedsynth.common.errors import FedsynthError
 from fedsynth.common.federated.round_log import NodeProblem, RoundLog
 from fedsynth.server.aggregation import ClientReply, client_participation, with_silent
-from fedsynth.simulations.deployment.local import LocalDeployment, deployment_run_config, node_threads, thread_share
+from fedsynth.simulations.deployment import local
+from fedsynth.simulations.deployment.local import (
+    LocalDeployment,
+    NodeSettings,
+    deployment_run_config,
+    node_threads,
+    thread_share,
+)
 from fedsynth.simulations.deployment.setup import make_certificates, make_node_keys, split_data
 
 
@@ -123,3 +131,39 @@ def test_the_superlink_keeps_its_state_in_the_database_only_when_persistent(
     if persistent:
         assert command[command.index("--database") + 1] == str(deployment.database.resolve())
     assert started["node-0"][1] == {"OMP_NUM_THREADS": "2"}
+
+
+def test_processes_run_in_their_namespaces_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default: the SuperLink on 127.0.0.1 (no ``--host``), no prefix, nodes give up after 3 tries / 30 s. With a host
+    and prefixes (simulations/deployment/netns.py) the SuperLink binds that host, the nodes dial it, each process
+    starts behind its own prefix; NodeSettings can lift the reconnection limits."""
+    started: list[list[str]] = []
+
+    def popen(command: list[str], **kwargs: object) -> mock.Mock:
+        started.append(command)
+        return mock.Mock(pid=0)
+
+    monkeypatch.setattr(local.subprocess, "Popen", popen)
+    monkeypatch.setattr(LocalDeployment, "wait_for", staticmethod(lambda *args, **kwargs: None))
+    certificates = make_certificates(tmp_path / "certs", ["127.0.0.1"])
+    (key,) = make_node_keys(tmp_path / "keys", ["node-0"])
+    data = split_data(RunConfig(gen_users=60, gen_items=300).data(), 1, tmp_path / "data", seed=0)
+
+    plain = LocalDeployment(tmp_path / "plain", certificates, data)
+    plain.start_superlink()
+    plain.start_supernode(0, key)
+    superlink, node = started
+    assert Path(superlink[0]).name == "flower-superlink" and "--host" not in superlink
+    assert node[node.index("--superlink") + 1] == f"127.0.0.1:{plain.port}"
+    assert node[-4:] == ["--max-retries", "3", "--max-wait-time", "30"]
+
+    started.clear()
+    prefixes = {"superlink": ["ip", "netns", "exec", "ns-link"], "node-0": ["ip", "netns", "exec", "ns-node0"]}
+    placed = LocalDeployment(tmp_path / "placed", certificates, data, host="10.9.8.2", command_prefixes=prefixes)
+    placed.start_superlink()
+    placed.start_supernode(0, key, node_settings=NodeSettings(max_retries=None, max_wait_time=300.0))
+    superlink, node = started
+    assert superlink[:4] == prefixes["superlink"] and superlink[superlink.index("--host") + 1] == "10.9.8.2"
+    assert node[:4] == prefixes["node-0"] and node[node.index("--superlink") + 1] == f"10.9.8.2:{placed.port}"
+    assert "--max-retries" not in node and node[-2:] == ["--max-wait-time", "300"]
+    assert f'address = "10.9.8.2:{placed.port}"' in (placed.flwr_home / "config.toml").read_text()

@@ -113,6 +113,11 @@ class NodeSettings:
     max_epsilon: float | None = None  # node config max-epsilon: the silo's lifetime budget
     signed_secagg: bool = True  # node config secagg-signing-key + secagg-trusted-keys (when it has a key)
     data_path: Path | None = None  # default: the node's own file from split_data
+    # How long the SuperNode keeps reconnecting to a SuperLink it cannot reach before it gives up (None: Flower's
+    # default, no limit). 3 tries / 30 s lets refused nodes exit in the tests; a node on its own host whose network
+    # may drop for longer needs more (tests/test_separate_hosts.py).
+    max_retries: int | None = 3
+    max_wait_time: float | None = 30.0
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,8 @@ class Submission:
 
 @dataclass
 class LocalDeployment:
-    """SuperLink + SuperNodes on 127.0.0.1 with TLS and node authentication (see module docstring)."""
+    """SuperLink + SuperNodes on 127.0.0.1 with TLS and node authentication (see module docstring); with ``host``
+    and ``command_prefixes``, each process in its own network namespace (:mod:`.netns`)."""
 
     root: Path
     certificates: Certificates
@@ -140,6 +146,10 @@ class LocalDeployment:
     warm_nodes: bool = True  # SuperNodes through fedsynth-node (warm forked ClientApps); False: plain flower-supernode
     persistent_superlink: bool = True  # --database superlink/state.db; False: Flower's in-memory state
     threads_per_node: int | None = None  # OMP_NUM_THREADS of each SuperNode; None: inherited
+    # Separate hosts (simulations/deployment/netns.py): the address the SuperLink binds and the nodes dial (its
+    # certificate must name it), and a command prefix per process name (e.g. `ip netns exec NS` for "node-0").
+    host: str = "127.0.0.1"
+    command_prefixes: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def flwr_home(self) -> Path:
@@ -147,7 +157,7 @@ class LocalDeployment:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def node_dir(self, index: int) -> Path:
         return self.root / "nodes" / f"node-{index}"
@@ -166,7 +176,7 @@ class LocalDeployment:
         log = logs / f"{name}.log"
         with log.open("ab") as handle:
             popen = subprocess.Popen(
-                command,
+                [*self.command_prefixes.get(name, []), *command],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 env={**flower_environment(self.flwr_home), **(extra_env or {})},
@@ -197,6 +207,7 @@ class LocalDeployment:
                 "--ssl-keyfile", str(certs.server_key.resolve()),
                 "--enable-supernode-auth",
                 *database,
+                *(["--host", self.host] if self.host != "127.0.0.1" else []),  # 127.0.0.1: Flower's default
                 "--port", str(self.port),
                 "--disable-runtime-dependency-installation",
             ],
@@ -207,7 +218,7 @@ class LocalDeployment:
     def _port_open(self) -> bool:
         with socket.socket() as sock:
             sock.settimeout(0.5)
-            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+            return sock.connect_ex((self.host, self.port)) == 0
 
     def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """A ``flwr`` CLI command against this SuperLink's connection."""
@@ -279,7 +290,11 @@ class LocalDeployment:
             command += ["--root-certificates", str(self.certificates.ca_certificate.resolve())]
         if key is not None:
             command += ["--auth-supernode-private-key", str(key.private.resolve())]
-        command += ["--node-config", node_config, "--max-retries", "3", "--max-wait-time", "30"]
+        command += ["--node-config", node_config]
+        if settings.max_retries is not None:
+            command += ["--max-retries", str(settings.max_retries)]
+        if settings.max_wait_time is not None:
+            command += ["--max-wait-time", f"{settings.max_wait_time:g}"]
         return self._start(name or f"node-{index}", command, node_threads(self.threads_per_node, os.environ))
 
     def submit(
