@@ -381,8 +381,8 @@ def masked_update(
 ) -> ReplyWrap:
     """Secure aggregation's wrapper (checked before anything is trained): only the users-weighted update
     n_k (w_k − w_g) leaves, in fixed point and masked (:mod:`fedsynth.common.secagg.updates`), bounded to the
-    request's ``update-norm-bound`` if it has one (``robust-aggregation = norm-bound``), with its norm before
-    the bound reported (public: post-processing of the DP-SGD output). ``silo``: a simulated cheat's update
+    request's ``update-norm-bound`` if it has one (``robust-aggregation = norm-bound``, which also reports the
+    update's norm before the bound: post-processing of the DP-SGD output). ``silo``: a simulated cheat's update
     attack, unbounded (:mod:`fedsynth.client.attack`)."""
     if config.round_mode != "local":
         raise ConfigError("this run is in round-mode fedsgd; a local round's update is not sent")
@@ -394,7 +394,8 @@ def masked_update(
         norm = update_norm(answer.trained, start)
         trained = bounded_update(answer.trained, start, norm, request.update_norm_bound)
         trained = tampered_update(silo, start, answer.trained, request.server_round) if silo is not None else trained
-        reported[wire.UPDATE_NORM] = norm
+        if config.robust().kind == "norm-bound":  # the server needs it for the next bound; else it stays here
+            reported[wire.UPDATE_NORM] = norm
         update = encode_update(trained, start, rows.shape[0], quantizer)
         masked = masked_vector(content.config_records[wire.CONFIG], update, state, UPDATE)
         return ArrayRecord({wire.MASKED: Array(masked)})

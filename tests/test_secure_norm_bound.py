@@ -50,6 +50,7 @@ def test_honest_rounds_pass_and_obey_the_bound(tmp_path: Path) -> None:
     _, (first, second) = two_rounds(tmp_path, **{"robust-aggregation": "norm-bound"})
 
     assert first.log.rejected is None and second.log.rejected is None
+    # each silo's norm leaves it only under norm-bound: a function of the DP-SGD output the round's ε pays for
     reported = first.log.update_norm_by_node
     assert sorted(reported) == ["100", "101", "102"] and all(v > 0 for v in reported.values())
     assert first.arrays is not None

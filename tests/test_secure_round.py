@@ -94,8 +94,7 @@ def test_the_wire_carries_only_masked_residues_and_no_loss(tmp_path: Path) -> No
         for record in reply.content.array_records.values():
             assert list(record) == [wire.MASKED] and record[wire.MASKED].numpy().dtype == np.uint64
         metrics = set(reply.content.metric_records.get(wire.METRICS, {}))
-        # the update's norm: a function of the DP-SGD output the round's ε pays for (post-processing)
-        assert metrics <= ALLOWED_METRICS | {wire.UPDATE_NORM} and not metrics & set(wire.LOSS_KEYS)
+        assert metrics <= ALLOWED_METRICS and not metrics & set(wire.LOSS_KEYS)  # no update norm without norm-bound
 
 
 def test_a_node_lost_after_masking_stays_in_the_average_and_one_lost_before_is_left_out(tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-many-nodes"))
     args = parser.parse_args()
     out = args.out / f"k{args.clients}-{'secure' if args.secure else 'plain'}"
-    users = str(max(943, 60 * args.clients))
+    users = str(max(943, 150 * args.clients))  # about 110 training users per node: above the default batch
     command = [sys.executable, "-m", "fedsynth.simulations", "deploy", "local", "--clients", str(args.clients),
                "--rounds", str(args.rounds), "--out", str(out), "--gen-users", users]  # fmt: skip
     if args.secure:
@@ -111,8 +111,9 @@ def main() -> None:
     wall = time.perf_counter() - started
     sampler.done.set()
     sampler.join()
-    if done.returncode != 0:
-        print(done.stdout[-3000:], done.stderr[-3000:])
+    failed = out / "failed.json"
+    if done.returncode != 0 or failed.is_file():
+        print(done.stdout[-3000:], done.stderr[-3000:], failed.read_text()[:3000] if failed.is_file() else "")
         raise SystemExit(f"the deployment failed (exit {done.returncode})")
     train = json.loads((out / "train.json").read_text())
     rounds = [r.get("seconds") for r in train["rounds"]]
