@@ -51,6 +51,10 @@ from fedsynth.simulations.runner import (
     started_run_id,
 )
 
+# The wall-clock safety net of `fedsynth deploy local`'s run: a silent node is caught much sooner by
+# reply-timeout; 20 SuperNodes sharing 2 cores need about 20 minutes (docs/scale.md), 900 s cut them off.
+DEPLOYED_RUN_LIMIT = 4 * 3600.0
+
 # Not the name of any folder the `flwr` commands run in (a folder of that name would be read as an app).
 CONNECTION = "fedsynth-link"
 
@@ -463,7 +467,7 @@ def run_local_deployment(
         started = time.perf_counter()
         rounds = int(settings.get("num-server-rounds", 3))
         with RunProgress(console, rounds, f"deployed run: {nodes} nodes, {rounds} rounds") as progress:
-            submission = deployment.submit(settings, on_line=progress)
+            submission = deployment.submit(settings, on_line=progress, timeout=DEPLOYED_RUN_LIMIT)
         console.print(f"run {submission.run_id} ended as {submission.status} in {time.perf_counter() - started:.0f} s")
     check_outcome(out, submission.code, submission.status, root / "logs" / "run.log")
     if not (out / "metrics.json").is_file():
