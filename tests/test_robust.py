@@ -129,11 +129,21 @@ def test_release_totals_sum_cap_or_clip_each_silo_to_its_own_noise_around_the_ce
     capped, _ = robust_total(counts, users, noise, RobustConfig("norm-bound"))
     assert np.allclose(capped, [60.0, 5 + 10 + 15 + 20 + 50])  # 99 > 50 users: capped at 50
     # rates (.1, .1, .1, .1, 1) and (.5, .5, .5, .5, 1.98): the liar's rate is clipped to the centre plus 4 of its
-    # own standard deviations, √((σ/n)² + m(1 − m)/n) at n = 50, σ = 1 (the honest rates do not stray)
-    liar = [0.1 + 4 * np.sqrt(1 / 50**2 + 0.1 * 0.9 / 50), 0.5 + 4 * np.sqrt(1 / 50**2 + 0.5 * 0.5 / 50)]
+    # own standard deviations, √((σ/n)² + m(1 − m)/n + 1/n²) at n = 50, σ = 1 (the honest rates do not stray)
+    liar = [0.1 + 4 * np.sqrt(2 / 50**2 + 0.1 * 0.9 / 50), 0.5 + 4 * np.sqrt(2 / 50**2 + 0.5 * 0.5 / 50)]
     expected = [10 + 50 * liar[0], 50 + 50 * liar[1]]
     for rule in ("median", "trimmed-mean", "krum", "bulyan"):
         total, std = robust_total(counts, users, noise, RobustConfig(rule, malicious=1 if rule != "bulyan" else 0))
         assert np.allclose(total, expected) and std == pytest.approx(np.sqrt(5)), rule  # the sum's noise
     honest, _ = robust_total([*counts[:4], np.array([5.0, 25.0])], users, noise, RobustConfig("median"))
     assert np.allclose(honest, [15.0, 75.0])  # no silo strays: the plain sum
+
+
+def test_release_totals_without_noise_and_at_rates_zero_or_one_stay_finite() -> None:
+    """ε = ∞ (no noise): a coordinate every silo holds at rate 0 or 1 has no spread; the bound is one user's worth."""
+    users = [10, 10, 10, 10, 10]
+    counts = [np.array([0.0, 10.0, 3.0])] * 4 + [np.array([10.0, 10.0, 3.0])]  # the liar claims item 0 for all
+    total, std = robust_total(counts, users, [0.0] * 5, RobustConfig("median"))
+    assert np.all(np.isfinite(total)) and std == 0.0
+    assert total[1] == pytest.approx(50.0) and total[2] == pytest.approx(15.0)
+    assert total[0] == pytest.approx(10 * 4 * np.sqrt(1 / 10**2))  # the liar held to 0 + 4 users' worth

@@ -180,13 +180,14 @@ def claim_bound(rates: np.ndarray, center: np.ndarray, n: np.ndarray, noise_stds
 
     An honest silo's rate r_kj = c_kj / n_k differs from the federation's by its DP noise (σ_k / n_k) and by
     sampling (each user adds a value in [0, 1] to a coordinate, so a mean over n_k users has variance at most
-    m(1 − m) / n_k, m the centre clipped to [0, 1]): its own standard deviation s_kj = √(σ_k²/n_k² + m(1 − m)/n_k).
+    m(1 − m) / n_k, m the centre clipped to [0, 1]): its own standard deviation s_kj = √(σ_k²/n_k² + m(1 − m)/n_k
+    + 1/n_k²), the last term one user's worth, so that s > 0 without noise (ε = ∞) and at m ∈ {0, 1}.
     Non-IID silos stray more, which the robust spread of the standardised deviations measures:
     h_j = 1.4826 · MAD_k((r_kj − m_j) / s_kj), about 1 when every silo is as noisy as its own s says.
     τ_kj = z · s_kj · max(1, h_j), z = CLAIM_Z: a silo with many users (small s) is held to its own scale."""
     m = np.clip(center, 0.0, 1.0)
     sigma = np.asarray(noise_stds, dtype=np.float64).reshape(n.shape) / n
-    own = np.sqrt(np.square(sigma) + m * (1.0 - m) / n)
+    own = np.sqrt(np.square(sigma) + m * (1.0 - m) / n + 1.0 / np.square(n))  # + one user's worth: never 0
     standardised = (rates - center) / own
     spread = 1.4826 * np.median(np.abs(standardised - np.median(standardised, axis=0)), axis=0)
     return CLAIM_Z * own * np.maximum(1.0, spread)
