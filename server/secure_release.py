@@ -293,7 +293,12 @@ def consistency_stage(
     signature, at least t of them (each node checks them again before it unmasks anything)."""
     request = ConfigRecord({**base, wire.SECAGG_NODES: survivors})
     signed, replies = exchange(grid, wire.SECAGG_CONSISTENCY, dict.fromkeys(survivors, request), config)
-    confirmations = {n: wire.blobs(c[wire.CONFIG], wire.SIGNATURES)[0] for n, c in signed.items()}
+    confirmations = {}
+    for node, content in signed.items():
+        try:
+            confirmations[node] = wire.blobs(content[wire.CONFIG], wire.SIGNATURES)[0]
+        except (KeyError, TypeError, IndexError):  # a malformed reply: that node did not confirm
+            continue
     require("consistency", len(confirmations), params, problems(replies))
     return confirmations
 

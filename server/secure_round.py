@@ -76,7 +76,7 @@ class SecureNormBound:
     discards a round whose unmasked mean exceeds B_r: some silo sent more than the bound. B_{r+1} is the
     median of round r's reported norms (the plain rule's bound: a typical silo's update; a minority of
     silos cannot move a median far by lying). Round 1 has no bound yet: its mean is checked against the
-    median of its own reported norms.
+    largest reported norm, capped at 3 medians.
 
     What it defends: an update attack can move the global model by at most about B (a typical honest
     update) in any direction, or have its round discarded. What it does not: a cheat within the bound
@@ -85,15 +85,23 @@ class SecureNormBound:
     """
 
     TOLERANCE = 1e-6  # relative: the fixed-point rounding of the sum (≤ 2^-25 per entry)
+    ROUND_ONE_CAP = 3.0  # round 1's limit: the largest reported norm, at most this many medians
 
     def __init__(self) -> None:
         self.bound: float | None = None
 
     def check(self, mean_update: np.ndarray, reported: dict[str, float]) -> str | None:
-        """Why the round's mean update (D,) is discarded, or None; sets the next round's bound."""
-        limit = self.bound if self.bound is not None else float(np.median(list(reported.values()) or [np.inf]))
-        if reported:
-            self.bound = float(np.median(list(reported.values())))
+        """Why the round's mean update (D,) is discarded, or None; sets the next round's bound.
+
+        Only finite, non-negative reports count. Round 1 (no bound sent yet): the honest users-weighted mean
+        is at most the largest honest norm, so the limit is the largest report, capped at ROUND_ONE_CAP
+        times their median (a liar's report cannot raise it further)."""
+        norms = np.array([v for v in reported.values() if np.isfinite(v) and v >= 0], dtype=np.float64)
+        if not norms.size:
+            return "no silo reported a valid update norm; the round is discarded"
+        median = float(np.median(norms))
+        limit = self.bound if self.bound is not None else min(float(norms.max()), self.ROUND_ONE_CAP * median)
+        self.bound = median
         norm = float(np.linalg.norm(mean_update))
         if norm > limit * (1 + self.TOLERANCE) + self.TOLERANCE:
             return (f"the secure sum's mean update has norm {norm:.4g}, above the bound {limit:.4g} that every "

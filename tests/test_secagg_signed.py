@@ -210,3 +210,25 @@ def test_node_config_errors_name_the_setting_and_the_file(tmp_path: Path) -> Non
     broken.write_bytes(keys[0].public.read_bytes() + b"ssh-nonsense AAAA\n")
     with pytest.raises(ConfigError, match=r"broken.pub, line 2: not an OpenSSH"):
         Signing.from_node_config({"secagg-signing-key": str(keys[0].private), "secagg-trusted-keys": str(broken)})
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_node_whose_peer_shares_were_withheld_reveals_nothing(signed: bool) -> None:
+    """The server withholds node 2's shares from node 1 (so node 1 masks against node 3 only), then declares
+    node 3 dropped: with U3 = {1, 2}, node 1's self-mask seed and node 3's mask key would unmask x_1 exactly.
+    Node 1 refuses: node 2, a survivor, sent it no shares (U3 ⊆ U2 as node 1 saw it)."""
+    params = SecAggParams("run/statistics", 2, BITS, 4)
+    signers = {n: NodeSigner.generate() for n in (1, 2, 3)}
+    nodes = {n: SecAggNode(n, params, signed=signed) for n in (1, 2, 3)}
+    peers = {n: node.advertise() for n, node in nodes.items()}
+    proofs = signed_key_list(params.label, peers, signers) if signed else dict.fromkeys(peers)
+    out = {n: nodes[n].share(peers, proof=proofs[n]) for n in nodes}
+    values = {n: np.full(4, 10 * n, dtype=np.uint64) for n in nodes}
+    nodes[1].mask(values[1], {3: out[3][1]})  # node 2's ciphertext withheld
+    nodes[2].mask(values[2], {1: out[1][2], 3: out[3][2]})
+
+    with pytest.raises(SecAggAborted, match=r"survivors \[2\] sent this node no shares"):
+        if signed:
+            nodes[1].consistency([1, 2], signers[1])
+        else:
+            nodes[1].unmask([1, 2])

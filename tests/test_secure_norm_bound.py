@@ -85,8 +85,13 @@ def test_the_bound_keeps_an_update_within_it() -> None:
 
 def test_the_server_check_uses_the_median_then_the_bound_it_sent() -> None:
     check = SecureNormBound()
-    assert check.check(np.array([3.0, 4.0]), {"1": 4.0, "2": 6.0, "3": 1000.0}) is None  # 5 ≤ median 6
+    assert check.check(np.array([3.0, 4.0]), {"1": 4.0, "2": 6.0, "3": 1000.0}) is None  # 5 ≤ min(1000, 3·6)
     assert check.bound == 6.0
+    assert "above the bound 18" in (SecureNormBound().check(np.array([0.0, 19.0]), {"1": 4.0, "2": 6.0, "3": 1e3})
+                                    or "")  # fmt: skip
+    nan = SecureNormBound()  # a report that is not a norm is left out
+    assert nan.check(np.array([0.0, 1.0]), {"1": 1.0, "2": float("nan"), "3": 1.0}) is None and nan.bound == 1.0
+    assert "no silo reported" in (SecureNormBound().check(np.zeros(2), {"1": float("nan")}) or "")
     assert "above the bound 6" in (check.check(np.array([0.0, 7.0]), {"1": 5.0, "2": 5.0}) or "")
     assert check.bound == 5.0
 

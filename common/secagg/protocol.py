@@ -331,8 +331,16 @@ class SecAggNode:
         )
 
     def _check_survivors(self, survivors: list[int]) -> None:
+        """Refuse a survivor set U3 this node cannot safely answer for: outside the key list, below t, a
+        SecAgg+ graph that falls apart, or holding a neighbour whose shares never reached this node (it did
+        not mask against that neighbour: revealing its self-mask seed and the others' mask keys would unmask
+        its input; Bonawitz et al.'s U3 ⊆ U2 check, which an active server's routing must not get around)."""
         if not set(survivors) <= set(self.peers):
             raise SecAggAborted(f"secure aggregation {self.params.label}: survivors outside the key list")
+        unshared = set(survivors) & self.neighbours() - set(self.received)
+        if unshared:
+            raise SecAggAborted(f"secure aggregation {self.params.label}: survivors {sorted(unshared)} sent this node "
+                                "no shares (it did not mask against them); nothing was revealed")  # fmt: skip
         require("masked-input", len(set(survivors)), self.params)
         if not connected(sorted(set(survivors)), self.order, self.params.neighbours):
             raise SecAggAborted(
