@@ -255,7 +255,9 @@ class SecAggNode:
 
     def view(self) -> str:
         """The digest of the key list, signers and ring this node shared over."""
-        return signing.view_digest(self.params.label, self.peers, self.signers, self.order)
+        p = self.params
+        settings = (p.threshold, p.neighbours, p.bits, p.length)
+        return signing.view_digest(p.label, self.peers, self.signers, self.order, settings)
 
     # stage 4
     def unmask(self, survivors: list[int], confirmations: dict[int, bytes] | None = None) -> dict[int, bytes]:

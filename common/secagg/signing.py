@@ -61,11 +61,15 @@ def keys_statement(label: str, node: int, channel: bytes, mask: bytes) -> bytes:
     return _statement("keys", {"label": label, "node": node, "channel": channel.hex(), "mask": mask.hex()})
 
 
-def view_digest(label: str, peers: dict[int, tuple[bytes, bytes]], signers: dict[int, bytes], order: list[int]) -> str:
+def view_digest(
+    label: str, peers: dict[int, tuple[bytes, bytes]], signers: dict[int, bytes], order: list[int],
+    settings: tuple[int, ...] = (),
+) -> str:  # fmt: skip
     """SHA-256 of what a node shared over: the key list U1 (node → channel and mask keys), who signed each
-    entry, and SecAgg+'s ring."""
+    entry, SecAgg+'s ring and the aggregation's ``settings`` (threshold, neighbours, bits, length)."""
     entries = {str(n): [c.hex(), m.hex(), signers.get(n, b"").decode()] for n, (c, m) in peers.items()}
-    return hashlib.sha256(_statement("view", {"label": label, "peers": entries, "order": order})).hexdigest()
+    view = {"label": label, "peers": entries, "order": order, "settings": list(settings)}
+    return hashlib.sha256(_statement("view", view)).hexdigest()
 
 
 def survivors_statement(label: str, view: str, survivors: list[int]) -> bytes:
