@@ -353,7 +353,9 @@ class RunSettings:
         1000.0, "Update attacks: the factor on the update (scaled-update) or the random update's norm ratio."
     )
     attack_fake_users: float = setting(2.0, "target-items: fake users as a share of the silo's users.")
-    robust_aggregation: str = setting("none", " | ".join(ROBUST_AGGREGATIONS) + " (not with secure-aggregation).")
+    robust_aggregation: str = setting(
+        "none", " | ".join(ROBUST_AGGREGATIONS) + " (with secure-aggregation: norm-bound only, round-mode local)."
+    )
     robust_malicious: int = setting(1, "f: the malicious silos the robust rule must withstand.")
 
 
