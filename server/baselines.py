@@ -17,7 +17,8 @@ import scipy.sparse as sp
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.privacy.releases.cooccurrence import noise_edge
 from fedsynth.common.recommenders import MostPopular, Recommender
-from fedsynth.common.recommenders.dp_baselines import dp_gram, dp_popularity
+from fedsynth.common.recommenders.dp_als import dp_als
+from fedsynth.common.recommenders.dp_baselines import BaselineRelease, dp_gram, dp_popularity
 from fedsynth.common.recommenders.dp_baselines_secure import secure_dp_gram, secure_dp_popularity
 from fedsynth.common.recommenders.ease import SubsetEASE
 
@@ -40,9 +41,11 @@ def baseline_recommenders(
     assert gram.items is not None
     l2 = settings.ease_l2 + noise_edge(gram.noise_std, len(gram.items))
     fallback = counts if counts is not None else np.zeros(clients[0].shape[1])
+    als, factors = dp_als(clients, target_epsilon, deltas, config.dp_als(), seed)
     recommenders: dict[str, Recommender] = {
         "dp-popularity": MostPopular.from_counts(popularity.value),
         "dp-ease": SubsetEASE.from_gram(gram.value, gram.items, l2, fallback),
+        "dp-als": als,
     }
     summary = {
         "note": "comparison rows: each baseline alone spends the run's target epsilon per client "
@@ -63,5 +66,23 @@ def baseline_recommenders(
             "l2": float(l2),
             "selected_by_dp_counts": counts is not None,
         },
+        "dp-als": dp_als_summary(factors, config),
     }
     return recommenders, summary
+
+
+def dp_als_summary(release: BaselineRelease, config: RunConfig) -> dict[str, Any]:
+    """DP-ALS's ε per client, the noise std of its summed statistics, its settings and the items it trained."""
+    assert release.items is not None
+    settings = config.dp_als()
+    return {
+        "epsilon_per_client": release.epsilon_per_client(),
+        "epsilon_own_noise_per_client": release.epsilon_own_noise_per_client(),
+        "noise_std_of_sum": release.noise_std,
+        "secure_aggregation": False,  # each silo adds its whole noise (see docs/design.md)
+        "rank": settings.rank,
+        "iterations": settings.iterations,
+        "l2": settings.l2,
+        "unobserved_weight": settings.unobserved_weight,
+        "items": len(release.items),
+    }

@@ -9,7 +9,7 @@ Rows of the results (all scored by federated evaluation on the same real held-ou
 * ``fedsynth-prior``: items ranked by the pipeline's own DP item counts (its popularity prior,
   a share of the same ε);
 * simulation only, the simple DP baselines (:mod:`fedsynth.server.baselines`), each an alternative that
-  spends the full target ε per client on its own: ``dp-popularity`` and ``dp-ease``;
+  spends the full target ε per client on its own: ``dp-popularity``, ``dp-ease`` and ``dp-als``;
 * simulation only, labelled non-private: ``popularity`` (MostPopular) and ``real/<rec>``, trained
   on the real training users, which the server may load only because it is a simulation.
 """
@@ -357,7 +357,7 @@ def train_candidates(
         step = time.perf_counter()
         baselines, baselines_summary = simulated_baselines(reference, config, num_nodes)
         candidates += [fitted(label, recommender) for label, recommender in baselines.items()]
-        log.info("fedsynth stage: DP baselines (dp-popularity, dp-ease) (%.1f s)", time.perf_counter() - step)
+        log.info("fedsynth stage: DP baselines (dp-popularity, dp-ease, dp-als) (%.1f s)", time.perf_counter() - step)
     return candidates, baselines_summary
 
 
@@ -417,14 +417,23 @@ def evaluate_all(
     return results, evaluation, seconds
 
 
-def utility_retention(config: RunConfig, results: dict[str, dict[str, float]]) -> dict[str, float]:
-    """NDCG@10 of ``synthetic/<rec>`` over ``real/<rec>`` (or MostPopular's), per recommender with both rows."""
-    retention = {}
+def utility_retention(config: RunConfig, results: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """NDCG@10 of ``synthetic/<rec>`` over ``real/<rec>`` (or MostPopular's), per recommender with both rows,
+    and under ``by_row`` the same ratio for every synthetic source (``synthetic-gan/<rec>``, the fitted
+    generators' rows …): whether the synthetic data serves every downstream model, not only EASE."""
+    retention: dict[str, Any] = {}
+    by_row: dict[str, float] = {}
     for name in config.recommender_names():
-        synthetic_row, real_row = f"synthetic/{name}", real_label(name)
-        if synthetic_row in results and real_row in results and results[real_row][HEADLINE] > 0:
-            retention[name] = results[synthetic_row][HEADLINE] / results[real_row][HEADLINE]
-    return retention
+        real_row = real_label(name)
+        if real_row not in results or results[real_row][HEADLINE] <= 0:
+            continue
+        for row, metrics in results.items():
+            source, _, recommender = row.partition("/")
+            if recommender == name and source.startswith("synthetic"):
+                by_row[row] = metrics[HEADLINE] / results[real_row][HEADLINE]
+        if f"synthetic/{name}" in by_row:
+            retention[name] = by_row[f"synthetic/{name}"]
+    return {**retention, "by_row": by_row} if by_row else retention
 
 
 def attack_targets(config: RunConfig, reference: PreparedData | None) -> np.ndarray | None:

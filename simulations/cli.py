@@ -156,7 +156,7 @@ def run(config_file: Path | None, clients: int, out: Path, **given: Any) -> None
     run_config = resolve_run_config(config_file, given, out)
     metrics = run_job(console, out, clients, {**run_config, "pipeline": "full"})
     print_results(console, metrics["recommenders"], "Recommenders on real held-out users (federated evaluation)")
-    retention = {k: v for k, v in metrics["utility_retention"].items() if k != "metric"}
+    retention = {k: v for k, v in metrics["utility_retention"].items() if k not in ("metric", "by_row")}
     console.print(
         "utility retention (ndcg@10, synthetic / real): " + ", ".join(f"{k} {v:.3f}" for k, v in retention.items())
     )

@@ -128,11 +128,16 @@ def test_a_run_scores_every_row_on_real_held_out_users(finished_run: FinishedRun
         "fedsynth-prior",
         "dp-popularity",
         "dp-ease",
+        "dp-als",
         "real/ease",
         "real/multvae",
     ):
         assert 0 <= metrics["recommenders"][row]["ndcg@10"] <= 1, row
-    assert set(metrics["utility_retention"]) == {"metric", "popularity", "ease", "multvae"}
+    retention = metrics["utility_retention"]
+    assert set(retention) == {"metric", "popularity", "ease", "multvae", "by_row"}
+    assert {"synthetic/multvae", "synthetic-gan/ease", "synthetic-fitted-vae/ease"} <= set(retention["by_row"])
+    assert retention["by_row"]["synthetic/ease"] == retention["ease"]
+    assert "Retention per downstream model" in (finished_run.out / "report.md").read_text()
     assert {"popularity_jsd", "dcr_median_synthetic", "identical_share"} <= set(metrics["fidelity"]["synthetic"])
     assert metrics["evaluation"]["real/ease"]["clients"] == 2
     assert metrics["marginals"]["released"] and metrics["marginals"]["fitted_row"] == "synthetic-fitted-vae"

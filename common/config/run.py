@@ -38,6 +38,7 @@ from fedsynth.common.federated.strategies import StrategyConfig
 from fedsynth.common.models.gan import GANConfig
 from fedsynth.common.models.vae import MultVAEConfig
 from fedsynth.common.privacy.dpsgd.training import PrivacyConfig
+from fedsynth.common.recommenders.dp_als import DPALSConfig
 from fedsynth.common.recommenders.dp_baselines import DPBaselineConfig
 from fedsynth.common.robustness.attacks import AttackConfig
 from fedsynth.common.robustness.rules import RobustConfig
@@ -93,6 +94,7 @@ class RunConfig(RunSettings):
         self.privacy()  # validates ε, δ, shares and clips before anything starts
         self.data()  # validates the dataset name and its required options
         self.baselines()  # validates the DP baselines' settings
+        self.dp_als()  # and DP-ALS's
         self.federated_strategy()  # validates the strategy's settings
         self.local()  # validates the models' sizes and rates
         self.check_secure_aggregation()
@@ -220,6 +222,17 @@ class RunConfig(RunSettings):
 
     def baselines(self) -> DPBaselineConfig:
         return DPBaselineConfig(self.statistics_clip, self.dp_ease_clip, self.dp_ease_items, self.ease_l2)
+
+    def dp_als(self) -> DPALSConfig:
+        return DPALSConfig(
+            self.dp_als_rank,
+            self.dp_als_iterations,
+            self.dp_als_l2,
+            self.dp_als_unobserved_weight,
+            self.dp_als_items,
+            self.dp_als_min_signal,
+            self.statistics_clip,
+        )
 
     def local(self) -> LocalTrainingConfig:
         vae = MultVAEConfig(

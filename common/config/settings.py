@@ -334,7 +334,7 @@ class RunSettings:
         50_000_000, "Recommenders larger than this (values) are not sent to the nodes for federated evaluation."
     )
     dp_baselines: bool = setting(
-        True, "Simulation: DP popularity and DP-EASE at the full target ε, as comparison rows."
+        True, "Simulation: DP popularity, DP-EASE and DP-ALS at the full target ε, as comparison rows."
     )
     dp_ease_items: int = setting(
         500, f"DP-EASE's item x item matrix covers the top items by DP counts (at most {MAX_DP_EASE_ITEMS:,})."
@@ -342,6 +342,14 @@ class RunSettings:
     dp_ease_clip: float = setting(
         1.0, "Per-user Frobenius bound of x xᵀ in DP-EASE (1 = x / ‖x‖: best of 1–64 on validation users)."
     )
+    dp_als_rank: int = setting(16, "DP-ALS's rank d (the dp-als row, docs/design.md; 8–16 best on validation users).")
+    dp_als_iterations: int = setting(2, "DP-ALS's alternating iterations (3 Gaussian releases each).")
+    dp_als_l2: float = setting(1.0, "DP-ALS's ridge λ on user and item factors (plus the noise's spectral edge).")
+    dp_als_unobserved_weight: float = setting(0.3, "DP-ALS's weight w₀ on every unobserved (user, item) pair.")
+    dp_als_min_signal: float = setting(
+        8.0, "DP-ALS trains the items whose weighted DP count is at least this many noise stds (others by count)."
+    )
+    dp_als_items: int = setting(20_000, "DP-ALS trains at most this many items.")
 
     # Attacks and defences (simulation only)
     attack: str = setting("none", "Simulated malicious silos: " + " | ".join(ATTACKS) + " (docs/attacks.md).")

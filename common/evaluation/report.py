@@ -169,13 +169,30 @@ def _baselines_section(baselines: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _retention_line(retention: dict[str, Any]) -> str:
-    ratios = {k: v for k, v in retention.items() if k != "metric"}
+def _retention_lines(retention: dict[str, Any]) -> list[str]:
+    """The headline synthesizer's retention per recommender, then a table: synthetic source × recommender."""
+    ratios = {k: v for k, v in retention.items() if k not in ("metric", "by_row")}
     if not ratios:
-        return "Utility retention: not computed (no real-data upper bounds: the server holds no data in a deployment)."
-    return f"Utility retention ({retention['metric']}, synthetic / real): " + ", ".join(
+        absent = "no real-data upper bounds: the server holds no data in a deployment"
+        return [f"Utility retention: not computed ({absent})."]
+    lines = [f"Utility retention ({retention['metric']}, synthetic / real): " + ", ".join(
         f"{k} {_fmt(v)}" for k, v in ratios.items()
-    )
+    )]  # fmt: skip
+    by_row: dict[str, float] = retention.get("by_row", {})
+    sources = list(dict.fromkeys(row.partition("/")[0] for row in by_row))
+    recommenders = list(dict.fromkeys(row.partition("/")[2] for row in by_row))
+    if len(by_row) > 1:
+        lines += [
+            "",
+            "Retention per downstream model (synthetic-trained ÷ real-trained, each recommender):",
+            "",
+            "| synthetic data | " + " | ".join(recommenders) + " |",
+            "|---" * (len(recommenders) + 1) + "|",
+        ]
+        for source in sources:
+            cells = [_fmt(by_row[f"{source}/{r}"]) if f"{source}/{r}" in by_row else "" for r in recommenders]
+            lines.append(f"| {source} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _privacy_section(privacy: dict[str, Any]) -> list[str]:
@@ -310,7 +327,7 @@ def write_report(
         "## Recommenders (real held-out users, federated evaluation)",
         "",
         "`synthetic*/…` trained on synthetic data only; `fedvae` is the federated DP Mult-VAE; `fedsynth-prior` "
-        "ranks by the pipeline's DP item counts; `dp-popularity` and `dp-ease` are the **simple DP baselines**, "
+        "ranks by the pipeline's DP item counts; `dp-popularity`, `dp-ease` and `dp-als` are the **DP baselines**, "
         "each spending the full target ε per client on its own (an alternative to fedsynth, simulation only); "
         "`popularity` and `real/…` are **non-private upper bounds** trained on the real training users "
         "(simulation only).",
@@ -318,7 +335,7 @@ def write_report(
         metrics_table(metrics["recommenders"]),
         "",
         *_evaluation_lines(metrics.get("evaluation") or {}, privacy),
-        _retention_line(metrics["utility_retention"]),
+        *_retention_lines(metrics["utility_retention"]),
         "",
         "![recommenders](recommenders.png)",
         "",

@@ -14,6 +14,7 @@ import torch
 
 from fedsynth.common.models.vae import MultVAE
 from fedsynth.common.recommenders.base import Recommender
+from fedsynth.common.recommenders.dp_als import ALSRecommender
 from fedsynth.common.recommenders.ease import EASE, SubsetEASE
 from fedsynth.common.recommenders.itemknn import ItemKNN
 from fedsynth.common.recommenders.multvae import MultVAERecommender
@@ -27,6 +28,9 @@ def pack(recommender: Recommender) -> tuple[str, dict[str, torch.Tensor], Settin
     if isinstance(recommender, MostPopular):
         assert recommender.counts is not None, "fit first"
         return "popularity", {"counts": torch.from_numpy(recommender.counts)}, {}
+    if isinstance(recommender, ALSRecommender):
+        tensors = {k: torch.from_numpy(np.asarray(getattr(recommender, k))) for k in ("items", "factors", "fallback")}
+        return "als", tensors, {"l2": recommender.l2, "unobserved-weight": recommender.unobserved_weight}
     if isinstance(recommender, SubsetEASE):
         tensors = {k: torch.from_numpy(getattr(recommender, k)) for k in ("items", "weights", "fallback")}
         return "subset-ease", tensors, {}
@@ -65,6 +69,9 @@ def unpack(kind: str, tensors: dict[str, torch.Tensor], settings: Settings) -> R
         return ease
     if kind == "subset-ease":
         return SubsetEASE(*(tensors[k].numpy() for k in ("items", "weights", "fallback")))
+    if kind == "als":
+        items, factors, fallback = (tensors[k].numpy() for k in ("items", "factors", "fallback"))
+        return ALSRecommender(items, factors, fallback, float(settings["l2"]), float(settings["unobserved-weight"]))
     if kind == "itemknn":
         knn = ItemKNN()
         n = int(settings["num-items"])

@@ -190,6 +190,7 @@ def cell_table(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFra
                 "synthetic/multvae": value("synthetic/multvae", HEADLINE),
                 "dp-popularity": value("dp-popularity", HEADLINE),
                 "dp-ease": value("dp-ease", HEADLINE),
+                "dp-als": value("dp-als", HEADLINE),
                 "max audit AUC": float(audits["value"].max()) if len(audits) else float("nan"),
                 "minutes": record["seconds"] / 60,
                 "error": record.get("error", ""),
