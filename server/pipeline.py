@@ -47,7 +47,7 @@ from fedsynth.common.robustness.attacks import UPDATE_ATTACKS, target_items, tar
 from fedsynth.common.runtime.files import to_plain, write_atomic, write_json_atomic
 from fedsynth.common.runtime.seeding import mechanism_seed
 from fedsynth.common.secagg.signing import max_colluding
-from fedsynth.common.synthesis.sampling import SynthesisConfig, synthesize
+from fedsynth.common.synthesis.sampling import synthesize
 from fedsynth.server.admission import identity_fields
 from fedsynth.server.aggregation import client_participation
 from fedsynth.server.baselines import baseline_recommenders
@@ -295,7 +295,7 @@ def synthesize_all(config: RunConfig, training: TrainingResult, out: Path) -> di
     (``synthetic-fitted-<name>``, headline first, before the rounds refined it: the generator is fitted even
     when the GAN is not trained), each written to OUT/<label>.parquet."""
     num_items = len(training.item_ids)
-    synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
+    synthesis = config.synthesis(training.statistics.users())
     lengths = training.statistics.length_sampler(num_items)
     names = config.synthesizer_names()
     sources = [(synthetic_label(i, name), training.bundle, name) for i, name in enumerate(names)]
@@ -493,7 +493,7 @@ def run_pipeline(grid: Any, config: RunConfig, training: TrainingResult) -> dict
         held_out = reference.split.test.fold_in + reference.split.test.target
         fidelity = {label: fidelity_report(reference.split.train, m, held_out) for label, m in synthetic.items()}
         fidelity["note"] = "simulation only: computed by the server from the real training users"
-    synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
+    synthesis = config.synthesis(training.statistics.users())
     metrics = {
         "privacy": with_evaluation(privacy_summary(training, config), evaluation, config),
         "baselines": baselines_summary,

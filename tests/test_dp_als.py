@@ -105,6 +105,14 @@ def test_trained_items_are_those_above_the_noise_within_the_limits() -> None:
     assert trained_items(counts, 1.0, DPALSConfig(rank=2, min_signal=0.0)).tolist() == list(range(6))
 
 
+def test_the_automatic_rank_grows_with_the_trained_items_within_its_range() -> None:
+    config = DPALSConfig()
+    assert config.rank == 0
+    assert [config.rank_for(m) for m in (0, 22, 340, 1400, 20000)] == [8, 8, 18, 32, 32]
+    assert DPALSConfig(rank=5).rank_for(20000) == 5
+    assert trained_items(np.array([9.0] * 7 + [0.0]), 1.0, config).tolist() == []  # 7 items < the least rank 8
+
+
 def test_items_outside_the_trained_set_rank_after_every_trained_item() -> None:
     clients = [clustered(100, seed=k) for k in range(2)]
     model, _ = dp_als(clients, 4.0, [1e-3] * 2, DPALSConfig(rank=3, iterations=1, items=10, min_signal=0.0), seed=3)
@@ -138,7 +146,8 @@ def test_each_mechanism_draws_its_own_noise() -> None:
 
 @pytest.mark.parametrize(
     "key,value,message",
-    [("dp-als-rank", 0, "dp-als-rank must be in"), ("dp-als-iterations", 0, "dp-als-iterations must be in"),
+    [("dp-als-rank", -1, r"dp-als-rank must be 0 \(automatic\) or in"),
+     ("dp-als-iterations", 0, "dp-als-iterations must be in"),
      ("dp-als-l2", 0.0, "dp-als-l2 must be positive"), ("dp-als-items", 1, "dp-als-items must be at least 2")],
 )  # fmt: skip
 def test_bad_settings_are_refused_before_anything_starts(key: str, value: float, message: str) -> None:

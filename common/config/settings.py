@@ -48,6 +48,7 @@ SYNTHESIZERS = ("vae", "gan")
 NO_DP_EPSILON = 1e9  # the run config's ε for "no DP" (any value at least this large means ∞)
 SYNTHETIC_EASE_L2_PAIRS = 1000.0  # EASE λ on synthetic users fitted to released taste structure (signal rank ≥ 2)
 SYNTHETIC_EASE_L2_FIRST_ORDER = 3000.0  # ... and on synthetic users that carry popularity only
+AUTO_SYNTHETIC_USERS = (2000, 30000)  # synthetic-users 0: the silos' users, clipped to this range (docs/results.md)
 
 
 def _is_number_or_empty(value: str) -> bool:
@@ -306,7 +307,12 @@ class RunSettings:
         "Comma-separated, headline first: its rows are synthetic/…, the others' synthetic-<name>/….",
         names_from(SYNTHESIZERS),
     )
-    synthetic_users: int = setting(2000, "Synthetic users per synthesizer (free in ε).", at_least(1))
+    synthetic_users: int = setting(
+        0,
+        f"Synthetic users per synthesizer (free in ε); 0: automatic, as many as the silos' users (the DP length "
+        f"histogram's total), at least {AUTO_SYNTHETIC_USERS[0]:,} and at most {AUTO_SYNTHETIC_USERS[1]:,}.",
+        Check("0 (automatic) or at least 1", lambda v: v >= 0),
+    )
     synthesis_temperature: float = setting(
         0.5, "Sampling temperature of synthetic users' items (< 1 sharpens each user's item distribution)."
     )
@@ -342,7 +348,9 @@ class RunSettings:
     dp_ease_clip: float = setting(
         1.0, "Per-user Frobenius bound of x xᵀ in DP-EASE (1 = x / ‖x‖: best of 1–64 on validation users)."
     )
-    dp_als_rank: int = setting(16, "DP-ALS's rank d (the dp-als row, docs/design.md; 8–16 best on validation users).")
+    dp_als_rank: int = setting(
+        0, "DP-ALS's rank d (the dp-als row, docs/design.md); 0: automatic, √(trained items) within 8–32."
+    )
     dp_als_iterations: int = setting(2, "DP-ALS's alternating iterations (3 Gaussian releases each).")
     dp_als_l2: float = setting(1.0, "DP-ALS's ridge λ on user and item factors (plus the noise's spectral edge).")
     dp_als_unobserved_weight: float = setting(0.3, "DP-ALS's weight w₀ on every unobserved (user, item) pair.")

@@ -58,13 +58,15 @@ from fedsynth.common.recommenders.dp_baselines import BaselineRelease
 from fedsynth.common.runtime.seeding import rng_for
 
 USERS_PER_BLOCK = 4096  # users solved at once (memory: block × d² floats)
+AUTO_RANK = (8, 32)  # dp-als-rank 0: √(trained items) within this range
 
 
 @dataclass(frozen=True)
 class DPALSConfig:
-    """Rank d, ALS iterations T, λ, gravity weight w₀, trained items (top by DP counts), counts' clip."""
+    """Rank d (0: from the trained items), ALS iterations T, λ, gravity weight w₀, the trained items' limit and
+    signal bar, the counts' clip."""
 
-    rank: int = 16
+    rank: int = 0  # 0: automatic, √(trained items) within AUTO_RANK
     iterations: int = 4
     l2: float = 1.0
     unobserved_weight: float = 0.05
@@ -74,7 +76,7 @@ class DPALSConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "dp-als-rank": (self.rank, 1 <= self.rank <= 256, "in [1, 256]"),
+            "dp-als-rank": (self.rank, 0 <= self.rank <= 256, "0 (automatic) or in [1, 256]"),
             "dp-als-iterations": (self.iterations, 1 <= self.iterations <= 50, "in [1, 50]"),
             "dp-als-l2": (self.l2, self.l2 > 0, "positive"),
             "dp-als-unobserved-weight": (self.unobserved_weight, self.unobserved_weight >= 0, "≥ 0"),
@@ -83,6 +85,12 @@ class DPALSConfig:
         for name, (value, ok, rule) in checks.items():
             if not ok:
                 raise ConfigError(f"{name} must be {rule}, got {value}.")
+
+    def rank_for(self, items: int) -> int:
+        """d: ``rank``, or when 0, √items clipped to :data:`AUTO_RANK` (validation users of the generated data:
+        16 beat 32 at 10³ users per silo and about 340 trained items, 32 beat 16 at 10⁴ and about 1,400)."""
+        low, high = AUTO_RANK
+        return self.rank if self.rank else int(min(max(round(np.sqrt(items)), low), high))
 
 
 def outer_rows(factors: np.ndarray) -> np.ndarray:
@@ -171,7 +179,7 @@ def dp_als(
     items = trained_items(counts / config.counts_clip, noise_std, config)
     if len(items) == 0:  # nothing clears the noise: rank by the counts, spend no more
         releases = 1
-    d = config.rank
+    d = config.rank_for(len(items))
     factors = rng_for(seed, "dp-als-init").normal(0.0, 1.0 / np.sqrt(d), (len(items), d))  # public
     for step in range(config.iterations if len(items) else 0):
         gram, lhs, rhs = np.zeros((d, d)), np.zeros((len(items), d, d)), np.zeros((len(items), d))
@@ -194,7 +202,7 @@ def trained_items(counts: np.ndarray, noise_std: float, config: DPALSConfig) -> 
     noise). Post-processing of the counts release."""
     order = np.argsort(-counts, kind="stable")
     above = min(int(np.sum(counts >= config.min_signal * noise_std)), config.items)
-    return np.sort(order[:above]) if above >= config.rank else np.zeros(0, dtype=np.int64)
+    return np.sort(order[:above]) if above >= config.rank_for(above) else np.zeros(0, dtype=np.int64)
 
 
 def solve_items(gram: np.ndarray, lhs: np.ndarray, rhs: np.ndarray, config: DPALSConfig, noise_std: float

@@ -66,7 +66,7 @@ from fedsynth.common.robustness.attacks import inflate_counts, target_items, tar
 from fedsynth.common.robustness.rules import robust_statistics, robust_total
 from fedsynth.common.runtime.seeding import rng_for, seed_for
 from fedsynth.common.secagg.skellam import skellam_noise
-from fedsynth.common.synthesis.sampling import SynthesisConfig, synthesize
+from fedsynth.common.synthesis.sampling import synthesize
 from fedsynth.server.aggregation import ClientReply, RoundOutcome
 from fedsynth.server.baselines import baseline_recommenders
 from fedsynth.server.federation import cooccurrence_expected_to_pay, fitted_bundle
@@ -109,7 +109,7 @@ def row_metrics(
     rows, statistics, bundle = federation.rows, federation.statistics, federation.bundle
     num_items = rows[0].shape[1]
     privacy = config.privacy()
-    synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
+    synthesis = config.synthesis(statistics.users())
     synthetic = synthesize(bundle, "vae", statistics.length_sampler(num_items), synthesis, seed)
     real = federation.prepared.split.train
     l2 = config.synthetic_ease_l2_for(federation.signal_rank)

@@ -52,7 +52,7 @@ from fedsynth.common.privacy.releases.cooccurrence import NoisyCooccurrence, fro
 from fedsynth.common.privacy.releases.statistics import NoisyStatistics, split_release
 from fedsynth.common.recommenders import EASE, MostPopular, Recommender
 from fedsynth.common.recommenders.dp_baselines_secure import secure_release
-from fedsynth.common.synthesis.sampling import SynthesisConfig, synthesize
+from fedsynth.common.synthesis.sampling import synthesize
 from fedsynth.server.baselines import baseline_recommenders
 from fedsynth.server.federation import cooccurrence_expected_to_pay, fitted_bundle
 from fedsynth.simulations.bench.levers import federated_rounds, parse_settings, plain_releases
@@ -105,7 +105,7 @@ def score(config: RunConfig, seed: int, num_clients: int, held_out_name: str, ro
     statistics, pairs = secure_releases(rows, plans, config) if secure else plain_releases(rows, plans, config, seed)
     fitted = fitted_bundle(config, num_items, statistics, pairs)
     lengths = statistics.length_sampler(num_items)
-    synthesis = SynthesisConfig(config.synthetic_users, config.synthesis_temperature)
+    synthesis = config.synthesis(statistics.users())
     data = {
         f"synthetic-fitted-{name}/ease": synthesize(fitted, name, lengths, synthesis, seed) for name in ("gan", "vae")
     }

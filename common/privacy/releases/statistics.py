@@ -93,6 +93,10 @@ class NoisyStatistics:
             float(total**-0.5),
         )
 
+    def users(self) -> float:
+        """The silos' users as the released length histogram counts them (each user is in one bin): ≥ 0."""
+        return float(max(self.length_histogram.sum(), 0.0))
+
     def prior_logits(self, smoothing: float = 1.0) -> np.ndarray:
         """log of the smoothed, non-negative item frequencies (n_items,), as float32."""
         counts = np.clip(self.item_counts, 0.0, None) + smoothing
