@@ -209,6 +209,25 @@ def privacy_summary(training: TrainingResult, config: RunConfig) -> dict[str, An
         "delta_per_client": [{"client": node, "delta": value} for node, value in deltas.items()],
         "accountant": ACCOUNTANT_NOTE,
         "assumptions": PRIVACY_ASSUMPTIONS,
+        "training_stage": training_stage(config),
+    }
+
+
+def training_stage(config: RunConfig) -> dict[str, Any]:
+    """Whether the DP-SGD rounds ran and spent ε, and where their share went when they did not."""
+    if config.num_server_rounds == 0:
+        return {
+            "rounds": 0,
+            "statistics_share": 1.0,
+            "note": "num-server-rounds 0: no DP-SGD rounds; the "
+            "statistics releases got the models' share (the synthetic rows are the fitted generators)",
+        }
+    share = config.statistics_share
+    return {
+        "rounds": config.num_server_rounds,
+        "statistics_share": share,
+        "note": f"DP-SGD rounds planned with "
+        f"{1 - share:.0%} of the budget left after evaluation (num-server-rounds 0 gives it to the releases)",
     }
 
 

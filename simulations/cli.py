@@ -162,6 +162,8 @@ def run(config_file: Path | None, clients: int, out: Path, **given: Any) -> None
     )
     privacy = metrics["privacy"]
     console.print(f"epsilon (max over clients): {privacy['epsilon_max']:.3f} at delta <= {privacy['delta']:.3g}")
+    if privacy.get("training_stage", {}).get("rounds") == 0:
+        console.print("training stage: off (" + privacy["training_stage"]["note"] + ")")
     if privacy.get("secure_aggregation", {}).get("enabled"):
         console.print(
             f"  with secure aggregation (honest-but-curious server); counting only each client's own noise share: "

@@ -33,3 +33,25 @@ def test_the_users_come_from_the_released_length_histogram_never_below_zero() ->
 def test_negative_synthetic_users_are_refused() -> None:
     with pytest.raises(ConfigError, match="synthetic-users"):
         RunConfig.from_run_config({"synthetic-users": -1})
+
+
+def test_no_rounds_gives_the_models_share_to_the_releases_and_spends_the_target() -> None:
+    from fedsynth.common.privacy.accounting import epsilon
+    from fedsynth.common.privacy.plan import plan_privacy
+
+    plans = {}
+    for rounds in (0, 3):
+        config = RunConfig.from_run_config({"num-server-rounds": rounds, "epsilon": 4.0})
+        plans[rounds] = plan = plan_privacy(config.privacy(), 200, config.local(), rounds)
+        assert epsilon(plan.run_events(True, rounds), plan.delta) == pytest.approx(4.0, rel=3e-3)
+    assert plans[0].vae_noise == 0.0 and plans[0].gan_noise == 0.0  # nothing planned for models that never train
+    assert plans[0].statistics_noise < plans[3].statistics_noise
+    assert plans[0].cooccurrence_noise < plans[3].cooccurrence_noise
+
+
+def test_the_privacy_summary_says_whether_the_rounds_ran() -> None:
+    from fedsynth.server.pipeline import training_stage
+
+    assert training_stage(RunConfig.from_run_config({"num-server-rounds": 0}))["statistics_share"] == 1.0
+    stage = training_stage(RunConfig.from_run_config({}))
+    assert stage["rounds"] == 3 and stage["statistics_share"] == 0.8

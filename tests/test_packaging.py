@@ -121,5 +121,5 @@ def test_the_python_api_refuses_bad_settings_naming_them_before_anything_starts(
     with pytest.raises(FedsynthError, match="epsilonn"):
         fedsynth.run(out=tmp_path / "out", settings={"epsilonn": 3.0}, quiet=True)
     with pytest.raises(FedsynthError, match="rounds"):
-        fedsynth.run(out=tmp_path / "out", settings={"rounds": 0}, quiet=True)
+        fedsynth.run(out=tmp_path / "out", settings={"rounds": -1}, quiet=True)
     assert not (tmp_path / "out").exists()  # nothing started, nothing written

@@ -239,11 +239,11 @@ def test_a_csv_run_without_its_columns_is_refused_naming_them(tmp_path: Path, ca
 
 def test_bad_options_are_refused_naming_each_option_and_value(tmp_path: Path, capsys: Any) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["run", "--rounds", "0", "--fraction-train", "2", "--bad-rows", "drop", "--out", str(tmp_path / "r")])
+        main(["run", "--rounds", "-1", "--fraction-train", "2", "--bad-rows", "drop", "--out", str(tmp_path / "r")])
 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "--rounds must be at least 1, got 0" in err and "--fraction-train must be in (0, 1], got 2.0" in err
+    assert "--rounds must be at least 0, got -1" in err and "--fraction-train must be in (0, 1], got 2.0" in err
     assert "--bad-rows must be one of error, skip, got 'drop'" in err
     assert not (tmp_path / "r").exists()
 

@@ -95,7 +95,10 @@ class RunSettings:
 
     # Federation
     num_server_rounds: int = setting(
-        3, "Federated rounds (round-mode fedsgd: DP-SGD steps).", at_least(1), flags=("--rounds",)
+        3,
+        "Federated rounds of DP-SGD (round-mode fedsgd: steps); 0: none, the releases get the models' share.",
+        at_least(0),
+        flags=("--rounds",),
     )
     fraction_train: float = setting(
         1.0,

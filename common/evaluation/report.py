@@ -212,7 +212,8 @@ def _privacy_section(privacy: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {c['client']} | {_fmt(c.get('epsilon_before_run', 0.0))} | {_fmt(c['epsilon'])} | {cap} | {state} |"
         )
-    return [*lines, ""]
+    stage = privacy.get("training_stage")
+    return [*lines, "", *([f"Training stage: {stage['note']}.", ""] if stage else [])]
 
 
 def _clients_section(clients: dict[str, Any] | None) -> list[str]:

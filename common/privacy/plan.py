@@ -102,7 +102,8 @@ def plan_privacy(
 
     The statistics' σ is calibrated for ``statistics_share`` of a budget (less the co-occurrence
     release's ``cooccurrence_share`` of it, when that release is planned), the VAE's for
-    ``vae_share`` of the rest and the GAN's for the remainder; that budget is then scaled
+    ``vae_share`` of the rest and the GAN's for the remainder (with no rounds, ``num-server-rounds`` 0, the
+    releases get the models' part too: nothing is planned that will not be spent); that budget is then scaled
     (secant steps) so that the composition of the statistics release and every planned
     event of every round is as close to the target as possible (within 0.2%) without exceeding it.
 
@@ -135,10 +136,11 @@ def plan_privacy(
             evaluation_releases=evaluations,
         )  # fmt: skip
     rest = 1 - evaluation_share  # the evaluation's share first, the others divide the rest
-    cooccurrence_share = rest * privacy.statistics_share * privacy.cooccurrence_share
-    statistics_share = rest * privacy.statistics_share - cooccurrence_share
-    vae_share = rest * (1 - privacy.statistics_share) * (privacy.vae_share if gan_steps > 0 else 1.0)
-    gan_share = rest * (1 - privacy.statistics_share) - vae_share
+    training = 1 - privacy.statistics_share if rounds > 0 else 0.0  # no rounds: the releases get it all
+    cooccurrence_share = rest * (1 - training) * privacy.cooccurrence_share
+    statistics_share = rest * (1 - training) - cooccurrence_share
+    vae_share = rest * training * (privacy.vae_share if gan_steps > 0 else 1.0)
+    gan_share = rest * training - vae_share
 
     calibrated: dict[str, list[tuple[float, float]]] = {}  # each part's (target, σ) at the scales tried so far
 
@@ -153,10 +155,10 @@ def plan_privacy(
         target = privacy.target_epsilon * scale
         plan = PrivacyPlan(
             delta,
-            noise("vae", target * vae_share, vae_rate, vae_steps * rounds),
+            noise("vae", target * vae_share, vae_rate, vae_steps * rounds) if vae_share > 0 else 0.0,
             vae_rate,
             vae_steps,
-            noise("gan", target * gan_share, gan_rate, gan_steps * rounds) if gan_steps > 0 else 0.0,
+            noise("gan", target * gan_share, gan_rate, gan_steps * rounds) if gan_share > 0 else 0.0,
             gan_rate,
             gan_steps,
             noise("statistics", target * statistics_share, 1.0, 1),
