@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from fedsynth.common.config.run import RunConfig, epsilon_setting
-from fedsynth.common.config.settings import check_values
+from fedsynth.common.config.settings import RunSettings, check_values
 from fedsynth.common.errors import ConfigError, FedsynthError
 from fedsynth.common.runtime.device import check_device_available
 from fedsynth.common.runtime.files import write_json_atomic
@@ -224,7 +224,7 @@ def run_job(console: Console, out: Path, clients: int, run_config: dict[str, Any
         console.print(f"resuming the interrupted run in {out}")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(saved, wanted)
-    rounds = int(run_config.get("num-server-rounds", 3))
+    rounds = int(run_config.get("num-server-rounds", RunSettings().num_server_rounds))
     with RunProgress(console, rounds, f"federated run: {clients} clients, {rounds} rounds") as progress:
         run_simulation(out, clients, run_config, on_line=progress)
     result = out / ("metrics.json" if run_config.get("pipeline", "full") == "full" else "train.json")

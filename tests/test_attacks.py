@@ -183,7 +183,7 @@ def test_bad_attack_and_defence_settings_are_refused_with_what_to_change(
 def test_the_federation_must_be_large_enough_for_the_attack_and_the_rule() -> None:
     matrix = popularity_matrix()
     with pytest.raises(ConfigError, match="at least one of the 3 silos must be honest"):
-        check_attack_setup(RunConfig(attack="scaled-update", attack_clients=3), matrix, clients=3)
+        check_attack_setup(RunConfig(attack="scaled-update", attack_clients=3, num_server_rounds=3), matrix, clients=3)
     with pytest.raises(ConfigError, match="bulyan with robust-malicious 1 needs at least 7 silos; --clients has 5"):
         check_attack_setup(RunConfig(robust_aggregation="bulyan"), matrix, clients=5)
     with pytest.raises(ConfigError, match="attack-targets 9: only"):

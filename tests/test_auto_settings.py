@@ -53,5 +53,13 @@ def test_the_privacy_summary_says_whether_the_rounds_ran() -> None:
     from fedsynth.server.pipeline import training_stage
 
     assert training_stage(RunConfig.from_run_config({"num-server-rounds": 0}))["statistics_share"] == 1.0
-    stage = training_stage(RunConfig.from_run_config({}))
+    assert RunConfig.from_run_config({}).num_server_rounds == 0  # the default: the rounds did not pay
+    stage = training_stage(RunConfig.from_run_config({"num-server-rounds": 3}))
     assert stage["rounds"] == 3 and stage["statistics_share"] == 0.8
+
+
+def test_update_attacks_and_fedsgd_need_rounds() -> None:
+    with pytest.raises(ConfigError, match="attack scaled-update tampers with model updates, and num-server-rounds 0"):
+        RunConfig.from_run_config({"attack": "scaled-update"})
+    with pytest.raises(ConfigError, match="num-server-rounds of at least 1"):
+        RunConfig.from_run_config({"round-mode": "fedsgd", "secure-aggregation": True, "synthesizers": "vae"})

@@ -140,7 +140,7 @@ def test_every_setting_is_an_option_with_its_declared_help_and_default(name: str
             assert set(s.flags) <= flags, s.name
             assert helps[s.flags[0]].startswith(s.help), s.name
             assert s.default == "" or "[default: " in helps[s.flags[0]], s.name
-    assert "[default: 3]" in helps["--rounds"] and "[default: vae,gan]" in helps["--synthesizers"]
+    assert "[default: 0]" in helps["--rounds"] and "[default: vae,gan]" in helps["--synthesizers"]
 
 
 @pytest.mark.parametrize(("option", "kind"), OLD_RUN_OPTIONS)

@@ -141,6 +141,7 @@ class RunConfig(RunSettings):
             (self.fraction_train < 1, "fraction-train = 1 (every silo samples its users instead)"),
             (self.attack in ("scaled-update", "random-update"), "no update attack (fedsgd sends no model update)"),
             (math.isinf(self.privacy().target_epsilon), "a finite epsilon"),
+            (self.num_server_rounds == 0, "num-server-rounds of at least 1 (its FedSGD steps)"),
         ]
         needed = [what for unmet, what in requirements if unmet]
         if needed:
@@ -155,6 +156,9 @@ class RunConfig(RunSettings):
                 "hides from the server: choose one of the two, or norm-bound (with round-mode local: the silos "
                 "bound their own updates and the server checks the sum; docs/attacks.md)."
             )
+        if attack.kind in ("scaled-update", "random-update") and self.num_server_rounds == 0:
+            raise ConfigError(f"attack {attack.kind} tampers with model updates, and num-server-rounds 0 trains none: "
+                              "set num-server-rounds (--rounds) to at least 1.")  # fmt: skip
         if attack.kind == "inflated-counts" and self.secure_aggregation:
             raise ConfigError("attack inflated-counts is simulated on the plain statistics release only: "
                               "turn off secure-aggregation.")  # fmt: skip

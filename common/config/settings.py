@@ -95,8 +95,9 @@ class RunSettings:
 
     # Federation
     num_server_rounds: int = setting(
-        3,
-        "Federated rounds of DP-SGD (round-mode fedsgd: steps); 0: none, the releases get the models' share.",
+        0,
+        "Federated rounds of DP-SGD (round-mode fedsgd: steps); 0 (default: they did not pay at any measured "
+        "size, docs/results.md): none, the releases get the models' share and the fitted generators synthesize.",
         at_least(0),
         flags=("--rounds",),
     )

@@ -65,6 +65,7 @@ from fedsynth.common.privacy.releases.statistics import noisy_statistics, statis
 from fedsynth.common.runtime.seeding import rng_for, seed_for
 
 RELEASES = ("statistics", "cooccurrence", "vae-round")
+AUDITED_ROUNDS = 3  # vae-round under a config without rounds: the plan of a run with this many
 BROKEN = ("none", "shared-noise", "half-noise", "uncharged")
 REAL_USERS, REAL_ITEMS = 200, 400  # the silo's real users (generated data) and their catalogue
 COOCCURRENCE_REAL_ITEMS = 100  # real items released with the canary items in the co-occurrence
@@ -292,6 +293,8 @@ def audit_release(
         )
     started = time.perf_counter()
     config = dataclasses.replace(config or RunConfig(), epsilon=float(target_epsilon))
+    if release == "vae-round" and config.num_server_rounds == 0:  # a run without rounds releases no VAE round:
+        config = dataclasses.replace(config, num_server_rounds=AUDITED_ROUNDS)  # audit one planned with rounds
     real = real_users(seed) if real is None else real
     included = inclusion(seed, canaries)
     scores, charged, plan, users, sigma = _AUDITS[release](real, included, config, broken, seed)
