@@ -50,7 +50,7 @@ def test_no_rounds_gives_the_models_share_to_the_releases_and_spends_the_target(
 
 
 def test_the_privacy_summary_says_whether_the_rounds_ran() -> None:
-    from fedsynth.server.pipeline import training_stage
+    from fedsynth.server.privacy_summary import training_stage
 
     assert training_stage(RunConfig.from_run_config({"num-server-rounds": 0}))["statistics_share"] == 1.0
     assert RunConfig.from_run_config({}).num_server_rounds == 0  # the default: the rounds did not pay

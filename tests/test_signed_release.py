@@ -21,7 +21,7 @@ from fedsynth.common.privacy.releases.statistics import statistics_contributions
 from fedsynth.common.secagg.protocol import SecAggNode
 from fedsynth.server import secure_release
 from fedsynth.server.admission import RunFailed
-from fedsynth.server.pipeline import secure_aggregation_summary
+from fedsynth.server.privacy_summary import secure_aggregation_summary
 from fedsynth.server.secure_release import secure_statistics
 from fedsynth.simulations.deployment.setup import make_node_keys
 from tests.test_secure_release import SETTINGS, InProcessGrid, node_rows, nothing_spent
