@@ -26,7 +26,7 @@ import pandas as pd
 from fedsynth.simulations.experiments.sweep_report import markdown_table
 
 DATASETS = {"movielens": "ml-latest-small", "lastfm": "lastfm-2k"}
-BASELINES = ("dp-popularity", "dp-ease")
+BASELINES = ("dp-popularity", "dp-ease", "dp-als")
 HEADLINE = "ndcg@10"
 
 
