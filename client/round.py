@@ -21,6 +21,7 @@ import torch
 from fedsynth.client.budget import Replay, load_replay, save_replay
 from fedsynth.client.training import RoundSeeds, train_local_round
 from fedsynth.common.config.run import RunConfig
+from fedsynth.common.errors import FedsynthError
 from fedsynth.common.federated.protocol import TrainRequest
 from fedsynth.common.models.bundle import ModelBundle
 from fedsynth.common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger, RunIdentity
@@ -54,6 +55,11 @@ def local_training(
     noise-free events (ε = ∞) are recorded instead.
     """
     local = config.local()
+    if plan.private and (plan.vae_noise <= 0 or (local.train_gan and plan.gan_noise <= 0)):
+        raise FedsynthError(
+            f"round {request.server_round}: this node's privacy plan has no DP-SGD noise (it was planned for "
+            "num-server-rounds 0); refusing to train without noise."
+        )
     bundle = ModelBundle.create(rows.shape[1], local, seed=config.seed)
     bundle.load_state_dict(request.arrays.to_torch_state_dict())
     seeds = seeds or RoundSeeds.for_round(request.server_round, reproducible_from(config))

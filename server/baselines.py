@@ -80,7 +80,7 @@ def dp_als_summary(release: BaselineRelease, config: RunConfig) -> dict[str, Any
         "epsilon_own_noise_per_client": release.epsilon_own_noise_per_client(),
         "noise_std_of_sum": release.noise_std,
         "secure_aggregation": False,  # each silo adds its whole noise (see docs/design.md)
-        "rank": settings.rank,
+        "rank": int(release.value.shape[1]),  # the d used (dp-als-rank 0: from the trained items)
         "iterations": settings.iterations,
         "l2": settings.l2,
         "unobserved_weight": settings.unobserved_weight,

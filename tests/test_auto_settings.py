@@ -63,3 +63,20 @@ def test_update_attacks_and_fedsgd_need_rounds() -> None:
         RunConfig.from_run_config({"attack": "scaled-update"})
     with pytest.raises(ConfigError, match="num-server-rounds of at least 1"):
         RunConfig.from_run_config({"round-mode": "fedsgd", "secure-aggregation": True, "synthesizers": "vae"})
+
+
+def test_a_node_refuses_to_train_with_a_plan_made_for_no_rounds() -> None:
+    import scipy.sparse as sp
+    from flwr.app import ArrayRecord
+
+    from fedsynth.client.round import local_training
+    from fedsynth.common.errors import FedsynthError
+    from fedsynth.common.federated.protocol import TrainRequest
+    from fedsynth.common.privacy.plan import plan_privacy
+
+    config = RunConfig.from_run_config({"num-server-rounds": 0})
+    plan = plan_privacy(config.privacy(), 100, config.local(), 0)  # no rounds: no DP-SGD noise planned
+    assert plan.private and plan.vae_noise == 0.0
+    request = TrainRequest(1, 1, ArrayRecord({}))
+    with pytest.raises(FedsynthError, match="has no DP-SGD noise"):
+        local_training(request, sp.csr_matrix((100, 300)), config, plan)

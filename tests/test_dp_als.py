@@ -47,13 +47,15 @@ def test_one_user_moves_each_release_by_at_most_one() -> None:
     full = item_statistics(rows, items, users)
     for user in range(rows.shape[0]):
         keep = np.delete(np.arange(rows.shape[0]), user)
-        without = item_statistics(rows[keep], items, users[keep])  # the others' factors do not depend on the user
+        others = clip_rows(solve_users(rows[keep], items, factors, DPALSConfig(rank=5)))
+        assert np.allclose(others, users[keep])  # the others' factors do not depend on the user
+        without = item_statistics(rows[keep], items, others)
         gram, lhs, rhs = (np.linalg.norm((a - b).ravel()) for a, b in zip(full, without, strict=True))
         assert np.linalg.norm(upper(full[0]) - upper(without[0])) <= gram <= 1 + 1e-9
         assert np.linalg.norm(upper(full[1]) - upper(without[1])) <= lhs <= 1 + 1e-9
         assert rhs <= 1 + 1e-9
-        counts = np.linalg.norm(clipped_counts(rows, 1.0) - clipped_counts(rows[keep], 1.0))
-        assert counts <= 1 + 1e-9  # the weighted counts that pick the trained items: c_uj = 1/√|Ω_u|
+        clip = DPALSConfig().counts_clip  # the counts that pick the trained items: noise σ·clip
+        assert np.linalg.norm(clipped_counts(rows, clip) - clipped_counts(rows[keep], clip)) <= clip + 1e-9
 
 
 @pytest.mark.parametrize("epsilon,iterations", [(1.0, 2), (8.0, 3)])
@@ -92,8 +94,8 @@ def test_without_noise_it_learns_the_tastes_and_with_little_budget_it_still_rank
     assert hits(exact) > 2 * hits(popular)
     noisy, release = dp_als(clients, 0.05, [1e-3] * 3, DPALSConfig(rank=3, iterations=2), seed=0)
     assert release.items is not None and len(release.items) == 0  # nothing clears the noise: ranked by counts
-    assert [event.steps for (event,) in release.events_per_client] == [1, 1, 1]  # and nothing more released
-    assert all(e < 0.05 for e in release.epsilon_per_client())
+    assert [event.steps for (event,) in release.events_per_client] == [7, 7, 7]  # the whole plan still charged
+    assert all(0.049 < e <= 0.05 for e in release.epsilon_per_client())
     assert np.isfinite(noisy.score(fold_in)).all()
 
 
@@ -137,11 +139,36 @@ def test_the_wire_format_scores_exactly_as_the_original() -> None:
     assert np.array_equal(again.score(batch), model.score(batch))
 
 
-def test_each_mechanism_draws_its_own_noise() -> None:
+def test_each_client_and_iteration_draws_from_its_own_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedsynth.common.privacy.releases.clipped_sums as clipped_sums
+    import fedsynth.common.recommenders.dp_als as module
+
+    purposes: list[tuple[int, str]] = []
+
+    def recording(seed: int, purpose: str) -> np.random.Generator:
+        purposes.append((seed, purpose))
+        return np.random.default_rng(len(purposes))
+
+    monkeypatch.setattr(module, "rng_for", recording)
+    monkeypatch.setattr(clipped_sums, "rng_for", recording)
+    clients = [clustered(80, seed=k) for k in range(3)]
+    dp_als(clients, 8.0, [1e-3] * 3, DPALSConfig(rank=4, iterations=2, min_signal=0.0), seed=7)
+    noise = [p for s, p in purposes if s == 7]
+    assert len(noise) == len(set(noise)) == 3 + 2 * 3  # the counts per client, then per iteration and client
+    assert [p for s, p in purposes if s != 7] == ["dp-als-init"]  # the starting factors: public, not the noise's
+
+
+def test_only_the_noise_depends_on_the_noise_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedsynth.common.recommenders.dp_als as module
+
     clients = [clustered(80, seed=k) for k in range(2)]
-    first, _ = dp_als(clients, 8.0, [1e-3] * 2, DPALSConfig(rank=4, iterations=1, min_signal=0.0), seed=0)
-    second, _ = dp_als(clients, 8.0, [1e-3] * 2, DPALSConfig(rank=4, iterations=1, min_signal=0.0), seed=1)
-    assert not np.allclose(first.factors, second.factors)
+    config = DPALSConfig(rank=4, iterations=1, min_signal=0.0)
+    noisy, _ = dp_als(clients, 8.0, [1e-3] * 2, config, seed=1)
+    monkeypatch.setattr(module, "calibrate_noise", lambda *args: 0.0)  # σ = 0: what is left is not noise
+    first, _ = dp_als(clients, 8.0, [1e-3] * 2, config, seed=0)
+    second, _ = dp_als(clients, 8.0, [1e-3] * 2, config, seed=1)
+    assert np.array_equal(first.factors, second.factors)  # no noise: the same model whatever the seed
+    assert not np.allclose(first.factors, noisy.factors)
 
 
 @pytest.mark.parametrize(

@@ -152,10 +152,8 @@ def test_a_run_scores_every_row_on_real_held_out_users(finished_run: FinishedRun
 @pytest.mark.slow
 def test_the_dp_baselines_each_spend_the_target_per_client(finished_run: FinishedRun) -> None:
     baselines = finished_run.metrics["baselines"]
-    for name in ("dp-popularity", "dp-ease"):  # each alone at the target epsilon, per client
+    for name in ("dp-popularity", "dp-ease", "dp-als"):  # each alone at the target epsilon, per client
         assert all(3.5 < e <= 4.0 + 1e-3 for e in baselines[name]["epsilon_per_client"]), name
-    # dp-als at most the target: less when no item clears the noise and only its counts were released
-    assert all(0 < e <= 4.0 + 1e-3 for e in baselines["dp-als"]["epsilon_per_client"])
     assert "## DP baselines" in (finished_run.out / "report.md").read_text()
 
 

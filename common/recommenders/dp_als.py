@@ -21,8 +21,9 @@ the stacked (b_j) by ≤ 1 in L2: three Gaussian mechanisms of sensitivity 1 per
 release (each user's x scaled to L2 norm ≤ ``counts_clip``) at the same σ picks the trained items:
 those whose count, in units of the clip, clears ``min_signal`` noise stds of the sum (at most
 ``items``; none when fewer than ``rank`` do, and then nothing more is released and the row ranks by
-the counts). T iterations and the counts are 3T + 1 releases at one noise multiplier σ_k,
-calibrated with the pipeline's accountant for client k's own δ_k. A user's factor u_u is a
+the counts, but the whole plan is still charged: whether it stops depends on the data). T iterations
+and the counts are 3T + 1 releases at one noise multiplier σ_k, calibrated with the pipeline's
+accountant for client k's own δ_k. A user's factor u_u is a
 function of that user's rows and the public V only, so each release is a Gaussian mechanism of
 sensitivity 1 on the silo's users; all 3T + 1 compose, each charged in full (no sampling
 amplification is assumed).
@@ -31,7 +32,7 @@ amplification is assumed).
 without secure aggregation); the server sums, projects G onto the PSD cone (post-processing)
 and solves v_j = (A_j + w₀ G + (λ + 2s√d) I)⁻¹ b_j, with s the noise std of the summed A_j and
 2s√d the top of a d × d symmetric Gaussian matrix's spectrum (the regularised matrix stays
-positive definite, the DP-EASE rule). The initial V is public randomness (the seed).
+positive definite, the DP-EASE rule). The initial V is public randomness (a fixed seed).
 
 **Scoring** a held-out user: u = (V_Ωᵀ V_Ω + w₀ VᵀV + λI)⁻¹ V_Ωᵀ 1 from their fold-in items
 (their own data, on their own device), scores V u; items outside the trained set rank after
@@ -59,6 +60,7 @@ from fedsynth.common.runtime.seeding import rng_for
 
 USERS_PER_BLOCK = 4096  # users solved at once (memory: block × d² floats)
 AUTO_RANK = (8, 32)  # dp-als-rank 0: √(trained items) within this range
+PUBLIC_SEED = 0  # the initial item factors: public randomness, the same in every run (not the noise's seed)
 
 
 @dataclass(frozen=True)
@@ -176,11 +178,9 @@ def dp_als(
     sigmas = [calibrate_noise(target_epsilon, delta, 1.0, releases) for delta in deltas]
     noise_std = float(np.sqrt(sum(s**2 for s in sigmas)))
     counts = noisy_clipped_counts(clients, sigmas, config.counts_clip, seed, "dp-als-counts")
-    items = trained_items(counts / config.counts_clip, noise_std, config)
-    if len(items) == 0:  # nothing clears the noise: rank by the counts, spend no more
-        releases = 1
+    items = trained_items(counts / config.counts_clip, noise_std, config)  # none: rank by the counts alone
     d = config.rank_for(len(items))
-    factors = rng_for(seed, "dp-als-init").normal(0.0, 1.0 / np.sqrt(d), (len(items), d))  # public
+    factors = rng_for(PUBLIC_SEED, "dp-als-init").normal(0.0, 1.0 / np.sqrt(d), (len(items), d))  # public
     for step in range(config.iterations if len(items) else 0):
         gram, lhs, rhs = np.zeros((d, d)), np.zeros((len(items), d, d)), np.zeros((len(items), d))
         for index, (rows, sigma) in enumerate(zip(clients, sigmas, strict=True)):
@@ -191,6 +191,8 @@ def dp_als(
             lhs += a + symmetric_noise_batch(len(items), d, sigma, rng)
             rhs += b + rng.normal(0.0, sigma, b.shape)
         factors = solve_items(gram, lhs, rhs, config, noise_std)
+    # every planned release is charged, also when the counts stopped it early: whether it stops depends on
+    # the data, so only the full plan's ε bounds the mechanism (the path taken alone would understate it)
     events = tuple((DPEvent("dp-als", sigma, 1.0, releases),) for sigma in sigmas)
     release = BaselineRelease(factors, noise_std, events, tuple(deltas), items)
     return ALSRecommender(items, factors, counts, config.l2, config.unobserved_weight), release
