@@ -41,8 +41,8 @@ def secure_aggregation_summary(config: RunConfig, logs: list[RoundLog] | None = 
             if fedsgd
             else "every training round's model update (local: the server sees only the sum of the silos' "
             "updates, each carrying its silo's full DP-SGD noise, so the rounds' epsilon is the same both ways)"
-        ]
-        + ["dp baselines (simulated)"],
+        ][: 1 if config.num_server_rounds else 0]
+        + ["dp baselines dp-popularity and dp-ease (simulated; dp-als adds each silo's whole noise instead)"],
         "not_applied_to": "federated evaluation (metric sums only)",
         "threshold": config.secagg_threshold or "majority of the admitted nodes",
         **active_server_summary(config, logs or []),

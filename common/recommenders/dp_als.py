@@ -56,6 +56,7 @@ from fedsynth.common.privacy.accounting import DPEvent, calibrate_noise
 from fedsynth.common.privacy.releases.clipped_sums import noisy_clipped_counts
 from fedsynth.common.recommenders.base import Recommender
 from fedsynth.common.recommenders.dp_baselines import BaselineRelease
+from fedsynth.common.recommenders.ease import outside_scores
 from fedsynth.common.runtime.seeding import rng_for
 
 USERS_PER_BLOCK = 4096  # users solved at once (memory: block × d² floats)
@@ -68,10 +69,10 @@ class DPALSConfig:
     """Rank d (0: from the trained items), ALS iterations T, λ, gravity weight w₀, the trained items' limit and
     signal bar, the counts' clip."""
 
-    rank: int = 0  # 0: automatic, √(trained items) within AUTO_RANK
-    iterations: int = 4
+    rank: int = 0  # 0: automatic, √(trained items) within AUTO_RANK (defaults: the dp-als-* settings')
+    iterations: int = 2
     l2: float = 1.0
-    unobserved_weight: float = 0.05
+    unobserved_weight: float = 0.3
     items: int = 20_000
     min_signal: float = 8.0
     counts_clip: float = 4.0
@@ -156,11 +157,13 @@ class ALSRecommender(Recommender):
     def fit(self, train: sp.csr_matrix) -> ALSRecommender:
         raise ConfigError("ALSRecommender is fitted from released statistics (dp_als), not from user rows.")
 
+    def __post_init__(self) -> None:
+        self._outside = outside_scores(self.fallback)  # once, not per batch (shared with SubsetEASE)
+
     def score(self, fold_in: sp.csr_matrix) -> np.ndarray:
         config = DPALSConfig(self.factors.shape[1], 1, self.l2, self.unobserved_weight, max(len(self.items), 2))
         subset = solve_users(fold_in, self.items, self.factors, config) @ self.factors.T
-        ranks = np.argsort(np.argsort(self.fallback, kind="stable"), kind="stable") / max(len(self.fallback), 1)
-        scores = np.tile(ranks - 2.0, (fold_in.shape[0], 1))
+        scores = np.tile(self._outside.astype(np.float64), (fold_in.shape[0], 1))
         scores += subset.min(axis=1, keepdims=True) if subset.size else 0.0  # outside items below every trained one
         scores[:, self.items] = subset
         return scores

@@ -131,6 +131,13 @@ class EASE(Recommender):
         return np.asarray((fold_in > 0).astype(np.float32) @ self.weights)
 
 
+def outside_scores(fallback: np.ndarray) -> np.ndarray:
+    """(n_items,) float32 in [−2, −1): every item's rank by ``fallback`` (0 = the lowest), scaled; a model over a
+    subset of the items adds its batch's lowest subset score, so every outside item ranks below every subset one."""
+    ranks = np.argsort(np.argsort(fallback, kind="stable"), kind="stable")
+    return (ranks / max(len(ranks), 1)).astype(np.float32) - 2.0
+
+
 class SubsetEASE(Recommender):
     """EASE over a subset of M items (DP-EASE), the other items ranked after them by ``fallback``.
 
@@ -145,8 +152,7 @@ class SubsetEASE(Recommender):
         self.items = np.asarray(items, dtype=np.int64)
         self.weights = np.asarray(weights, dtype=np.float32)
         self.fallback = np.asarray(fallback, dtype=np.float64)
-        ranks = np.argsort(np.argsort(self.fallback, kind="stable"), kind="stable")  # 0 = least popular
-        self._outside = (ranks / max(len(ranks), 1)).astype(np.float32) - 2.0  # computed once, not per batch
+        self._outside = outside_scores(self.fallback)  # computed once, not per batch
 
     @classmethod
     def from_gram(cls, gram: np.ndarray, items: np.ndarray, l2: float, fallback: np.ndarray) -> SubsetEASE:
