@@ -35,11 +35,12 @@ from fedsynth.common.privacy.releases.cooccurrence import (
     noise_edge,
     popularity_eigenvalue,
     second_order_pays,
+    signal_ratio,
 )
 from fedsynth.common.privacy.releases.statistics import NoisyStatistics, length_bin_edges
 from fedsynth.common.robustness.rules import robust_statistics, robust_total
 from fedsynth.common.runtime.files import to_plain, write_atomic, write_json_atomic
-from fedsynth.common.synthesis.marginal_fit import MarginalTargets, fit_bundle
+from fedsynth.common.synthesis.marginal_fit import MarginalFitConfig, MarginalTargets, fit_bundle
 from fedsynth.server.admission import Admission, admit, identity_fields, require_quorum, require_training
 from fedsynth.server.aggregation import RoundOutcome, as_client_replies, client_outcomes
 from fedsynth.server.exchange import send_and_receive
@@ -338,15 +339,22 @@ def fitted_bundle(
     if config.marginal_items == 0 or cooccurrence is None:  # nothing beyond the prior's first order to fit
         return bundle
     started = time.perf_counter()
-    fit = config.marginal_fit()
+    fit = fit_settings(config, statistics, cooccurrence)
     targets = MarginalTargets.from_releases(statistics, cooccurrence, config.statistics_clip, fit.directions)
     losses = fit_bundle(bundle, targets, statistics.length_sampler(num_items), fit, config.seed)
     log.info(
-        "fedsynth marginal fit: generator and VAE decoder fitted to the DP marginals (%s; %.1f s)",
+        "fedsynth marginal fit: generator and VAE decoder fitted to the DP marginals in %d steps%s (%s; %.1f s)",
+        fit.steps, "" if config.marginal_fit_steps else " (automatic, from the release's signal ratio)",
         ", ".join(f"{name} loss {first:.4g} -> {last:.4g}" for name, (first, last) in losses.items()),
         time.perf_counter() - started,
     )
     return bundle
+
+
+def fit_settings(config: RunConfig, statistics: NoisyStatistics, cooccurrence: NoisyCooccurrence) -> MarginalFitConfig:
+    """The fit's settings for this release: ``marginal-fit-steps`` 0 takes the steps from the release's signal
+    ratio (the DP counts' popularity eigenvalue over the released noise's edge: post-processing, no ε)."""
+    return config.marginal_fit(signal_ratio(statistics.item_counts, cooccurrence.items, cooccurrence.noise_std))
 
 
 def initial_bundle(fitted: ModelBundle, resumed: ResumePoint) -> ModelBundle:

@@ -50,7 +50,7 @@ from fedsynth.server.admission import identity_fields
 from fedsynth.server.aggregation import client_participation
 from fedsynth.server.baselines import baseline_recommenders
 from fedsynth.server.evaluation import evaluation_request, federated_evaluate
-from fedsynth.server.federation import TrainingResult, out_directory
+from fedsynth.server.federation import TrainingResult, fit_settings, out_directory
 from fedsynth.server.privacy_summary import privacy_summary, with_evaluation
 
 log = logging.getLogger("flwr")
@@ -100,7 +100,9 @@ def marginals_summary(config: RunConfig, training: TrainingResult) -> dict[str, 
         "first_order_instead": training.first_order_instead,
         "noise_std_of_sum": released.noise_std if released is not None else None,
         "fitted": released is not None,
-        "fit_steps": config.marginal_fit_steps,
+        # the steps the fit ran (marginal-fit-steps, or automatic from the release's signal ratio)
+        "fit_steps": fit_settings(config, training.statistics, released).steps if released is not None else 0,
+        "fit_steps_automatic": config.marginal_fit_steps == 0,
         "fit_loss": config.marginal_fit_loss,
         "fit_directions": config.marginal_fit_directions,
         "signal_rank": rank,  # the release's directions above its noise edge; the first is popularity's

@@ -1,4 +1,5 @@
-"""Settings whose default (0) is chosen from public information: the synthetic users from the silos' size."""
+"""Settings whose default (0) is chosen from public information: the synthetic users from the silos' size, the
+marginal fit's steps from the co-occurrence release's signal ratio."""
 
 from __future__ import annotations
 
@@ -80,3 +81,39 @@ def test_a_node_refuses_to_train_with_a_plan_made_for_no_rounds() -> None:
     request = TrainRequest(1, 1, ArrayRecord({}))
     with pytest.raises(FedsynthError, match="has no DP-SGD noise"):
         local_training(request, sp.csr_matrix((100, 300)), config, plan)
+
+
+def test_the_signal_ratio_is_the_predicted_popularity_eigenvalue_over_the_noise_edge() -> None:
+    from fedsynth.common.privacy.releases.cooccurrence import signal_ratio
+
+    counts, items = np.array([30.0, 40.0, 10.0, 20.0]), np.array([0, 1])
+    # λ̂ = (30² + 40²) / 100 = 25; edge = 2σ√M = 2 · 0.5 · √2
+    assert signal_ratio(counts, items, 0.5) == pytest.approx(25.0 / np.sqrt(2.0))
+    assert signal_ratio(counts, items, 0.0) == float("inf")  # no noise (non-private studies): the long fit
+
+
+@pytest.mark.parametrize("ratio,steps", [(0.0, 300), (0.8, 300), (3.99, 300), (4.0, 1000), (44.0, 1000)])
+def test_automatic_fit_steps_grow_with_the_release_s_signal(ratio: float, steps: int) -> None:
+    config = RunConfig.from_run_config({})
+    assert config.marginal_fit_steps == 0
+    assert config.marginal_fit(ratio).steps == steps
+
+
+def test_given_fit_steps_are_kept_and_negative_ones_refused() -> None:
+    assert RunConfig.from_run_config({"marginal-fit-steps": 20}).marginal_fit(44.0).steps == 20
+    with pytest.raises(ConfigError, match="marginal-fit-steps"):
+        RunConfig.from_run_config({"marginal-fit-steps": -1})
+
+
+def test_the_server_fits_as_long_as_the_released_noise_allows() -> None:
+    from fedsynth.common.privacy.releases.cooccurrence import NoisyCooccurrence
+    from fedsynth.server.federation import fit_settings
+
+    config = RunConfig.from_run_config({})
+    counts = np.array([300.0, 200.0, 100.0, 50.0])
+    statistics = NoisyStatistics(counts, np.array([10.0, 5.0]), 1.0)
+    items = np.array([0, 1, 2])
+    quiet = NoisyCooccurrence(items, np.eye(3), noise_std=1.0)  # λ̂ = 140,000 / 650 ≈ 215: 62 noise edges of 2√3
+    loud = NoisyCooccurrence(items, np.eye(3), noise_std=30.0)  # 2.1
+    assert fit_settings(config, statistics, quiet).steps == 1000
+    assert fit_settings(config, statistics, loud).steps == 300

@@ -44,7 +44,7 @@ from fedsynth.common.recommenders.dp_baselines import DPBaselineConfig
 from fedsynth.common.robustness.attacks import AttackConfig
 from fedsynth.common.robustness.rules import RobustConfig
 from fedsynth.common.runtime.device import parse_device
-from fedsynth.common.synthesis.marginal_fit import MarginalFitConfig
+from fedsynth.common.synthesis.marginal_fit import MarginalFitConfig, auto_fit_steps
 
 if TYPE_CHECKING:
     from fedsynth.common.synthesis.sampling import SynthesisConfig
@@ -204,9 +204,11 @@ class RunConfig(RunSettings):
     def robust(self) -> RobustConfig:
         return RobustConfig(self.robust_aggregation, self.robust_malicious)
 
-    def marginal_fit(self) -> MarginalFitConfig:
+    def marginal_fit(self, signal_ratio: float = 0.0) -> MarginalFitConfig:
+        """The server's fit to a co-occurrence of ``signal_ratio`` (``cooccurrence.signal_ratio``, post-processing):
+        its steps are ``marginal-fit-steps``, or when 0, :func:`auto_fit_steps` of the ratio."""
         return MarginalFitConfig(
-            steps=self.marginal_fit_steps,
+            steps=self.marginal_fit_steps or auto_fit_steps(signal_ratio),
             temperature=self.synthesis_temperature,
             loss=self.marginal_fit_loss,
             directions=self.marginal_fit_directions,

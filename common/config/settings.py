@@ -39,7 +39,7 @@ from fedsynth.common.recommenders.dp_baselines import MAX_DP_EASE_ITEMS
 from fedsynth.common.recommenders.registry import DEFAULT_RECOMMENDERS, RECOMMENDER_NAMES
 from fedsynth.common.robustness.attacks import ATTACKS
 from fedsynth.common.robustness.rules import ROBUST_AGGREGATIONS
-from fedsynth.common.synthesis.marginal_fit import FIT_DIRECTIONS, FIT_LOSSES
+from fedsynth.common.synthesis.marginal_fit import AUTO_FIT_STEPS, AUTO_FIT_STRONG_SIGNAL, FIT_DIRECTIONS, FIT_LOSSES
 
 EVALUATION_MODES = ("auto", "dp", "exact")  # federated evaluation (client/evaluation.py)
 ROUND_MODES = ("local", "fedsgd")
@@ -222,9 +222,11 @@ class RunSettings:
         Check(">= 0 (0: always release the co-occurrence)", lambda v: v >= 0),
     )
     marginal_fit_steps: int = setting(
-        100,  # validation NDCG@10 over 4 seeds, built-in data, ε = 8: 100 steps ≥ 300 (docs/results.md), ⅓ the time
-        "Adam steps fitting the generator and the VAE decoder to the DP marginals (post-processing, free in ε).",
-        at_least(1),
+        0,
+        f"Adam steps fitting the generator and the VAE decoder to the DP marginals (post-processing, free in ε); "
+        f"0: automatic, {AUTO_FIT_STEPS[1]:,} where the co-occurrence's predicted signal is at least "
+        f"{AUTO_FIT_STRONG_SIGNAL:g}× its noise edge, else {AUTO_FIT_STEPS[0]:,}.",
+        Check("0 (automatic) or at least 1", lambda v: v >= 0),
     )
     marginal_fit_loss: str = setting(
         "likelihood",

@@ -57,6 +57,17 @@ def noise_edge(noise_std: float, size: int) -> float:
     return 2.0 * noise_std * float(np.sqrt(size))
 
 
+def signal_ratio(item_counts: np.ndarray, items: np.ndarray, noise_std: float) -> float:
+    """:func:`popularity_eigenvalue` ÷ :func:`noise_edge`: how far the co-occurrence over ``items`` (noise std
+    ``noise_std`` per entry of the sum) is predicted to stand above its noise; ∞ without noise. Post-processing
+    of released counts and of a noise std (public): costs no ε. It decides whether the release pays
+    (:func:`second_order_pays`) and how long the server fits the models to it
+    (:func:`fedsynth.common.synthesis.marginal_fit.auto_fit_steps`)."""
+    edge = noise_edge(noise_std, len(items))
+    signal = popularity_eigenvalue(item_counts, items)
+    return signal / edge if edge > 0 else float("inf")
+
+
 def second_order_pays(item_counts: np.ndarray, items: np.ndarray, noise_std: float, min_signal: float) -> bool:
     """Whether the co-occurrence over ``items``, released with noise std ``noise_std`` per entry of the
     sum, is expected to carry structure: :func:`popularity_eigenvalue` ≥ ``min_signal`` × the noise's
@@ -64,7 +75,7 @@ def second_order_pays(item_counts: np.ndarray, items: np.ndarray, noise_std: flo
     edge), and its budget buys more as a second first-order release. Post-processing of released
     counts and of the plan (no data): costs no ε. ``min_signal`` 0: always release it.
     """
-    return popularity_eigenvalue(item_counts, items) >= min_signal * noise_edge(noise_std, len(items))
+    return signal_ratio(item_counts, items, noise_std) >= min_signal
 
 
 def marginal_items(item_counts: np.ndarray, count: int) -> np.ndarray:
