@@ -344,7 +344,8 @@ def fitted_bundle(
     losses = fit_bundle(bundle, targets, statistics.length_sampler(num_items), fit, config.seed)
     log.info(
         "fedsynth marginal fit: generator and VAE decoder fitted to the DP marginals in %d steps%s (%s; %.1f s)",
-        fit.steps, "" if config.marginal_fit_steps else " (automatic, from the release's signal ratio)",
+        fit.steps,
+        "" if config.marginal_fit_steps else " (automatic, from the release's signal ratio)",
         ", ".join(f"{name} loss {first:.4g} -> {last:.4g}" for name, (first, last) in losses.items()),
         time.perf_counter() - started,
     )

@@ -109,7 +109,7 @@ def score(config: RunConfig, seed: int, num_clients: int, held_out_name: str, ro
     data = {
         f"synthetic-fitted-{name}/ease": synthesize(fitted, name, lengths, synthesis, seed) for name in ("gan", "vae")
     }
-    if rounds:
+    if rounds and config.num_server_rounds > 0:  # with the rounds off (the default) the fitted rows are the run's
         refined = copy.deepcopy(fitted)
         federated_rounds(refined, rows, plans, config, seed)
         data["synthetic/ease"] = synthesize(refined, "vae", lengths, synthesis, seed)
