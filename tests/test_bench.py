@@ -91,7 +91,7 @@ def test_goals_table_compares_the_best_fedsynth_row_with_the_best_baseline() -> 
     assert is_fedsynth_row("fedsynth-prior") and not is_fedsynth_row("real/ease") and not is_fedsynth_row("dp-ease")
 
 
-def test_the_large_silos_preset_is_a_valid_run_config_without_the_gan(tmp_path: Path) -> None:
+def test_the_large_silos_preset_runs_the_rounds_without_the_gan(tmp_path: Path) -> None:
     preset = Path(__file__).resolve().parents[1] / "presets" / "large-silos.toml"
 
     settings = resolve_run_config(preset, {}, tmp_path)
@@ -99,8 +99,8 @@ def test_the_large_silos_preset_is_a_valid_run_config_without_the_gan(tmp_path: 
     config = RunConfig.from_run_config(settings)
     assert config.synthesizer_names() == ["vae"] and not config.local().train_gan
     assert config.vae_learning_rate == 0.001 and config.local_epochs == 1  # refining the fitted start
-    assert config.marginal_items == 500 and config.marginal_fit_steps == 1000
-    assert config.marginal_fit().loss == "relative" and config.synthetic_users == 30000
+    assert config.num_server_rounds == 3 and config.vae_batch_size == 700
+    assert config.marginal_fit_steps == 0 and config.synthetic_users == 0  # the synthesis adapts by default
 
 
 @pytest.mark.parametrize(("preset", "items"), [("ml20m-shape.toml", 20_000), ("ml32m-shape.toml", 27_000)])

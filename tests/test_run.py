@@ -144,7 +144,7 @@ def test_a_run_scores_every_row_on_real_held_out_users(finished_run: FinishedRun
     assert metrics["marginals"]["fitted_rows"] == ["synthetic-fitted-vae", "synthetic-fitted-gan"]
     rank = metrics["marginals"]["signal_rank"]  # automatic λ: 1000 with taste structure above the noise, else 3000
     assert metrics["marginals"]["synthetic_ease_l2"] == (1000.0 if rank >= 2 else 3000.0)
-    assert metrics["marginals"]["fit_loss"] == "likelihood"  # the default; presets/large-silos.toml: relative
+    assert metrics["marginals"]["fit_loss"] == "likelihood"  # the default
     assert metrics["marginals"]["fit_directions"] == "all"  # the default: every eigen-direction of the release
     assert -1 <= metrics["fidelity"]["synthetic-fitted-vae"]["cooccurrence_correlation"] <= 1
 

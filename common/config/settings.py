@@ -230,7 +230,7 @@ class RunSettings:
     )
     marginal_fit_loss: str = setting(
         "likelihood",
-        "likelihood | relative: the co-occurrence errors relative to each direction's size (presets/large-silos.toml).",
+        "likelihood | relative: the co-occurrence errors relative to each direction's size.",
         one_of(FIT_LOSSES),
     )
     marginal_fit_directions: str = setting(
