@@ -107,6 +107,23 @@ def test_release_replies_read_back_and_refuse_a_vector_that_is_not_finite() -> N
         protocol.StatisticsReply.from_record(broken)
 
 
+@pytest.mark.parametrize("users,std,field", [(0, 0.8, wire.NUM_EXAMPLES), (40, float("nan"), wire.NOISE_STD),
+                                              (40, -1.0, wire.NOISE_STD)])  # fmt: skip
+def test_a_release_from_no_users_or_with_a_bad_noise_std_is_refused_naming_the_field(
+    users: int, std: float, field: str
+) -> None:
+    from dataclasses import replace
+
+    spent = replace(SPENT, num_examples=users)
+    replies = [
+        (protocol.StatisticsReply, protocol.StatisticsReply(np.ones(3), np.ones(2), std, spent)),
+        (protocol.CooccurrenceReply, protocol.CooccurrenceReply(np.ones(3), std, spent)),
+    ]
+    for kind, reply in replies:  # the robust rules divide by both: a NaN total would poison the fit
+        with pytest.raises(protocol.ProtocolError, match=field):
+            kind.from_record(reply.to_record())
+
+
 def test_an_admission_query_and_reply_read_back_what_was_built() -> None:
     query = protocol.AdmissionQuery(5, 3, False, True, protocol.Identity("k" * 32, "host:/out"))
     reply = protocol.AdmissionReply(["a", "b"], 2, 40, epsilon=1.0, epsilon_cap=8.0)

@@ -31,6 +31,8 @@ data that is not accounted (``tests/test_only_accounted_outputs.py``).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -264,7 +266,7 @@ class StatisticsReply:
         what = "statistics reply"
         arrays, metrics = _arrays(content, what), _metrics(content, what)
         counts, lengths = (_vector(arrays, key, what) for key in (wire.ITEM_COUNTS, wire.LENGTH_HISTOGRAM))
-        return cls(counts, lengths, _number(metrics, wire.NOISE_STD, what), Spent.from_metrics(metrics, what))
+        return cls(counts, lengths, _noise_std(metrics, what), _releasing(Spent.from_metrics(metrics, what), what))
 
 
 @dataclass(frozen=True)
@@ -284,7 +286,24 @@ class CooccurrenceReply:
         what = "co-occurrence reply"
         arrays, metrics = _arrays(content, what), _metrics(content, what)
         upper = _vector(arrays, wire.COOCCURRENCE, what)
-        return cls(upper, _number(metrics, wire.NOISE_STD, what), Spent.from_metrics(metrics, what))
+        return cls(upper, _noise_std(metrics, what), _releasing(Spent.from_metrics(metrics, what), what))
+
+
+def _noise_std(metrics: MetricRecord, what: str) -> float:
+    """A release's noise std per coordinate: finite and ≥ 0 (the robust rules and the fit divide by it)."""
+    std = _number(metrics, wire.NOISE_STD, what)
+    if not (math.isfinite(std) and std >= 0):
+        raise ProtocolError(f"{what}: {wire.NOISE_STD!r} should be a finite number >= 0, got {std!r}")
+    return std
+
+
+def _releasing(spent: Spent, what: str) -> Spent:
+    """``spent`` of a node that released something: at least one user (the robust rules divide by it; a node
+    with no users refuses instead)."""
+    if spent.num_examples < 1:
+        raise ProtocolError(f"{what}: {wire.NUM_EXAMPLES!r} should be at least 1 for a release, got "
+                            f"{spent.num_examples}")  # fmt: skip
+    return spent
 
 
 def _release_record(vectors: dict[str, np.ndarray], noise_std: float, spent: Spent) -> RecordDict:
