@@ -8,6 +8,7 @@ training continues after the last one, with the DP statistics saved in ``OUT/sta
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from collections import Counter
@@ -254,6 +255,7 @@ def load_or_query_statistics(
 ) -> tuple[NoisyStatistics, RoundLog]:
     """The saved release of a resumed run, or a fresh one (saved before any round uses it)."""
     path = out_directory(config) / "statistics.npz"
+    check_saved_releases(out_directory(config), config)
     if path.is_file():
         with np.load(path) as saved:
             statistics = NoisyStatistics(saved["item_counts"], saved["length_histogram"], float(saved["noise_std"]))
@@ -270,8 +272,29 @@ def load_or_query_statistics(
             noise_std=statistics.noise_std,
         )
 
+    write_json_atomic(out_directory(config) / RELEASES_CONFIG, settings_of(config))
     write_atomic(path, save)
     return statistics, release_log
+
+
+RELEASES_CONFIG = "releases-config.json"  # the settings of the run whose releases OUT holds
+
+
+def settings_of(config: RunConfig) -> Any:
+    """The run's settings as JSON reads them back (what a run directory's files are compared by)."""
+    return json.loads(json.dumps(to_plain(config.__dict__), default=str))
+
+
+def check_saved_releases(out_dir: Path, config: RunConfig) -> None:
+    """Releases saved in ``out_dir`` are reused only by a run of the same settings, as checkpoints are: with
+    the rounds off (the default) a run directory holds no checkpoint, and its releases (made at another ε,
+    M or clip) would otherwise be read as this run's. Directories from before this file keep being read."""
+    path = out_dir / RELEASES_CONFIG
+    if path.is_file() and json.loads(path.read_text()) != settings_of(config):
+        raise ConfigError(
+            f"{out_dir}: its DP releases ({RELEASES_CONFIG}) were made by a run with other settings; resume with "
+            "the same settings or use a new --out directory."
+        )
 
 
 @dataclass

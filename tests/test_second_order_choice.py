@@ -171,3 +171,22 @@ def test_the_signal_rank_counts_the_directions_above_the_noise_edge() -> None:
 
 def test_the_items_stay_the_top_m_by_the_released_counts() -> None:
     assert list(marginal_items(np.array([5.0, 9.0, 1.0, 7.0]), 2)) == [1, 3]
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_saved_releases_are_reused_only_by_a_run_of_the_same_settings(tmp_path: Path) -> None:
+    """With the rounds off a run directory holds no checkpoint; its releases carry the settings that made them,
+    and a later run (e.g. at another ε through ``flwr run``) is refused before it reads them as its own."""
+    from fedsynth.server.federation import RELEASES_CONFIG, check_saved_releases, load_or_query_statistics
+
+    settings = {**SMALL, "epsilon": 2.0, "out-dir": str(tmp_path / "out")}
+    config = RunConfig.from_run_config(settings)
+    grid = InProcessGrid(settings, 3, tmp_path)
+    statistics, _ = load_or_query_statistics(grid, grid.get_node_ids(), config, node_rows(config, 3)[0].shape[1],
+                                             IDENTITY)  # fmt: skip
+    assert (tmp_path / "out" / RELEASES_CONFIG).is_file()
+    check_saved_releases(tmp_path / "out", config)  # the same settings: resumed
+    other = RunConfig.from_run_config({**settings, "epsilon": 8.0})
+    with pytest.raises(ConfigError, match="other settings"):
+        load_or_query_statistics(grid, grid.get_node_ids(), other, len(statistics.item_counts), IDENTITY)
+    check_saved_releases(tmp_path / "elsewhere", other)  # nothing saved there: a new run
