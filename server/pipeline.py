@@ -90,7 +90,7 @@ def marginals_summary(config: RunConfig, training: TrainingResult) -> dict[str, 
     if config.marginal_items == 0:
         return {"marginal_items": 0, "fitted": False, "synthetic_ease_l2": config.synthetic_ease_l2_for(0)}
     released, rank = training.cooccurrence, signal_rank_of(training.cooccurrence)
-    fitted_rows = [f"synthetic-fitted-{name}" for name in fitted_model_names(config)] if released is not None else []
+    fitted_rows = fitted_labels(config) if released is not None else []
     return {
         "marginal_items": config.marginal_items,
         "cooccurrence_share_of_statistics": config.cooccurrence_share,
@@ -141,17 +141,32 @@ def fitted_model_names(config: RunConfig) -> list[str]:
     return [headline] + [name for name in ("vae", "gan") if name != headline]
 
 
+def fitted_labels(config: RunConfig) -> list[str]:
+    """Where each model's marginal-fitted start is scored, headline first (:func:`fitted_model_names`): with the
+    rounds off a synthesizer's own row (``synthetic``, ``synthetic-gan``: its data come from the fitted start,
+    so a second row would repeat it), else ``synthetic-fitted-<name>``."""
+    names = config.synthesizer_names()
+    return [
+        synthetic_label(names.index(name), name)
+        if config.num_server_rounds == 0 and name in names
+        else f"synthetic-fitted-{name}"
+        for name in fitted_model_names(config)
+    ]
+
+
 def synthesize_all(config: RunConfig, training: TrainingResult, out: Path) -> dict[str, sp.csr_matrix]:
     """Synthetic users from each synthesizer (headline first), then from both models' marginal-fitted start
     (``synthetic-fitted-<name>``, headline first, before the rounds refined it: the generator is fitted even
-    when the GAN is not trained), each written to OUT/<label>.parquet."""
+    when the GAN is not trained; with the rounds off only for a model that is not a synthesizer,
+    :func:`fitted_labels`), each written to OUT/<label>.parquet."""
     num_items = len(training.item_ids)
     synthesis = config.synthesis(training.statistics.users())
     lengths = training.statistics.length_sampler(num_items)
     names = config.synthesizer_names()
     sources = [(synthetic_label(i, name), training.bundle, name) for i, name in enumerate(names)]
-    if training.fitted is not None:
-        sources += [(f"synthetic-fitted-{name}", training.fitted, name) for name in fitted_model_names(config)]
+    if training.fitted is not None:  # the fitted starts not already scored as a synthesizer's row
+        fitted = zip(fitted_labels(config), fitted_model_names(config), strict=True)
+        sources += [(label, training.fitted, name) for label, name in fitted if label.startswith("synthetic-fitted")]
     synthetic: dict[str, sp.csr_matrix] = {}
     for label, bundle, name in sources:
         log.info("fedsynth stage: synthesis (%s, %d users from the %s)", label, synthesis.num_users, name)

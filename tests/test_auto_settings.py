@@ -117,3 +117,12 @@ def test_the_server_fits_as_long_as_the_released_noise_allows() -> None:
     loud = NoisyCooccurrence(items, np.eye(3), noise_std=30.0)  # 2.1
     assert fit_settings(config, statistics, quiet).steps == 1000
     assert fit_settings(config, statistics, loud).steps == 300
+
+
+def test_with_the_rounds_off_the_fitted_start_is_scored_once() -> None:
+    from fedsynth.server.pipeline import fitted_labels
+
+    assert fitted_labels(RunConfig.from_run_config({})) == ["synthetic", "synthetic-gan"]
+    assert fitted_labels(RunConfig.from_run_config({"synthesizers": "vae"})) == ["synthetic", "synthetic-fitted-gan"]
+    rounds = RunConfig.from_run_config({"num-server-rounds": 3})
+    assert fitted_labels(rounds) == ["synthetic-fitted-vae", "synthetic-fitted-gan"]
