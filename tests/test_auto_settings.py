@@ -126,3 +126,16 @@ def test_with_the_rounds_off_the_fitted_start_is_scored_once() -> None:
     assert fitted_labels(RunConfig.from_run_config({"synthesizers": "vae"})) == ["synthetic", "synthetic-fitted-gan"]
     rounds = RunConfig.from_run_config({"num-server-rounds": 3})
     assert fitted_labels(rounds) == ["synthetic-fitted-vae", "synthetic-fitted-gan"]
+
+
+def test_the_dcr_reads_a_fixed_sample_of_at_most_2000_users() -> None:
+    import scipy.sparse as sp
+
+    from fedsynth.common.evaluation.fidelity import DCR_SAMPLE, dcr_sample
+
+    many = sp.random(5000, 30, density=0.2, format="csr", random_state=0)
+    sample = dcr_sample(many)
+    assert sample.shape == (DCR_SAMPLE, 30) and DCR_SAMPLE == 2000
+    assert (dcr_sample(many) != sample).nnz == 0  # the same rows every time
+    few = many[:10]
+    assert dcr_sample(few) is few

@@ -9,7 +9,10 @@ All inputs are binary CSR matrices over the same item space. Reported:
 * ``identical_share``: share of synthetic users whose item set equals some real training user's;
 * DCR (distance to closest record, Jaccard distance to the nearest real training user):
   median for synthetic users and for real held-out users. Synthetic users much *closer* to the
-  training users than unseen real users are is a sign of memorisation.
+  training users than unseen real users are is a sign of memorisation. Each side's DCR is computed for at
+  most :data:`DCR_SAMPLE` users drawn at random without replacement (a fixed seed): a median and a share
+  estimated from 2,000 users are within about ±0.02 of the whole set's, and the cost (queries × every real
+  training user) no longer grows with the synthetic users (30,000 by default at 10⁴+ users per silo).
 """
 
 from __future__ import annotations
@@ -30,6 +33,17 @@ def _jsd(p: np.ndarray, q: np.ndarray) -> float:
 
 def _binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
     return (matrix > 0).astype(np.float32).tocsr()
+
+
+DCR_SAMPLE = 2000  # users per side whose distance to the closest record is computed
+
+
+def dcr_sample(matrix: sp.csr_matrix, size: int = DCR_SAMPLE, seed: int = 0) -> sp.csr_matrix:
+    """At most ``size`` rows of ``matrix`` drawn without replacement (all of them when it has fewer)."""
+    if matrix.shape[0] <= size:
+        return matrix
+    rows = np.sort(np.random.default_rng(seed).choice(matrix.shape[0], size=size, replace=False))
+    return matrix[rows]
 
 
 def closest_record_distance(queries: sp.csr_matrix, reference: sp.csr_matrix, chunk: int = 1024) -> np.ndarray:
@@ -81,8 +95,8 @@ def fidelity_report(
 ) -> dict[str, float]:
     """Every fidelity number above; ``real_held_out`` are real users never trained on (full histories)."""
     real_train, synthetic = _binary(real_train), _binary(synthetic)
-    synthetic_dcr = closest_record_distance(synthetic, real_train)
-    held_out_dcr = closest_record_distance(real_held_out, real_train)
+    synthetic_dcr = closest_record_distance(dcr_sample(synthetic), real_train)
+    held_out_dcr = closest_record_distance(dcr_sample(real_held_out), real_train)
     return {
         "popularity_jsd": _jsd(np.asarray(real_train.sum(axis=0)).ravel(), np.asarray(synthetic.sum(axis=0)).ravel()),
         "length_jsd": _jsd(length_histogram(real_train), length_histogram(synthetic)),

@@ -32,7 +32,6 @@ data that is not accounted (``tests/test_only_accounted_outputs.py``).
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import ClassVar
 
