@@ -25,8 +25,14 @@ from flwr.serverapp import Grid
 from fedsynth.common.config.run import RunConfig
 from fedsynth.common.errors import ConfigError, FedsynthError
 from fedsynth.common.federated import wire
-from fedsynth.common.federated.protocol import AdmissionQuery, CooccurrenceReply, Identity, StatisticsReply
-from fedsynth.common.federated.round_log import RoundLog
+from fedsynth.common.federated.protocol import (
+    AdmissionQuery,
+    CooccurrenceReply,
+    Identity,
+    ProtocolError,
+    StatisticsReply,
+)
+from fedsynth.common.federated.round_log import NodeProblem, RoundLog
 from fedsynth.common.models.bundle import ModelBundle
 from fedsynth.common.privacy.plan import plan_privacy
 from fedsynth.common.privacy.releases.cooccurrence import (
@@ -43,7 +49,7 @@ from fedsynth.common.robustness.rules import robust_statistics, robust_total
 from fedsynth.common.runtime.files import to_plain, write_atomic, write_json_atomic
 from fedsynth.common.synthesis.marginal_fit import MarginalFitConfig, MarginalTargets, fit_bundle
 from fedsynth.server.admission import Admission, admit, identity_fields, require_quorum, require_training
-from fedsynth.server.aggregation import RoundOutcome, as_client_replies, client_outcomes
+from fedsynth.server.aggregation import ClientReply, RoundOutcome, as_client_replies, client_outcomes
 from fedsynth.server.exchange import send_and_receive
 from fedsynth.server.fedsgd import Checkpoint, fedsgd_rounds
 from fedsynth.server.round import RoundPlan, RoundTransport, aggregate_train, play_round, run_rounds
@@ -109,8 +115,25 @@ def query_release(
     ]
     replies = send_and_receive(grid, messages, config.reply_timeout)
     outcome = client_outcomes(as_client_replies(replies, messages, config.reply_timeout), server_round=0)
+    reply_type = CooccurrenceReply if action == wire.COOCCURRENCE and wire.FIRST_ORDER_INSTEAD not in request else (
+        StatisticsReply)  # fmt: skip
+    released = [r for r in outcome.trained if r.content is not None and well_formed(r, reply_type, outcome.log)]
     require_quorum(what, outcome.log, config)
-    return [r.content for r in outcome.trained if r.content is not None], outcome.log
+    return [r.content for r in released if r.content is not None], outcome.log
+
+
+def well_formed(reply: ClientReply, reply_type: type[StatisticsReply] | type[CooccurrenceReply], log: RoundLog) -> bool:
+    """Whether ``reply`` reads as a ``reply_type`` release; if not, its node counts as failed (named, with the
+    reason) and its vectors are left out, so one malformed node does not abort a release the others already
+    paid for (their ledgers hold it: a second try would be refused). Its ε stays in the log: it spent it."""
+    assert reply.content is not None
+    try:
+        reply_type.from_record(reply.content)
+    except ProtocolError as exc:
+        log.trained.remove(reply.node)
+        log.failed.append(NodeProblem(reply.node, f"malformed reply: {exc}"))
+        return False
+    return True
 
 
 def query_statistics(
@@ -280,9 +303,14 @@ def load_or_query_statistics(
 RELEASES_CONFIG = "releases-config.json"  # the settings of the run whose releases OUT holds
 
 
+OPERATIONAL_SETTINGS = ("out_dir", "device", "reply_timeout", "min_clients")  # where and how, not what is released
+
+
 def settings_of(config: RunConfig) -> Any:
-    """The run's settings as JSON reads them back (what a run directory's files are compared by)."""
-    return json.loads(json.dumps(to_plain(config.__dict__), default=str))
+    """The run's settings as JSON reads them back, without :data:`OPERATIONAL_SETTINGS` (a moved directory, another
+    device or timeout does not change what the releases are): what a run directory's releases are compared by."""
+    settings = {k: v for k, v in config.__dict__.items() if k not in OPERATIONAL_SETTINGS}
+    return json.loads(json.dumps(to_plain(settings), default=str))
 
 
 def check_saved_releases(out_dir: Path, config: RunConfig) -> None:

@@ -3,8 +3,9 @@
 Rows of the results (all scored by federated evaluation on the same real held-out users):
 
 * ``synthetic/<rec>``: trained on the headline synthesizer's data only (``synthetic-<name>/<rec>``
-  for the others); ``synthetic-fitted-<name>/<rec>`` on data from the headline model as fitted to
-  the DP marginals, before the federated DP-SGD rounds refined it (``marginal-items`` > 0);
+  for the others); ``synthetic-fitted-<name>/<rec>`` on data from a model as fitted to the DP marginals,
+  before the federated DP-SGD rounds refined it (``marginal-items`` > 0; with the rounds off only for a
+  model that is not a synthesizer, whose own rows are the fitted start: :func:`fitted_labels`);
 * ``fedvae``: the federated DP Mult-VAE used directly as the recommender;
 * ``fedsynth-prior``: items ranked by the pipeline's own DP item counts (its popularity prior,
   a share of the same ε);

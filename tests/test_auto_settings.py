@@ -90,6 +90,7 @@ def test_the_signal_ratio_is_the_predicted_popularity_eigenvalue_over_the_noise_
     # λ̂ = (30² + 40²) / 100 = 25; edge = 2σ√M = 2 · 0.5 · √2
     assert signal_ratio(counts, items, 0.5) == pytest.approx(25.0 / np.sqrt(2.0))
     assert signal_ratio(counts, items, 0.0) == float("inf")  # no noise (non-private studies): the long fit
+    assert np.isnan(signal_ratio(counts, items, float("nan"))) and np.isnan(signal_ratio(counts, items, -1.0))
 
 
 @pytest.mark.parametrize("ratio,steps", [(0.0, 300), (0.8, 300), (3.99, 300), (4.0, 1000), (44.0, 1000)])
@@ -139,3 +140,13 @@ def test_the_dcr_reads_a_fixed_sample_of_at_most_2000_users() -> None:
     assert (dcr_sample(many) != sample).nnz == 0  # the same rows every time
     few = many[:10]
     assert dcr_sample(few) is few
+
+
+def test_the_evaluated_rows_count_the_fitted_start_once_with_the_rounds_off() -> None:
+    base = {"recommenders": "popularity,ease", "simulation-reference": False}
+    off = RunConfig.from_run_config(base)  # vae, gan: the fitted start is their own rows
+    on = RunConfig.from_run_config({**base, "num-server-rounds": 3})
+    vae_only = RunConfig.from_run_config({**base, "synthesizers": "vae"})  # + synthetic-fitted-gan
+    assert off.evaluation_rows() == 2 * 2 + 2
+    assert on.evaluation_rows() == 4 * 2 + 2
+    assert vae_only.evaluation_rows() == 2 * 2 + 2

@@ -73,5 +73,7 @@ def test_the_written_population_loads_as_movielens(tmp_path: Path) -> None:
 
 
 def test_more_topics_than_the_data_allow_are_refused_with_the_option() -> None:
-    with pytest.raises(ConfigError, match="--topics"):
-        fit_kl_nmf(two_topic_users(), 0, 5, seed=0)
+    for topics in (0, 21):  # the matrix is 60 × 20: at most 20 topics
+        with pytest.raises(ConfigError, match="--topics"):
+            fit_kl_nmf(two_topic_users(), topics, 5, seed=0)
+    fit_kl_nmf(two_topic_users(), 20, 1, seed=0)

@@ -204,3 +204,21 @@ def test_a_malformed_message_is_refused_naming_the_field(
 ) -> None:
     with pytest.raises(protocol.ProtocolError, match=repr(field)):
         read(content)
+
+
+def test_a_malformed_release_fails_its_node_only_and_the_others_are_summed() -> None:
+    """A node claiming no users is named as failed and left out; the honest nodes' release (already in their
+    ledgers) is kept rather than the whole run aborting."""
+    from dataclasses import replace
+
+    from fedsynth.server.aggregation import ClientReply, client_outcomes
+    from fedsynth.server.federation import well_formed
+
+    good = protocol.StatisticsReply(np.ones(3), np.ones(2), 0.8, SPENT).to_record()
+    empty = protocol.StatisticsReply(np.ones(3), np.ones(2), 0.8, replace(SPENT, num_examples=0)).to_record()
+    outcome = client_outcomes([ClientReply(1, good), ClientReply(2, empty), ClientReply(3, good)])
+    kept = [r.node for r in outcome.trained if well_formed(r, protocol.StatisticsReply, outcome.log)]
+
+    assert kept == [1, 3] and outcome.log.trained == [1, 3]
+    assert [(p.node, wire.NUM_EXAMPLES in p.reason) for p in outcome.log.failed] == [(2, True)]
+    assert outcome.log.epsilon_by_node["2"] == SPENT.epsilon  # it spent: its ε stays in the log

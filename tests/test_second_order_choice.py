@@ -189,4 +189,6 @@ def test_saved_releases_are_reused_only_by_a_run_of_the_same_settings(tmp_path: 
     other = RunConfig.from_run_config({**settings, "epsilon": 8.0})
     with pytest.raises(ConfigError, match="other settings"):
         load_or_query_statistics(grid, grid.get_node_ids(), other, len(statistics.item_counts), IDENTITY)
-    check_saved_releases(tmp_path / "elsewhere", other)  # nothing saved there: a new run
+    check_saved_releases(tmp_path / "out", RunConfig.from_run_config({**settings, "reply-timeout": 999.0}))
+    with pytest.raises(ConfigError, match="other settings"):  # what is released changed
+        check_saved_releases(tmp_path / "out", RunConfig.from_run_config({**settings, "marginal-items": 7}))

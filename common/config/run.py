@@ -107,11 +107,14 @@ class RunConfig(RunSettings):
         parse_device(self.device)
 
     def evaluation_rows(self) -> int:
-        """How many result rows the server evaluates federatedly: synthetic sets (each synthesizer, and both
-        marginal-fitted models when marginal-items > 0) × recommenders, the real-data
-        rows (simulation reference), fedvae and the prior, the DP baselines (simulation, private runs)."""
+        """How many result rows the server evaluates federatedly: synthetic sets (each synthesizer, and the
+        marginal-fitted models when marginal-items > 0: both with the rounds on, with the rounds off those that
+        are not synthesizers) × recommenders, the real-data rows (simulation reference), fedvae and the prior,
+        the DP baselines (simulation, private runs)."""
         recommenders = len(self.recommender_names())
-        synthetic = len(self.synthesizer_names()) + (2 if self.marginal_items > 0 else 0)  # + the fitted starts
+        names = self.synthesizer_names()
+        fitted = 2 if self.num_server_rounds > 0 else sum(1 for name in ("vae", "gan") if name not in names)
+        synthetic = len(names) + (fitted if self.marginal_items > 0 else 0)  # + the fitted starts
         reference = recommenders + (2 if self.dp_baselines and self.privacy().private else 0)
         return synthetic * recommenders + 2 + (reference if self.simulation_reference else 0)
 

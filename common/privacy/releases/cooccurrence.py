@@ -63,6 +63,8 @@ def signal_ratio(item_counts: np.ndarray, items: np.ndarray, noise_std: float) -
     of released counts and of a noise std (public): costs no ε. It decides whether the release pays
     (:func:`second_order_pays`) and how long the server fits the models to it
     (:func:`fedsynth.common.synthesis.marginal_fit.auto_fit_steps`)."""
+    if not noise_std >= 0:  # NaN or negative: no ratio (every comparison with it is False)
+        return float("nan")
     edge = noise_edge(noise_std, len(items))
     signal = popularity_eigenvalue(item_counts, items)
     return signal / edge if edge > 0 else float("inf")
