@@ -168,7 +168,7 @@ def test_noisy_evaluations_merge_into_means_with_their_noise_std() -> None:
 def test_too_few_evaluation_releases_for_a_dp_evaluation_is_refused_before_anything_starts() -> None:
     from fedsynth.common.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="evaluation-releases 4 is below the 19 rows"):
+    with pytest.raises(ConfigError, match="evaluation-releases 4 is below the 13 rows"):
         RunConfig.from_run_config({"evaluation": "dp", "evaluation-releases": 4})
     with pytest.raises(ConfigError, match="evaluation must be one of auto, dp, exact"):
         RunConfig.from_run_config({"evaluation": "private"})
