@@ -135,19 +135,18 @@ def test_a_run_scores_every_row_on_real_held_out_users(finished_run: FinishedRun
         assert 0 <= metrics["recommenders"][row]["ndcg@10"] <= 1, row
     retention = metrics["utility_retention"]
     assert set(retention) == {"metric", "popularity", "ease", "multvae", "by_row"}
-    assert {"synthetic/multvae", "synthetic-gan/ease"} <= set(retention["by_row"])
-    assert not any(row.startswith("synthetic-fitted") for row in metrics["recommenders"])  # rounds off: no repeats
+    assert {"synthetic/multvae", "synthetic-gan/ease", "synthetic-fitted-vae/ease"} <= set(retention["by_row"])
     assert retention["by_row"]["synthetic/ease"] == retention["ease"]
     assert "Retention per downstream model" in (finished_run.out / "report.md").read_text()
     assert {"popularity_jsd", "dcr_median_synthetic", "identical_share"} <= set(metrics["fidelity"]["synthetic"])
     assert metrics["evaluation"]["real/ease"]["clients"] == 2
-    assert metrics["marginals"]["released"] and metrics["marginals"]["fitted_row"] == "synthetic"
-    assert metrics["marginals"]["fitted_rows"] == ["synthetic", "synthetic-gan"]  # the rounds off: the fitted start
+    assert metrics["marginals"]["released"] and metrics["marginals"]["fitted_row"] == "synthetic-fitted-vae"
+    assert metrics["marginals"]["fitted_rows"] == ["synthetic-fitted-vae", "synthetic-fitted-gan"]  # rounds on
     rank = metrics["marginals"]["signal_rank"]  # automatic λ: 1000 with taste structure above the noise, else 3000
     assert metrics["marginals"]["synthetic_ease_l2"] == (1000.0 if rank >= 2 else 3000.0)
     assert metrics["marginals"]["fit_loss"] == "likelihood"  # the default
     assert metrics["marginals"]["fit_directions"] == "all"  # the default: every eigen-direction of the release
-    assert -1 <= metrics["fidelity"]["synthetic"]["cooccurrence_correlation"] <= 1
+    assert -1 <= metrics["fidelity"]["synthetic-fitted-vae"]["cooccurrence_correlation"] <= 1
 
 
 @pytest.mark.slow
